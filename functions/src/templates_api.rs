@@ -1,0 +1,307 @@
+//! The template admin API (SPEC §11): `/services/templates/{email,sms,message}/…`.
+//!
+//! Members read and preview; admins create, change and delete; superusers also list and
+//! open other organizations' templates.
+
+use std::collections::BTreeMap;
+
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::Instrument;
+
+use shared::auth::{Caller, ClaimNames, Role};
+use shared::aws::AwsClients;
+use shared::config::{ConfigError, Env};
+use shared::domain::template::{Template, TemplateInput, TemplateKind};
+use shared::domain::{OrgId, RecordId};
+use shared::http::{self, ApiError, PageRequest, Route, RouteMatch, Router};
+use shared::render::RenderError;
+use shared::store::{TemplateListQuery, TemplateOrder, TemplateStore};
+
+use crate::registry::{BoxFuture, HttpFunction};
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        pattern: "/services/templates/{kind}",
+    },
+    Route {
+        method: "POST",
+        pattern: "/services/templates/{kind}",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/templates/{kind}/{id}",
+    },
+    Route {
+        method: "PUT",
+        pattern: "/services/templates/{kind}/{id}",
+    },
+    Route {
+        method: "PATCH",
+        pattern: "/services/templates/{kind}/{id}",
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/services/templates/{kind}/{id}",
+    },
+    Route {
+        method: "POST",
+        pattern: "/services/templates/{kind}/{id}/preview",
+    },
+];
+
+const ROUTER: Router = Router::new(ROUTES);
+
+pub struct TemplatesApi {
+    store: TemplateStore,
+    claims: ClaimNames,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewRequest {
+    #[serde(default = "empty_object")]
+    variables: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    json!({})
+}
+
+impl HttpFunction for TemplatesApi {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
+impl TemplatesApi {
+    /// # Errors
+    /// When `TABLE_NAME` is not set.
+    pub fn new(aws: &AwsClients, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: TemplateStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            claims: ClaimNames::from_env(env),
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        let span = shared::logging::invocation_span("templates-api", &http::request_id(&request));
+        async {
+            let response = match self.dispatch(&request).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            };
+            tracing::info!(method = %request.method(), path = request.uri().path(), status = response.status().as_u16(), "request");
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        let caller = Caller::from_request(request, &self.claims)?;
+        tracing::Span::current().record("org", caller.org.as_str());
+        let kind = TemplateKind::parse(found.param("kind")).ok_or(ApiError::NotFound)?;
+        match (found.route.method, found.route.pattern.ends_with("preview")) {
+            ("GET", _) if !found.params.contains_key("id") => {
+                self.list(request, &caller, kind).await
+            }
+            ("POST", false) => self.create(request, &caller, kind).await,
+            ("GET", _) => Ok(http::json(
+                200,
+                &self.fetch(&caller, kind, &found).await?.to_json(),
+            )?),
+            ("PUT", _) => self.update(request, &caller, kind, &found, false).await,
+            ("PATCH", _) => self.update(request, &caller, kind, &found, true).await,
+            ("DELETE", _) => self.delete(&caller, kind, &found).await,
+            ("POST", true) => self.preview(request, &caller, kind, &found).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        kind: TemplateKind,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Member)?;
+        let params = http::query_map(request);
+        let org = match params.get("organization") {
+            Some(_) if !caller.is_superuser() => {
+                return Err(ApiError::Forbidden(
+                    "only superusers may filter by organization".to_owned(),
+                ));
+            }
+            Some(org) => Some(
+                OrgId::parse(org).map_err(|message| ApiError::field("organization", message))?,
+            ),
+            None if caller.is_superuser() => None,
+            None => Some(caller.org.clone()),
+        };
+        let order = match params.get("ordering") {
+            None => TemplateOrder::default(),
+            Some(value) => TemplateOrder::parse(value).ok_or_else(|| {
+                ApiError::field(
+                    "ordering",
+                    "must be one of -created_at, created_at, name, -name",
+                )
+            })?,
+        };
+        if order.by_name() && org.is_none() {
+            return Err(ApiError::field(
+                "ordering",
+                "ordering by name across organizations needs the organization filter",
+            ));
+        }
+        let query = TemplateListQuery {
+            kind,
+            search: params.get("search").cloned(),
+            is_active: http::query_bool(&params, "is_active")?,
+            created_after: http::query_time(&params, "created_after")?,
+            created_before: http::query_time(&params, "created_before")?,
+            order,
+            org: org.clone(),
+        };
+        // The cursor is bound to what the caller may see: their organization, or "*" for a
+        // superuser's cross-organization listing.
+        let scope = if caller.is_superuser() {
+            "*".to_owned()
+        } else {
+            caller.org.to_string()
+        };
+        let page = PageRequest::from_query(&params, &scope)?;
+        let (templates, next) = self.store.list(&query, &page).await?;
+        let items: Vec<_> = templates.iter().map(Template::to_json).collect();
+        let next_cursor = next.map(|position| page.next_cursor(position));
+        http::json(200, &json!({ "items": items, "next_cursor": next_cursor }))
+    }
+
+    async fn create(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        kind: TemplateKind,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Admin)?;
+        let input: TemplateInput = http::parse_json(request)?;
+        let fields = input.validate(kind, None).map_err(ApiError::invalid)?;
+        let now = chrono::Utc::now();
+        let template = Template {
+            id: RecordId::new(),
+            org: caller.org.clone(),
+            name: fields.name,
+            is_active: fields.is_active,
+            content: fields.content,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        self.store.create(&template).await?;
+        tracing::info!(template = %template.id, kind = kind.as_str(), "template created");
+        http::json(201, &template.to_json())
+    }
+
+    /// The template a path names, if the caller may see it: their own organization's, or
+    /// any organization's for a superuser. Anything else is 404, exactly like a missing one.
+    async fn fetch(
+        &self,
+        caller: &Caller,
+        kind: TemplateKind,
+        found: &RouteMatch,
+    ) -> Result<Template, ApiError> {
+        caller.require(Role::Member)?;
+        let id = RecordId::parse(found.param("id")).ok_or(ApiError::NotFound)?;
+        let org = if caller.is_superuser() {
+            self.store.owner_of(kind, id).await?
+        } else {
+            caller.org.clone()
+        };
+        Ok(self.store.get(&org, kind, id).await?)
+    }
+
+    async fn update(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        kind: TemplateKind,
+        found: &RouteMatch,
+        partial: bool,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Admin)?;
+        let current = self.fetch(caller, kind, found).await?;
+        let input: TemplateInput = http::parse_json(request)?;
+        let fields = input
+            .validate(kind, partial.then_some(&current))
+            .map_err(ApiError::invalid)?;
+        let updated = Template {
+            name: fields.name,
+            is_active: fields.is_active,
+            content: fields.content,
+            updated_at: chrono::Utc::now(),
+            version: current.version + 1,
+            ..current.clone()
+        };
+        self.store.replace(&updated, current.version).await?;
+        tracing::info!(template = %updated.id, kind = kind.as_str(), "template updated");
+        http::json(200, &updated.to_json())
+    }
+
+    async fn delete(
+        &self,
+        caller: &Caller,
+        kind: TemplateKind,
+        found: &RouteMatch,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Admin)?;
+        let template = self.fetch(caller, kind, found).await?;
+        self.store
+            .delete(&template.org, kind, template.id, chrono::Utc::now())
+            .await?;
+        tracing::info!(template = %template.id, kind = kind.as_str(), "template deleted");
+        Ok(http::no_content())
+    }
+
+    async fn preview(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        kind: TemplateKind,
+        found: &RouteMatch,
+    ) -> Result<Response<Body>, ApiError> {
+        let template = self.fetch(caller, kind, found).await?;
+        let preview: PreviewRequest = if http::body_bytes(request)
+            .iter()
+            .all(u8::is_ascii_whitespace)
+        {
+            PreviewRequest {
+                variables: empty_object(),
+            }
+        } else {
+            http::parse_json(request)?
+        };
+        if !preview.variables.is_object() {
+            return Err(ApiError::field("variables", "must be an object"));
+        }
+        match template.render(&preview.variables) {
+            Ok(rendered) => http::json(200, &rendered),
+            Err(RenderError::MissingVariable(name)) => {
+                let mut errors = BTreeMap::new();
+                errors.insert(
+                    "variables".to_owned(),
+                    vec![format!("missing variable: {name}")],
+                );
+                Err(ApiError::Validation {
+                    detail: format!("missing variable: {name}"),
+                    errors,
+                })
+            }
+            Err(RenderError::Template(message)) => Err(ApiError::BadRequest(format!(
+                "the template cannot be rendered: {message}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Identifiers parsed at the edge, so the rest of the code can trust them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// An organization id, taken from the caller's token only.
+///
+/// It becomes part of storage keys (`ORG#<id>`), so it is restricted to characters that
+/// cannot forge a key separator.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OrgId(String);
+
+impl OrgId {
+    pub const MAX_LEN: usize = 64;
+
+    /// # Errors
+    /// When the id is empty, longer than 64 characters or has characters other than ASCII
+    /// letters, digits, `-`, `_` and `.`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if value.is_empty() || value.len() > Self::MAX_LEN || !value.chars().all(valid_char) {
+            return Err(format!(
+                "an organization id is 1 to {} characters of letters, digits, '-', '_' or '.'",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for OrgId {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<OrgId> for String {
+    fn from(value: OrgId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A record id: a ULID, so ids sort by creation time (newest-first listings are key order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId(ulid::Ulid);
+
+impl RecordId {
+    pub fn new() -> Self {
+        Self(ulid::Ulid::new())
+    }
+
+    /// Parses an id from a path; anything that is not a ULID can name no record.
+    pub fn parse(value: &str) -> Option<Self> {
+        ulid::Ulid::from_string(value).ok().map(Self)
+    }
+
+    /// The smallest id that can have been made at `time` (for key-range queries).
+    pub fn lowest_at(time: chrono::DateTime<chrono::Utc>) -> Self {
+        let millis = u64::try_from(time.timestamp_millis()).unwrap_or(0);
+        Self(ulid::Ulid::from_parts(millis, 0))
+    }
+
+    /// The largest id that can have been made at `time`.
+    pub fn highest_at(time: chrono::DateTime<chrono::Utc>) -> Self {
+        let millis = u64::try_from(time.timestamp_millis()).unwrap_or(0);
+        Self(ulid::Ulid::from_parts(millis, u128::MAX))
+    }
+}
+
+impl Default for RecordId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_ids_cannot_carry_key_separators() {
+        assert!(OrgId::parse("acme-inc_2.eu").is_ok());
+        for bad in ["", "a#b", "a b", "ä", &"x".repeat(65)] {
+            assert!(OrgId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_ids_bound_by_time() {
+        let now = chrono::Utc::now();
+        let id = RecordId::new();
+        assert!(RecordId::lowest_at(now - chrono::Duration::seconds(1)) < id);
+        assert!(RecordId::highest_at(now + chrono::Duration::seconds(1)) > id);
+        assert_eq!(RecordId::parse(&id.to_string()), Some(id));
+        assert_eq!(RecordId::parse("not-a-ulid"), None);
+    }
+}

@@ -1,0 +1,7 @@
+//! Herald's domain types and rules. No I/O lives here.
+
+mod ids;
+pub mod sms;
+pub mod template;
+
+pub use ids::{OrgId, RecordId};

@@ -1,0 +1,168 @@
+//! The HTTP API conventions every endpoint function follows (SPEC §3).
+
+mod pagination;
+mod problem;
+mod router;
+
+pub use pagination::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
+pub use problem::{ApiError, FieldErrors};
+pub use router::{Route, RouteMatch, Router};
+
+use std::collections::BTreeMap;
+
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Largest JSON body the API accepts. API Gateway caps payloads at 10 MiB; Herald's
+/// own resources are far smaller, so anything bigger is a mistake or an attack.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON response with the given status.
+pub fn json<T: Serialize>(status: u16, value: &T) -> Result<Response<Body>, ApiError> {
+    let text = serde_json::to_string(value).map_err(ApiError::internal)?;
+    let mut response = Response::new(Body::Text(text));
+    *response.status_mut() = http::StatusCode::from_u16(status).map_err(ApiError::internal)?;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// An empty 204 response.
+pub fn no_content() -> Response<Body> {
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = http::StatusCode::NO_CONTENT;
+    response
+}
+
+/// The raw body bytes, as API Gateway delivered them (already base64-decoded by `lambda_http`).
+pub fn body_bytes(request: &Request) -> &[u8] {
+    match request.body() {
+        Body::Empty => &[],
+        Body::Text(text) => text.as_bytes(),
+        Body::Binary(bytes) => bytes,
+        _ => &[],
+    }
+}
+
+/// Parses a JSON body into `T`, answering 415 for another content type and 400 with the
+/// failing field for malformed or mistyped JSON.
+pub fn parse_json<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {
+    if let Some(content_type) = request.headers().get(http::header::CONTENT_TYPE) {
+        let content_type = content_type
+            .to_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !content_type.starts_with("application/json") && !content_type.contains("+json") {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be application/json".to_owned(),
+            ));
+        }
+    }
+    let bytes = body_bytes(request);
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body is over {MAX_BODY_BYTES} bytes"
+        )));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::field("body", "a JSON body is required"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.inner();
+        let message = inner.to_string();
+        let path = error.path().to_string();
+        let field = if inner.is_syntax() || inner.is_eof() {
+            "body".to_owned()
+        } else if let Some(missing) =
+            backticked(&message).filter(|_| message.starts_with("missing field"))
+        {
+            join_path(&path, missing)
+        } else if let Some(unknown) =
+            backticked(&message).filter(|_| message.starts_with("unknown field"))
+        {
+            join_path(&path, unknown)
+        } else if path == "." {
+            "body".to_owned()
+        } else {
+            path
+        };
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        ApiError::field(&field, message)
+    })
+}
+
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(&message[start..end])
+}
+
+fn join_path(path: &str, field: &str) -> String {
+    if path == "." || path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// The query string as a sorted map (the last value wins for repeated names).
+pub fn query_map(request: &Request) -> BTreeMap<String, String> {
+    let params = request.query_string_parameters();
+    params
+        .iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The API Gateway request id, or the Lambda invocation id when there is none.
+pub fn request_id(request: &Request) -> String {
+    use lambda_http::request::RequestContext;
+    if let Some(RequestContext::ApiGatewayV2(context)) = request.request_context_ref()
+        && let Some(id) = &context.request_id
+    {
+        return id.clone();
+    }
+    request
+        .lambda_context_ref()
+        .map(|context| context.request_id.clone())
+        .unwrap_or_default()
+}
+
+/// Parses an optional boolean query parameter (`true`/`false`, `1`/`0`).
+pub fn query_bool(params: &BTreeMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    match params.get(name).map(|value| value.to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(value) if value == "true" || value == "1" => Ok(Some(true)),
+        Some(value) if value == "false" || value == "0" => Ok(Some(false)),
+        Some(_) => Err(ApiError::field(name, "must be true or false")),
+    }
+}
+
+/// Parses an optional RFC 3339 timestamp (or a plain `YYYY-MM-DD` date, meaning midnight UTC).
+pub fn query_time(
+    params: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(value) = params.get(name) else {
+        return Ok(None);
+    };
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(Some(time.with_timezone(&chrono::Utc)));
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        && let Some(midnight) = date.and_hms_opt(0, 0, 0)
+    {
+        return Ok(Some(midnight.and_utc()));
+    }
+    Err(ApiError::field(
+        name,
+        "must be an RFC 3339 time or a YYYY-MM-DD date",
+    ))
+}

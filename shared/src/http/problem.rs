@@ -1,0 +1,192 @@
+//! RFC 9457 problem details: the one HTTP error type of the API.
+//!
+//! Every expected failure is an [`ApiError`] that becomes an `application/problem+json`
+//! response. Internal errors are logged with their cause and answered with a generic body,
+//! so a 5xx never leaks internals.
+
+use std::collections::BTreeMap;
+
+use lambda_http::{Body, Response};
+use serde::Serialize;
+
+/// Field name → messages, the `errors` member of a validation problem.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{detail}")]
+    Validation { detail: String, errors: FieldErrors },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0} is not configured")]
+    ProviderNotConfigured(&'static str),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Debug, Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a FieldErrors>,
+}
+
+impl ApiError {
+    /// A validation problem about one field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(field.to_owned(), vec![message.into()]);
+        Self::invalid(errors)
+    }
+
+    /// A validation problem listing every field that failed.
+    pub fn invalid(errors: FieldErrors) -> Self {
+        let fields: Vec<&str> = errors.keys().map(String::as_str).collect();
+        Self::Validation {
+            detail: format!("invalid value for: {}", fields.join(", ")),
+            errors,
+        }
+    }
+
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(cause.into())
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Unauthenticated(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Validation { .. } | Self::BadRequest(_) => 400,
+            Self::Conflict(_) => 409,
+            Self::PayloadTooLarge(_) => 413,
+            Self::UnsupportedMediaType(_) => 415,
+            Self::Unprocessable(_) => 422,
+            Self::ProviderNotConfigured(_) => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// The problem `type` slug; documented in the README under "Errors".
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Validation { .. } => "validation-error",
+            Self::BadRequest(_) => "bad-request",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::Unprocessable(_) => "unprocessable",
+            Self::ProviderNotConfigured(_) => "provider-not-configured",
+            Self::Internal(_) => "internal-error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "Authentication required",
+            Self::Forbidden(_) => "Forbidden",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Validation { .. } => "Validation failed",
+            Self::BadRequest(_) => "Bad request",
+            Self::Conflict(_) => "Conflict",
+            Self::PayloadTooLarge(_) => "Payload too large",
+            Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::Unprocessable(_) => "Unprocessable request",
+            Self::ProviderNotConfigured(_) => "Provider not configured",
+            Self::Internal(_) => "Internal server error",
+        }
+    }
+
+    /// The problem+json response. Internal causes are logged here and never sent.
+    pub fn into_response(self) -> Response<Body> {
+        let detail = match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                "The server could not complete the request.".to_owned()
+            }
+            Self::NotFound => "No such resource.".to_owned(),
+            other => other.to_string(),
+        };
+        let errors = match &self {
+            Self::Validation { errors, .. } => Some(errors),
+            _ => None,
+        };
+        let body = ProblemBody {
+            kind: format!("/problems/{}", self.slug()),
+            title: self.title(),
+            status: self.status(),
+            detail,
+            errors,
+        };
+        let json = serde_json::to_string(&body).unwrap_or_else(|_| "{}".to_owned());
+        let mut response = Response::new(Body::Text(json));
+        *response.status_mut() = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_json(response: &Response<Body>) -> serde_json::Value {
+        match response.body() {
+            Body::Text(text) => serde_json::from_str(text).unwrap(),
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_problem_lists_fields() {
+        let response = ApiError::field("name", "is required").into_response();
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let body = body_json(&response);
+        assert_eq!(body["type"], "/problems/validation-error");
+        assert_eq!(body["errors"]["name"][0], "is required");
+        assert_eq!(body["status"], 400);
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let response =
+            ApiError::internal(anyhow::anyhow!("table secret-name unreachable")).into_response();
+        assert_eq!(response.status(), 500);
+        let text = serde_json::to_string(&body_json(&response)).unwrap();
+        assert!(!text.contains("secret-name"), "{text}");
+    }
+}

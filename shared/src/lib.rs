@@ -1,0 +1,17 @@
+//! Herald's library crate: everything the Lambda functions and the local runner share.
+//!
+//! - [`domain`]: types and rules, no I/O (organizations, templates, SMS measurement).
+//! - [`store`]: DynamoDB adapters that turn storage conditions into domain errors.
+//! - [`http`]: the HTTP API conventions (problem+json, routing, JSON bodies, pagination).
+//! - [`auth`]: the caller as the JWT authorizer's claims describe them.
+//! - [`config`], [`aws`], [`logging`]: what every function does at cold start.
+//! - [`render`]: Handlebars-compatible template rendering.
+
+pub mod auth;
+pub mod aws;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod logging;
+pub mod render;
+pub mod store;
