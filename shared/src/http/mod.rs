@@ -6,7 +6,7 @@ mod router;
 
 pub use pagination::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
 pub use problem::{ApiError, FieldErrors};
-pub use router::{Route, RouteMatch, Router};
+pub use router::{Route, RouteMatch, Router, match_path};
 
 use std::collections::BTreeMap;
 

@@ -383,10 +383,11 @@ impl TemplateStore {
         query: &TemplateListQuery,
         page: &PageRequest,
     ) -> Result<(Vec<Template>, Option<Cursor>), StoreError> {
+        // ULIDs are Crockford base32: every id sorts between "0" and "~".
         let lowest = query
             .created_after
             .map(|t| RecordId::lowest_at(t).to_string())
-            .unwrap_or_default();
+            .unwrap_or_else(|| "0".to_owned());
         let highest = query
             .created_before
             .map(|t| RecordId::highest_at(t).to_string())

@@ -1,0 +1,204 @@
+//! Serves the template's HTTP API routes: matches the route like API Gateway, checks the
+//! token like the JWT authorizer, builds the same payload-v2 event Lambda would receive and
+//! calls the function's handler in-process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body as AxumBody, to_bytes};
+use axum::extract::State;
+use axum::response::Response as AxumResponse;
+use base64::Engine;
+use functions::registry::HttpFunction;
+use lambda_http::Body;
+use serde_json::{Value, json};
+use shared::http::{ApiError, match_path};
+
+use crate::auth::LocalAuth;
+
+/// The largest request API Gateway accepts (10 MiB).
+const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+
+pub struct HttpRoute {
+    pub method: String,
+    pub path: String,
+    pub authorized: bool,
+    pub function: Arc<dyn HttpFunction>,
+}
+
+pub struct HttpApi {
+    pub routes: Vec<HttpRoute>,
+    pub auth: LocalAuth,
+}
+
+impl HttpApi {
+    /// API Gateway's choice: an exact method beats `ANY`, a literal path beats a greedy one.
+    fn route_for(&self, method: &str, path: &str) -> Option<(&HttpRoute, HashMap<String, String>)> {
+        let mut best: Option<(&HttpRoute, HashMap<String, String>, (bool, bool))> = None;
+        for route in &self.routes {
+            if route.method != "ANY" && !route.method.eq_ignore_ascii_case(method) {
+                continue;
+            }
+            let Some(params) = match_path(&route.path, path) else {
+                continue;
+            };
+            let rank = (route.method != "ANY", !route.path.contains("+}"));
+            if best.as_ref().is_none_or(|(_, _, current)| rank > *current) {
+                best = Some((route, params.into_iter().collect(), rank));
+            }
+        }
+        best.map(|(route, params, _)| (route, params))
+    }
+}
+
+pub async fn serve(
+    State(api): State<Arc<HttpApi>>,
+    request: axum::extract::Request,
+) -> AxumResponse {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let Some((route, path_params)) = api.route_for(&method, &path) else {
+        return into_axum(ApiError::NotFound.into_response());
+    };
+    let claims = if route.authorized {
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        match header.map(|h| api.auth.verify(h)) {
+            Some(Ok(claims)) => Some(claims),
+            // API Gateway answers these itself (`{"message":"Unauthorized"}`); locally the
+            // answer is a problem document like every other error.
+            Some(Err(_)) => {
+                return into_axum(
+                    ApiError::Unauthenticated("the token is invalid or expired".to_owned())
+                        .into_response(),
+                );
+            }
+            None => {
+                return into_axum(
+                    ApiError::Unauthenticated(
+                        "an Authorization: Bearer token is required".to_owned(),
+                    )
+                    .into_response(),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let Ok(bytes) = to_bytes(body, MAX_REQUEST_BYTES).await else {
+        return into_axum(
+            ApiError::PayloadTooLarge("the request is over 10 MiB".to_owned()).into_response(),
+        );
+    };
+    let event = api_gateway_event(
+        &parts,
+        &route.method,
+        &route.path,
+        path_params,
+        claims,
+        &bytes,
+    );
+    let request = match lambda_http::request::from_str(&event.to_string()) {
+        Ok(request) => request,
+        Err(error) => return into_axum(ApiError::internal(error).into_response()),
+    };
+    into_axum(route.function.call(request).await)
+}
+
+/// The API Gateway HTTP API payload format 2.0 event for a request.
+fn api_gateway_event(
+    parts: &http::request::Parts,
+    route_method: &str,
+    route_path: &str,
+    path_params: HashMap<String, String>,
+    claims: Option<HashMap<String, String>>,
+    body: &[u8],
+) -> Value {
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let value = value.to_str().unwrap_or_default();
+        let entry = headers
+            .entry(name.as_str().to_owned())
+            .or_insert_with(|| Value::String(String::new()));
+        if let Value::String(existing) = entry {
+            if !existing.is_empty() {
+                existing.push(',');
+            }
+            existing.push_str(value);
+        }
+    }
+    let raw_query = parts.uri.query().unwrap_or_default();
+    let mut query = serde_json::Map::new();
+    for (name, value) in url_pairs(raw_query) {
+        let entry = query
+            .entry(name)
+            .or_insert_with(|| Value::String(String::new()));
+        if let Value::String(existing) = entry {
+            if !existing.is_empty() {
+                existing.push(',');
+            }
+            existing.push_str(&value);
+        }
+    }
+    let (body, is_base64) = match std::str::from_utf8(body) {
+        Ok(text) => (text.to_owned(), false),
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(body), true),
+    };
+    let now = chrono::Utc::now();
+    let route_key = format!("{route_method} {route_path}");
+    let authorizer = claims.map(|claims| json!({ "jwt": { "claims": claims, "scopes": null } }));
+    json!({
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": parts.uri.path(),
+        "rawQueryString": raw_query,
+        "headers": headers,
+        "queryStringParameters": if query.is_empty() { Value::Null } else { Value::Object(query) },
+        "pathParameters": if path_params.is_empty() { Value::Null } else { json!(path_params) },
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "local",
+            "authorizer": authorizer,
+            "domainName": "localhost",
+            "domainPrefix": "localhost",
+            "http": {
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+            },
+            "requestId": ulid_like(),
+            "routeKey": route_key,
+            "stage": "$default",
+            "time": now.format("%d/%b/%Y:%H:%M:%S %z").to_string(),
+            "timeEpoch": now.timestamp_millis(),
+        },
+        "body": if body.is_empty() { Value::Null } else { Value::String(body) },
+        "isBase64Encoded": is_base64,
+    })
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn ulid_like() -> String {
+    shared::domain::RecordId::new().to_string()
+}
+
+pub(crate) fn into_axum(response: http::Response<Body>) -> AxumResponse {
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        Body::Empty => AxumBody::empty(),
+        Body::Text(text) => AxumBody::from(text),
+        Body::Binary(bytes) => AxumBody::from(bytes),
+        _ => AxumBody::empty(),
+    };
+    AxumResponse::from_parts(parts, body)
+}

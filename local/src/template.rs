@@ -1,0 +1,295 @@
+//! Reads `template.yaml`: the functions, their events and environment, and the resources
+//! the local runner must create. The template is the single source of truth; a route or
+//! table that is not declared there does not exist locally either.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde_yaml::Value;
+
+/// One `AWS::Serverless::Function`.
+#[derive(Debug, Clone)]
+pub struct FunctionDef {
+    pub logical_id: String,
+    pub binary: String,
+    /// Environment variables, `!Ref`s still unresolved.
+    pub environment: BTreeMap<String, Value>,
+    pub http_routes: Vec<HttpRouteDef>,
+}
+
+/// An `HttpApi` event: `Method: ANY` matches every method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRouteDef {
+    pub method: String,
+    pub path: String,
+    pub authorized: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BundleTemplate {
+    pub functions: Vec<FunctionDef>,
+    /// Every resource's logical id → (type, properties).
+    pub resources: BTreeMap<String, (String, Value)>,
+    pub parameter_defaults: BTreeMap<String, String>,
+}
+
+impl BundleTemplate {
+    /// # Errors
+    /// When the file cannot be read or a function lacks what the runner needs.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text)
+    }
+
+    /// # Errors
+    /// When the YAML is malformed or a function has no binary.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let doc: Value = serde_yaml::from_str(text).context("template.yaml is not YAML")?;
+        let global_env = doc
+            .get("Globals")
+            .and_then(|g| g.get("Function"))
+            .and_then(|f| f.get("Environment"))
+            .and_then(|e| e.get("Variables"))
+            .map(mapping_of)
+            .unwrap_or_default();
+        let parameter_defaults = doc
+            .get("Parameters")
+            .and_then(Value::as_mapping)
+            .map(|params| {
+                params
+                    .iter()
+                    .filter_map(|(name, spec)| {
+                        let default = spec.get("Default")?;
+                        Some((name.as_str()?.to_owned(), scalar(default)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let mut functions = Vec::new();
+        let mut resources = BTreeMap::new();
+        let Some(mapping) = doc.get("Resources").and_then(Value::as_mapping) else {
+            bail!("template.yaml has no Resources");
+        };
+        for (id, resource) in mapping {
+            let id = id
+                .as_str()
+                .context("resource id is not a string")?
+                .to_owned();
+            let kind = resource
+                .get("Type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let properties = resource.get("Properties").cloned().unwrap_or(Value::Null);
+            if kind == "AWS::Serverless::Function" {
+                functions.push(function_def(&id, resource, &properties, &global_env)?);
+            }
+            resources.insert(id, (kind, properties));
+        }
+        Ok(Self {
+            functions,
+            resources,
+            parameter_defaults,
+        })
+    }
+
+    pub fn resources_of_type<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.resources
+            .iter()
+            .filter(move |(_, (k, _))| k == kind)
+            .map(|(id, (_, properties))| (id.as_str(), properties))
+    }
+}
+
+fn function_def(
+    id: &str,
+    resource: &Value,
+    properties: &Value,
+    global_env: &BTreeMap<String, Value>,
+) -> anyhow::Result<FunctionDef> {
+    let binary = resource
+        .get("Metadata")
+        .and_then(|m| m.get("BuildProperties"))
+        .and_then(|b| b.get("Binary"))
+        .and_then(Value::as_str)
+        .with_context(|| format!("{id} has no Metadata.BuildProperties.Binary"))?
+        .to_owned();
+    let mut environment = global_env.clone();
+    if let Some(vars) = properties
+        .get("Environment")
+        .and_then(|e| e.get("Variables"))
+    {
+        environment.extend(mapping_of(vars));
+    }
+    let mut http_routes = Vec::new();
+    if let Some(events) = properties.get("Events").and_then(Value::as_mapping) {
+        for event in events.values() {
+            if event.get("Type").and_then(Value::as_str) == Some("HttpApi") {
+                let props = event.get("Properties").cloned().unwrap_or(Value::Null);
+                let authorizer = props
+                    .get("Auth")
+                    .and_then(|a| a.get("Authorizer"))
+                    .and_then(Value::as_str);
+                http_routes.push(HttpRouteDef {
+                    method: props
+                        .get("Method")
+                        .and_then(Value::as_str)
+                        .unwrap_or("ANY")
+                        .to_ascii_uppercase(),
+                    path: props
+                        .get("Path")
+                        .and_then(Value::as_str)
+                        .unwrap_or("/")
+                        .to_owned(),
+                    authorized: authorizer != Some("NONE"),
+                });
+            }
+        }
+    }
+    Ok(FunctionDef {
+        logical_id: id.to_owned(),
+        binary,
+        environment,
+        http_routes,
+    })
+}
+
+fn mapping_of(value: &Value) -> BTreeMap<String, Value> {
+    value
+        .as_mapping()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Sequence(items) => Some(
+            items
+                .iter()
+                .filter_map(scalar)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => None,
+    }
+}
+
+/// Resolves an environment value: plain scalars, `!Ref` to a parameter or resource, and
+/// `!GetAtt`/`!Sub` of local names. `names` maps resource logical ids to local names.
+pub fn resolve(
+    value: &Value,
+    names: &BTreeMap<String, String>,
+    parameters: &BTreeMap<String, String>,
+) -> Option<String> {
+    let reference = |target: &str| {
+        names
+            .get(target)
+            .or_else(|| parameters.get(target))
+            .cloned()
+    };
+    match value {
+        Value::Tagged(tagged) => {
+            let tag = tagged.tag.to_string();
+            let inner = &tagged.value;
+            match tag.trim_start_matches('!') {
+                "Ref" => reference(inner.as_str()?),
+                "GetAtt" => {
+                    let target = inner.as_str().map(str::to_owned).or_else(|| {
+                        inner
+                            .as_sequence()
+                            .and_then(|s| s.first())
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })?;
+                    let resource = target.split('.').next()?;
+                    reference(resource)
+                }
+                "Sub" => {
+                    let mut text = inner.as_str()?.to_owned();
+                    while let Some(start) = text.find("${") {
+                        let end = start + text[start..].find('}')?;
+                        let key = &text[start + 2..end];
+                        let replacement = reference(key).unwrap_or_else(|| "local".to_owned());
+                        text.replace_range(start..=end, &replacement);
+                    }
+                    Some(text)
+                }
+                _ => None,
+            }
+        }
+        Value::Mapping(map) if map.len() == 1 => {
+            let (key, inner) = map.iter().next()?;
+            match key.as_str()? {
+                "Ref" => reference(inner.as_str()?),
+                "Fn::GetAtt" => reference(inner.as_sequence()?.first()?.as_str()?),
+                _ => None,
+            }
+        }
+        other => scalar(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_functions_routes_and_refs() {
+        let template = BundleTemplate::parse(
+            r"
+Parameters:
+  OrgClaim: { Type: String, Default: org_id }
+Globals:
+  Function:
+    Environment:
+      Variables:
+        TABLE_NAME: !Ref Table
+        ORG_CLAIM: !Ref OrgClaim
+Resources:
+  Table: { Type: AWS::DynamoDB::Table, Properties: {} }
+  Fn:
+    Type: AWS::Serverless::Function
+    Metadata: { BuildProperties: { Binary: templates-api } }
+    Properties:
+      Events:
+        A: { Type: HttpApi, Properties: { Path: /services/x/{proxy+}, Method: any } }
+",
+        )
+        .unwrap();
+        let function = &template.functions[0];
+        assert_eq!(function.binary, "templates-api");
+        assert_eq!(function.http_routes[0].method, "ANY");
+        let names = BTreeMap::from([("Table".to_owned(), "local-table".to_owned())]);
+        assert_eq!(
+            resolve(
+                &function.environment["TABLE_NAME"],
+                &names,
+                &template.parameter_defaults
+            )
+            .unwrap(),
+            "local-table"
+        );
+        assert_eq!(
+            resolve(
+                &function.environment["ORG_CLAIM"],
+                &names,
+                &template.parameter_defaults
+            )
+            .unwrap(),
+            "org_id"
+        );
+    }
+}
