@@ -34,7 +34,9 @@ pub struct HttpApi {
 impl HttpApi {
     /// API Gateway's choice: an exact method beats `ANY`, a literal path beats a greedy one.
     fn route_for(&self, method: &str, path: &str) -> Option<(&HttpRoute, HashMap<String, String>)> {
-        let mut best: Option<(&HttpRoute, HashMap<String, String>, (bool, bool))> = None;
+        // Rank: (exact method, literal path); the highest rank wins.
+        type Candidate<'a> = (&'a HttpRoute, HashMap<String, String>, (bool, bool));
+        let mut best: Option<Candidate<'_>> = None;
         for route in &self.routes {
             if route.method != "ANY" && !route.method.eq_ignore_ascii_case(method) {
                 continue;

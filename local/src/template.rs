@@ -265,7 +265,7 @@ Resources:
     Metadata: { BuildProperties: { Binary: templates-api } }
     Properties:
       Events:
-        A: { Type: HttpApi, Properties: { Path: /services/x/{proxy+}, Method: any } }
+        A: { Type: HttpApi, Properties: { Path: '/services/x/{proxy+}', Method: any } }
 ",
         )
         .unwrap();

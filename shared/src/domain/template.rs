@@ -481,7 +481,7 @@ mod tests {
         let view = sms.to_json();
         assert_eq!(view["encoding"], "UCS-2");
         assert_eq!(view["segments"], 1);
-        assert_eq!(view["characters"], 11);
+        assert_eq!(view["characters"], 12);
         let message = stored(
             input(json!({"name": "m", "body": "b"}))
                 .validate(TemplateKind::Message, None)

@@ -83,7 +83,12 @@ pub fn parse_json<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError>
         } else if let Some(unknown) =
             backticked(&message).filter(|_| message.starts_with("unknown field"))
         {
-            join_path(&path, unknown)
+            // The path already ends at an unknown field.
+            if path.ends_with(unknown) {
+                path
+            } else {
+                join_path(&path, unknown)
+            }
         } else if path == "." {
             "body".to_owned()
         } else {
@@ -165,4 +170,42 @@ pub fn query_time(
         name,
         "must be an RFC 3339 time or a YYYY-MM-DD date",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Input {
+        name: String,
+        count: Option<u32>,
+    }
+
+    fn request(body: &str) -> Request {
+        let mut request = Request::new(Body::Text(body.to_owned()));
+        request.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        request
+    }
+
+    fn field_of(body: &str) -> String {
+        match parse_json::<Input>(&request(body)) {
+            Err(ApiError::Validation { errors, .. }) => errors.keys().next().unwrap().clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        assert_eq!(field_of(r#"{"count": 1}"#), "name");
+        assert_eq!(field_of(r#"{"name": "a", "colour": 1}"#), "colour");
+        assert_eq!(field_of(r#"{"name": "a", "count": "x"}"#), "count");
+        assert_eq!(field_of(r#"{"name": "#), "body");
+        assert_eq!(field_of(""), "body");
+    }
 }

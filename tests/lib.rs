@@ -1,0 +1,1 @@
+//! Herald's workspace integration tests live in `tests/`; this crate has no code of its own.

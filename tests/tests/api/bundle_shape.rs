@@ -1,0 +1,163 @@
+//! The bundle's shape holds together: every function in `template.yaml` has a binary and
+//! every binary a function, every route its handler, and every sample event parses into
+//! its function's event type.
+
+use std::collections::BTreeSet;
+
+use functions::registry::FUNCTIONS;
+use local::template::BundleTemplate;
+use shared::http::match_path;
+
+use crate::helpers::workspace_root;
+
+fn template() -> BundleTemplate {
+    BundleTemplate::load(&workspace_root().join("template.yaml")).unwrap()
+}
+
+fn stems(dir: &str, extension: &str) -> BTreeSet<String> {
+    std::fs::read_dir(workspace_root().join(dir))
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            (path.extension()? == extension)
+                .then(|| path.file_stem()?.to_str().map(str::to_owned))?
+        })
+        .collect()
+}
+
+/// A concrete path for a pattern: every parameter replaced by a sample segment.
+fn sample_path(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|part| if part.starts_with('{') { "x" } else { part })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[test]
+fn every_function_has_a_binary_and_every_binary_a_function() {
+    let in_template: BTreeSet<String> = template()
+        .functions
+        .iter()
+        .map(|f| f.binary.clone())
+        .collect();
+    let bin_files = stems("functions/src/bin", "rs");
+    let registered: BTreeSet<String> = FUNCTIONS.iter().map(|f| f.binary.to_owned()).collect();
+    assert_eq!(
+        in_template, bin_files,
+        "template.yaml functions vs functions/src/bin"
+    );
+    assert_eq!(
+        in_template, registered,
+        "template.yaml functions vs functions::registry"
+    );
+}
+
+#[test]
+fn every_route_has_its_handler_and_every_handler_route_is_declared() {
+    let template = template();
+    for function in &template.functions {
+        let info = FUNCTIONS
+            .iter()
+            .find(|f| f.binary == function.binary)
+            .unwrap();
+        for route in info.routes {
+            let path = sample_path(route.pattern);
+            let declared = function.http_routes.iter().any(|declared| {
+                (declared.method == "ANY" || declared.method == route.method)
+                    && match_path(&declared.path, &path).is_some()
+            });
+            assert!(
+                declared,
+                "{} {} of {} is not routed by template.yaml",
+                route.method, route.pattern, function.binary
+            );
+        }
+        for declared in &function.http_routes {
+            let path = sample_path(&declared.path);
+            let handled = info.routes.iter().any(|route| {
+                (declared.method == "ANY" || declared.method == route.method)
+                    && match_path(route.pattern, &path).is_some()
+            });
+            assert!(
+                handled,
+                "{} {} is routed to {} but it has no handler",
+                declared.method, declared.path, function.binary
+            );
+            assert!(
+                declared.authorized,
+                "{} is open: API routes go through the JWT authorizer",
+                declared.path
+            );
+        }
+    }
+}
+
+#[test]
+fn every_event_file_parses_into_its_functions_event_type() {
+    let template = template();
+    let event_dirs: BTreeSet<String> = std::fs::read_dir(workspace_root().join("events"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let binaries: BTreeSet<String> = template
+        .functions
+        .iter()
+        .map(|f| f.binary.clone())
+        .collect();
+    assert_eq!(
+        event_dirs, binaries,
+        "events/<binary>/ for every function, and no others"
+    );
+
+    for function in &template.functions {
+        let info = FUNCTIONS
+            .iter()
+            .find(|f| f.binary == function.binary)
+            .unwrap();
+        let files = stems(&format!("events/{}", function.binary), "json");
+        assert!(!files.is_empty(), "{} has no sample event", function.binary);
+        for file in files {
+            let path = workspace_root().join(format!("events/{}/{file}.json", function.binary));
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !info.routes.is_empty() {
+                let request = lambda_http::request::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let routed = info.routes.iter().any(|route| {
+                    route.method == request.method().as_str()
+                        && match_path(route.pattern, request.uri().path()).is_some()
+                });
+                assert!(
+                    routed,
+                    "{} is not a request {} answers",
+                    path.display(),
+                    function.binary
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn functions_follow_the_bundle_conventions() {
+    let text = std::fs::read_to_string(workspace_root().join("template.yaml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let globals = &doc["Globals"]["Function"];
+    assert_eq!(globals["Runtime"], "provided.al2023");
+    assert_eq!(globals["Handler"], "bootstrap");
+    assert_eq!(globals["Architectures"][0], "arm64");
+    for (id, resource) in doc["Resources"].as_mapping().unwrap() {
+        if resource["Type"] == "AWS::Serverless::Function" {
+            assert_eq!(
+                resource["Metadata"]["BuildMethod"], "rust-cargolambda",
+                "{id:?}"
+            );
+            assert!(
+                resource["Properties"]["Policies"]
+                    .as_sequence()
+                    .is_some_and(|p| !p.is_empty()),
+                "{id:?} has no policies"
+            );
+        }
+    }
+}

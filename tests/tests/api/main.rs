@@ -1,0 +1,9 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
+//! Integration tests through the local runner: real HTTP, the local JWT authorizer, the
+//! handlers Lambda runs and real DynamoDB queries against moto. Each test gets its own bundle
+//! (its own table), so tests run in parallel.
+
+mod bundle_shape;
+mod events;
+mod helpers;
+mod templates;
