@@ -13,5 +13,6 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod logging;
+pub mod queue;
 pub mod render;
 pub mod store;

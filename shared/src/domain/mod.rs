@@ -1,5 +1,6 @@
 //! Herald's domain types and rules. No I/O lives here.
 
+pub mod email;
 mod ids;
 pub mod sms;
 pub mod template;

@@ -19,7 +19,7 @@ pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
-use crate::http::{ApiError, Cursor};
+use crate::http::{ApiError, Cursor, PageRequest};
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -67,4 +67,73 @@ fn key_of(cursor: &Cursor) -> Item {
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
+}
+
+/// How many DynamoDB pages one list request may read before it hands back a cursor, so a
+/// selective filter cannot make one request scan a whole partition.
+const MAX_QUERY_ROUNDS: usize = 10;
+
+/// The partition a list query reads; a cursor must point into it.
+pub(crate) struct PartitionKey<'a> {
+    pub attribute: &'a str,
+    pub value: &'a str,
+}
+
+/// Runs a prepared query (key condition, filters, order) one API page at a time: resumes
+/// after the page's cursor, reads until `page.limit` items pass the filters (or the rounds
+/// run out), and returns them with the position to resume after.
+///
+/// `key_names` are the attributes that identify an item in the queried index; a cursor
+/// must hold exactly those, inside `partition`, or it is refused.
+pub(crate) async fn paged_query(
+    request: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    page: &PageRequest,
+    partition: PartitionKey<'_>,
+    key_names: &[&str],
+) -> Result<(Vec<Item>, Option<Cursor>), StoreError> {
+    let mut start = match &page.after {
+        Some(cursor) => {
+            let valid = cursor.len() == key_names.len()
+                && key_names.iter().all(|name| cursor.contains_key(*name))
+                && cursor.get(partition.attribute).map(String::as_str) == Some(partition.value);
+            if !valid {
+                return Err(StoreError::InvalidCursor);
+            }
+            Some(key_of(cursor))
+        }
+        None => None,
+    };
+    let mut items: Vec<Item> = Vec::new();
+    for _ in 0..MAX_QUERY_ROUNDS {
+        let output = request
+            .clone()
+            .set_exclusive_start_key(start.take())
+            .limit(i32::try_from(page.limit + 1).unwrap_or(101).max(25))
+            .send()
+            .await
+            .map_err(|error| {
+                if page.after.is_some()
+                    && error
+                        .as_service_error()
+                        .is_some_and(|e| e.meta().code() == Some("ValidationException"))
+                {
+                    StoreError::InvalidCursor
+                } else {
+                    StoreError::Other(anyhow::Error::new(error).context("Query"))
+                }
+            })?;
+        items.extend(output.items.unwrap_or_default());
+        if items.len() > page.limit {
+            items.truncate(page.limit);
+            let next = items.last().map(|item| cursor_of(item, key_names));
+            return Ok((items, next));
+        }
+        match output.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return Ok((items, None)),
+        }
+    }
+    // Out of rounds with a partly filled page: resume where the reads stopped.
+    let next = start.as_ref().map(|key| cursor_of(key, key_names));
+    Ok((items, next))
 }

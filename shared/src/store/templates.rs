@@ -5,14 +5,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Item, StoreError, cursor_of, key_of, s};
+use super::{Item, PartitionKey, StoreError, paged_query, s};
 use crate::domain::template::{Template, TemplateContent, TemplateKind};
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
-
-/// How many DynamoDB pages one list request may read before it hands back a cursor, so a
-/// selective filter cannot make one request scan a whole partition.
-const MAX_QUERY_ROUNDS: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct TemplateStore {
@@ -457,59 +453,16 @@ impl TemplateStore {
             .filter_expression(filters.join(" AND "))
             .scan_index_forward(ascending);
 
-        let mut start = match &page.after {
-            Some(cursor) => {
-                let valid = cursor.len() == key_names.len()
-                    && key_names.iter().all(|name| cursor.contains_key(*name))
-                    && cursor.get(partition_attr) == Some(&partition_value);
-                if !valid {
-                    return Err(StoreError::InvalidCursor);
-                }
-                Some(key_of(cursor))
-            }
-            None => None,
-        };
-
-        let mut items: Vec<Item> = Vec::new();
-        for _ in 0..MAX_QUERY_ROUNDS {
-            let output = request
-                .clone()
-                .set_exclusive_start_key(start.take())
-                .limit(i32::try_from(page.limit + 1).unwrap_or(101).max(25))
-                .send()
-                .await
-                .map_err(|error| {
-                    if page.after.is_some()
-                        && error
-                            .as_service_error()
-                            .is_some_and(|e| e.meta().code() == Some("ValidationException"))
-                    {
-                        StoreError::InvalidCursor
-                    } else {
-                        anyhow::Error::new(error).context("Query templates").into()
-                    }
-                })?;
-            items.extend(output.items.unwrap_or_default());
-            if items.len() > page.limit {
-                items.truncate(page.limit);
-                let next = items.last().map(|item| cursor_of(item, key_names));
-                return Ok((
-                    items.into_iter().map(decode).collect::<Result<_, _>>()?,
-                    next,
-                ));
-            }
-            match output.last_evaluated_key {
-                Some(key) => start = Some(key),
-                None => {
-                    return Ok((
-                        items.into_iter().map(decode).collect::<Result<_, _>>()?,
-                        None,
-                    ));
-                }
-            }
-        }
-        // Out of rounds with a partly filled page: resume where the reads stopped.
-        let next = start.as_ref().map(|key| cursor_of(key, key_names));
+        let (items, next) = paged_query(
+            request,
+            page,
+            PartitionKey {
+                attribute: partition_attr,
+                value: &partition_value,
+            },
+            key_names,
+        )
+        .await?;
         Ok((
             items.into_iter().map(decode).collect::<Result<_, _>>()?,
             next,

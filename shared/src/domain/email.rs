@@ -1,0 +1,234 @@
+//! Email domain: addresses, the forward-only status machine and engagement (SPEC §4).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// An email address, checked at the edge.
+///
+/// The check is deliberately the practical one providers apply (one `@`, a dotted domain,
+/// no spaces or control characters, RFC 5321 lengths) rather than the full RFC 5322
+/// grammar, which accepts addresses no provider will deliver to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    /// # Errors
+    /// A message saying what is wrong with the address.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        let Some((local, domain)) = value.rsplit_once('@') else {
+            return Err(format!("{value:?} is not an email address"));
+        };
+        let bad_char = |c: char| {
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(
+                    c,
+                    '<' | '>' | ',' | ';' | '"' | '(' | ')' | '[' | ']' | '\\'
+                )
+        };
+        let domain_ok = domain.contains('.')
+            && !domain.starts_with(['.', '-'])
+            && !domain.ends_with(['.', '-'])
+            && !domain.contains("..")
+            && domain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '.' || c == '-');
+        if local.is_empty()
+            || local.len() > 64
+            || value.len() > 254
+            || local.contains('@')
+            || local.chars().any(bad_char)
+            || !domain_ok
+        {
+            return Err(format!("{value:?} is not an email address"));
+        }
+        // Domains are case-insensitive; local parts are left as given.
+        Ok(Self(format!("{local}@{}", domain.to_lowercase())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The form suppression lists are keyed by: case-insensitive as mailbox providers treat it.
+    pub fn suppression_key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+impl TryFrom<String> for EmailAddress {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<EmailAddress> for String {
+    fn from(value: EmailAddress) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where an email is. Statuses only move forward (see [`EmailStatus::can_become`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailStatus {
+    Queued,
+    Sending,
+    Sent,
+    Deferred,
+    Delivered,
+    Bounced,
+    Dropped,
+    Failed,
+    Suppressed,
+}
+
+impl EmailStatus {
+    pub const ALL: [Self; 9] = [
+        Self::Queued,
+        Self::Sending,
+        Self::Sent,
+        Self::Deferred,
+        Self::Delivered,
+        Self::Bounced,
+        Self::Dropped,
+        Self::Failed,
+        Self::Suppressed,
+    ];
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Deferred => "deferred",
+            Self::Delivered => "delivered",
+            Self::Bounced => "bounced",
+            Self::Dropped => "dropped",
+            Self::Failed => "failed",
+            Self::Suppressed => "suppressed",
+        }
+    }
+
+    /// How far along the pipeline a status is. Terminal statuses share the top rank.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Queued => 0,
+            Self::Sending => 1,
+            Self::Sent => 2,
+            Self::Deferred => 3,
+            Self::Delivered | Self::Bounced | Self::Dropped | Self::Failed | Self::Suppressed => 4,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self.rank() == 4
+    }
+
+    /// Forward-only: a late or repeated event never moves an email backwards, and nothing
+    /// moves it out of a final status. The worker's own retry (`sending` back to `queued`)
+    /// is the one exception and does not go through here.
+    pub fn can_become(self, next: Self) -> bool {
+        !self.is_final() && next.rank() > self.rank()
+    }
+}
+
+/// Engagement recorded on top of the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engagement {
+    Opened,
+    Clicked,
+    Unsubscribed,
+    SpamReported,
+}
+
+impl Engagement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Clicked => "clicked",
+            Self::Unsubscribed => "unsubscribed",
+            Self::SpamReported => "spam_reported",
+        }
+    }
+}
+
+/// Why a send failed, which decides whether `resend-failed` may retry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Transient,
+    Permanent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            EmailAddress::parse(" Ann@Example.COM ").unwrap().as_str(),
+            "Ann@example.com"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@x.com",
+            "a b@x.com",
+            "ann@x",
+            "ann@x..com",
+            "a<b>@x.com",
+            "ann@-x.com",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn final_statuses_never_move() {
+        assert!(EmailStatus::Sent.can_become(EmailStatus::Delivered));
+        assert!(EmailStatus::Sent.can_become(EmailStatus::Deferred));
+        assert!(EmailStatus::Deferred.can_become(EmailStatus::Bounced));
+        assert!(!EmailStatus::Delivered.can_become(EmailStatus::Bounced));
+        assert!(!EmailStatus::Delivered.can_become(EmailStatus::Sent));
+        assert!(!EmailStatus::Deferred.can_become(EmailStatus::Sent));
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_sequence_only_moves_forward(steps in proptest::collection::vec(0usize..9, 0..30)) {
+            let mut status = EmailStatus::Queued;
+            for step in steps {
+                let next = EmailStatus::ALL[step];
+                let before = status;
+                if status.can_become(next) {
+                    status = next;
+                }
+                prop_assert!(status.rank() >= before.rank());
+                if before.is_final() {
+                    prop_assert_eq!(status, before);
+                }
+            }
+        }
+    }
+}
