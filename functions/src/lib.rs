@@ -1,5 +1,11 @@
 //! Herald's Lambda functions. Each module is one function's logic; `src/bin/<name>.rs` is
 //! its short `main`. The local runner and the tests call the same code through [`registry`].
 
+pub mod bulk_worker;
+pub mod email_api;
+pub mod email_status_check;
+pub mod email_worker;
 pub mod registry;
+pub mod runtime;
+pub mod sendgrid_webhook;
 pub mod templates_api;

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_http::{Body, Request, Response};
 use shared::aws::AwsClients;
 use shared::config::Env;
@@ -12,15 +14,42 @@ use shared::http::Route;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A function behind HTTP API routes: a request in, a response out (errors are responses).
+/// A function behind HTTP API routes or a function URL: a request in, a response out
+/// (errors are responses).
 pub trait HttpFunction: Send + Sync {
     fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>>;
+}
+
+/// A queue worker: reports the messages that failed (`ReportBatchItemFailures`).
+pub trait SqsFunction: Send + Sync {
+    fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse>;
+}
+
+/// A scheduled job. An `Err` makes the invocation fail (and EventBridge retry).
+pub trait ScheduledFunction: Send + Sync {
+    fn call(&self, event: EventBridgeEvent) -> BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
 /// What kind of event a function takes.
 #[derive(Clone)]
 pub enum Handler {
     Http(Arc<dyn HttpFunction>),
+    Sqs(Arc<dyn SqsFunction>),
+    Scheduled(Arc<dyn ScheduledFunction>),
+}
+
+/// The batch response naming the messages to retry.
+pub fn batch_response(failed_message_ids: Vec<String>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed_message_ids
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
 }
 
 /// A function's binary name and the routes its own router answers.
@@ -31,20 +60,53 @@ pub struct FunctionInfo {
 }
 
 /// Every function binary of the bundle.
-pub const FUNCTIONS: &[FunctionInfo] = &[FunctionInfo {
-    binary: "templates-api",
-    routes: crate::templates_api::ROUTES,
-}];
+pub const FUNCTIONS: &[FunctionInfo] = &[
+    FunctionInfo {
+        binary: "templates-api",
+        routes: crate::templates_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "email-api",
+        routes: crate::email_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "email-worker",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "bulk-worker",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "sendgrid-webhook",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "email-status-check",
+        routes: &[],
+    },
+];
 
 /// Builds the handler for `binary` with its own environment, as its `main` would.
 ///
 /// # Errors
 /// When the binary is unknown or its configuration is incomplete.
 pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<Handler> {
-    match binary {
-        "templates-api" => Ok(Handler::Http(Arc::new(
-            crate::templates_api::TemplatesApi::new(aws, env)?,
-        ))),
+    Ok(match binary {
+        "templates-api" => {
+            Handler::Http(Arc::new(crate::templates_api::TemplatesApi::new(aws, env)?))
+        }
+        "email-api" => Handler::Http(Arc::new(crate::email_api::EmailApi::new(aws, env).await?)),
+        "email-worker" => Handler::Sqs(Arc::new(
+            crate::email_worker::EmailWorker::new(aws, env).await?,
+        )),
+        "bulk-worker" => Handler::Sqs(Arc::new(crate::bulk_worker::BulkWorker::new(aws, env)?)),
+        "sendgrid-webhook" => Handler::Http(Arc::new(
+            crate::sendgrid_webhook::SendGridWebhook::new(aws, env).await?,
+        )),
+        "email-status-check" => Handler::Scheduled(Arc::new(
+            crate::email_status_check::EmailStatusCheck::new(aws, env).await?,
+        )),
         other => anyhow::bail!("no function binary named {other}"),
-    }
+    })
 }

@@ -28,6 +28,9 @@ pub struct HttpRoute {
 
 pub struct HttpApi {
     pub routes: Vec<HttpRoute>,
+    /// Function URLs, served at `/hooks/<binary>/…` (no authorizer: the function checks
+    /// the provider's signature).
+    pub function_urls: HashMap<String, Arc<dyn HttpFunction>>,
     pub auth: LocalAuth,
 }
 
@@ -60,6 +63,31 @@ pub async fn serve(
     let (parts, body) = request.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
+    if let Some(rest) = path.strip_prefix("/hooks/") {
+        let (binary, inner_path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_owned()), |(b, p)| (b, format!("/{p}")));
+        let Some(function) = api.function_urls.get(binary) else {
+            return into_axum(ApiError::NotFound.into_response());
+        };
+        let Ok(bytes) = to_bytes(body, MAX_REQUEST_BYTES).await else {
+            return into_axum(
+                ApiError::PayloadTooLarge("the request is over 10 MiB".to_owned()).into_response(),
+            );
+        };
+        let event = lambda_event(
+            &parts,
+            &inner_path,
+            "$default",
+            HashMap::new(),
+            None,
+            &bytes,
+        );
+        return match lambda_http::request::from_str(&event.to_string()) {
+            Ok(request) => into_axum(function.call(request).await),
+            Err(error) => into_axum(ApiError::internal(error).into_response()),
+        };
+    }
     let Some((route, path_params)) = api.route_for(&method, &path) else {
         return into_axum(ApiError::NotFound.into_response());
     };
@@ -95,10 +123,11 @@ pub async fn serve(
             ApiError::PayloadTooLarge("the request is over 10 MiB".to_owned()).into_response(),
         );
     };
-    let event = api_gateway_event(
+    let route_key = format!("{} {}", route.method, route.path);
+    let event = lambda_event(
         &parts,
-        &route.method,
-        &route.path,
+        parts.uri.path(),
+        &route_key,
         path_params,
         claims,
         &bytes,
@@ -110,11 +139,11 @@ pub async fn serve(
     into_axum(route.function.call(request).await)
 }
 
-/// The API Gateway HTTP API payload format 2.0 event for a request.
-fn api_gateway_event(
+/// The payload format 2.0 event (API Gateway HTTP API and function URLs share it).
+fn lambda_event(
     parts: &http::request::Parts,
-    route_method: &str,
-    route_path: &str,
+    path: &str,
+    route_key: &str,
     path_params: HashMap<String, String>,
     claims: Option<HashMap<String, String>>,
     body: &[u8],
@@ -150,12 +179,11 @@ fn api_gateway_event(
         Err(_) => (base64::engine::general_purpose::STANDARD.encode(body), true),
     };
     let now = chrono::Utc::now();
-    let route_key = format!("{route_method} {route_path}");
     let authorizer = claims.map(|claims| json!({ "jwt": { "claims": claims, "scopes": null } }));
     json!({
         "version": "2.0",
         "routeKey": route_key,
-        "rawPath": parts.uri.path(),
+        "rawPath": path,
         "rawQueryString": raw_query,
         "headers": headers,
         "queryStringParameters": if query.is_empty() { Value::Null } else { Value::Object(query) },
@@ -168,7 +196,7 @@ fn api_gateway_event(
             "domainPrefix": "localhost",
             "http": {
                 "method": parts.method.as_str(),
-                "path": parts.uri.path(),
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": "127.0.0.1",
                 "userAgent": parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),

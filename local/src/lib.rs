@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod http_api;
 pub mod resources;
+pub mod sandbox;
+pub mod sources;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,8 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{Query, State};
-use axum::routing::get;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
 use functions::registry::{self, Handler};
 use shared::aws::AwsClients;
 use shared::config::Env;
@@ -26,7 +28,19 @@ use shared::config::Env;
 use crate::auth::LocalAuth;
 use crate::http_api::{HttpApi, HttpRoute};
 use crate::resources::ResourceNames;
+use crate::sandbox::sendgrid::SendGridSandbox;
+use crate::sources::{QueuePoller, Schedule};
 use crate::template::{BundleTemplate, resolve};
+
+/// Process variables every local function inherits: how to reach local AWS, and logging.
+const INHERITED: &[&str] = &[
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "RUST_LOG",
+];
 
 #[derive(Debug, Clone)]
 pub struct BundleOptions {
@@ -35,8 +49,15 @@ pub struct BundleOptions {
     pub prefix: String,
     pub bind: SocketAddr,
     pub jwt_secret: String,
-    /// Variables every function gets on top of the template's (endpoints, provider keys).
+    /// The runner's environment: AWS access, and real provider keys (which switch the
+    /// sandbox off for that provider).
     pub env: BTreeMap<String, String>,
+    /// Variables every function gets on top of the template's (tests tune retries here).
+    pub overrides: BTreeMap<String, String>,
+    /// Poll the queues (tests that drive pollers by hand turn this off).
+    pub poll_queues: bool,
+    /// Fire `rate(...)` schedules on their own (otherwise only `POST /local/schedules/…`).
+    pub run_schedules: bool,
 }
 
 impl BundleOptions {
@@ -48,17 +69,24 @@ impl BundleOptions {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             jwt_secret: auth::DEFAULT_SECRET.to_owned(),
             env: std::env::vars().collect(),
+            overrides: BTreeMap::new(),
+            poll_queues: true,
+            run_schedules: true,
         }
     }
 }
 
-/// A running bundle: its address, its resources' local names and its token minter.
+/// A running bundle: its address, its resources, its token minter and sandboxes.
 pub struct RunningBundle {
     pub addr: SocketAddr,
     pub names: ResourceNames,
     pub auth: LocalAuth,
     pub aws: AwsClients,
-    server: tokio::task::JoinHandle<()>,
+    /// The SendGrid stand-in, unless real SendGrid keys were given.
+    pub sendgrid: Option<Arc<SendGridSandbox>>,
+    pub pollers: Vec<Arc<QueuePoller>>,
+    pub schedules: Arc<HashMap<String, Schedule>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningBundle {
@@ -66,19 +94,30 @@ impl RunningBundle {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The local name or URL of a resource (what `!Ref` gives).
+    pub fn resource(&self, logical_id: &str) -> &str {
+        self.names
+            .get(logical_id)
+            .map_or("", |r| r.reference.as_str())
+    }
+
     /// Waits until the server stops (it does not on its own).
     pub async fn wait(mut self) {
-        let _ = (&mut self.server).await;
+        if let Some(server) = self.tasks.first_mut() {
+            let _ = server.await;
+        }
     }
 }
 
 impl Drop for RunningBundle {
     fn drop(&mut self) {
-        self.server.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
-/// Starts the bundle: resources, functions, HTTP server.
+/// Starts the bundle: resources, functions, HTTP server, queue pollers, schedules.
 ///
 /// # Errors
 /// When the template cannot be read, a resource cannot be created, a function cannot be
@@ -90,22 +129,61 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         .required("AWS_ENDPOINT_URL")
         .context("the local runner needs AWS_ENDPOINT_URL (the moto server)")?;
     let aws = AwsClients::load(&base_env).await;
-    let names = resources::create_all(&template, &aws, &options.prefix).await?;
 
+    // Bind first: the sandboxes and webhooks need the address.
+    let listener = tokio::net::TcpListener::bind(options.bind)
+        .await
+        .with_context(|| format!("binding {}", options.bind))?;
+    let addr = listener.local_addr()?;
+    let base_url = format!("http://{addr}");
+
+    let mut overrides = BTreeMap::from([(
+        "EMAIL_DEFAULT_FROM".to_owned(),
+        "no-reply@herald.local".to_owned(),
+    )]);
+    let mut secret_values = BTreeMap::new();
+    let sendgrid = if base_env.optional("SENDGRID_API_KEY").is_some() {
+        for name in ["SENDGRID_API_KEY", "SENDGRID_WEBHOOK_PUBLIC_KEY"] {
+            if let Some(value) = base_env.optional(name) {
+                secret_values.insert(name.to_owned(), value);
+            }
+        }
+        tracing::info!("SENDGRID_API_KEY is set: sending through the real SendGrid");
+        None
+    } else {
+        let sandbox = SendGridSandbox::new(format!("{base_url}/hooks/sendgrid-webhook"));
+        secret_values.extend(sandbox.secret_values());
+        overrides.insert(
+            "SENDGRID_BASE_URL".to_owned(),
+            format!("{base_url}/sandbox/sendgrid"),
+        );
+        Some(sandbox)
+    };
+    overrides.extend(options.overrides.clone());
+
+    let names = resources::create_all(&template, &aws, &options.prefix, &secret_values).await?;
     let org_claim = template
         .parameter_defaults
         .get("OrgClaim")
         .cloned()
         .unwrap_or_else(|| "org_id".to_owned());
     let auth = LocalAuth::new(options.jwt_secret.clone(), org_claim);
+
     let mut routes = Vec::new();
+    let mut function_urls = HashMap::new();
+    let mut pollers = Vec::new();
+    let mut schedules = HashMap::new();
     for function in &template.functions {
-        let mut vars: HashMap<String, String> = options.env.clone().into_iter().collect();
+        let mut vars: HashMap<String, String> = INHERITED
+            .iter()
+            .filter_map(|name| Some(((*name).to_owned(), base_env.optional(name)?)))
+            .collect();
         for (name, value) in &function.environment {
             if let Some(value) = resolve(value, &names, &template.parameter_defaults) {
-                vars.entry(name.clone()).or_insert(value);
+                vars.insert(name.clone(), value);
             }
         }
+        vars.extend(overrides.clone());
         vars.insert(
             "AWS_LAMBDA_FUNCTION_NAME".to_owned(),
             function.binary.clone(),
@@ -123,34 +201,114 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
                         function: Arc::clone(&http_function),
                     });
                 }
+                if function.function_url {
+                    function_urls.insert(function.binary.clone(), http_function);
+                }
+            }
+            Handler::Sqs(sqs_function) => {
+                for source in &function.queues {
+                    let queue = names.get(&source.queue).with_context(|| {
+                        format!("{}: no queue {}", function.logical_id, source.queue)
+                    })?;
+                    pollers.push(Arc::new(QueuePoller {
+                        function: function.binary.clone(),
+                        queue_url: queue.reference.clone(),
+                        queue_arn: queue.attributes.get("Arn").cloned().unwrap_or_default(),
+                        batch_size: source.batch_size,
+                        report_failures: source.report_failures,
+                        handler: Arc::clone(&sqs_function),
+                        sqs: aws.sqs.clone(),
+                    }));
+                }
+            }
+            Handler::Scheduled(scheduled) => {
+                for expression in &function.schedules {
+                    schedules.insert(
+                        function.binary.clone(),
+                        Schedule {
+                            function: function.binary.clone(),
+                            expression: expression.clone(),
+                            handler: Arc::clone(&scheduled),
+                        },
+                    );
+                }
             }
         }
     }
 
+    let schedules = Arc::new(schedules);
     let api = Arc::new(HttpApi {
         routes,
+        function_urls,
         auth: auth.clone(),
     });
-    let app = axum::Router::new()
-        .route("/local/token", get(mint_token).with_state(auth.clone()))
+    let gateway = axum::Router::new()
         .fallback(http_api::serve)
         .with_state(api);
-    let listener = tokio::net::TcpListener::bind(options.bind)
-        .await
-        .with_context(|| format!("binding {}", options.bind))?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move {
+    let mut app = axum::Router::new()
+        .route("/local/token", get(mint_token).with_state(auth.clone()))
+        .route(
+            "/local/schedules/{function}",
+            post(fire_schedule).with_state(Arc::clone(&schedules)),
+        );
+    if let Some(sandbox) = &sendgrid {
+        app = app.merge(sandbox.router());
+    }
+    let app = app.fallback_service(gateway);
+    let mut tasks = vec![tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "local HTTP server stopped");
         }
-    });
+    })];
+    if options.poll_queues {
+        for poller in &pollers {
+            let poller = Arc::clone(poller);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if let Err(error) = poller.poll_once().await {
+                        tracing::warn!(
+                            function = poller.function,
+                            error = format!("{error:#}"),
+                            "queue poll failed"
+                        );
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }));
+        }
+    }
+    if options.run_schedules {
+        tasks.extend(schedules.values().cloned().filter_map(Schedule::spawn));
+    }
     Ok(RunningBundle {
         addr,
         names,
         auth,
         aws,
-        server,
+        sendgrid,
+        pollers,
+        schedules,
+        tasks,
     })
+}
+
+/// `POST /local/schedules/<function>` — run a scheduled function now.
+async fn fire_schedule(
+    State(schedules): State<Arc<HashMap<String, Schedule>>>,
+    Path(function): Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match schedules.get(&function) {
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no schedule for {function}\n"),
+        )
+            .into_response(),
+        Some(schedule) => match schedule.fire().await {
+            Ok(result) => axum::Json(result).into_response(),
+            Err(error) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
+        },
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -11,13 +11,16 @@ use aws_sdk_dynamodb::types::{
 use serde_yaml::Value;
 use shared::aws::AwsClients;
 
-use crate::template::BundleTemplate;
+use aws_sdk_sqs::types::QueueAttributeName;
 
-/// Local names of the resources, by logical id.
-pub type ResourceNames = BTreeMap<String, String>;
+use crate::template::{BundleTemplate, LocalResource, referenced_id};
 
-/// Creates every resource the runner supports (skipping those that exist) and returns the
-/// local name of every resource in the template.
+/// The local copy of every resource, by logical id.
+pub type ResourceNames = BTreeMap<String, LocalResource>;
+
+/// Creates every resource the runner supports (skipping those that exist) and returns what
+/// every resource of the template resolves to. Secrets get their keys from `secret_values`
+/// (a key the runner has no value for stays empty, i.e. "not configured").
 ///
 /// # Errors
 /// When a create call fails for a reason other than "already exists".
@@ -25,18 +28,148 @@ pub async fn create_all(
     template: &BundleTemplate,
     aws: &AwsClients,
     prefix: &str,
+    secret_values: &BTreeMap<String, String>,
 ) -> anyhow::Result<ResourceNames> {
     let mut names = ResourceNames::new();
+    // Dead-letter queues first: their ARNs go into the other queues' redrive policies.
+    let mut queues: Vec<(&String, &Value)> = template
+        .resources
+        .iter()
+        .filter(|(_, (kind, _))| kind == "AWS::SQS::Queue")
+        .map(|(id, (_, properties))| (id, properties))
+        .collect();
+    queues.sort_by_key(|(_, properties)| properties.get("RedrivePolicy").is_some());
+    for (id, properties) in queues {
+        let queue = create_queue(aws, &format!("{prefix}-{id}"), properties, &names)
+            .await
+            .with_context(|| format!("creating queue {id}"))?;
+        names.insert(id.clone(), queue);
+    }
     for (id, (kind, properties)) in &template.resources {
         let name = format!("{prefix}-{id}");
-        if kind == "AWS::DynamoDB::Table" {
-            create_table(aws, &name, properties)
+        let resource = match kind.as_str() {
+            "AWS::DynamoDB::Table" => {
+                create_table(aws, &name, properties)
+                    .await
+                    .with_context(|| format!("creating table {id}"))?;
+                let mut table = LocalResource::named(&name);
+                table.attributes.insert(
+                    "Arn".into(),
+                    format!("arn:aws:dynamodb:us-east-1:123456789012:table/{name}"),
+                );
+                table
+            }
+            "AWS::SecretsManager::Secret" => create_secret(aws, &name, properties, secret_values)
                 .await
-                .with_context(|| format!("creating table {id}"))?;
-        }
-        names.insert(id.clone(), name);
+                .with_context(|| format!("creating secret {id}"))?,
+            "AWS::SQS::Queue" => continue,
+            _ => LocalResource::named(&name),
+        };
+        names.insert(id.clone(), resource);
     }
     Ok(names)
+}
+
+async fn create_queue(
+    aws: &AwsClients,
+    name: &str,
+    properties: &Value,
+    names: &ResourceNames,
+) -> anyhow::Result<LocalResource> {
+    let mut request = aws.sqs.create_queue().queue_name(name);
+    for attribute in [
+        "VisibilityTimeout",
+        "MessageRetentionPeriod",
+        "DelaySeconds",
+        "ReceiveMessageWaitTimeSeconds",
+    ] {
+        if let Some(value) = properties.get(attribute).and_then(|v| v.as_u64()) {
+            request = request.attributes(QueueAttributeName::from(attribute), value.to_string());
+        }
+    }
+    if let Some(redrive) = properties.get("RedrivePolicy") {
+        let target = redrive
+            .get("deadLetterTargetArn")
+            .and_then(referenced_id)
+            .context("RedrivePolicy without a target")?;
+        let arn = names
+            .get(&target)
+            .and_then(|q| q.attributes.get("Arn"))
+            .context("dead-letter queue not created yet")?;
+        let max = redrive
+            .get("maxReceiveCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(3);
+        let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max});
+        request = request.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
+    }
+    let url = request
+        .send()
+        .await?
+        .queue_url
+        .context("CreateQueue returned no URL")?;
+    let attributes = aws
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?;
+    let arn = attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .context("queue has no ARN")?;
+    let mut queue = LocalResource::named(url);
+    queue.attributes.insert("Arn".into(), arn);
+    queue.attributes.insert("QueueName".into(), name.to_owned());
+    Ok(queue)
+}
+
+async fn create_secret(
+    aws: &AwsClients,
+    name: &str,
+    properties: &Value,
+    values: &BTreeMap<String, String>,
+) -> anyhow::Result<LocalResource> {
+    let template_value = properties
+        .get("SecretString")
+        .and_then(Value::as_str)
+        .unwrap_or("{}");
+    let mut secret: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(template_value).unwrap_or_default();
+    for (key, value) in secret.iter_mut() {
+        *value = serde_json::Value::String(values.get(key).cloned().unwrap_or_default());
+    }
+    let secret_string = serde_json::Value::Object(secret).to_string();
+    let arn = match aws
+        .secrets
+        .create_secret()
+        .name(name)
+        .secret_string(&secret_string)
+        .send()
+        .await
+    {
+        Ok(output) => output.arn.context("CreateSecret returned no ARN")?,
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_exists_exception()) =>
+        {
+            let output = aws
+                .secrets
+                .put_secret_value()
+                .secret_id(name)
+                .secret_string(&secret_string)
+                .send()
+                .await?;
+            output.arn.context("PutSecretValue returned no ARN")?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut resource = LocalResource::named(&arn);
+    resource.attributes.insert("Id".into(), arn);
+    Ok(resource)
 }
 
 fn key_schema(value: Option<&Value>) -> anyhow::Result<Vec<KeySchemaElement>> {

@@ -16,6 +16,19 @@ pub struct FunctionDef {
     /// Environment variables, `!Ref`s still unresolved.
     pub environment: BTreeMap<String, Value>,
     pub http_routes: Vec<HttpRouteDef>,
+    /// SQS event sources: (queue logical id, batch size).
+    pub queues: Vec<QueueSourceDef>,
+    /// Schedule expressions (`rate(5 minutes)`, `cron(0 2 * * ? *)`).
+    pub schedules: Vec<String>,
+    /// Whether the function has a function URL (webhooks).
+    pub function_url: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSourceDef {
+    pub queue: String,
+    pub batch_size: usize,
+    pub report_failures: bool,
 }
 
 /// An `HttpApi` event: `Method: ANY` matches every method.
@@ -128,8 +141,43 @@ fn function_def(
         environment.extend(mapping_of(vars));
     }
     let mut http_routes = Vec::new();
+    let mut queues = Vec::new();
+    let mut schedules = Vec::new();
     if let Some(events) = properties.get("Events").and_then(Value::as_mapping) {
         for event in events.values() {
+            let props = event.get("Properties").cloned().unwrap_or(Value::Null);
+            match event.get("Type").and_then(Value::as_str) {
+                Some("SQS") => queues.push(QueueSourceDef {
+                    queue: props
+                        .get("Queue")
+                        .and_then(referenced_id)
+                        .with_context(|| format!("{id}: SQS event without a queue reference"))?,
+                    batch_size: props
+                        .get("BatchSize")
+                        .and_then(Value::as_u64)
+                        .map_or(10, |n| n as usize),
+                    report_failures: props
+                        .get("FunctionResponseTypes")
+                        .and_then(Value::as_sequence)
+                        .is_some_and(|types| {
+                            types
+                                .iter()
+                                .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
+                        }),
+                }),
+                Some("Schedule" | "ScheduleV2") => {
+                    let expression = props
+                        .get("ScheduleExpression")
+                        .or_else(|| props.get("Schedule"))
+                        .and_then(Value::as_str);
+                    schedules.push(
+                        expression
+                            .with_context(|| format!("{id}: schedule without an expression"))?
+                            .to_owned(),
+                    );
+                }
+                _ => {}
+            }
             if event.get("Type").and_then(Value::as_str) == Some("HttpApi") {
                 let props = event.get("Properties").cloned().unwrap_or(Value::Null);
                 let authorizer = props
@@ -152,12 +200,42 @@ fn function_def(
             }
         }
     }
+    let function_url = properties.get("FunctionUrlConfig").is_some();
     Ok(FunctionDef {
         logical_id: id.to_owned(),
         binary,
         environment,
         http_routes,
+        queues,
+        schedules,
+        function_url,
     })
+}
+
+/// The logical id a `!Ref X`, `!GetAtt X.Attr` or `{"Fn::GetAtt": [X, Attr]}` points at.
+pub fn referenced_id(value: &Value) -> Option<String> {
+    match value {
+        Value::Tagged(tagged) => {
+            let inner = &tagged.value;
+            let target = inner.as_str().map(str::to_owned).or_else(|| {
+                inner
+                    .as_sequence()
+                    .and_then(|s| s.first())
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })?;
+            Some(target.split('.').next()?.to_owned())
+        }
+        Value::Mapping(map) => {
+            let (key, inner) = map.iter().next()?;
+            match key.as_str()? {
+                "Ref" => inner.as_str().map(str::to_owned),
+                "Fn::GetAtt" => inner.as_sequence()?.first()?.as_str().map(str::to_owned),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 fn mapping_of(value: &Value) -> BTreeMap<String, Value> {
@@ -187,43 +265,76 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
+/// What the local copy of a resource answers to `!Ref` and `!GetAtt`.
+#[derive(Debug, Clone, Default)]
+pub struct LocalResource {
+    /// What `!Ref` gives: a table or queue name, a queue URL, a secret ARN.
+    pub reference: String,
+    /// `!GetAtt` attributes such as `Arn` and `QueueName`.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl LocalResource {
+    pub fn named(reference: impl Into<String>) -> Self {
+        Self {
+            reference: reference.into(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn attribute(&self, name: &str) -> String {
+        self.attributes
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| self.reference.clone())
+    }
+}
+
 /// Resolves an environment value: plain scalars, `!Ref` to a parameter or resource, and
-/// `!GetAtt`/`!Sub` of local names. `names` maps resource logical ids to local names.
+/// `!GetAtt`/`!Sub` of local resources.
 pub fn resolve(
     value: &Value,
-    names: &BTreeMap<String, String>,
+    resources: &BTreeMap<String, LocalResource>,
     parameters: &BTreeMap<String, String>,
 ) -> Option<String> {
     let reference = |target: &str| {
-        names
+        resources
             .get(target)
-            .or_else(|| parameters.get(target))
-            .cloned()
+            .map(|r| r.reference.clone())
+            .or_else(|| parameters.get(target).cloned())
+    };
+    let attribute = |target: &str| {
+        let (id, attr) = target.split_once('.').unwrap_or((target, ""));
+        resources.get(id).map(|r| r.attribute(attr))
     };
     match value {
         Value::Tagged(tagged) => {
-            let tag = tagged.tag.to_string();
             let inner = &tagged.value;
-            match tag.trim_start_matches('!') {
+            match tagged.tag.to_string().trim_start_matches('!') {
                 "Ref" => reference(inner.as_str()?),
-                "GetAtt" => {
-                    let target = inner.as_str().map(str::to_owned).or_else(|| {
-                        inner
-                            .as_sequence()
-                            .and_then(|s| s.first())
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    })?;
-                    let resource = target.split('.').next()?;
-                    reference(resource)
-                }
+                "GetAtt" => match inner {
+                    Value::String(target) => attribute(target),
+                    Value::Sequence(parts) => attribute(&format!(
+                        "{}.{}",
+                        parts.first()?.as_str()?,
+                        parts.get(1)?.as_str()?
+                    )),
+                    _ => None,
+                },
                 "Sub" => {
                     let mut text = inner.as_str()?.to_owned();
                     while let Some(start) = text.find("${") {
                         let end = start + text[start..].find('}')?;
-                        let key = &text[start + 2..end];
-                        let replacement = reference(key).unwrap_or_else(|| "local".to_owned());
-                        text.replace_range(start..=end, &replacement);
+                        let key = text[start + 2..end].to_owned();
+                        let replacement = if key.contains('.') {
+                            attribute(&key)
+                        } else {
+                            reference(&key)
+                        };
+                        text.replace_range(
+                            start..=end,
+                            &replacement.unwrap_or_else(|| "local".to_owned()),
+                        );
                     }
                     Some(text)
                 }
@@ -234,7 +345,14 @@ pub fn resolve(
             let (key, inner) = map.iter().next()?;
             match key.as_str()? {
                 "Ref" => reference(inner.as_str()?),
-                "Fn::GetAtt" => reference(inner.as_sequence()?.first()?.as_str()?),
+                "Fn::GetAtt" => {
+                    let parts = inner.as_sequence()?;
+                    attribute(&format!(
+                        "{}.{}",
+                        parts.first()?.as_str()?,
+                        parts.get(1)?.as_str()?
+                    ))
+                }
                 _ => None,
             }
         }
@@ -272,7 +390,7 @@ Resources:
         let function = &template.functions[0];
         assert_eq!(function.binary, "templates-api");
         assert_eq!(function.http_routes[0].method, "ANY");
-        let names = BTreeMap::from([("Table".to_owned(), "local-table".to_owned())]);
+        let names = BTreeMap::from([("Table".to_owned(), LocalResource::named("local-table"))]);
         assert_eq!(
             resolve(
                 &function.environment["TABLE_NAME"],

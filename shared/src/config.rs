@@ -55,6 +55,7 @@ impl Env {
 
     /// Reads a secret: from Secrets Manager when `<name>_SECRET_ARN` is set (a JSON secret
     /// may hold several values, keyed by `name`), else from the plain variable `<name>`.
+    /// Several names may point at one secret (one JSON secret per provider).
     /// `None` means the secret is not configured at all.
     ///
     /// # Errors
@@ -72,7 +73,7 @@ impl Env {
                         name: name.to_owned(),
                         cause,
                     })?;
-            return Ok(Some(SecretString::from(value)));
+            return Ok(value.map(SecretString::from));
         }
         Ok(self.optional(name).map(SecretString::from))
     }
@@ -82,7 +83,7 @@ async fn read_secret(
     secrets: &aws_sdk_secretsmanager::Client,
     arn: &str,
     name: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Option<String>> {
     let output = secrets
         .get_secret_value()
         .secret_id(arn)
@@ -92,12 +93,15 @@ async fn read_secret(
     let text = output
         .secret_string()
         .context("the secret has no string value")?;
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text)
-        && let Some(value) = map.get(name).and_then(serde_json::Value::as_str)
-    {
-        return Ok(value.to_owned());
+    // A JSON object holds several secrets by name; a missing or empty entry is "not configured".
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) {
+        return Ok(map
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned));
     }
-    Ok(text.to_owned())
+    Ok(Some(text.to_owned()).filter(|v| !v.is_empty()))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod logging;
+pub mod providers;
 pub mod queue;
 pub mod render;
 pub mod store;

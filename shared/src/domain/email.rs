@@ -232,3 +232,109 @@ mod tests {
         }
     }
 }
+
+/// One step in an email's delivery timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl TimelineEntry {
+    pub fn new(
+        at: chrono::DateTime<chrono::Utc>,
+        event: impl Into<String>,
+        detail: Option<String>,
+    ) -> Self {
+        Self {
+            at,
+            event: event.into(),
+            detail,
+        }
+    }
+}
+
+/// An email record: one recipient of one send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailRecord {
+    pub id: String,
+    pub org_id: super::OrgId,
+    pub to: EmailAddress,
+    #[serde(default)]
+    pub cc: Vec<EmailAddress>,
+    #[serde(default)]
+    pub bcc: Vec<EmailAddress>,
+    pub from: EmailAddress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<EmailAddress>,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk_id: Option<String>,
+    pub status: EmailStatus,
+    #[serde(default)]
+    pub engagement: Vec<Engagement>,
+    #[serde(default)]
+    pub timeline: Vec<TimelineEntry>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<FailureKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl EmailRecord {
+    /// The API representation; `with_content` adds the bodies and the timeline (detail view).
+    pub fn to_json(&self, with_content: bool) -> serde_json::Value {
+        let mut view = serde_json::json!({
+            "id": self.id,
+            "organization": self.org_id.as_str(),
+            "to": self.to,
+            "from": self.from,
+            "subject": self.subject,
+            "status": self.status,
+            "engagement": self.engagement,
+            "campaign": self.campaign,
+            "bulk_id": self.bulk_id,
+            "template_id": self.template_id,
+            "attempts": self.attempts,
+            "failure_reason": self.failure_reason,
+            "provider_message_id": self.provider_message_id,
+            "metadata": self.metadata,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "sent_at": self.sent_at,
+        });
+        if with_content && let serde_json::Value::Object(map) = &mut view {
+            map.insert("cc".into(), serde_json::json!(self.cc));
+            map.insert("bcc".into(), serde_json::json!(self.bcc));
+            map.insert("reply_to".into(), serde_json::json!(self.reply_to));
+            map.insert("html".into(), serde_json::json!(self.html));
+            map.insert("text".into(), serde_json::json!(self.text));
+            map.insert("timeline".into(), serde_json::json!(self.timeline));
+        }
+        view
+    }
+}

@@ -1,5 +1,6 @@
 //! The HTTP API conventions every endpoint function follows (SPEC §3).
 
+pub mod idempotency;
 mod pagination;
 mod problem;
 mod router;

@@ -18,7 +18,10 @@ pub enum IdempotencyStart {
     /// First use: handle the request, then [`IdempotencyStore::complete`].
     New,
     /// Seen and finished: answer this again.
-    Replay { status: u16, body: String },
+    Replay {
+        status: u16,
+        body: String,
+    },
     InProgress,
     /// Same key, different request.
     Mismatch,
@@ -36,7 +39,10 @@ fn key(org: &OrgId, scope: &str, key: &str) -> (AttributeValue, AttributeValue) 
 
 impl IdempotencyStore {
     pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { dynamodb, table: table.into() }
+        Self {
+            dynamodb,
+            table: table.into(),
+        }
     }
 
     /// Claims `idempotency_key` for a request whose canonical form hashes to `request_hash`.
@@ -75,8 +81,15 @@ impl IdempotencyStore {
             .await;
         match result {
             Ok(_) => return Ok(IdempotencyStart::New),
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
-            Err(error) => return Err(anyhow::Error::new(error).context("PutItem idempotency").into()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context("PutItem idempotency")
+                    .into());
+            }
         }
         let item = self
             .dynamodb
@@ -89,7 +102,9 @@ impl IdempotencyStore {
             .await
             .context("GetItem idempotency")?
             .item
-            .ok_or_else(|| StoreError::Conflict("idempotency key changed concurrently; retry".to_owned()))?;
+            .ok_or_else(|| {
+                StoreError::Conflict("idempotency key changed concurrently; retry".to_owned())
+            })?;
         let text = |name: &str| match item.get(name) {
             Some(AttributeValue::S(value)) => value.clone(),
             _ => String::new(),
@@ -104,14 +119,24 @@ impl IdempotencyStore {
             Some(AttributeValue::N(n)) => n.parse().unwrap_or(200),
             _ => 200,
         };
-        Ok(IdempotencyStart::Replay { status, body: text("response_body") })
+        Ok(IdempotencyStart::Replay {
+            status,
+            body: text("response_body"),
+        })
     }
 
     /// Records the response to replay.
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn complete(&self, org: &OrgId, scope: &str, idempotency_key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+    pub async fn complete(
+        &self,
+        org: &OrgId,
+        scope: &str,
+        idempotency_key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
         let (pk, sk) = key(org, scope, idempotency_key);
         self.dynamodb
             .update_item()
@@ -133,7 +158,12 @@ impl IdempotencyStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn abandon(&self, org: &OrgId, scope: &str, idempotency_key: &str) -> Result<(), StoreError> {
+    pub async fn abandon(
+        &self,
+        org: &OrgId,
+        scope: &str,
+        idempotency_key: &str,
+    ) -> Result<(), StoreError> {
         let (pk, sk) = key(org, scope, idempotency_key);
         self.dynamodb
             .delete_item()

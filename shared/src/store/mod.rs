@@ -12,8 +12,14 @@
 //! from the caller's token cannot reach another organization's items. Soft-deleted items keep
 //! their base keys (for audit) but leave the secondary indexes.
 
+mod emails;
+mod idempotency;
 mod templates;
 
+pub use emails::{
+    EmailListQuery, EmailStore, EventEffect, EventOutcome, SENT_SHARDS, SendOutcome, Suppression,
+};
+pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 
 use aws_sdk_dynamodb::types::AttributeValue;

@@ -120,20 +120,73 @@ fn every_event_file_parses_into_its_functions_event_type() {
         for file in files {
             let path = workspace_root().join(format!("events/{}/{file}.json", function.binary));
             let text = std::fs::read_to_string(&path).unwrap();
-            if !info.routes.is_empty() {
-                let request = lambda_http::request::from_str(&text)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                let routed = info.routes.iter().any(|route| {
-                    route.method == request.method().as_str()
-                        && match_path(route.pattern, request.uri().path()).is_some()
-                });
-                assert!(
-                    routed,
-                    "{} is not a request {} answers",
-                    path.display(),
-                    function.binary
-                );
+            let name = path.display();
+            if !function.queues.is_empty() {
+                let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{name}: not an SQS event: {e}"));
+                for record in &event.records {
+                    shared::queue::Envelope::parse(record.body.as_deref().unwrap_or_default())
+                        .unwrap_or_else(|e| panic!("{name}: not a Herald queue message: {e:#}"));
+                }
+            } else if !function.schedules.is_empty() {
+                let _: aws_lambda_events::event::eventbridge::EventBridgeEvent =
+                    serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("{name}: not a scheduled event: {e}"));
+            } else {
+                let request =
+                    lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+                if !function.function_url {
+                    let routed = info.routes.iter().any(|route| {
+                        route.method == request.method().as_str()
+                            && match_path(route.pattern, request.uri().path()).is_some()
+                    });
+                    assert!(
+                        routed,
+                        "{name} is not a request {} answers",
+                        function.binary
+                    );
+                }
             }
+        }
+    }
+}
+
+#[test]
+fn every_function_has_exactly_one_kind_of_event_source() {
+    for function in &template().functions {
+        let kinds = [
+            !function.http_routes.is_empty(),
+            function.function_url,
+            !function.queues.is_empty(),
+            !function.schedules.is_empty(),
+        ];
+        assert_eq!(
+            kinds.iter().filter(|k| **k).count(),
+            1,
+            "{} mixes event sources",
+            function.binary
+        );
+    }
+}
+
+#[test]
+fn workers_know_their_queues_max_receives() {
+    // The worker records `failed` on the attempt SQS will not redeliver; that only works if
+    // its MAX_RECEIVES matches the queue's redrive policy.
+    let template = template();
+    for function in &template.functions {
+        let Some(max) = function.environment.get("MAX_RECEIVES") else {
+            continue;
+        };
+        for source in &function.queues {
+            let (_, queue) = &template.resources[&source.queue];
+            let redrive = queue["RedrivePolicy"]["maxReceiveCount"].as_u64().unwrap();
+            assert_eq!(
+                max.as_str().unwrap(),
+                redrive.to_string(),
+                "{}",
+                function.binary
+            );
         }
     }
 }

@@ -38,11 +38,14 @@ async fn sample_events_run_through_the_templates_handler() {
     let aws = AwsClients::load(&env).await;
     let template =
         local::template::BundleTemplate::load(&workspace_root().join("template.yaml")).unwrap();
-    let names = local::resources::create_all(&template, &aws, &prefix)
+    let names = local::resources::create_all(&template, &aws, &prefix, &Default::default())
         .await
         .unwrap();
     let mut vars: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    vars.insert("TABLE_NAME".to_owned(), names["HeraldTable"].clone());
+    vars.insert(
+        "TABLE_NAME".to_owned(),
+        names["HeraldTable"].reference.clone(),
+    );
     let api = TemplatesApi::new(&aws, &Env::from_map(vars)).unwrap();
 
     let created = api.handle(event("create-email-template.json")).await;

@@ -78,7 +78,7 @@ impl TestBundle {
     }
 
     pub fn table(&self) -> &str {
-        &self.bundle.names["HeraldTable"]
+        self.bundle.resource("HeraldTable")
     }
 
     pub async fn call(

@@ -1,0 +1,82 @@
+//! The bulk fan-out worker (SPEC §7): turns one `email.bulk` job into `email.send` jobs of
+//! up to 1,000 emails each, so the API answers a 10,000-recipient send with one message.
+//! A duplicate job enqueues the same ids again; the send worker's claims make that harmless.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use tracing::Instrument;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::queue::{Envelope, Job, QueuePublisher};
+use shared::store::EmailStore;
+
+use crate::email_api::SEND_CHUNK;
+use crate::registry::{BoxFuture, SqsFunction, batch_response};
+
+pub struct BulkWorker {
+    emails: EmailStore,
+    queue: QueuePublisher,
+    email_send_queue: String,
+}
+
+impl SqsFunction for BulkWorker {
+    fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse> {
+        Box::pin(self.handle(event))
+    }
+}
+
+impl BulkWorker {
+    /// # Errors
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        Ok(Self {
+            emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            queue: QueuePublisher::new(aws.sqs.clone()),
+            email_send_queue: env.required("EMAIL_SEND_QUEUE_URL")?,
+        })
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let span = shared::logging::invocation_span("bulk-worker", "");
+        async {
+            let mut failed = Vec::new();
+            for message in &event.records {
+                if let Err(error) = self.process(message).await {
+                    tracing::warn!(error = format!("{error:#}"), "bulk job will be retried");
+                    failed.push(message.message_id.clone().unwrap_or_default());
+                }
+            }
+            batch_response(failed)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn process(&self, message: &SqsMessage) -> anyhow::Result<()> {
+        let envelope = Envelope::parse(message.body.as_deref().unwrap_or_default())?;
+        let Job::EmailBulk { bulk_id } = &envelope.job else {
+            anyhow::bail!("not a bulk job");
+        };
+        let ids = self.emails.queued_in_bulk(&envelope.org, bulk_id).await?;
+        let jobs: Vec<Envelope> = ids
+            .chunks(SEND_CHUNK)
+            .map(|chunk| {
+                Envelope::new(
+                    envelope.org.clone(),
+                    Job::EmailSend {
+                        ids: chunk.to_vec(),
+                    },
+                )
+            })
+            .collect();
+        self.queue.send_all(&self.email_send_queue, &jobs).await?;
+        tracing::info!(
+            org = envelope.org.as_str(),
+            bulk_id,
+            emails = ids.len(),
+            jobs = jobs.len(),
+            "bulk email fanned out"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The email delivery-status check (every 5 minutes, SPEC §8): emails that have sat in
+//! `sent` longer than expected are looked up in SendGrid's Email Activity API, in case the
+//! webhook event was lost. Each correction is applied like a webhook event (once, forward
+//! only), keyed by the message and the status found.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use serde_json::json;
+use tracing::Instrument;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::domain::email::{EmailStatus, TimelineEntry};
+use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
+use shared::store::{EmailStore, EventEffect};
+
+use crate::registry::{BoxFuture, ScheduledFunction};
+
+/// Per run, so one run stays well inside the function timeout.
+const MAX_PER_RUN: usize = 500;
+
+pub struct EmailStatusCheck {
+    emails: EmailStore,
+    sendgrid: Option<SendGridClient>,
+    stuck_after: chrono::Duration,
+}
+
+impl ScheduledFunction for EmailStatusCheck {
+    fn call(&self, event: EventBridgeEvent) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(self.handle(event))
+    }
+}
+
+impl EmailStatusCheck {
+    /// # Errors
+    /// When a required variable is missing or the SendGrid settings are unusable.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let minutes = env
+            .optional("EMAIL_STUCK_AFTER_MINUTES")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(15);
+        Ok(Self {
+            emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            sendgrid: crate::email_worker::sendgrid_client(aws, env).await?,
+            stuck_after: chrono::Duration::minutes(minutes),
+        })
+    }
+
+    /// # Errors
+    /// When the stuck emails cannot be listed (a lookup that fails is skipped until next run).
+    pub async fn handle(&self, _event: EventBridgeEvent) -> Result<serde_json::Value, String> {
+        let span = shared::logging::invocation_span("email-status-check", "");
+        async {
+            let Some(sendgrid) = &self.sendgrid else {
+                tracing::warn!("SendGrid is not configured; nothing to check");
+                return Ok(json!({"checked": 0, "updated": 0}));
+            };
+            let now = chrono::Utc::now();
+            let stuck = self
+                .emails
+                .stuck_in_sent(now - self.stuck_after, MAX_PER_RUN)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let mut updated = 0;
+            for (org, id, message_id) in &stuck {
+                let Some(message_id) = message_id else {
+                    continue;
+                };
+                let status = match sendgrid.message_status(message_id).await {
+                    Ok(Some(ActivityStatus::Delivered)) => EmailStatus::Delivered,
+                    Ok(Some(ActivityStatus::NotDelivered)) => EmailStatus::Bounced,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, email = id, "activity lookup failed");
+                        continue;
+                    }
+                };
+                let key = format!("sendgrid-activity#{message_id}#{}", status.as_str());
+                let effect = |current: &shared::domain::email::EmailRecord| EventEffect {
+                    status: Some(status).filter(|s| current.status.can_become(*s)),
+                    engagement: None,
+                    timeline: Some(TimelineEntry::new(
+                        now,
+                        "status_check",
+                        Some(format!("Email Activity: {}", status.as_str())),
+                    )),
+                    failure_reason: (status == EmailStatus::Bounced)
+                        .then(|| "not delivered (Email Activity)".to_owned()),
+                };
+                match self
+                    .emails
+                    .apply_event(org, Some(id), &key, None, now, effect)
+                    .await
+                {
+                    Ok(_) => updated += 1,
+                    Err(error) => tracing::warn!(
+                        error = format!("{error:#}"),
+                        email = id,
+                        "status update failed"
+                    ),
+                }
+            }
+            tracing::info!(checked = stuck.len(), updated, "email status check");
+            Ok(json!({"checked": stuck.len(), "updated": updated}))
+        }
+        .instrument(span)
+        .await
+    }
+}

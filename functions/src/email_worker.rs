@@ -1,0 +1,510 @@
+//! The email send worker (SPEC §7): takes `email.send` jobs from the send queue and sends
+//! their emails through SendGrid, up to 1,000 recipients per API call.
+//!
+//! Each email is claimed before sending (`queued → sending`, conditional), so a duplicate
+//! delivery of the same message finds nothing left to send. Transient failures put the
+//! emails back in `queued` and the message back on the queue with backoff and jitter; the
+//! last allowed attempt records `failed` before SQS moves the message to the DLQ. Permanent
+//! failures are recorded at once and not retried.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::StreamExt;
+use rand_core::RngCore;
+use tracing::Instrument;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::domain::OrgId;
+use shared::domain::email::{EmailRecord, FailureKind};
+use shared::providers::sendgrid::{
+    Address, Content, MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, MailSend, Personalization,
+    SendError, SendGridClient,
+};
+use shared::queue::{Envelope, Job};
+use shared::store::{EmailStore, SendOutcome};
+
+use crate::registry::{BoxFuture, SqsFunction, batch_response};
+
+/// How long a claim holds before another delivery may take the email over; longer than
+/// one SendGrid call with its timeout, shorter than the queue's visibility timeout.
+const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
+const HTML_TOKEN: &str = "%herald_html%";
+const TEXT_TOKEN: &str = "%herald_text%";
+
+pub struct EmailWorker {
+    emails: EmailStore,
+    sendgrid: Option<SendGridClient>,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    max_receives: u32,
+    retry_base_seconds: u64,
+}
+
+impl SqsFunction for EmailWorker {
+    fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse> {
+        Box::pin(self.handle(event))
+    }
+}
+
+/// One SendGrid call and the emails it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedMail {
+    pub mail: MailSend,
+    pub ids: Vec<String>,
+}
+
+/// Why one queue message must be retried.
+#[derive(Debug)]
+struct Retry(String);
+
+impl EmailWorker {
+    /// # Errors
+    /// When a required variable is missing or the SendGrid settings are unusable.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let table = env.required("TABLE_NAME")?;
+        let sendgrid = sendgrid_client(aws, env).await?;
+        Ok(Self {
+            emails: EmailStore::new(aws.dynamodb.clone(), table),
+            sendgrid,
+            sqs: aws.sqs.clone(),
+            queue_url: env.required("EMAIL_SEND_QUEUE_URL")?,
+            max_receives: env
+                .optional("MAX_RECEIVES")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3),
+            retry_base_seconds: env
+                .optional("RETRY_BASE_SECONDS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10),
+        })
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let span = shared::logging::invocation_span("email-worker", "");
+        async {
+            let mut failed = Vec::new();
+            for message in &event.records {
+                if let Err(Retry(reason)) = self.process(message).await {
+                    tracing::warn!(
+                        message_id = message.message_id.as_deref().unwrap_or_default(),
+                        reason,
+                        "send job will be retried"
+                    );
+                    failed.push(message.message_id.clone().unwrap_or_default());
+                }
+            }
+            batch_response(failed)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn process(&self, message: &SqsMessage) -> Result<(), Retry> {
+        let body = message.body.as_deref().unwrap_or_default();
+        let envelope =
+            Envelope::parse(body).map_err(|e| Retry(format!("unreadable message: {e:#}")))?;
+        tracing::Span::current().record("org", envelope.org.as_str());
+        let Job::EmailSend { ids } = envelope.job else {
+            return Err(Retry("not an email.send job".to_owned()));
+        };
+        let receives: u32 = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        let last_attempt = receives >= self.max_receives;
+        let org = envelope.org;
+        let now = chrono::Utc::now();
+
+        let records = self
+            .emails
+            .get_many(&org, &ids)
+            .await
+            .map_err(|e| Retry(format!("{e:#}")))?;
+        // Futures are built up front: stream closures over borrowed records are not `Send`.
+        let claims: Vec<_> = records
+            .iter()
+            .map(|record| self.emails.claim(&org, &record.id, now, CLAIM_LEASE))
+            .collect();
+        let claimed: Vec<EmailRecord> = futures::stream::iter(claims)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .filter_map(|result| result.ok().flatten())
+            .collect();
+        if claimed.is_empty() {
+            return Ok(()); // a duplicate delivery, or everything already moved on
+        }
+
+        let addresses: Vec<_> = claimed.iter().map(|r| &r.to).collect();
+        let suppressed = match self.emails.suppressed(&org, &addresses).await {
+            Ok(set) => set,
+            Err(error) => {
+                return self
+                    .settle(&org, &claimed, last_attempt, format!("{error:#}"), message)
+                    .await;
+            }
+        };
+        let (blocked, to_send): (Vec<EmailRecord>, Vec<EmailRecord>) = claimed
+            .into_iter()
+            .partition(|r| suppressed.contains(&r.to.suppression_key()));
+        self.finish_all(
+            &org,
+            blocked.iter().map(|r| r.id.as_str()),
+            &SendOutcome::Suppressed,
+        )
+        .await?;
+        if to_send.is_empty() {
+            return Ok(());
+        }
+
+        let Some(sendgrid) = &self.sendgrid else {
+            return self
+                .settle(
+                    &org,
+                    &to_send,
+                    last_attempt,
+                    "SendGrid is not configured".to_owned(),
+                    message,
+                )
+                .await;
+        };
+        let mut retry = None;
+        for planned in plan_mails(&to_send) {
+            let outcome = match sendgrid.send(&planned.mail).await {
+                Ok(accepted) => SendOutcome::Sent {
+                    message_id: accepted.message_id,
+                },
+                Err(SendError::Permanent { status, message }) => SendOutcome::Failed {
+                    kind: FailureKind::Permanent,
+                    reason: format!("SendGrid {status}: {message}"),
+                },
+                Err(error) => {
+                    let reason = error.to_string();
+                    retry.get_or_insert(reason.clone());
+                    if last_attempt {
+                        SendOutcome::Failed {
+                            kind: FailureKind::Transient,
+                            reason,
+                        }
+                    } else {
+                        SendOutcome::Retry { reason }
+                    }
+                }
+            };
+            tracing::info!(emails = planned.ids.len(), outcome = ?outcome, "SendGrid call");
+            self.finish_all(&org, planned.ids.iter().map(String::as_str), &outcome)
+                .await?;
+        }
+        match retry {
+            None => Ok(()),
+            Some(reason) => {
+                self.back_off(message, receives).await;
+                Err(Retry(reason))
+            }
+        }
+    }
+
+    /// A failure before any send: the emails go back to `queued` (or `failed` on the last
+    /// attempt) and the message is retried.
+    async fn settle(
+        &self,
+        org: &OrgId,
+        records: &[EmailRecord],
+        last_attempt: bool,
+        reason: String,
+        message: &SqsMessage,
+    ) -> Result<(), Retry> {
+        let outcome = if last_attempt {
+            SendOutcome::Failed {
+                kind: FailureKind::Transient,
+                reason: reason.clone(),
+            }
+        } else {
+            SendOutcome::Retry {
+                reason: reason.clone(),
+            }
+        };
+        self.finish_all(org, records.iter().map(|r| r.id.as_str()), &outcome)
+            .await?;
+        let receives = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        self.back_off(message, receives).await;
+        Err(Retry(reason))
+    }
+
+    async fn finish_all<'a>(
+        &self,
+        org: &OrgId,
+        ids: impl Iterator<Item = &'a str>,
+        outcome: &SendOutcome,
+    ) -> Result<(), Retry> {
+        let now = chrono::Utc::now();
+        let finishes: Vec<_> = ids
+            .map(|id| self.emails.finish(org, id, outcome, now))
+            .collect();
+        let results: Vec<_> = futures::stream::iter(finishes)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        match results.into_iter().find_map(Result::err) {
+            // The claim lease runs out and a retry picks the email up again.
+            Some(error) => Err(Retry(format!("recording the outcome failed: {error:#}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Exponential backoff with full jitter before the message is visible again.
+    async fn back_off(&self, message: &SqsMessage, receives: u32) {
+        let Some(receipt) = &message.receipt_handle else {
+            return;
+        };
+        let base = self.retry_base_seconds.saturating_mul(1 << receives.min(6));
+        let delay = base / 2 + u64::from(rand_core::OsRng.next_u32()) % (base / 2 + 1);
+        let result = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(i32::try_from(delay.min(900)).unwrap_or(900))
+            .send()
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "could not delay the retry");
+        }
+    }
+}
+
+/// Builds the SendGrid client from `SENDGRID_API_KEY` (secret) and `SENDGRID_BASE_URL`;
+/// `None` when no key is configured.
+///
+/// # Errors
+/// When the secret cannot be read or the base URL is unusable.
+pub async fn sendgrid_client(
+    aws: &AwsClients,
+    env: &Env,
+) -> anyhow::Result<Option<SendGridClient>> {
+    let Some(key) = env.secret("SENDGRID_API_KEY", &aws.secrets).await? else {
+        return Ok(None);
+    };
+    let base = env
+        .optional("SENDGRID_BASE_URL")
+        .unwrap_or_else(|| "https://api.sendgrid.com".to_owned());
+    let timeout = Duration::from_millis(
+        env.optional("SENDGRID_TIMEOUT_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000),
+    );
+    Ok(Some(SendGridClient::new(&base, key, timeout)?))
+}
+
+/// Groups emails into SendGrid calls. Emails with the same sender share a call (up to 1,000
+/// personalizations). When their rendered content differs, each personalization carries its
+/// own subject and its bodies as substitutions of one token each, so every recipient gets
+/// exactly the content Herald rendered for them; an email whose bodies exceed SendGrid's
+/// substitution limit goes in a call of its own.
+pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
+    type GroupKey = (String, Option<String>, Option<String>, bool, bool);
+    let mut groups: BTreeMap<GroupKey, Vec<&EmailRecord>> = BTreeMap::new();
+    let mut planned = Vec::new();
+    for record in records {
+        let bytes = record.html.as_ref().map_or(0, String::len)
+            + record.text.as_ref().map_or(0, String::len);
+        if bytes + HTML_TOKEN.len() + TEXT_TOKEN.len() > MAX_SUBSTITUTION_BYTES {
+            planned.push(literal_mail(&[record]));
+            continue;
+        }
+        let key = (
+            record.from.to_string(),
+            record.from_name.clone(),
+            record.reply_to.as_ref().map(ToString::to_string),
+            record.html.is_some(),
+            record.text.is_some(),
+        );
+        groups.entry(key).or_default().push(record);
+    }
+    for group in groups.values() {
+        for chunk in group.chunks(MAX_PERSONALIZATIONS) {
+            let first = chunk[0];
+            let identical = chunk.iter().all(|r| {
+                r.subject == first.subject && r.html == first.html && r.text == first.text
+            });
+            planned.push(if identical {
+                literal_mail(chunk)
+            } else {
+                substituted_mail(chunk)
+            });
+        }
+    }
+    planned
+}
+
+fn personalization(record: &EmailRecord) -> Personalization {
+    Personalization {
+        to: vec![Address::new(record.to.as_str())],
+        cc: record.cc.iter().map(|a| Address::new(a.as_str())).collect(),
+        bcc: record
+            .bcc
+            .iter()
+            .map(|a| Address::new(a.as_str()))
+            .collect(),
+        custom_args: BTreeMap::from([
+            ("org_id".to_owned(), record.org_id.to_string()),
+            ("email_id".to_owned(), record.id.clone()),
+        ]),
+        ..Personalization::default()
+    }
+}
+
+fn envelope(
+    first: &EmailRecord,
+    personalizations: Vec<Personalization>,
+    subject: Option<String>,
+    content: Vec<Content>,
+) -> MailSend {
+    MailSend {
+        personalizations,
+        from: Address {
+            email: first.from.to_string(),
+            name: first.from_name.clone(),
+        },
+        reply_to: first.reply_to.as_ref().map(|r| Address::new(r.as_str())),
+        subject,
+        content,
+        custom_args: None,
+    }
+}
+
+fn literal_mail(records: &[&EmailRecord]) -> PlannedMail {
+    let first = records[0];
+    let mut content = Vec::new();
+    if let Some(text) = &first.text {
+        content.push(Content::plain(text));
+    }
+    if let Some(html) = &first.html {
+        content.push(Content::html(html));
+    }
+    PlannedMail {
+        mail: envelope(
+            first,
+            records.iter().map(|r| personalization(r)).collect(),
+            Some(first.subject.clone()),
+            content,
+        ),
+        ids: records.iter().map(|r| r.id.clone()).collect(),
+    }
+}
+
+fn substituted_mail(records: &[&EmailRecord]) -> PlannedMail {
+    let first = records[0];
+    let mut content = Vec::new();
+    if first.text.is_some() {
+        content.push(Content::plain(TEXT_TOKEN));
+    }
+    if first.html.is_some() {
+        content.push(Content::html(HTML_TOKEN));
+    }
+    let personalizations = records
+        .iter()
+        .map(|record| {
+            let mut p = personalization(record);
+            p.subject = Some(record.subject.clone());
+            if let Some(text) = &record.text {
+                p.substitutions.insert(TEXT_TOKEN.to_owned(), text.clone());
+            }
+            if let Some(html) = &record.html {
+                p.substitutions.insert(HTML_TOKEN.to_owned(), html.clone());
+            }
+            p
+        })
+        .collect();
+    PlannedMail {
+        mail: envelope(first, personalizations, None, content),
+        ids: records.iter().map(|r| r.id.clone()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::domain::email::{EmailAddress, EmailStatus};
+
+    fn record(n: usize, html: &str) -> EmailRecord {
+        let now = chrono::Utc::now();
+        EmailRecord {
+            id: format!("id{n}"),
+            org_id: OrgId::parse("acme").unwrap(),
+            to: EmailAddress::parse(&format!("user{n}@example.com")).unwrap(),
+            cc: vec![],
+            bcc: vec![],
+            from: EmailAddress::parse("news@acme.test").unwrap(),
+            from_name: None,
+            reply_to: None,
+            subject: "Hello".to_owned(),
+            html: Some(html.to_owned()),
+            text: None,
+            metadata: BTreeMap::new(),
+            template_id: None,
+            campaign: None,
+            bulk_id: None,
+            status: EmailStatus::Sending,
+            engagement: vec![],
+            timeline: vec![],
+            attempts: 1,
+            failure_kind: None,
+            failure_reason: None,
+            provider_message_id: None,
+            created_at: now,
+            updated_at: now,
+            sent_at: None,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn bulk_of_2500_takes_three_calls() {
+        let records: Vec<_> = (0..2500)
+            .map(|n| record(n, &format!("<p>Hi {n}</p>")))
+            .collect();
+        let planned = plan_mails(&records);
+        assert_eq!(planned.len(), 3);
+        assert_eq!(planned.iter().map(|p| p.ids.len()).sum::<usize>(), 2500);
+        let p = &planned[0].mail.personalizations[7];
+        assert_eq!(p.substitutions[HTML_TOKEN], "<p>Hi 7</p>");
+        assert_eq!(p.custom_args["email_id"], "id7");
+        assert_eq!(p.custom_args["org_id"], "acme");
+        assert_eq!(planned[0].mail.content[0].value, HTML_TOKEN);
+    }
+
+    #[test]
+    fn identical_content_needs_no_substitutions() {
+        let records: Vec<_> = (0..3).map(|n| record(n, "<p>Same</p>")).collect();
+        let planned = plan_mails(&records);
+        assert_eq!(planned.len(), 1);
+        assert!(
+            planned[0]
+                .mail
+                .personalizations
+                .iter()
+                .all(|p| p.substitutions.is_empty())
+        );
+        assert_eq!(planned[0].mail.content[0].value, "<p>Same</p>");
+    }
+
+    #[test]
+    fn oversized_bodies_go_alone() {
+        let mut records: Vec<_> = (0..3).map(|n| record(n, &format!("<p>{n}</p>"))).collect();
+        records.push(record(9, &"x".repeat(MAX_SUBSTITUTION_BYTES)));
+        let planned = plan_mails(&records);
+        assert_eq!(planned.len(), 2);
+        assert!(planned.iter().any(|p| p.ids == vec!["id9".to_owned()]
+            && p.mail.personalizations[0].substitutions.is_empty()));
+    }
+}

@@ -1,0 +1,50 @@
+//! What every function's `main` does: start logging, read the environment, build the AWS
+//! clients once, then hand the handler to the Lambda runtime for its event type.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use shared::aws::AwsClients;
+use shared::config::Env;
+
+use crate::registry::{HttpFunction, ScheduledFunction, SqsFunction};
+
+/// Logging, environment and AWS clients, once per cold start.
+pub async fn cold_start() -> (AwsClients, Env) {
+    shared::logging::init_lambda();
+    let env = Env::from_process();
+    let aws = AwsClients::load(&env).await;
+    (aws, env)
+}
+
+/// # Errors
+/// When the runtime API fails.
+pub async fn serve_http(function: impl HttpFunction) -> Result<(), Error> {
+    let function = &function;
+    lambda_http::run(lambda_http::service_fn(move |request| async move {
+        Ok::<_, Error>(function.call(request).await)
+    }))
+    .await
+}
+
+/// # Errors
+/// When the runtime API fails.
+pub async fn serve_sqs(function: impl SqsFunction) -> Result<(), Error> {
+    let function = &function;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(function.call(event.payload).await)
+    }))
+    .await
+}
+
+/// # Errors
+/// When the runtime API fails.
+pub async fn serve_scheduled(function: impl ScheduledFunction) -> Result<(), Error> {
+    let function = &function;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<EventBridgeEvent>| async move {
+            function.call(event.payload).await.map_err(Error::from)
+        },
+    ))
+    .await
+}

@@ -1,0 +1,240 @@
+//! The SendGrid Event Webhook (function URL, SPEC §6): verifies the signature over the raw
+//! body, then applies each event exactly once (dedupe by `sg_event_id`): forward-only
+//! status, engagement flags, suppression on bounce, drop, spam report and unsubscribe.
+//! It answers 2xx only after every effect is stored, else 5xx so SendGrid retries.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use lambda_http::{Body, Request, Response};
+use serde_json::json;
+use tracing::Instrument;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::domain::OrgId;
+use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, Engagement, TimelineEntry};
+use shared::http::{self, ApiError, MAX_BODY_BYTES};
+use shared::providers::sendgrid::{
+    DEFAULT_TOLERANCE, EventKind, SIGNATURE_HEADER, SendGridEvent, SignatureError,
+    TIMESTAMP_HEADER, WebhookVerifier, parse_batch,
+};
+use shared::store::{EmailStore, EventEffect, EventOutcome, StoreError};
+
+use crate::registry::{BoxFuture, HttpFunction};
+
+pub struct SendGridWebhook {
+    emails: EmailStore,
+    verifier: Option<WebhookVerifier>,
+}
+
+impl HttpFunction for SendGridWebhook {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
+/// What an event does: its status, its engagement, and whether it suppresses the address.
+pub fn effect_of(event: &SendGridEvent, current: &EmailRecord) -> EventEffect {
+    let at = event.occurred_at().unwrap_or_else(chrono::Utc::now);
+    let detail = event
+        .reason
+        .clone()
+        .or_else(|| event.response.clone())
+        .or_else(|| event.url.clone());
+    let (status, engagement) = match &event.event {
+        EventKind::Processed => (Some(EmailStatus::Sent), None),
+        EventKind::Delivered => (Some(EmailStatus::Delivered), None),
+        EventKind::Deferred => (Some(EmailStatus::Deferred), None),
+        EventKind::Dropped => (Some(EmailStatus::Dropped), None),
+        EventKind::Bounce => (Some(EmailStatus::Bounced), None),
+        // Opening or clicking proves delivery, even when `delivered` arrives late or never.
+        EventKind::Open => (Some(EmailStatus::Delivered), Some(Engagement::Opened)),
+        EventKind::Click => (Some(EmailStatus::Delivered), Some(Engagement::Clicked)),
+        EventKind::SpamReport => (None, Some(Engagement::SpamReported)),
+        EventKind::Unsubscribe | EventKind::GroupUnsubscribe => {
+            (None, Some(Engagement::Unsubscribed))
+        }
+        EventKind::GroupResubscribe | EventKind::Other(_) => (None, None),
+    };
+    let status = status.filter(|next| current.status.can_become(*next));
+    let failure_reason = matches!(status, Some(EmailStatus::Bounced | EmailStatus::Dropped))
+        .then(|| detail.clone())
+        .flatten();
+    EventEffect {
+        status,
+        engagement,
+        timeline: Some(TimelineEntry::new(at, event.event.as_str(), detail)),
+        failure_reason,
+    }
+}
+
+/// Why an event puts its address on the suppression list, if it does.
+pub fn suppression_reason(kind: &EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::Bounce => Some("bounce"),
+        EventKind::Dropped => Some("dropped"),
+        EventKind::SpamReport => Some("spam_report"),
+        EventKind::Unsubscribe | EventKind::GroupUnsubscribe => Some("unsubscribe"),
+        _ => None,
+    }
+}
+
+impl SendGridWebhook {
+    /// # Errors
+    /// When `TABLE_NAME` is missing, the key secret cannot be read or is not a P-256 key.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let verifier = match env
+            .secret("SENDGRID_WEBHOOK_PUBLIC_KEY", &aws.secrets)
+            .await?
+        {
+            Some(key) => Some(WebhookVerifier::from_base64_spki(
+                secrecy::ExposeSecret::expose_secret(&key),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            verifier,
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        let span =
+            shared::logging::invocation_span("sendgrid-webhook", &http::request_id(&request));
+        async {
+            self.receive(&request)
+                .await
+                .unwrap_or_else(ApiError::into_response)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        if request.method() != lambda_http::http::Method::POST {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let body = http::body_bytes(request);
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(
+                "webhook bodies are limited to 1 MiB".to_owned(),
+            ));
+        }
+        let Some(verifier) = &self.verifier else {
+            // Without a key nothing can be trusted: refuse rather than accept unsigned events.
+            return Err(ApiError::ProviderNotConfigured(
+                "the SendGrid webhook verification key",
+            ));
+        };
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+        };
+        verifier
+            .verify(
+                header(SIGNATURE_HEADER),
+                header(TIMESTAMP_HEADER),
+                body,
+                chrono::Utc::now(),
+                DEFAULT_TOLERANCE,
+            )
+            .map_err(|error| {
+                tracing::warn!(%error, "rejected SendGrid webhook");
+                match error {
+                    SignatureError::MissingSignature => {
+                        ApiError::Unauthenticated(error.to_string())
+                    }
+                    _ => ApiError::Forbidden(error.to_string()),
+                }
+            })?;
+        let events = parse_batch(body)
+            .map_err(|e| ApiError::BadRequest(format!("not a SendGrid event batch: {e}")))?;
+
+        // Events of one email apply in the order they happened; different emails in parallel.
+        let mut by_email: BTreeMap<(String, String), Vec<&SendGridEvent>> = BTreeMap::new();
+        let mut ignored = 0usize;
+        for event in &events {
+            match (
+                event.custom_args.get("org_id"),
+                event.custom_args.get("email_id"),
+            ) {
+                (Some(org), Some(id)) => by_email
+                    .entry((org.clone(), id.clone()))
+                    .or_default()
+                    .push(event),
+                _ => {
+                    ignored += 1;
+                    tracing::info!(
+                        event = event.event.as_str(),
+                        sg_event_id = event.sg_event_id,
+                        "event without Herald custom_args ignored"
+                    );
+                }
+            }
+        }
+        let per_email: Vec<_> = by_email
+            .into_iter()
+            .map(|((org, id), mut events)| async move {
+                events.sort_by_key(|e| e.timestamp);
+                let Ok(org) = OrgId::parse(&org) else {
+                    return Ok((0, events.len()));
+                };
+                let (mut applied, mut duplicates) = (0, 0);
+                for event in events {
+                    match self.apply(&org, &id, event).await? {
+                        EventOutcome::Applied => applied += 1,
+                        EventOutcome::Duplicate => duplicates += 1,
+                    }
+                }
+                Ok::<_, StoreError>((applied, duplicates))
+            })
+            .collect();
+        let results: Vec<Result<(usize, usize), StoreError>> = futures::stream::iter(per_email)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let (mut applied, mut duplicates) = (0, 0);
+        for result in results {
+            let (a, d) = result.map_err(ApiError::from)?;
+            applied += a;
+            duplicates += d;
+        }
+        tracing::info!(
+            received = events.len(),
+            applied,
+            duplicates,
+            ignored,
+            "SendGrid events"
+        );
+        http::json(
+            200,
+            &json!({"received": events.len(), "applied": applied, "duplicates": duplicates, "ignored": ignored}),
+        )
+    }
+
+    async fn apply(
+        &self,
+        org: &OrgId,
+        email_id: &str,
+        event: &SendGridEvent,
+    ) -> Result<EventOutcome, StoreError> {
+        let address = EmailAddress::parse(&event.email).ok();
+        let suppress = suppression_reason(&event.event)
+            .and_then(|reason| address.as_ref().map(|a| (a, reason)));
+        let key = format!("sendgrid#{}", event.sg_event_id);
+        self.emails
+            .apply_event(
+                org,
+                Some(email_id),
+                &key,
+                suppress,
+                chrono::Utc::now(),
+                |current| effect_of(event, current),
+            )
+            .await
+    }
+}
