@@ -29,7 +29,8 @@ start_one() { # name port command...
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already taken; set HERALD_${name^^}_PORT to another port" >&2; return 1
   fi
-  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  # Its own session, so stopping it also stops any children it spawned.
+  setsid nohup "$@" >"$STATE/$name.log" 2>&1 &
   echo $! >"$STATE/$name.pid"
   wait_for_port "$name" "$port" "$STATE/$name.pid"
 }
@@ -37,7 +38,7 @@ start_one() { # name port command...
 stop_one() {
   local pidfile="$STATE/$1.pid"
   if [ -f "$pidfile" ]; then
-    kill "$(cat "$pidfile")" 2>/dev/null || true
+    kill -- "-$(cat "$pidfile")" 2>/dev/null || kill "$(cat "$pidfile")" 2>/dev/null || true
     rm -f "$pidfile"
   fi
 }

@@ -388,6 +388,7 @@ impl EmailApi {
                 updated_at: now,
                 sent_at: None,
                 version: 1,
+                applied_events: Vec::new(),
             });
         }
         if !errors.0.is_empty() {

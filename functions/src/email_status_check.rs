@@ -11,7 +11,7 @@ use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::domain::email::{EmailStatus, TimelineEntry};
 use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
-use shared::store::{EmailStore, EventEffect};
+use shared::store::{EmailStore, EventEffect, EventInput};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
 
@@ -75,7 +75,7 @@ impl EmailStatusCheck {
                     }
                 };
                 let key = format!("sendgrid-activity#{message_id}#{}", status.as_str());
-                let effect = |current: &shared::domain::email::EmailRecord| EventEffect {
+                let effect = |current: &shared::domain::email::EmailRecord, _: usize| EventEffect {
                     status: Some(status).filter(|s| current.status.can_become(*s)),
                     engagement: None,
                     timeline: Some(TimelineEntry::new(
@@ -88,7 +88,17 @@ impl EmailStatusCheck {
                 };
                 match self
                     .emails
-                    .apply_event(org, Some(id), &key, None, now, effect)
+                    .apply_events(
+                        org,
+                        Some(id),
+                        None,
+                        &[EventInput {
+                            key,
+                            suppress: None,
+                        }],
+                        now,
+                        effect,
+                    )
                     .await
                 {
                     Ok(_) => updated += 1,

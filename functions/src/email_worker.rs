@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use futures::StreamExt;
 use rand_core::RngCore;
 use tracing::Instrument;
 
@@ -124,18 +123,11 @@ impl EmailWorker {
             .get_many(&org, &ids)
             .await
             .map_err(|e| Retry(format!("{e:#}")))?;
-        // Futures are built up front: stream closures over borrowed records are not `Send`.
-        let claims: Vec<_> = records
-            .iter()
-            .map(|record| self.emails.claim(&org, &record.id, now, CLAIM_LEASE))
-            .collect();
-        let claimed: Vec<EmailRecord> = futures::stream::iter(claims)
-            .buffer_unordered(16)
-            .collect::<Vec<_>>()
+        let claimed = self
+            .emails
+            .claim_all(&records, now, CLAIM_LEASE)
             .await
-            .into_iter()
-            .filter_map(|result| result.ok().flatten())
-            .collect();
+            .map_err(|e| Retry(format!("{e:#}")))?;
         if claimed.is_empty() {
             return Ok(()); // a duplicate delivery, or everything already moved on
         }
@@ -246,19 +238,12 @@ impl EmailWorker {
         ids: impl Iterator<Item = &'a str>,
         outcome: &SendOutcome,
     ) -> Result<(), Retry> {
-        let now = chrono::Utc::now();
-        let finishes: Vec<_> = ids
-            .map(|id| self.emails.finish(org, id, outcome, now))
-            .collect();
-        let results: Vec<_> = futures::stream::iter(finishes)
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        match results.into_iter().find_map(Result::err) {
-            // The claim lease runs out and a retry picks the email up again.
-            Some(error) => Err(Retry(format!("recording the outcome failed: {error:#}"))),
-            None => Ok(()),
-        }
+        let ids: Vec<String> = ids.map(str::to_owned).collect();
+        self.emails
+            .finish_all(org, &ids, outcome, chrono::Utc::now())
+            .await
+            // The claim lease runs out and a retry picks the emails up again.
+            .map_err(|error| Retry(format!("recording the outcome failed: {error:#}")))
     }
 
     /// Exponential backoff with full jitter before the message is visible again.
@@ -465,6 +450,7 @@ mod tests {
             updated_at: now,
             sent_at: None,
             version: 1,
+            applied_events: vec![],
         }
     }
 

@@ -19,7 +19,7 @@ use shared::providers::sendgrid::{
     DEFAULT_TOLERANCE, EventKind, SIGNATURE_HEADER, SendGridEvent, SignatureError,
     TIMESTAMP_HEADER, WebhookVerifier, parse_batch,
 };
-use shared::store::{EmailStore, EventEffect, EventOutcome, StoreError};
+use shared::store::{EmailStore, EventEffect, EventInput, StoreError};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
@@ -176,21 +176,53 @@ impl SendGridWebhook {
                 }
             }
         }
+        // One read per organization for every email the batch touches, then one
+        // transaction per email.
+        let mut current: BTreeMap<(String, String), EmailRecord> = BTreeMap::new();
+        let mut ids_by_org: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (org, id) in by_email.keys() {
+            ids_by_org.entry(org.as_str()).or_default().push(id.clone());
+        }
+        for (org, ids) in ids_by_org {
+            let Ok(org) = OrgId::parse(org) else { continue };
+            for record in self
+                .emails
+                .get_many(&org, &ids)
+                .await
+                .map_err(ApiError::from)?
+            {
+                current.insert((org.to_string(), record.id.clone()), record);
+            }
+        }
         let per_email: Vec<_> = by_email
             .into_iter()
-            .map(|((org, id), mut events)| async move {
-                events.sort_by_key(|e| e.timestamp);
-                let Ok(org) = OrgId::parse(&org) else {
-                    return Ok((0, events.len()));
-                };
-                let (mut applied, mut duplicates) = (0, 0);
-                for event in events {
-                    match self.apply(&org, &id, event).await? {
-                        EventOutcome::Applied => applied += 1,
-                        EventOutcome::Duplicate => duplicates += 1,
-                    }
+            .map(|((org, id), mut events)| {
+                let record = current.remove(&(org.clone(), id.clone()));
+                async move {
+                    events.sort_by_key(|e| e.timestamp);
+                    let Ok(org) = OrgId::parse(&org) else {
+                        return Ok((0, events.len()));
+                    };
+                    let inputs: Vec<EventInput> = events
+                        .iter()
+                        .map(|event| EventInput {
+                            key: format!("sendgrid#{}", event.sg_event_id),
+                            suppress: suppression_reason(&event.event).and_then(|reason| {
+                                Some((EmailAddress::parse(&event.email).ok()?, reason.to_owned()))
+                            }),
+                        })
+                        .collect();
+                    self.emails
+                        .apply_events(
+                            &org,
+                            Some(&id),
+                            record,
+                            &inputs,
+                            chrono::Utc::now(),
+                            |current, index| effect_of(events[index], current),
+                        )
+                        .await
                 }
-                Ok::<_, StoreError>((applied, duplicates))
             })
             .collect();
         let results: Vec<Result<(usize, usize), StoreError>> = futures::stream::iter(per_email)
@@ -214,27 +246,5 @@ impl SendGridWebhook {
             200,
             &json!({"received": events.len(), "applied": applied, "duplicates": duplicates, "ignored": ignored}),
         )
-    }
-
-    async fn apply(
-        &self,
-        org: &OrgId,
-        email_id: &str,
-        event: &SendGridEvent,
-    ) -> Result<EventOutcome, StoreError> {
-        let address = EmailAddress::parse(&event.email).ok();
-        let suppress = suppression_reason(&event.event)
-            .and_then(|reason| address.as_ref().map(|a| (a, reason)));
-        let key = format!("sendgrid#{}", event.sg_event_id);
-        self.emails
-            .apply_event(
-                org,
-                Some(email_id),
-                &key,
-                suppress,
-                chrono::Utc::now(),
-                |current| effect_of(event, current),
-            )
-            .await
     }
 }

@@ -58,6 +58,8 @@ pub struct BundleOptions {
     pub poll_queues: bool,
     /// Fire `rate(...)` schedules on their own (otherwise only `POST /local/schedules/…`).
     pub run_schedules: bool,
+    /// Stand in for providers whose keys are not in `env` (off: they are unconfigured).
+    pub sandbox: bool,
 }
 
 impl BundleOptions {
@@ -72,6 +74,7 @@ impl BundleOptions {
             overrides: BTreeMap::new(),
             poll_queues: true,
             run_schedules: true,
+            sandbox: true,
         }
     }
 }
@@ -149,6 +152,8 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
             }
         }
         tracing::info!("SENDGRID_API_KEY is set: sending through the real SendGrid");
+        None
+    } else if !options.sandbox {
         None
     } else {
         let sandbox = SendGridSandbox::new(format!("{base_url}/hooks/sendgrid-webhook"));

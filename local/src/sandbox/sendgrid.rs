@@ -37,6 +37,8 @@ struct SandboxState {
     inbox: VecDeque<Value>,
     statuses: HashMap<String, &'static str>,
     faults: VecDeque<Fault>,
+    /// Off: accept sends but never post events (a lost webhook, for the status check).
+    webhooks_off: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +47,8 @@ struct Fault {
     delay_ms: Option<u64>,
     #[serde(default = "one")]
     count: u32,
+    /// `{"webhooks": false}` stops event posting; `true` resumes it.
+    webhooks: Option<bool>,
 }
 
 fn one() -> u32 {
@@ -75,6 +79,19 @@ impl SendGridSandbox {
 
     pub fn calls(&self) -> u64 {
         self.state.lock().map(|s| s.calls).unwrap_or(0)
+    }
+
+    /// Signs a body as SendGrid would at `timestamp` (for tests of the webhook itself).
+    pub fn sign(&self, timestamp: &str, body: &[u8]) -> String {
+        self.signer.sign(timestamp, body)
+    }
+
+    /// The messages received so far (each recipient once), oldest first.
+    pub fn inbox(&self) -> Vec<Value> {
+        self.state
+            .lock()
+            .map(|s| s.inbox.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
@@ -258,8 +275,16 @@ async fn mail_send(
             }
         }
     }
+    let webhooks_off = sandbox
+        .state
+        .lock()
+        .map(|s| s.webhooks_off)
+        .unwrap_or(false);
     let poster = Arc::clone(&sandbox);
     tokio::spawn(async move {
+        if webhooks_off {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         poster.post_events(&events).await;
     });
@@ -295,7 +320,10 @@ async fn add_fault(
     Json(fault): Json<Fault>,
 ) -> Response {
     if let Ok(mut state) = sandbox.state.lock() {
-        state.faults.push_back(fault);
+        match fault.webhooks {
+            Some(on) => state.webhooks_off = !on,
+            None => state.faults.push_back(fault),
+        }
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -303,6 +303,9 @@ pub struct EmailRecord {
     pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default)]
     pub version: u64,
+    /// Provider event ids already applied: the dedupe record, kept with what it protects.
+    #[serde(default)]
+    pub applied_events: Vec<String>,
 }
 
 impl EmailRecord {

@@ -1,10 +1,14 @@
-//! Email records, suppressions and webhook-event dedupe markers.
+//! Email records and suppressions.
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
 //! | email | `ORG#<org>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>` / `<ulid>` (fan-out) |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
-//! | webhook event seen | `EVENT#<provider>#<event id>` / `EVENT` | expires after 7 days (TTL `expires_at`) |
+//!
+//! Provider events applied to an email are listed on it (`applied_events`), so the dedupe
+//! record is written in the same conditional update as the change it guards. (Not a
+//! transaction: single-item writes cost half the capacity, and moto copies every table on
+//! each transaction, which made local bulk sends crawl.)
 //!
 //! Status changes are conditional on the status the writer saw (and every write bumps
 //! `version`), so concurrent workers and webhooks can never move an email backwards.
@@ -12,10 +16,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
@@ -29,7 +30,6 @@ use crate::http::{Cursor, PageRequest};
 /// Shards of the "emails in `sent`" index, so a high send rate does not pile onto one
 /// index partition (see docs/SCALE.md).
 pub const SENT_SHARDS: u32 = 8;
-const EVENT_MARKER_DAYS: i64 = 7;
 
 #[derive(Debug, Clone)]
 pub struct EmailStore {
@@ -53,12 +53,6 @@ pub struct EventEffect {
     pub engagement: Option<Engagement>,
     pub timeline: Option<TimelineEntry>,
     pub failure_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventOutcome {
-    Applied,
-    Duplicate,
 }
 
 /// A suppression list entry.
@@ -100,10 +94,31 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
         .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
 }
 
-fn timeline_value(entry: &TimelineEntry) -> Result<AttributeValue, StoreError> {
-    let value: AttributeValue =
-        serde_dynamo::to_attribute_value(entry).context("encoding timeline entry")?;
-    Ok(AttributeValue::L(vec![value]))
+fn timeline_value(entries: &[TimelineEntry]) -> Result<AttributeValue, StoreError> {
+    Ok(serde_dynamo::to_attribute_value(entries).context("encoding timeline entries")?)
+}
+
+/// Applies an effect to a record in memory, forward-only.
+fn apply_in_memory(record: &mut EmailRecord, effect: &EventEffect) {
+    if let Some(status) = effect.status.filter(|next| record.status.can_become(*next)) {
+        record.status = status;
+        if let Some(reason) = &effect.failure_reason {
+            record.failure_reason = Some(reason.clone());
+        }
+    }
+    if let Some(engagement) = effect.engagement.filter(|e| !record.engagement.contains(e)) {
+        record.engagement.push(engagement);
+    }
+    if let Some(entry) = &effect.timeline {
+        record.timeline.push(entry.clone());
+    }
+}
+
+/// One provider event to apply: its dedupe key and the address it suppresses, if any.
+#[derive(Debug, Clone)]
+pub struct EventInput {
+    pub key: String,
+    pub suppress: Option<(EmailAddress, String)>,
 }
 
 fn decode(item: Item) -> Result<EmailRecord, StoreError> {
@@ -328,334 +343,226 @@ impl EmailStore {
         Ok(records)
     }
 
-    /// Takes an email for sending: `queued`, or `sending` whose previous claim lapsed (the
-    /// worker that held it died). Returns the claimed record, or `None` when another
-    /// delivery already has it or it moved on — so a duplicate message never sends twice.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub async fn claim(
-        &self,
-        org: &OrgId,
-        id: &str,
-        now: DateTime<Utc>,
-        lease: chrono::Duration,
-    ) -> Result<Option<EmailRecord>, StoreError> {
-        let result = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
-            .key("sk", s(email_sk(id)))
-            .update_expression("SET #status = :sending, status_rank = :rank, claim_until = :lease, attempts = attempts + :one, updated_at = :now, version = version + :one")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at) AND (#status = :queued OR (#status = :sending AND claim_until < :epoch))")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":sending", s("sending"))
-            .expression_attribute_values(":queued", s("queued"))
-            .expression_attribute_values(":rank", n(EmailStatus::Sending.rank()))
-            .expression_attribute_values(":lease", n((now + lease).timestamp()))
-            .expression_attribute_values(":epoch", n(now.timestamp()))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", s(now.to_rfc3339()))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(Some(decode(output.attributes.unwrap_or_default())?)),
-            Err(error) if is_condition_failure(&error) => Ok(None),
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("UpdateItem email claim")
-                .into()),
-        }
-    }
-
-    /// Moves a claimed email on from `sending`: to `sent` (with the provider's message id),
-    /// back to `queued` for a retry, or to a final status. A record that already moved on
-    /// (a fast webhook beat the worker) is left alone but keeps the provider id.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub async fn finish(
-        &self,
-        org: &OrgId,
-        id: &str,
-        outcome: &SendOutcome,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    /// Sends one conditional update. `Ok(None)` when its condition does not hold.
+    async fn send_update(&self, update: EmailUpdate) -> Result<Option<Item>, StoreError> {
         let mut request = self
             .dynamodb
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
-            .key("sk", s(email_sk(id)))
-            .condition_expression("#status = :sending")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":sending", s("sending"))
-            .expression_attribute_values(":now", s(now.to_rfc3339()))
-            .expression_attribute_values(":one", n(1));
-        let (status, event, detail) = match outcome {
-            SendOutcome::Sent { message_id } => {
-                request = request
-                    .expression_attribute_values(
-                        ":msg",
-                        message_id.as_deref().map_or(AttributeValue::Null(true), s),
-                    )
-                    .expression_attribute_values(":g1", s(sent_shard(id)))
-                    .expression_attribute_values(
-                        ":g1s",
-                        s(format!("{:013}#{id}", now.timestamp_millis())),
-                    );
-                (EmailStatus::Sent, "sent", None)
-            }
-            SendOutcome::Retry { reason } => {
-                (EmailStatus::Queued, "retry_scheduled", Some(reason.clone()))
-            }
-            SendOutcome::Failed { kind, reason } => {
-                request = request.expression_attribute_values(
-                    ":kind",
-                    s(match kind {
-                        FailureKind::Transient => "transient",
-                        FailureKind::Permanent => "permanent",
-                    }),
-                );
-                (EmailStatus::Failed, "failed", Some(reason.clone()))
-            }
-            SendOutcome::Suppressed => (
-                EmailStatus::Suppressed,
-                "suppressed",
-                Some("the address is on the suppression list".to_owned()),
-            ),
-        };
-        let base = "SET #status = :status, status_rank = :rank, updated_at = :now, version = version + :one, timeline = list_append(timeline, :entry)";
-        let expression = match outcome {
-            SendOutcome::Sent { .. } => format!(
-                "{base}, provider_message_id = :msg, sent_at = :now, gsi1pk = :g1, gsi1sk = :g1s REMOVE claim_until"
-            ),
-            SendOutcome::Retry { .. } => {
-                format!("{base}, failure_reason = :reason REMOVE claim_until")
-            }
-            SendOutcome::Failed { .. } => {
-                format!("{base}, failure_reason = :reason, failure_kind = :kind REMOVE claim_until")
-            }
-            SendOutcome::Suppressed => format!("{base} REMOVE claim_until"),
-        };
-        if let Some(detail) = &detail {
-            request = request.expression_attribute_values(":reason", s(detail));
+            .key("pk", s(org_pk(&update.org)))
+            .key("sk", s(email_sk(&update.id)))
+            .update_expression(update.expression)
+            .condition_expression(update.condition)
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+        for (name, attribute) in update.names {
+            request = request.expression_attribute_names(name, attribute);
         }
-        let entry = TimelineEntry::new(now, event, detail);
-        let result = request
-            .update_expression(expression)
-            .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":rank", n(status.rank()))
-            .expression_attribute_values(":entry", timeline_value(&entry)?)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) if is_condition_failure(&error) => {
-                if let SendOutcome::Sent {
-                    message_id: Some(message_id),
-                } = outcome
-                {
-                    self.dynamodb
-                        .update_item()
-                        .table_name(&self.table)
-                        .key("pk", s(org_pk(org)))
-                        .key("sk", s(email_sk(id)))
-                        .update_expression("SET provider_message_id = if_not_exists(provider_message_id, :msg), sent_at = if_not_exists(sent_at, :now)")
-                        .expression_attribute_values(":msg", s(message_id))
-                        .expression_attribute_values(":now", s(now.to_rfc3339()))
-                        .send()
-                        .await
-                        .context("UpdateItem email provider id")?;
-                }
-                Ok(())
-            }
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("UpdateItem email finish")
-                .into()),
+        for (name, value) in update.values {
+            request = request.expression_attribute_values(name, value);
+        }
+        match request.send().await {
+            Ok(output) => Ok(Some(output.attributes.unwrap_or_default())),
+            Err(error) if is_condition_failure(&error) => Ok(None),
+            Err(error) => Err(anyhow::Error::new(error).context("UpdateItem email").into()),
         }
     }
 
-    /// Applies a provider event exactly once: the dedupe marker, the email change and the
-    /// suppression entry commit together or not at all. `decide` sees the current record
-    /// (`None` when Herald has no such email) and says what the event changes.
+    /// Sends updates sixteen at a time, in order of the input; `None` where a condition failed.
+    async fn send_updates(
+        &self,
+        updates: Vec<EmailUpdate>,
+    ) -> Result<Vec<Option<Item>>, StoreError> {
+        let requests: Vec<_> = updates
+            .into_iter()
+            .map(|update| self.send_update(update))
+            .collect();
+        futures::stream::iter(requests)
+            .buffered(16)
+            .try_collect()
+            .await
+    }
+
+    /// Takes emails for sending: each one `queued`, or `sending` whose previous claim lapsed
+    /// (the worker that held it died). Returns the records claimed, leaving out any that
+    /// another delivery already has or that moved on, so a duplicate message never sends
+    /// twice.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn claim_all(
+        &self,
+        records: &[EmailRecord],
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<Vec<EmailRecord>, StoreError> {
+        let updates = records
+            .iter()
+            .map(|record| EmailUpdate {
+                org: record.org_id.clone(),
+                id: record.id.clone(),
+                expression: "SET #status = :sending, status_rank = :rank, claim_until = :lease, \
+                             attempts = attempts + :one, updated_at = :now, version = version + :one"
+                    .to_owned(),
+                condition: "attribute_exists(pk) AND attribute_not_exists(deleted_at) AND \
+                            (#status = :queued OR (#status = :sending AND claim_until < :epoch))"
+                    .to_owned(),
+                names: vec![("#status", "status")],
+                values: vec![
+                    (":sending".into(), s("sending")),
+                    (":queued".into(), s("queued")),
+                    (":rank".into(), n(EmailStatus::Sending.rank())),
+                    (":lease".into(), n((now + lease).timestamp())),
+                    (":epoch".into(), n(now.timestamp())),
+                    (":one".into(), n(1)),
+                    (":now".into(), s(now.to_rfc3339())),
+                ],
+            })
+            .collect();
+        self.send_updates(updates)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(decode)
+            .collect()
+    }
+
+    /// Moves claimed emails on from `sending`: to `sent` (with the provider's message id),
+    /// back to `queued` for a retry, or to a final status. An email that already moved on (a
+    /// fast webhook beat the worker) is left alone but keeps the provider id.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn finish_all(
+        &self,
+        org: &OrgId,
+        ids: &[String],
+        outcome: &SendOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let updates = ids
+            .iter()
+            .map(|id| finish_update(org, id, outcome, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self.send_updates(updates).await?;
+        if let SendOutcome::Sent {
+            message_id: Some(message_id),
+        } = outcome
+        {
+            let late: Vec<EmailUpdate> = ids
+                .iter()
+                .zip(&results)
+                .filter(|(_, result)| result.is_none())
+                .map(|(id, _)| EmailUpdate {
+                    org: org.clone(),
+                    id: id.clone(),
+                    expression:
+                        "SET provider_message_id = if_not_exists(provider_message_id, :msg), \
+                                 sent_at = if_not_exists(sent_at, :now)"
+                            .to_owned(),
+                    condition: "attribute_exists(pk)".to_owned(),
+                    names: vec![],
+                    values: vec![
+                        (":msg".into(), s(message_id)),
+                        (":now".into(), s(now.to_rfc3339())),
+                    ],
+                })
+                .collect();
+            self.send_updates(late).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one email's provider events exactly once. The ids of the events applied are
+    /// kept on the email itself (`applied_events`), so the dedupe check and the change are
+    /// one conditional write: a retried or duplicated event finds its id there and changes
+    /// nothing. Suppressions are written first (idempotent), so a failure in between is
+    /// repaired by the provider's retry. `current` is the record as prefetched (`None`:
+    /// read it); `decide` says what event `i` does to the record as the earlier events left
+    /// it. Returns (applied, duplicates).
     ///
     /// # Errors
     /// Storage failures, or contention that outlasts the retries.
-    pub async fn apply_event(
+    pub async fn apply_events(
         &self,
         org: &OrgId,
         email_id: Option<&str>,
-        event_key: &str,
-        suppress: Option<(&EmailAddress, &str)>,
+        mut current: Option<EmailRecord>,
+        events: &[EventInput],
         now: DateTime<Utc>,
-        decide: impl Fn(&EmailRecord) -> EventEffect,
-    ) -> Result<EventOutcome, StoreError> {
-        for _ in 0..5 {
-            let current = match email_id {
-                Some(id) => match RecordId::parse(id) {
-                    Some(record_id) => match self.get(org, record_id).await {
+        decide: impl Fn(&EmailRecord, usize) -> EventEffect,
+    ) -> Result<(usize, usize), StoreError> {
+        let mut suppressed: Vec<String> = Vec::new();
+        for (address, reason) in events.iter().filter_map(|e| e.suppress.as_ref()) {
+            if !suppressed.contains(&address.suppression_key()) {
+                suppressed.push(address.suppression_key());
+                self.put_suppression(org, address, reason, now).await?;
+            }
+        }
+        for attempt in 0..6 {
+            if attempt > 0 || current.is_none() {
+                current = match email_id.and_then(RecordId::parse) {
+                    Some(id) => match self.get(org, id).await {
                         Ok(record) => Some(record),
                         Err(StoreError::NotFound) => None,
                         Err(other) => return Err(other),
                     },
                     None => None,
-                },
-                None => None,
+                };
+            }
+            let Some(before) = &current else {
+                // No such email (deleted, or not Herald's): only the suppression applies.
+                return Ok((0, 0));
             };
-            let mut items = vec![
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .item("pk", s(format!("EVENT#{event_key}")))
-                            .item("sk", s("EVENT"))
-                            .item("entity", s("event_seen"))
-                            .item("org_id", s(org.as_str()))
-                            .item(
-                                "expires_at",
-                                n((now + chrono::Duration::days(EVENT_MARKER_DAYS)).timestamp()),
-                            )
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .context("Put event marker")?,
-                    )
-                    .build(),
-            ];
-            if let Some(record) = &current {
-                let effect = decide(record);
-                if let Some(update) = self.effect_update(record, &effect, now)? {
-                    items.push(TransactWriteItem::builder().update(update).build());
+            let mut after = before.clone();
+            let mut fresh = Vec::new();
+            let mut duplicates = 0;
+            for (index, event) in events.iter().enumerate() {
+                if after.applied_events.contains(&event.key) {
+                    duplicates += 1;
+                    continue;
                 }
+                let effect = decide(&after, index);
+                apply_in_memory(&mut after, &effect);
+                after.applied_events.push(event.key.clone());
+                fresh.push(event.key.clone());
             }
-            if let Some((address, reason)) = suppress {
-                items.push(
-                    TransactWriteItem::builder()
-                        .put(
-                            Put::builder()
-                                .table_name(&self.table)
-                                .item("pk", s(org_pk(org)))
-                                .item("sk", s(supp_sk(address.as_str())))
-                                .item("entity", s("suppression"))
-                                .item("email", s(address.suppression_key()))
-                                .item("reason", s(reason))
-                                .item("created_at", s(now.to_rfc3339()))
-                                .build()
-                                .context("Put suppression")?,
-                        )
-                        .build(),
-                );
+            if fresh.is_empty() {
+                return Ok((0, duplicates));
             }
-            let result = self
-                .dynamodb
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .send()
-                .await;
-            match result {
-                Ok(_) => return Ok(EventOutcome::Applied),
-                Err(error) => {
-                    let reasons: Vec<Option<String>> = match error.as_service_error() {
-                        Some(TransactWriteItemsError::TransactionCanceledException(canceled)) => {
-                            canceled
-                                .cancellation_reasons()
-                                .iter()
-                                .map(|r| r.code().map(str::to_owned))
-                                .collect()
-                        }
-                        _ => Vec::new(),
-                    };
-                    if reasons.first().and_then(Option::as_deref) == Some("ConditionalCheckFailed")
-                    {
-                        return Ok(EventOutcome::Duplicate);
-                    }
-                    if reasons
-                        .iter()
-                        .skip(1)
-                        .any(|r| r.as_deref() == Some("ConditionalCheckFailed"))
-                    {
-                        continue; // the email changed under us: read it again
-                    }
-                    return Err(anyhow::Error::new(error)
-                        .context("TransactWriteItems event")
-                        .into());
-                }
+            if self
+                .send_update(change_update(before, &after, now)?)
+                .await?
+                .is_some()
+            {
+                return Ok((fresh.len(), duplicates));
             }
+            // The email changed under us: read it again and decide again.
         }
         Err(StoreError::Conflict(
-            "the email kept changing while applying an event".to_owned(),
+            "the email kept changing while applying events".to_owned(),
         ))
     }
 
-    fn effect_update(
+    async fn put_suppression(
         &self,
-        record: &EmailRecord,
-        effect: &EventEffect,
+        org: &OrgId,
+        address: &EmailAddress,
+        reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<Update>, StoreError> {
-        let mut sets = vec![
-            "updated_at = :now".to_owned(),
-            "version = version + :one".to_owned(),
-        ];
-        let mut removes = Vec::new();
-        let mut values: Vec<(&str, AttributeValue)> = vec![
-            (":now", s(now.to_rfc3339())),
-            (":one", n(1)),
-            (":v", n(record.version)),
-        ];
-        let mut changed = false;
-        if let Some(status) = effect.status.filter(|next| record.status.can_become(*next)) {
-            changed = true;
-            sets.push("#status = :status".to_owned());
-            sets.push("status_rank = :rank".to_owned());
-            values.push((":status", s(status.as_str())));
-            values.push((":rank", n(status.rank())));
-            if record.status == EmailStatus::Sent {
-                removes.push("gsi1pk");
-                removes.push("gsi1sk");
-            }
-            if let Some(reason) = &effect.failure_reason {
-                sets.push("failure_reason = :reason".to_owned());
-                values.push((":reason", s(reason)));
-            }
-        }
-        if let Some(engagement) = effect.engagement.filter(|e| !record.engagement.contains(e)) {
-            changed = true;
-            let mut all = record.engagement.clone();
-            all.push(engagement);
-            sets.push("engagement = :engagement".to_owned());
-            values.push((
-                ":engagement",
-                serde_dynamo::to_attribute_value(&all).context("engagement")?,
-            ));
-        }
-        if let Some(entry) = &effect.timeline {
-            changed = true;
-            sets.push("timeline = list_append(timeline, :entry)".to_owned());
-            values.push((":entry", timeline_value(entry)?));
-        }
-        if !changed {
-            return Ok(None);
-        }
-        let mut expression = format!("SET {}", sets.join(", "));
-        if !removes.is_empty() {
-            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
-        }
-        let mut update = Update::builder()
+    ) -> Result<(), StoreError> {
+        self.dynamodb
+            .put_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(&record.org_id)))
-            .key("sk", s(email_sk(&record.id)))
-            .update_expression(expression)
-            // Written only over the version this decision was made from.
-            .condition_expression("version = :v AND attribute_not_exists(deleted_at)");
-        if sets.iter().any(|set| set.starts_with("#status")) {
-            update = update.expression_attribute_names("#status", "status");
-        }
-        for (name, value) in values {
-            update = update.expression_attribute_values(name, value);
-        }
-        Ok(Some(update.build().context("Update email effect")?))
+            .item("pk", s(org_pk(org)))
+            .item("sk", s(supp_sk(address.as_str())))
+            .item("entity", s("suppression"))
+            .item("email", s(address.suppression_key()))
+            .item("reason", s(reason))
+            .item("created_at", s(now.to_rfc3339()))
+            .send()
+            .await
+            .context("PutItem suppression")?;
+        Ok(())
     }
 
     /// Soft-deletes an email. A queued email is then never sent (claims skip deleted ones).
@@ -734,7 +641,7 @@ impl EmailStore {
                     .expression_attribute_values(":rank", n(EmailStatus::Queued.rank()))
                     .expression_attribute_values(":now", s(now.to_rfc3339()))
                     .expression_attribute_values(":one", n(1))
-                    .expression_attribute_values(":entry", timeline_value(&entry)?)
+                    .expression_attribute_values(":entry", timeline_value(std::slice::from_ref(&entry))?)
                     .send()
                     .await;
                 match result {
@@ -962,4 +869,157 @@ pub enum SendOutcome {
         reason: String,
     },
     Suppressed,
+}
+
+/// One conditional update of an email item.
+struct EmailUpdate {
+    org: OrgId,
+    id: String,
+    expression: String,
+    condition: String,
+    names: Vec<(&'static str, &'static str)>,
+    values: Vec<(String, AttributeValue)>,
+}
+
+fn finish_update(
+    org: &OrgId,
+    id: &str,
+    outcome: &SendOutcome,
+    now: DateTime<Utc>,
+) -> Result<EmailUpdate, StoreError> {
+    let mut values: Vec<(String, AttributeValue)> = vec![
+        (":sending".into(), s("sending")),
+        (":now".into(), s(now.to_rfc3339())),
+        (":one".into(), n(1)),
+    ];
+    let (status, event, detail, extra) = match outcome {
+        SendOutcome::Sent { message_id } => {
+            values.push((
+                ":msg".into(),
+                message_id.as_deref().map_or(AttributeValue::Null(true), s),
+            ));
+            values.push((":g1".into(), s(sent_shard(id))));
+            values.push((
+                ":g1s".into(),
+                s(format!("{:013}#{id}", now.timestamp_millis())),
+            ));
+            (
+                EmailStatus::Sent,
+                "sent",
+                None,
+                ", provider_message_id = :msg, sent_at = :now, gsi1pk = :g1, gsi1sk = :g1s",
+            )
+        }
+        SendOutcome::Retry { reason } => (
+            EmailStatus::Queued,
+            "retry_scheduled",
+            Some(reason.clone()),
+            ", failure_reason = :reason",
+        ),
+        SendOutcome::Failed { kind, reason } => {
+            let kind = match kind {
+                FailureKind::Transient => "transient",
+                FailureKind::Permanent => "permanent",
+            };
+            values.push((":kind".into(), s(kind)));
+            (
+                EmailStatus::Failed,
+                "failed",
+                Some(reason.clone()),
+                ", failure_reason = :reason, failure_kind = :kind",
+            )
+        }
+        SendOutcome::Suppressed => (
+            EmailStatus::Suppressed,
+            "suppressed",
+            Some("the address is on the suppression list".to_owned()),
+            ", failure_reason = :reason",
+        ),
+    };
+    if let Some(detail) = &detail {
+        values.push((":reason".into(), s(detail)));
+    }
+    values.push((":status".into(), s(status.as_str())));
+    values.push((":rank".into(), n(status.rank())));
+    values.push((
+        ":entry".into(),
+        timeline_value(&[TimelineEntry::new(now, event, detail)])?,
+    ));
+    Ok(EmailUpdate {
+        org: org.clone(),
+        id: id.to_owned(),
+        expression: format!(
+            "SET #status = :status, status_rank = :rank, updated_at = :now, version = version + :one, \
+             timeline = list_append(timeline, :entry){extra} REMOVE claim_until"
+        ),
+        condition: "#status = :sending".to_owned(),
+        names: vec![("#status", "status")],
+        values,
+    })
+}
+
+/// The update that turns `before` into `after`, conditional on `before`'s version.
+fn change_update(
+    before: &EmailRecord,
+    after: &EmailRecord,
+    now: DateTime<Utc>,
+) -> Result<EmailUpdate, StoreError> {
+    let mut sets = vec![
+        "updated_at = :now".to_owned(),
+        "version = version + :one".to_owned(),
+    ];
+    let mut removes = Vec::new();
+    let mut names = Vec::new();
+    let mut values: Vec<(String, AttributeValue)> = vec![
+        (":now".into(), s(now.to_rfc3339())),
+        (":one".into(), n(1)),
+        (":v".into(), n(before.version)),
+    ];
+    if after.status != before.status {
+        sets.push("#status = :status".to_owned());
+        sets.push("status_rank = :rank".to_owned());
+        names.push(("#status", "status"));
+        values.push((":status".into(), s(after.status.as_str())));
+        values.push((":rank".into(), n(after.status.rank())));
+        if before.status == EmailStatus::Sent {
+            removes.push("gsi1pk");
+            removes.push("gsi1sk");
+        }
+    }
+    if after.failure_reason != before.failure_reason
+        && let Some(reason) = &after.failure_reason
+    {
+        sets.push("failure_reason = :reason".to_owned());
+        values.push((":reason".into(), s(reason)));
+    }
+    if after.engagement != before.engagement {
+        sets.push("engagement = :engagement".to_owned());
+        values.push((
+            ":engagement".into(),
+            serde_dynamo::to_attribute_value(&after.engagement).context("engagement")?,
+        ));
+    }
+    let added = &after.timeline[before.timeline.len().min(after.timeline.len())..];
+    if !added.is_empty() {
+        sets.push("timeline = list_append(timeline, :entry)".to_owned());
+        values.push((":entry".into(), timeline_value(added)?));
+    }
+    sets.push("applied_events = :applied".to_owned());
+    values.push((
+        ":applied".into(),
+        serde_dynamo::to_attribute_value(&after.applied_events).context("applied events")?,
+    ));
+    let mut expression = format!("SET {}", sets.join(", "));
+    if !removes.is_empty() {
+        expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+    }
+    Ok(EmailUpdate {
+        org: before.org_id.clone(),
+        id: before.id.clone(),
+        expression,
+        // Written only over the version this decision was made from.
+        condition: "version = :v AND attribute_not_exists(deleted_at)".to_owned(),
+        names,
+        values,
+    })
 }

@@ -109,11 +109,12 @@ impl IdempotencyStore {
             Some(AttributeValue::S(value)) => value.clone(),
             _ => String::new(),
         };
-        if text("request_hash") != request_hash {
-            return Ok(IdempotencyStart::Mismatch);
-        }
+        // A key still held answers 409 whatever the body: the first request decides.
         if text("state") != "done" {
             return Ok(IdempotencyStart::InProgress);
+        }
+        if text("request_hash") != request_hash {
+            return Ok(IdempotencyStart::Mismatch);
         }
         let status = match item.get("status_code") {
             Some(AttributeValue::N(n)) => n.parse().unwrap_or(200),

@@ -17,7 +17,7 @@ mod idempotency;
 mod templates;
 
 pub use emails::{
-    EmailListQuery, EmailStore, EventEffect, EventOutcome, SENT_SHARDS, SendOutcome, Suppression,
+    EmailListQuery, EmailStore, EventEffect, EventInput, SENT_SHARDS, SendOutcome, Suppression,
 };
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};

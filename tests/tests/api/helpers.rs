@@ -22,8 +22,19 @@ pub struct TestBundle {
 
 /// A bundle on a random port with resources under a fresh prefix.
 pub async fn spawn_bundle() -> TestBundle {
+    spawn_bundle_with(|_| {}).await
+}
+
+/// A bundle with options adjusted by `tune`. Retries are immediate (no backoff wait) and
+/// schedules fire only when a test asks.
+pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBundle {
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let mut options = BundleOptions::new(workspace_root().join("template.yaml"), &prefix[..12]);
+    options.env.remove("SENDGRID_API_KEY");
+    options.run_schedules = false;
+    options
+        .overrides
+        .insert("RETRY_BASE_SECONDS".to_owned(), "0".to_owned());
     for (name, value) in [
         ("AWS_ENDPOINT_URL", aws_endpoint()),
         ("AWS_REGION", "us-east-1".to_owned()),
@@ -32,6 +43,7 @@ pub async fn spawn_bundle() -> TestBundle {
     ] {
         options.env.insert(name.to_owned(), value);
     }
+    tune(&mut options);
     let bundle = local::start(options)
         .await
         .expect("the local bundle starts");
@@ -122,5 +134,84 @@ impl TestBundle {
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
         self.call("POST", path, Some(token), Some(body)).await
+    }
+}
+
+/// Polls `check` until it returns `Some`, for up to `seconds`.
+pub async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+impl TestBundle {
+    /// Waits until an email reaches `status` and returns it.
+    pub async fn email_reaches(&self, token: &str, id: &str, status: &str, seconds: u64) -> Value {
+        let path = format!("/services/email/{id}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let reply = self.get(&path, token).await;
+            if reply.body["status"] == status {
+                return reply.body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "email {id} never reached {status}: {}",
+                reply.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn sandbox(&self) -> &local::sandbox::sendgrid::SendGridSandbox {
+        self.bundle
+            .sendgrid
+            .as_deref()
+            .expect("the SendGrid sandbox runs")
+    }
+
+    /// Makes the SendGrid sandbox fail its next calls.
+    pub async fn sendgrid_fault(&self, fault: Value) {
+        let response = self
+            .http
+            .post(self.bundle.url("/sandbox/sendgrid/_faults"))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+
+    /// Messages waiting in a queue (visible or in flight).
+    pub async fn queue_depth(&self, logical_id: &str) -> usize {
+        let attributes = self
+            .bundle
+            .aws
+            .sqs
+            .get_queue_attributes()
+            .queue_url(self.bundle.resource(logical_id))
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            )
+            .send()
+            .await
+            .unwrap();
+        attributes
+            .attributes()
+            .map(|a| a.values().filter_map(|v| v.parse::<usize>().ok()).sum())
+            .unwrap_or(0)
     }
 }

@@ -4,6 +4,7 @@
 //! (its own table), so tests run in parallel.
 
 mod bundle_shape;
+mod email;
 mod events;
 mod helpers;
 mod templates;

@@ -1,0 +1,610 @@
+//! The email channel end to end (issue: email): the API, the send and bulk workers on real
+//! SQS queues in moto, the SendGrid sandbox speaking SendGrid's wire format and posting
+//! signed events back to the webhook function, suppressions and the status check.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestBundle, eventually, spawn_bundle, spawn_bundle_with};
+
+fn simple(to: &str) -> Value {
+    json!({"to": to, "subject": "Your order", "text": "Order 1042 shipped", "html": "<p>Order <b>1042</b> shipped</p>"})
+}
+
+async fn send(app: &TestBundle, token: &str, body: Value) -> String {
+    let reply = app.post("/services/email/", token, body).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["status"], "queued");
+    reply.body["id"].as_str().unwrap().to_owned()
+}
+
+fn events_of(email: &Value) -> Vec<String> {
+    email["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn simple_and_template_sends_reach_delivered_through_signed_webhooks() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    let email = app.email_reaches(&token, &id, "delivered", 30).await;
+    let timeline = events_of(&email);
+    assert_eq!(timeline.first().map(String::as_str), Some("queued"));
+    for step in ["sent", "processed", "delivered"] {
+        assert!(timeline.iter().any(|e| e == step), "{timeline:?}");
+    }
+    assert!(email["provider_message_id"].is_string());
+
+    let template = app
+        .post(
+            "/services/templates/email/",
+            &token,
+            json!({"name": "Welcome", "subject": "Welcome {{name}}", "html": "<p>Hi {{name}}</p>", "text": "Hi {{name}}"}),
+        )
+        .await;
+    let template_id = template.body["id"].as_str().unwrap();
+    let id = send(&app, &token, json!({"to": "bob@example.com", "template_id": template_id, "variables": {"name": "<Bob>"}})).await;
+    app.email_reaches(&token, &id, "delivered", 30).await;
+
+    // What SendGrid received: the rendered content, escaped in HTML only, with custom_args
+    // that map its events back to the record.
+    let inbox = app.sandbox().inbox();
+    let message = inbox.iter().find(|m| m["to"] == "bob@example.com").unwrap();
+    assert_eq!(message["subject"], "Welcome <Bob>");
+    assert_eq!(
+        message["content"][0],
+        json!({"type": "text/plain", "value": "Hi <Bob>"})
+    );
+    assert_eq!(
+        message["content"][1],
+        json!({"type": "text/html", "value": "<p>Hi &lt;Bob&gt;</p>"})
+    );
+    assert_eq!(
+        message["custom_args"],
+        json!({"org_id": "acme", "email_id": id})
+    );
+}
+
+#[tokio::test]
+async fn bulk_send_of_2500_uses_three_sendgrid_calls() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "member");
+    let recipients: Vec<Value> =
+        (0..2500).map(|n| json!({"to": format!("user{n}@example.com"), "variables": {"name": format!("User {n}")}})).collect();
+    let reply = app
+        .post("/services/email/", &token, json!({"subject": "Hello {{name}}", "html": "<p>Hi {{name}}</p>", "campaign": "launch", "recipients": recipients}))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["count"], 2500);
+    let ids: Vec<String> = reply.body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+
+    let sandbox = app.sandbox();
+    eventually(240, "2,500 recipients at SendGrid", || async {
+        (sandbox.inbox().len() == 2500).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sandbox.calls(),
+        3,
+        "personalizations batch 1,000 recipients per call"
+    );
+    let inbox = sandbox.inbox();
+    let last = inbox
+        .iter()
+        .find(|m| m["to"] == "user2499@example.com")
+        .unwrap();
+    assert_eq!(last["subject"], "Hello User 2499");
+    assert_eq!(last["content"][0]["value"], "<p>Hi User 2499</p>");
+
+    for id in [&ids[0], &ids[1234], &ids[2499]] {
+        app.email_reaches(&token, id, "delivered", 240).await;
+    }
+    let listed = app
+        .get("/services/email/?campaign=launch&limit=100", &token)
+        .await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 100);
+    assert!(listed.body["next_cursor"].is_string());
+}
+
+#[tokio::test]
+async fn transient_failures_retry_then_land_in_the_dlq_with_the_record_failed() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    app.sendgrid_fault(json!({"status": 503, "count": 3})).await;
+    let id = send(&app, &token, simple("ann@example.com")).await;
+
+    let email = app.email_reaches(&token, &id, "failed", 60).await;
+    assert_eq!(
+        email["attempts"], 3,
+        "one attempt per receive, max receives 3"
+    );
+    assert!(
+        email["failure_reason"].as_str().unwrap().contains("503"),
+        "{email}"
+    );
+    eventually(30, "the job in the DLQ", || async {
+        (app.queue_depth("EmailSendDLQ").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(app.sandbox().calls(), 0, "nothing was accepted");
+    let events = events_of(&email);
+    assert_eq!(
+        events.iter().filter(|e| *e == "retry_scheduled").count(),
+        2,
+        "{events:?}"
+    );
+
+    // resend-failed puts it back; SendGrid works again now.
+    let reply = app
+        .post("/services/email/resend-failed/", &token, json!({}))
+        .await;
+    assert_eq!(reply.body["requeued"], 1, "{}", reply.body);
+    app.email_reaches(&token, &id, "delivered", 60).await;
+}
+
+#[tokio::test]
+async fn rate_limits_are_retried_and_bad_requests_fail_at_once() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    app.sendgrid_fault(json!({"status": 429, "count": 1})).await;
+    let retried = send(&app, &token, simple("ann@example.com")).await;
+    let email = app.email_reaches(&token, &retried, "delivered", 60).await;
+    assert_eq!(email["attempts"], 2);
+
+    app.sendgrid_fault(json!({"status": 400, "count": 1})).await;
+    let rejected = send(&app, &token, simple("bob@example.com")).await;
+    let email = app.email_reaches(&token, &rejected, "failed", 60).await;
+    assert_eq!(email["attempts"], 1, "a permanent failure is not retried");
+    assert!(email["failure_reason"].as_str().unwrap().contains("400"));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(app.queue_depth("EmailSendQueue").await, 0);
+    assert_eq!(
+        app.queue_depth("EmailSendDLQ").await,
+        0,
+        "permanent failures do not go to the DLQ"
+    );
+    let reply = app
+        .post("/services/email/resend-failed/", &token, json!({}))
+        .await;
+    assert_eq!(
+        reply.body["requeued"], 0,
+        "permanent failures are not resent"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_queue_delivery_sends_once() {
+    let app = spawn_bundle_with(|options| options.poll_queues = false).await;
+    let token = app.token("acme", "admin");
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    // SQS delivers at least once: put the same job on the queue a second time.
+    let job = json!({"v": 1, "org": "acme", "kind": "email.send", "ids": [id]}).to_string();
+    app.bundle
+        .aws
+        .sqs
+        .send_message()
+        .queue_url(app.bundle.resource("EmailSendQueue"))
+        .message_body(job)
+        .send()
+        .await
+        .unwrap();
+
+    let poller = app
+        .bundle
+        .pollers
+        .iter()
+        .find(|p| p.function == "email-worker")
+        .unwrap();
+    let mut received = 0;
+    while received < 2 {
+        received += poller.poll_once().await.unwrap();
+    }
+    assert_eq!(app.sandbox().calls(), 1);
+    assert_eq!(app.sandbox().inbox().len(), 1);
+    assert_eq!(app.queue_depth("EmailSendQueue").await, 0);
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_conflict_and_mismatch() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let post = |key: &'static str, body: Value, token: String| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.bundle.url("/services/email/"))
+                .bearer_auth(token)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = post("order-1", simple("ann@example.com"), token.clone()).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = post("order-1", simple("ann@example.com"), token.clone()).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["id"],
+        first["id"],
+        "the first response is replayed"
+    );
+    let other = post("order-1", simple("bob@example.com"), token.clone()).await;
+    assert_eq!(other.status(), 422);
+
+    // The same key in another organization is another key.
+    let globex = post(
+        "order-1",
+        simple("ann@example.com"),
+        app.token("globex", "admin"),
+    )
+    .await;
+    assert_eq!(globex.status(), 202);
+    assert_ne!(globex.json::<Value>().await.unwrap()["id"], first["id"]);
+
+    // A first request still running: the key is held.
+    let store = shared::store::IdempotencyStore::new(app.bundle.aws.dynamodb.clone(), app.table());
+    let org = shared::domain::OrgId::parse("acme").unwrap();
+    store
+        .begin(
+            &org,
+            "POST /services/email",
+            "order-2",
+            "some-hash",
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let busy = post("order-2", simple("ann@example.com"), token.clone()).await;
+    assert_eq!(busy.status(), 409);
+
+    let listed = app.get("/services/email/", &token).await;
+    assert_eq!(
+        listed.body["items"].as_array().unwrap().len(),
+        1,
+        "one send for acme, however many replays"
+    );
+}
+
+fn sendgrid_event(kind: &str, email_id: &str, address: &str, timestamp: i64) -> Value {
+    json!({
+        "email": address, "timestamp": timestamp, "event": kind,
+        "sg_event_id": uuid::Uuid::new_v4().simple().to_string(), "sg_message_id": "abc.filter-1",
+        "org_id": "acme", "email_id": email_id,
+    })
+}
+
+async fn post_webhook(
+    app: &TestBundle,
+    body: &[u8],
+    timestamp: &str,
+    signature: &str,
+) -> reqwest::Response {
+    app.http
+        .post(app.bundle.url("/hooks/sendgrid-webhook"))
+        .header("content-type", "application/json")
+        .header("x-twilio-email-event-webhook-timestamp", timestamp)
+        .header("x-twilio-email-event-webhook-signature", signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn webhook_rejects_bad_signatures_stale_timestamps_and_oversized_bodies() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    let before = app.email_reaches(&token, &id, "delivered", 30).await;
+
+    let body = serde_json::to_vec(&json!([sendgrid_event(
+        "bounce",
+        &id,
+        "ann@example.com",
+        chrono::Utc::now().timestamp()
+    )]))
+    .unwrap();
+    let now = chrono::Utc::now().timestamp().to_string();
+    let good = app.sandbox().sign(&now, &body);
+
+    let forged = shared::providers::sendgrid::WebhookSigner::generate().sign(&now, &body);
+    assert_eq!(post_webhook(&app, &body, &now, &forged).await.status(), 403);
+    assert_eq!(post_webhook(&app, &body, &now, "").await.status(), 401);
+    let mut tampered = body.clone();
+    tampered[3] ^= 1;
+    assert_eq!(
+        post_webhook(&app, &tampered, &now, &good).await.status(),
+        403
+    );
+    let stale = (chrono::Utc::now().timestamp() - 3600).to_string();
+    assert_eq!(
+        post_webhook(&app, &body, &stale, &app.sandbox().sign(&stale, &body))
+            .await
+            .status(),
+        403
+    );
+    let huge = vec![b' '; 1024 * 1024 + 1];
+    assert_eq!(
+        post_webhook(&app, &huge, &now, &app.sandbox().sign(&now, &huge))
+            .await
+            .status(),
+        413
+    );
+
+    let after = app.get(&format!("/services/email/{id}"), &token).await.body;
+    assert_eq!(after, before, "nothing was written");
+    let suppressions = app.get("/services/email/suppressions/", &token).await;
+    assert_eq!(suppressions.body["items"], json!([]));
+
+    // The same batch, correctly signed, is applied — exactly once.
+    let reply = post_webhook(&app, &body, &now, &good).await;
+    assert_eq!(reply.status(), 200);
+    let again = post_webhook(&app, &body, &now, &good)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(again["duplicates"], 1);
+}
+
+#[tokio::test]
+async fn duplicate_and_out_of_order_events_never_regress_status() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    let delivered = app.email_reaches(&token, &id, "delivered", 30).await;
+    let timeline_len = delivered["timeline"].as_array().unwrap().len();
+
+    let old = chrono::Utc::now().timestamp() - 60;
+    let open = sendgrid_event("open", &id, "ann@example.com", old + 30);
+    let batch = json!([
+        sendgrid_event("deferred", &id, "ann@example.com", old),
+        sendgrid_event("processed", &id, "ann@example.com", old),
+        open.clone()
+    ]);
+    let body = serde_json::to_vec(&batch).unwrap();
+    let now = chrono::Utc::now().timestamp().to_string();
+    assert_eq!(
+        post_webhook(&app, &body, &now, &app.sandbox().sign(&now, &body))
+            .await
+            .status(),
+        200
+    );
+    // SendGrid retries a batch it thinks failed: the same events again.
+    let reply: Value = post_webhook(&app, &body, &now, &app.sandbox().sign(&now, &body))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["duplicates"], 3);
+
+    let email = app.get(&format!("/services/email/{id}"), &token).await.body;
+    assert_eq!(
+        email["status"], "delivered",
+        "late deferred/processed events do not move it back"
+    );
+    assert_eq!(email["engagement"], json!(["opened"]));
+    assert_eq!(
+        email["timeline"].as_array().unwrap().len(),
+        timeline_len + 3,
+        "each event recorded once"
+    );
+}
+
+#[tokio::test]
+async fn bounces_suppress_the_address_and_a_later_send_never_reaches_sendgrid() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let first = send(&app, &token, simple("gone@bounce.test")).await;
+    let bounced = app.email_reaches(&token, &first, "bounced", 30).await;
+    assert!(
+        bounced["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist")
+    );
+    let listed = app.get("/services/email/suppressions/", &token).await;
+    assert_eq!(listed.body["items"][0]["email"], "gone@bounce.test");
+    assert_eq!(listed.body["items"][0]["reason"], "bounce");
+
+    let calls = app.sandbox().calls();
+    let second = send(&app, &token, simple("Gone@Bounce.test")).await;
+    app.email_reaches(&token, &second, "suppressed", 30).await;
+    assert_eq!(app.sandbox().calls(), calls, "SendGrid was not called");
+
+    // Another organization's list is its own.
+    let globex = app.token("globex", "admin");
+    let other = send(&app, &globex, simple("gone@bounce.test")).await;
+    app.email_reaches(&globex, &other, "bounced", 30).await;
+
+    let reply = app
+        .call(
+            "DELETE",
+            "/services/email/suppressions/gone%40bounce.test/",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(
+        app.get("/services/email/suppressions/", &token).await.body["items"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn every_email_endpoint_is_isolated_between_organizations() {
+    let app = spawn_bundle().await;
+    let acme = app.token("acme", "admin");
+    let globex = app.token("globex", "admin");
+    let id = send(&app, &acme, simple("ann@example.com")).await;
+    app.email_reaches(&acme, &id, "delivered", 30).await;
+
+    app.get(&format!("/services/email/{id}/"), &globex)
+        .await
+        .problem(404);
+    app.call(
+        "DELETE",
+        &format!("/services/email/{id}/"),
+        Some(&globex),
+        None,
+    )
+    .await
+    .problem(404);
+    assert_eq!(
+        app.get("/services/email/", &globex).await.body["items"],
+        json!([])
+    );
+    let first = app.get("/services/email/?limit=1", &acme).await;
+    assert!(first.body["next_cursor"].is_null());
+    app.call(
+        "DELETE",
+        "/services/email/suppressions/ann%40example.com",
+        Some(&globex),
+        None,
+    )
+    .await
+    .problem(404);
+    assert_eq!(
+        app.post("/services/email/resend-failed/", &globex, json!({}))
+            .await
+            .body["requeued"],
+        0
+    );
+    app.get(&format!("/services/email/{id}/"), &acme).await;
+
+    // Roles: members send and read; deleting needs admin.
+    let member = app.token("acme", "member");
+    app.call(
+        "DELETE",
+        &format!("/services/email/{id}/"),
+        Some(&member),
+        None,
+    )
+    .await
+    .problem(403);
+    app.post("/services/email/resend-failed/", &member, json!({}))
+        .await
+        .problem(403);
+    assert_eq!(
+        app.call(
+            "DELETE",
+            &format!("/services/email/{id}/"),
+            Some(&acme),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    app.get(&format!("/services/email/{id}/"), &acme)
+        .await
+        .problem(404);
+}
+
+#[tokio::test]
+async fn send_validation_names_fields_and_stores_nothing() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let reply = app
+        .post(
+            "/services/email/",
+            &token,
+            json!({"to": "not-an-address", "subject": "", "cc": ["x"]}),
+        )
+        .await;
+    let errors = &reply.problem(400)["errors"];
+    for field in ["to", "subject", "text", "cc"] {
+        assert!(errors[field].is_array(), "{field}: {errors}");
+    }
+    let template = app
+        .post(
+            "/services/templates/email/",
+            &token,
+            json!({"name": "t", "subject": "Hi {{name}}", "text": "x"}),
+        )
+        .await;
+    let template_id = template.body["id"].as_str().unwrap();
+    let reply = app
+        .post("/services/email/", &token, json!({"recipients": [{"to": "a@example.com", "variables": {"name": "A"}}, {"to": "b@example.com"}], "template_id": template_id}))
+        .await;
+    let errors = &reply.problem(400)["errors"];
+    assert!(
+        errors["recipients[1].variables"][0]
+            .as_str()
+            .unwrap()
+            .contains("name"),
+        "{errors}"
+    );
+    let other_org_template = app
+        .post(
+            "/services/email/",
+            &app.token("globex", "admin"),
+            json!({"to": "a@example.com", "template_id": template_id}),
+        )
+        .await;
+    assert!(other_org_template.problem(400)["errors"]["template_id"].is_array());
+    assert_eq!(
+        app.get("/services/email/", &token).await.body["items"],
+        json!([])
+    );
+    assert_eq!(app.sandbox().calls(), 0);
+}
+
+#[tokio::test]
+async fn without_sendgrid_credentials_sends_answer_503_and_record_nothing() {
+    let app = spawn_bundle_with(|options| options.sandbox = false).await;
+    let token = app.token("acme", "admin");
+    let reply = app
+        .post("/services/email/", &token, simple("ann@example.com"))
+        .await;
+    assert_eq!(
+        reply.problem(503)["type"],
+        "/problems/provider-not-configured"
+    );
+    assert_eq!(
+        app.get("/services/email/", &token).await.body["items"],
+        json!([])
+    );
+    assert_eq!(app.queue_depth("EmailSendQueue").await, 0);
+}
+
+#[tokio::test]
+async fn the_status_check_settles_emails_whose_webhook_was_lost() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("EMAIL_STUCK_AFTER_MINUTES".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    app.sendgrid_fault(json!({"webhooks": false})).await;
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    app.email_reaches(&token, &id, "sent", 30).await;
+
+    let response = app
+        .http
+        .post(app.bundle.url("/local/schedules/email-status-check"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let result: Value = response.json().await.unwrap();
+    assert_eq!(result["updated"], 1, "{result}");
+    let email = app.email_reaches(&token, &id, "delivered", 5).await;
+    assert!(events_of(&email).contains(&"status_check".to_owned()));
+}
