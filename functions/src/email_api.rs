@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tracing::Instrument;
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
@@ -158,14 +157,7 @@ impl EmailApi {
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        let span = shared::logging::invocation_span("email-api", &http::request_id(&request));
-        async {
-            let response = self.dispatch(&request).await.unwrap_or_else(ApiError::into_response);
-            tracing::info!(method = %request.method(), path = request.uri().path(), status = response.status().as_u16(), "request");
-            response
-        }
-        .instrument(span)
-        .await
+        http::respond("email-api", &request, || self.dispatch(&request)).await
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {

@@ -1,6 +1,7 @@
 //! Herald's Lambda functions. Each module is one function's logic; `src/bin/<name>.rs` is
 //! its short `main`. The local runner and the tests call the same code through [`registry`].
 
+pub mod admin_page;
 pub mod bulk_worker;
 pub mod email_api;
 pub mod email_status_check;

@@ -85,6 +85,10 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         binary: "email-status-check",
         routes: &[],
     },
+    FunctionInfo {
+        binary: "admin-page",
+        routes: crate::admin_page::ROUTES,
+    },
 ];
 
 /// Builds the handler for `binary` with its own environment, as its `main` would.
@@ -107,6 +111,7 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         "email-status-check" => Handler::Scheduled(Arc::new(
             crate::email_status_check::EmailStatusCheck::new(aws, env).await?,
         )),
+        "admin-page" => Handler::Http(Arc::new(crate::admin_page::AdminPage::new())),
         other => anyhow::bail!("no function binary named {other}"),
     })
 }

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
-use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::Env;
@@ -100,15 +99,7 @@ impl SendGridWebhook {
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        let span =
-            shared::logging::invocation_span("sendgrid-webhook", &http::request_id(&request));
-        async {
-            self.receive(&request)
-                .await
-                .unwrap_or_else(ApiError::into_response)
-        }
-        .instrument(span)
-        .await
+        http::respond("sendgrid-webhook", &request, || self.receive(&request)).await
     }
 
     async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {

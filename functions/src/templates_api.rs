@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tracing::Instrument;
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
@@ -87,17 +86,7 @@ impl TemplatesApi {
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        let span = shared::logging::invocation_span("templates-api", &http::request_id(&request));
-        async {
-            let response = match self.dispatch(&request).await {
-                Ok(response) => response,
-                Err(error) => error.into_response(),
-            };
-            tracing::info!(method = %request.method(), path = request.uri().path(), status = response.status().as_u16(), "request");
-            response
-        }
-        .instrument(span)
-        .await
+        http::respond("templates-api", &request, || self.dispatch(&request)).await
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {

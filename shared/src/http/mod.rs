@@ -18,6 +18,33 @@ use serde::{Serialize, de::DeserializeOwned};
 /// own resources are far smaller, so anything bigger is a mistake or an attack.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Runs an endpoint function's dispatcher inside the invocation span, turns its error into
+/// a problem response and logs the outcome: what every HTTP function's `handle` does.
+pub async fn respond<F, Fut>(
+    function: &'static str,
+    request: &Request,
+    dispatch: F,
+) -> Response<Body>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, ApiError>>,
+{
+    use tracing::Instrument;
+    let span = crate::logging::invocation_span(function, &request_id(request));
+    async {
+        let response = dispatch().await.unwrap_or_else(ApiError::into_response);
+        tracing::info!(
+            method = %request.method(),
+            path = request.uri().path(),
+            status = response.status().as_u16(),
+            "request"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
 /// A JSON response with the given status.
 pub fn json<T: Serialize>(status: u16, value: &T) -> Result<Response<Body>, ApiError> {
     let text = serde_json::to_string(value).map_err(ApiError::internal)?;

@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Item, PartitionKey, StoreError, paged_query, s};
+use super::{Item, PartitionKey, StoreError, batch_get, paged_query, s};
 use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
 };
@@ -280,7 +280,7 @@ impl EmailStore {
         ))
     }
 
-    /// Fetches records by id (live or not: workers must see deleted ones to skip them).
+    /// Fetches live records by id; deleted ones are left out, so they are never sent.
     ///
     /// # Errors
     /// Storage failures only; unknown ids are left out.
@@ -289,58 +289,21 @@ impl EmailStore {
         org: &OrgId,
         ids: &[String],
     ) -> Result<Vec<EmailRecord>, StoreError> {
-        let mut records = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(100) {
-            let mut keys: Vec<Item> = chunk
-                .iter()
-                .map(|id| {
-                    HashMap::from([
-                        ("pk".to_owned(), s(org_pk(org))),
-                        ("sk".to_owned(), s(email_sk(id))),
-                    ])
-                })
-                .collect();
-            for attempt in 0..6 {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .context("keys")?;
-                let output = self
-                    .dynamodb
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .context("BatchGetItem emails")?;
-                for item in output
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    if !item.contains_key("deleted_at") {
-                        records.push(decode(item)?);
-                    }
-                }
-                keys = output
-                    .unprocessed_keys
-                    .and_then(|mut m| m.remove(&self.table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-                if keys.is_empty() {
-                    break;
-                }
-                if attempt == 5 {
-                    return Err(anyhow::anyhow!(
-                        "DynamoDB left {} email reads unprocessed",
-                        keys.len()
-                    )
-                    .into());
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
-            }
-        }
-        Ok(records)
+        let keys = ids
+            .iter()
+            .map(|id| {
+                HashMap::from([
+                    ("pk".to_owned(), s(org_pk(org))),
+                    ("sk".to_owned(), s(email_sk(id))),
+                ])
+            })
+            .collect();
+        batch_get(&self.dynamodb, &self.table, keys, None)
+            .await?
+            .into_iter()
+            .filter(|item| !item.contains_key("deleted_at"))
+            .map(decode)
+            .collect()
     }
 
     /// Sends one conditional update. `Ok(None)` when its condition does not hold.
@@ -757,47 +720,23 @@ impl EmailStore {
         let mut unique: Vec<String> = addresses.iter().map(|a| a.suppression_key()).collect();
         unique.sort();
         unique.dedup();
-        let mut found = std::collections::HashSet::new();
-        for chunk in unique.chunks(100) {
-            let mut keys: Vec<Item> = chunk
-                .iter()
-                .map(|address| {
-                    HashMap::from([
-                        ("pk".to_owned(), s(org_pk(org))),
-                        ("sk".to_owned(), s(supp_sk(address))),
-                    ])
-                })
-                .collect();
-            while !keys.is_empty() {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .projection_expression("email")
-                    .build()
-                    .context("keys")?;
-                let output = self
-                    .dynamodb
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .context("BatchGetItem suppressions")?;
-                for item in output
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    if let Some(AttributeValue::S(email)) = item.get("email") {
-                        found.insert(email.clone());
-                    }
-                }
-                keys = output
-                    .unprocessed_keys
-                    .and_then(|mut m| m.remove(&self.table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-            }
-        }
-        Ok(found)
+        let keys = unique
+            .iter()
+            .map(|address| {
+                HashMap::from([
+                    ("pk".to_owned(), s(org_pk(org))),
+                    ("sk".to_owned(), s(supp_sk(address))),
+                ])
+            })
+            .collect();
+        let items = batch_get(&self.dynamodb, &self.table, keys, Some("email")).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| match item.get("email") {
+                Some(AttributeValue::S(email)) => Some(email.clone()),
+                _ => None,
+            })
+            .collect())
     }
 
     /// # Errors

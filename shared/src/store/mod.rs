@@ -143,3 +143,53 @@ pub(crate) async fn paged_query(
     let next = start.as_ref().map(|key| cursor_of(key, key_names));
     Ok((items, next))
 }
+
+/// Reads items by key, 100 per BatchGetItem, retrying unprocessed keys with backoff.
+/// Missing keys are simply absent from the result.
+pub(crate) async fn batch_get(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<Item>,
+    projection: Option<&str>,
+) -> Result<Vec<Item>, StoreError> {
+    use anyhow::Context;
+    let mut found = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(100) {
+        let mut pending = chunk.to_vec();
+        for attempt in 0..6 {
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(pending))
+                .consistent_read(true)
+                .set_projection_expression(projection.map(str::to_owned))
+                .build()
+                .context("BatchGetItem keys")?;
+            let output = dynamodb
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .context("BatchGetItem")?;
+            found.extend(
+                output
+                    .responses
+                    .and_then(|mut r| r.remove(table))
+                    .unwrap_or_default(),
+            );
+            pending = output
+                .unprocessed_keys
+                .and_then(|mut m| m.remove(table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+            if pending.is_empty() {
+                break;
+            }
+            if attempt == 5 {
+                return Err(
+                    anyhow::anyhow!("DynamoDB left {} reads unprocessed", pending.len()).into(),
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,7 @@
+//! Lambda entry point: the template admin web page.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::logging::init_lambda();
+    functions::runtime::serve_http(functions::admin_page::AdminPage::new()).await
+}
