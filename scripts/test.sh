@@ -37,3 +37,5 @@ export HERALD_TEST_AWS_ENDPOINT=$AWS_ENDPOINT_URL HERALD_TEST_MONGODB_URI=$MONGO
 
 step "cargo test (unit, handler, integration)"
 cargo test --workspace --locked --no-fail-fast
+
+step "browser end-to-end (admin page)"; scripts/e2e.sh

@@ -14,6 +14,7 @@ use shared::config::Env;
 use shared::domain::RecordId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::template::{TemplateContent, TemplateKind};
+use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::{decode_segment, run_once};
 use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
 use shared::queue::{Envelope, Job, QueuePublisher};
@@ -65,6 +66,7 @@ pub struct EmailApi {
     templates: TemplateStore,
     idempotency: IdempotencyStore,
     queue: QueuePublisher,
+    events: EventPublisher,
     send_queue: String,
     bulk_queue: String,
     default_from: Option<String>,
@@ -152,6 +154,7 @@ impl EmailApi {
             bulk_queue: env.required("EMAIL_BULK_QUEUE_URL")?,
             default_from: env.optional("EMAIL_DEFAULT_FROM"),
             provider_configured: key.is_some(),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             claims: ClaimNames::from_env(env),
         })
     }
@@ -182,9 +185,18 @@ impl EmailApi {
             }
             ("DELETE", "/services/email/suppressions/{address}") => {
                 caller.require(Role::Admin)?;
+                let address = decode_segment(found.param("address"));
                 self.emails
-                    .delete_suppression(&caller.org, &decode_segment(found.param("address")))
+                    .delete_suppression(&caller.org, &address)
                     .await?;
+                self.audit(
+                    request,
+                    &caller,
+                    "email.suppression.delete",
+                    format!("suppression/{address}"),
+                    Vec::new(),
+                )
+                .await;
                 Ok(http::no_content())
             }
             ("POST", "/services/email/resend-failed") => {
@@ -205,9 +217,18 @@ impl EmailApi {
             }
             ("DELETE", _) => {
                 caller.require(Role::Admin)?;
+                let id = record_id(&found)?;
                 self.emails
-                    .delete(&caller.org, record_id(&found)?, chrono::Utc::now())
+                    .delete(&caller.org, id, chrono::Utc::now())
                     .await?;
+                self.audit(
+                    request,
+                    &caller,
+                    "email.delete",
+                    format!("email/{id}"),
+                    Vec::new(),
+                )
+                .await;
                 Ok(http::no_content())
             }
             _ => Err(ApiError::MethodNotAllowed),
@@ -402,6 +423,14 @@ impl EmailApi {
                     .await
                     .map_err(ApiError::internal)?;
                 tracing::info!(bulk_id, recipients = ids.len(), "bulk email queued");
+                self.audit(
+                    request,
+                    caller,
+                    "email.send",
+                    format!("bulk/{bulk_id}"),
+                    ids.clone(),
+                )
+                .await;
                 http::json(
                     202,
                     &json!({"bulk_id": bulk_id, "ids": ids, "count": ids.len(), "status": "queued"}),
@@ -414,6 +443,14 @@ impl EmailApi {
                     .await
                     .map_err(ApiError::internal)?;
                 tracing::info!(email = %ids[0], "email queued");
+                self.audit(
+                    request,
+                    caller,
+                    "email.send",
+                    format!("email/{}", ids[0]),
+                    ids.clone(),
+                )
+                .await;
                 http::json(202, &json!({"id": ids[0], "status": "queued"}))
             }
         }
@@ -505,6 +542,27 @@ impl EmailApi {
         }))
     }
 
+    /// Publishes the audit entry of a change and a `queued` delivery event per email it queued.
+    async fn audit(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        action: &str,
+        resource: String,
+        queued: Vec<String>,
+    ) {
+        let mut events = vec![
+            Event::audit(caller, &http::request_id(request), action, resource)
+                .with_detail(json!({"emails": queued.len()})),
+        ];
+        events.extend(
+            queued
+                .iter()
+                .map(|id| Event::delivery(&caller.org, "email", format!("email/{id}"), "queued")),
+        );
+        self.events.publish(events).await;
+    }
+
     async fn list(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
         caller.require(Role::Member)?;
         let params = http::query_map(request);
@@ -588,6 +646,14 @@ impl EmailApi {
             .await
             .map_err(ApiError::internal)?;
         tracing::info!(requeued = ids.len(), "failed emails requeued");
+        self.audit(
+            request,
+            caller,
+            "email.resend_failed",
+            "email".to_owned(),
+            ids.clone(),
+        )
+        .await;
         http::json(200, &json!({"requeued": ids.len(), "ids": ids}))
     }
 }

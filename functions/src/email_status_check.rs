@@ -10,6 +10,7 @@ use tracing::Instrument;
 use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::domain::email::{EmailStatus, TimelineEntry};
+use shared::events::{Event, EventPublisher};
 use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
 use shared::store::{EmailStore, EventEffect, EventInput};
 
@@ -20,6 +21,7 @@ const MAX_PER_RUN: usize = 500;
 
 pub struct EmailStatusCheck {
     emails: EmailStore,
+    events: EventPublisher,
     sendgrid: Option<SendGridClient>,
     stuck_after: chrono::Duration,
 }
@@ -40,6 +42,7 @@ impl EmailStatusCheck {
             .unwrap_or(15);
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             sendgrid: crate::email_worker::sendgrid_client(aws, env).await?,
             stuck_after: chrono::Duration::minutes(minutes),
         })
@@ -101,7 +104,18 @@ impl EmailStatusCheck {
                     )
                     .await
                 {
-                    Ok(_) => updated += 1,
+                    Ok(outcome) => {
+                        if let Some(status) = outcome.new_status {
+                            updated += 1;
+                            let event = Event::delivery(
+                                org,
+                                "email",
+                                format!("email/{id}"),
+                                status.as_str(),
+                            );
+                            self.events.publish(vec![event]).await;
+                        }
+                    }
                     Err(error) => tracing::warn!(
                         error = format!("{error:#}"),
                         email = id,

@@ -11,18 +11,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use rand_core::RngCore;
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::domain::OrgId;
 use shared::domain::email::{EmailRecord, FailureKind};
+use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::sendgrid::{
     Address, Content, MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, MailSend, Personalization,
     SendError, SendGridClient,
 };
-use shared::queue::{Envelope, Job};
+use shared::queue::{Envelope, Job, RetryDelay};
 use shared::store::{EmailStore, SendOutcome};
 
 use crate::registry::{BoxFuture, SqsFunction, batch_response};
@@ -36,10 +36,9 @@ const TEXT_TOKEN: &str = "%herald_text%";
 pub struct EmailWorker {
     emails: EmailStore,
     sendgrid: Option<SendGridClient>,
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
+    retry: RetryDelay,
+    events: EventPublisher,
     max_receives: u32,
-    retry_base_seconds: u64,
 }
 
 impl SqsFunction for EmailWorker {
@@ -68,16 +67,16 @@ impl EmailWorker {
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), table),
             sendgrid,
-            sqs: aws.sqs.clone(),
-            queue_url: env.required("EMAIL_SEND_QUEUE_URL")?,
+            retry: RetryDelay::new(
+                aws.sqs.clone(),
+                env.required("EMAIL_SEND_QUEUE_URL")?,
+                retry_base_seconds(env),
+            ),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             max_receives: env
                 .optional("MAX_RECEIVES")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(3),
-            retry_base_seconds: env
-                .optional("RETRY_BASE_SECONDS")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10),
         })
     }
 
@@ -109,12 +108,7 @@ impl EmailWorker {
         let Job::EmailSend { ids } = envelope.job else {
             return Err(Retry("not an email.send job".to_owned()));
         };
-        let receives: u32 = message
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(1);
-        let last_attempt = receives >= self.max_receives;
+        let last_attempt = RetryDelay::receives(message) >= self.max_receives;
         let org = envelope.org;
         let now = chrono::Utc::now();
 
@@ -189,13 +183,20 @@ impl EmailWorker {
                 }
             };
             tracing::info!(emails = planned.ids.len(), outcome = ?outcome, "SendGrid call");
+            let call = Event::new(&org, EventKind::Provider, "sendgrid.mail_send").with_detail(
+                serde_json::json!({
+                    "recipients": planned.ids.len(),
+                    "outcome": format!("{outcome:?}"),
+                }),
+            );
+            self.events.publish(vec![call]).await;
             self.finish_all(&org, planned.ids.iter().map(String::as_str), &outcome)
                 .await?;
         }
         match retry {
             None => Ok(()),
             Some(reason) => {
-                self.back_off(message, receives).await;
+                self.retry.delay(message).await;
                 Err(Retry(reason))
             }
         }
@@ -223,12 +224,7 @@ impl EmailWorker {
         };
         self.finish_all(org, records.iter().map(|r| r.id.as_str()), &outcome)
             .await?;
-        let receives = message
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(1);
-        self.back_off(message, receives).await;
+        self.retry.delay(message).await;
         Err(Retry(reason))
     }
 
@@ -243,28 +239,27 @@ impl EmailWorker {
             .finish_all(org, &ids, outcome, chrono::Utc::now())
             .await
             // The claim lease runs out and a retry picks the emails up again.
-            .map_err(|error| Retry(format!("recording the outcome failed: {error:#}")))
-    }
-
-    /// Exponential backoff with full jitter before the message is visible again.
-    async fn back_off(&self, message: &SqsMessage, receives: u32) {
-        let Some(receipt) = &message.receipt_handle else {
-            return;
+            .map_err(|error| Retry(format!("recording the outcome failed: {error:#}")))?;
+        let status = match outcome {
+            SendOutcome::Sent { .. } => "sent",
+            SendOutcome::Failed { .. } => "failed",
+            SendOutcome::Suppressed => "suppressed",
+            SendOutcome::Retry { .. } => return Ok(()),
         };
-        let base = self.retry_base_seconds.saturating_mul(1 << receives.min(6));
-        let delay = base / 2 + u64::from(rand_core::OsRng.next_u32()) % (base / 2 + 1);
-        let result = self
-            .sqs
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt)
-            .visibility_timeout(i32::try_from(delay.min(900)).unwrap_or(900))
-            .send()
-            .await;
-        if let Err(error) = result {
-            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "could not delay the retry");
-        }
+        let events = ids
+            .iter()
+            .map(|id| Event::delivery(org, "email", format!("email/{id}"), status))
+            .collect();
+        self.events.publish(events).await;
+        Ok(())
     }
+}
+
+/// The first retry's delay, doubling per receive (`RETRY_BASE_SECONDS`, default 10).
+pub fn retry_base_seconds(env: &Env) -> u64 {
+    env.optional("RETRY_BASE_SECONDS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
 }
 
 /// Builds the SendGrid client from `SENDGRID_API_KEY` (secret) and `SENDGRID_BASE_URL`;

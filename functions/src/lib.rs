@@ -2,10 +2,12 @@
 //! its short `main`. The local runner and the tests call the same code through [`registry`].
 
 pub mod admin_page;
+pub mod audit_api;
 pub mod bulk_worker;
 pub mod email_api;
 pub mod email_status_check;
 pub mod email_worker;
+pub mod event_recorder;
 pub mod registry;
 pub mod runtime;
 pub mod sendgrid_webhook;

@@ -86,6 +86,14 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         routes: &[],
     },
     FunctionInfo {
+        binary: "event-recorder",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "audit-api",
+        routes: crate::audit_api::ROUTES,
+    },
+    FunctionInfo {
         binary: "admin-page",
         routes: crate::admin_page::ROUTES,
     },
@@ -111,6 +119,10 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         "email-status-check" => Handler::Scheduled(Arc::new(
             crate::email_status_check::EmailStatusCheck::new(aws, env).await?,
         )),
+        "event-recorder" => Handler::Sqs(Arc::new(
+            crate::event_recorder::EventRecorder::new(aws, env).await?,
+        )),
+        "audit-api" => Handler::Http(Arc::new(crate::audit_api::AuditApi::new(aws, env).await?)),
         "admin-page" => Handler::Http(Arc::new(crate::admin_page::AdminPage::new())),
         other => anyhow::bail!("no function binary named {other}"),
     })

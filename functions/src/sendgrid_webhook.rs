@@ -13,17 +13,19 @@ use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::domain::OrgId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, Engagement, TimelineEntry};
+use shared::events::{Event, EventKind as LogKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
 use shared::providers::sendgrid::{
     DEFAULT_TOLERANCE, EventKind, SIGNATURE_HEADER, SendGridEvent, SignatureError,
     TIMESTAMP_HEADER, WebhookVerifier, parse_batch,
 };
-use shared::store::{EmailStore, EventEffect, EventInput, StoreError};
+use shared::store::{EmailStore, EventEffect, EventInput, EventsApplied, StoreError};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
 pub struct SendGridWebhook {
     emails: EmailStore,
+    events: EventPublisher,
     verifier: Option<WebhookVerifier>,
 }
 
@@ -94,6 +96,7 @@ impl SendGridWebhook {
         };
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             verifier,
         })
     }
@@ -192,7 +195,7 @@ impl SendGridWebhook {
                 async move {
                     events.sort_by_key(|e| e.timestamp);
                     let Ok(org) = OrgId::parse(&org) else {
-                        return Ok((0, events.len()));
+                        return Ok((None, EventsApplied::default(), Vec::new()));
                     };
                     let inputs: Vec<EventInput> = events
                         .iter()
@@ -203,7 +206,8 @@ impl SendGridWebhook {
                             }),
                         })
                         .collect();
-                    self.emails
+                    let result = self
+                        .emails
                         .apply_events(
                             &org,
                             Some(&id),
@@ -212,20 +216,46 @@ impl SendGridWebhook {
                             chrono::Utc::now(),
                             |current, index| effect_of(events[index], current),
                         )
-                        .await
+                        .await?;
+                    // The event log's id is the provider's, so a retried batch logs once.
+                    let logged = events
+                        .iter()
+                        .map(|event| Event {
+                            id: format!("sendgrid:{}", event.sg_event_id),
+                            resource: Some(format!("email/{id}")),
+                            channel: Some("email".to_owned()),
+                            ..Event::new(
+                                &org,
+                                LogKind::Webhook,
+                                format!("sendgrid.{}", event.event.as_str()),
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    Ok::<_, StoreError>((Some((org, id)), result, logged))
                 }
             })
             .collect();
-        let results: Vec<Result<(usize, usize), StoreError>> = futures::stream::iter(per_email)
+        let results: Vec<Result<_, StoreError>> = futures::stream::iter(per_email)
             .buffer_unordered(16)
             .collect()
             .await;
         let (mut applied, mut duplicates) = (0, 0);
+        let mut log = Vec::new();
         for result in results {
-            let (a, d) = result.map_err(ApiError::from)?;
-            applied += a;
-            duplicates += d;
+            let (email, outcome, logged) = result.map_err(ApiError::from)?;
+            applied += outcome.applied;
+            duplicates += outcome.duplicates;
+            log.extend(logged);
+            if let (Some((org, id)), Some(status)) = (email, outcome.new_status) {
+                log.push(Event::delivery(
+                    &org,
+                    "email",
+                    format!("email/{id}"),
+                    status.as_str(),
+                ));
+            }
         }
+        self.events.publish(log).await;
         tracing::info!(
             received = events.len(),
             applied,

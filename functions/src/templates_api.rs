@@ -14,6 +14,7 @@ use shared::aws::AwsClients;
 use shared::config::{ConfigError, Env};
 use shared::domain::template::{Template, TemplateInput, TemplateKind};
 use shared::domain::{OrgId, RecordId};
+use shared::events::{Event, EventPublisher};
 use shared::http::{self, ApiError, PageRequest, Route, RouteMatch, Router};
 use shared::render::RenderError;
 use shared::store::{TemplateListQuery, TemplateOrder, TemplateStore};
@@ -55,6 +56,7 @@ const ROUTER: Router = Router::new(ROUTES);
 
 pub struct TemplatesApi {
     store: TemplateStore,
+    events: EventPublisher,
     claims: ClaimNames,
 }
 
@@ -81,6 +83,7 @@ impl TemplatesApi {
     pub fn new(aws: &AwsClients, env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             store: TemplateStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             claims: ClaimNames::from_env(env),
         })
     }
@@ -105,7 +108,7 @@ impl TemplatesApi {
             )?),
             ("PUT", _) => self.update(request, &caller, kind, &found, false).await,
             ("PATCH", _) => self.update(request, &caller, kind, &found, true).await,
-            ("DELETE", _) => self.delete(&caller, kind, &found).await,
+            ("DELETE", _) => self.delete(request, &caller, kind, &found).await,
             ("POST", true) => self.preview(request, &caller, kind, &found).await,
             _ => Err(ApiError::MethodNotAllowed),
         }
@@ -169,6 +172,21 @@ impl TemplatesApi {
         http::json(200, &json!({ "items": items, "next_cursor": next_cursor }))
     }
 
+    /// Publishes the audit entry of a change.
+    async fn audit(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        action: &str,
+        kind: TemplateKind,
+        template: &Template,
+    ) {
+        let resource = format!("template/{}/{}", kind.as_str(), template.id);
+        let event = Event::audit(caller, &http::request_id(request), action, resource)
+            .with_detail(json!({"name": template.name}));
+        self.events.publish(vec![event]).await;
+    }
+
     async fn create(
         &self,
         request: &Request,
@@ -191,6 +209,8 @@ impl TemplatesApi {
         };
         self.store.create(&template).await?;
         tracing::info!(template = %template.id, kind = kind.as_str(), "template created");
+        self.audit(request, caller, "template.create", kind, &template)
+            .await;
         http::json(201, &template.to_json())
     }
 
@@ -236,11 +256,14 @@ impl TemplatesApi {
         };
         self.store.replace(&updated, current.version).await?;
         tracing::info!(template = %updated.id, kind = kind.as_str(), "template updated");
+        self.audit(request, caller, "template.update", kind, &updated)
+            .await;
         http::json(200, &updated.to_json())
     }
 
     async fn delete(
         &self,
+        request: &Request,
         caller: &Caller,
         kind: TemplateKind,
         found: &RouteMatch,
@@ -251,6 +274,8 @@ impl TemplatesApi {
             .delete(&template.org, kind, template.id, chrono::Utc::now())
             .await?;
         tracing::info!(template = %template.id, kind = kind.as_str(), "template deleted");
+        self.audit(request, caller, "template.delete", kind, &template)
+            .await;
         Ok(http::no_content())
     }
 

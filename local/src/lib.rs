@@ -164,6 +164,9 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         );
         Some(sandbox)
     };
+    if let Some(uri) = base_env.optional("MONGODB_URI") {
+        secret_values.insert("MONGODB_URI".to_owned(), uri);
+    }
     overrides.extend(options.overrides.clone());
 
     let names = resources::create_all(&template, &aws, &options.prefix, &secret_values).await?;

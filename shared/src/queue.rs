@@ -100,6 +100,57 @@ impl QueuePublisher {
     }
 }
 
+/// Delays a failed message's next delivery: exponential backoff with jitter, from
+/// `base_seconds` doubling per receive, capped at SQS's 15 minutes. Without it a retry
+/// would wait for the queue's whole visibility timeout.
+#[derive(Debug, Clone)]
+pub struct RetryDelay {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    base_seconds: u64,
+}
+
+impl RetryDelay {
+    pub fn new(sqs: aws_sdk_sqs::Client, queue_url: impl Into<String>, base_seconds: u64) -> Self {
+        Self {
+            sqs,
+            queue_url: queue_url.into(),
+            base_seconds,
+        }
+    }
+
+    /// The receive count SQS reports on a message (1 for the first delivery).
+    pub fn receives(message: &aws_lambda_events::event::sqs::SqsMessage) -> u32 {
+        message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1)
+    }
+
+    pub async fn delay(&self, message: &aws_lambda_events::event::sqs::SqsMessage) {
+        use rand_core::RngCore;
+        let Some(receipt) = &message.receipt_handle else {
+            return;
+        };
+        let base = self
+            .base_seconds
+            .saturating_mul(1 << Self::receives(message).min(6));
+        let delay = base / 2 + u64::from(rand_core::OsRng.next_u32()) % (base / 2 + 1);
+        let result = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(i32::try_from(delay.min(900)).unwrap_or(900))
+            .send()
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "could not delay the retry");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

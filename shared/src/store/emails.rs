@@ -114,6 +114,15 @@ fn apply_in_memory(record: &mut EmailRecord, effect: &EventEffect) {
     }
 }
 
+/// What [`EmailStore::apply_events`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventsApplied {
+    pub applied: usize,
+    pub duplicates: usize,
+    /// The email's status after the events, when they changed it.
+    pub new_status: Option<EmailStatus>,
+}
+
 /// One provider event to apply: its dedupe key and the address it suppresses, if any.
 #[derive(Debug, Clone)]
 pub struct EventInput {
@@ -441,7 +450,7 @@ impl EmailStore {
     /// nothing. Suppressions are written first (idempotent), so a failure in between is
     /// repaired by the provider's retry. `current` is the record as prefetched (`None`:
     /// read it); `decide` says what event `i` does to the record as the earlier events left
-    /// it. Returns (applied, duplicates).
+    /// it. Returns what happened.
     ///
     /// # Errors
     /// Storage failures, or contention that outlasts the retries.
@@ -453,7 +462,7 @@ impl EmailStore {
         events: &[EventInput],
         now: DateTime<Utc>,
         decide: impl Fn(&EmailRecord, usize) -> EventEffect,
-    ) -> Result<(usize, usize), StoreError> {
+    ) -> Result<EventsApplied, StoreError> {
         let mut suppressed: Vec<String> = Vec::new();
         for (address, reason) in events.iter().filter_map(|e| e.suppress.as_ref()) {
             if !suppressed.contains(&address.suppression_key()) {
@@ -474,7 +483,7 @@ impl EmailStore {
             }
             let Some(before) = &current else {
                 // No such email (deleted, or not Herald's): only the suppression applies.
-                return Ok((0, 0));
+                return Ok(EventsApplied::default());
             };
             let mut after = before.clone();
             let mut fresh = Vec::new();
@@ -490,14 +499,22 @@ impl EmailStore {
                 fresh.push(event.key.clone());
             }
             if fresh.is_empty() {
-                return Ok((0, duplicates));
+                return Ok(EventsApplied {
+                    applied: 0,
+                    duplicates,
+                    new_status: None,
+                });
             }
             if self
                 .send_update(change_update(before, &after, now)?)
                 .await?
                 .is_some()
             {
-                return Ok((fresh.len(), duplicates));
+                return Ok(EventsApplied {
+                    applied: fresh.len(),
+                    duplicates,
+                    new_status: (after.status != before.status).then_some(after.status),
+                });
             }
             // The email changed under us: read it again and decide again.
         }

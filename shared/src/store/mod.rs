@@ -13,12 +13,15 @@
 //! their base keys (for audit) but leave the secondary indexes.
 
 mod emails;
+mod events;
 mod idempotency;
 mod templates;
 
 pub use emails::{
-    EmailListQuery, EmailStore, EventEffect, EventInput, SENT_SHARDS, SendOutcome, Suppression,
+    EmailListQuery, EmailStore, EventEffect, EventInput, EventsApplied, SENT_SHARDS, SendOutcome,
+    Suppression,
 };
+pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 

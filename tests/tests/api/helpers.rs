@@ -11,12 +11,21 @@ pub fn aws_endpoint() -> String {
     )
 }
 
+/// The MongoDB-compatible server started by `scripts/test.sh`.
+pub fn mongodb_uri() -> String {
+    std::env::var("HERALD_TEST_MONGODB_URI").expect(
+        "HERALD_TEST_MONGODB_URI is not set: run the suite with scripts/test.sh, which starts the MongoDB-compatible server",
+    )
+}
+
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 pub struct TestBundle {
     pub bundle: RunningBundle,
+    /// This bundle's MongoDB database.
+    pub database: String,
     pub http: reqwest::Client,
 }
 
@@ -32,6 +41,10 @@ pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBun
     let mut options = BundleOptions::new(workspace_root().join("template.yaml"), &prefix[..12]);
     options.env.remove("SENDGRID_API_KEY");
     options.run_schedules = false;
+    // Each bundle its own database, like its own table prefix.
+    options
+        .overrides
+        .insert("MONGODB_DATABASE".to_owned(), prefix[..12].to_owned());
     options
         .overrides
         .insert("RETRY_BASE_SECONDS".to_owned(), "0".to_owned());
@@ -40,15 +53,18 @@ pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBun
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_ACCESS_KEY_ID", "test".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("MONGODB_URI", mongodb_uri()),
     ] {
         options.env.insert(name.to_owned(), value);
     }
     tune(&mut options);
+    let database = options.overrides["MONGODB_DATABASE"].clone();
     let bundle = local::start(options)
         .await
         .expect("the local bundle starts");
     TestBundle {
         bundle,
+        database,
         http: reqwest::Client::new(),
     }
 }

@@ -3,6 +3,7 @@
 //! handlers Lambda runs and real DynamoDB queries against moto. Each test gets its own bundle
 //! (its own table), so tests run in parallel.
 
+mod audit;
 mod bundle_shape;
 mod email;
 mod events;

@@ -1,0 +1,155 @@
+//! The audit log and analytics API (SPEC §10): `GET /services/audit-logs/` and
+//! `GET /services/analytics/`, read from MongoDB. Organization-scoped; superusers read
+//! across organizations and may filter by `organization`.
+
+use lambda_http::{Body, Request, Response};
+use serde_json::json;
+
+use shared::auth::{Caller, ClaimNames, Role};
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::domain::OrgId;
+use shared::http::{self, ApiError, Cursor, PageRequest, Route, Router};
+use shared::store::{AuditQuery, EventStore};
+
+use crate::registry::{BoxFuture, HttpFunction};
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        pattern: "/services/audit-logs",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/analytics",
+    },
+];
+const ROUTER: Router = Router::new(ROUTES);
+/// The longest analytics range one request may ask for.
+const MAX_RANGE_DAYS: i64 = 366;
+
+pub struct AuditApi {
+    store: EventStore,
+    claims: ClaimNames,
+}
+
+impl HttpFunction for AuditApi {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
+impl AuditApi {
+    /// # Errors
+    /// When the MongoDB settings are missing or unusable.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        Ok(Self {
+            store: crate::event_recorder::event_store(aws, env).await?,
+            claims: ClaimNames::from_env(env),
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        http::respond("audit-api", &request, || self.dispatch(&request)).await
+    }
+
+    async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        let caller = Caller::from_request(request, &self.claims)?;
+        tracing::Span::current().record("org", caller.org.as_str());
+        let params = http::query_map(request);
+        let org = scope(&caller, &params)?;
+        match found.route.pattern {
+            "/services/audit-logs" => {
+                caller.require(Role::Admin)?;
+                let query = AuditQuery {
+                    org: org.clone(),
+                    actor: params.get("actor").cloned(),
+                    action: params.get("action").cloned(),
+                    resource: params.get("resource").cloned(),
+                    after: http::query_time(&params, "created_after")?,
+                    before: http::query_time(&params, "created_before")?,
+                };
+                let page = PageRequest::from_query(
+                    &params,
+                    &org.as_ref().map_or("*".to_owned(), OrgId::to_string),
+                )?;
+                let after = match &page.after {
+                    Some(position) => Some((
+                        position
+                            .get("t")
+                            .and_then(|t| t.parse().ok())
+                            .ok_or_else(|| {
+                                ApiError::field("cursor", "is not a cursor for this list")
+                            })?,
+                        position.get("i").cloned().unwrap_or_default(),
+                    )),
+                    None => None,
+                };
+                let mut items = self.store.audit_page(&query, after, page.limit + 1).await?;
+                let next = if items.len() > page.limit {
+                    items.truncate(page.limit);
+                    items.last().map(|last| {
+                        let millis = last["created_at"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map_or(0, |t| t.timestamp_millis());
+                        page.next_cursor(Cursor::from([
+                            ("t".to_owned(), millis.to_string()),
+                            (
+                                "i".to_owned(),
+                                last["id"].as_str().unwrap_or_default().to_owned(),
+                            ),
+                        ]))
+                    })
+                } else {
+                    None
+                };
+                http::json(200, &json!({"items": items, "next_cursor": next}))
+            }
+            _ => {
+                caller.require(Role::Member)?;
+                let granularity = params.get("granularity").map_or("day", String::as_str);
+                if granularity != "hour" && granularity != "day" {
+                    return Err(ApiError::field("granularity", "must be hour or day"));
+                }
+                let to =
+                    http::query_time(&params, "created_before")?.unwrap_or_else(chrono::Utc::now);
+                let from = http::query_time(&params, "created_after")?
+                    .unwrap_or(to - chrono::Duration::days(7));
+                if from >= to || to - from > chrono::Duration::days(MAX_RANGE_DAYS) {
+                    return Err(ApiError::field(
+                        "created_after",
+                        format!("the range must be positive and at most {MAX_RANGE_DAYS} days"),
+                    ));
+                }
+                let channel = params.get("channel").map(String::as_str);
+                let series = self
+                    .store
+                    .series(org.as_ref(), granularity, from, to, channel)
+                    .await?;
+                http::json(
+                    200,
+                    &json!({"granularity": granularity, "from": from, "to": to, "series": series}),
+                )
+            }
+        }
+    }
+}
+
+/// Whose events the caller reads: their own organization; a superuser's choice (or all).
+fn scope(
+    caller: &Caller,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<OrgId>, ApiError> {
+    match params.get("organization") {
+        Some(_) if !caller.is_superuser() => Err(ApiError::Forbidden(
+            "only superusers may filter by organization".to_owned(),
+        )),
+        Some(org) => Ok(Some(
+            OrgId::parse(org).map_err(|m| ApiError::field("organization", m))?,
+        )),
+        None if caller.is_superuser() => Ok(None),
+        None => Ok(Some(caller.org.clone())),
+    }
+}

@@ -1,0 +1,8 @@
+//! Lambda entry point: event-recorder.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let (aws, env) = functions::runtime::cold_start().await;
+    let function = functions::event_recorder::EventRecorder::new(&aws, &env).await?;
+    functions::runtime::serve_sqs(function).await
+}

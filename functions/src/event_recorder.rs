@@ -1,0 +1,140 @@
+//! The event recorder (SPEC §10): reads the events queue and writes the events to MongoDB in
+//! batches. Event ids are the documents' `_id`, so a message delivered twice records its
+//! events once. When MongoDB is unreachable the batch fails and SQS redelivers it later
+//! (backoff, then the DLQ after five receives): events wait, none are lost.
+
+use std::collections::HashSet;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use tokio::sync::OnceCell;
+use tracing::Instrument;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::events::{Event, parse_message};
+use shared::queue::RetryDelay;
+use shared::store::EventStore;
+
+use crate::registry::{BoxFuture, SqsFunction, batch_response};
+
+pub struct EventRecorder {
+    store: EventStore,
+    indexes: OnceCell<()>,
+    retry: RetryDelay,
+}
+
+impl SqsFunction for EventRecorder {
+    fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse> {
+        Box::pin(self.handle(event))
+    }
+}
+
+/// The MongoDB event store from `MONGODB_URI` (secret), `MONGODB_DATABASE` and
+/// `EVENT_RETENTION_DAYS` (default 400).
+///
+/// # Errors
+/// When the URI is missing or does not parse.
+pub async fn event_store(aws: &AwsClients, env: &Env) -> anyhow::Result<EventStore> {
+    let uri = env
+        .secret("MONGODB_URI", &aws.secrets)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("MONGODB_URI is not configured"))?;
+    let database = env
+        .optional("MONGODB_DATABASE")
+        .unwrap_or_else(|| "herald".to_owned());
+    let retention = env
+        .optional("EVENT_RETENTION_DAYS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    EventStore::connect(
+        secrecy::ExposeSecret::expose_secret(&uri),
+        &database,
+        retention,
+    )
+    .await
+}
+
+impl EventRecorder {
+    /// # Errors
+    /// When a required variable is missing.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        Ok(Self {
+            store: event_store(aws, env).await?,
+            indexes: OnceCell::new(),
+            retry: RetryDelay::new(
+                aws.sqs.clone(),
+                env.required("EVENTS_QUEUE_URL")?,
+                crate::email_worker::retry_base_seconds(env),
+            ),
+        })
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let span = shared::logging::invocation_span("event-recorder", "");
+        async {
+            let mut failed = Vec::new();
+            let mut batch: Vec<Event> = Vec::new();
+            let mut owners: Vec<(usize, usize)> = Vec::new(); // message index → event range
+            for (index, message) in event.records.iter().enumerate() {
+                match parse_message(message.body.as_deref().unwrap_or_default()) {
+                    Ok(events) => {
+                        owners.push((index, events.len()));
+                        batch.extend(events);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "unreadable events message");
+                        failed.push(index);
+                    }
+                }
+            }
+            let ready = self
+                .indexes
+                .get_or_try_init(|| async { self.store.ensure_indexes().await.map(|_| ()) })
+                .await;
+            let failed_ids: Result<HashSet<String>, String> = match ready {
+                Err(error) => Err(format!("{error:#}")),
+                Ok(()) => self
+                    .store
+                    .record(&batch)
+                    .await
+                    .map(|ids| ids.into_iter().collect())
+                    .map_err(|e| format!("{e:#}")),
+            };
+            let mut start = 0;
+            for (index, count) in owners {
+                let events = &batch[start..start + count];
+                start += count;
+                let ok = match &failed_ids {
+                    Ok(ids) => events.iter().all(|e| !ids.contains(&e.id)),
+                    Err(_) => false,
+                };
+                if !ok {
+                    failed.push(index);
+                }
+            }
+            match &failed_ids {
+                Ok(_) => tracing::info!(
+                    events = batch.len(),
+                    failed_messages = failed.len(),
+                    "events recorded"
+                ),
+                Err(error) => tracing::warn!(
+                    error,
+                    events = batch.len(),
+                    "MongoDB unavailable; events will be retried"
+                ),
+            }
+            for &index in &failed {
+                self.retry.delay(&event.records[index]).await;
+            }
+            batch_response(
+                failed
+                    .into_iter()
+                    .map(|i| event.records[i].message_id.clone().unwrap_or_default())
+                    .collect(),
+            )
+        }
+        .instrument(span)
+        .await
+    }
+}
