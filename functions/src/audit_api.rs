@@ -44,7 +44,7 @@ impl AuditApi {
     /// When the MongoDB settings are missing or unusable.
     pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
-            store: crate::event_recorder::event_store(aws, env).await?,
+            store: EventStore::from_env(aws, env).await?,
             claims: ClaimNames::from_env(env),
         })
     }

@@ -67,10 +67,10 @@ impl EmailWorker {
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), table),
             sendgrid,
-            retry: RetryDelay::new(
+            retry: RetryDelay::from_env(
                 aws.sqs.clone(),
                 env.required("EMAIL_SEND_QUEUE_URL")?,
-                retry_base_seconds(env),
+                env,
             ),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             max_receives: env
@@ -253,13 +253,6 @@ impl EmailWorker {
         self.events.publish(events).await;
         Ok(())
     }
-}
-
-/// The first retry's delay, doubling per receive (`RETRY_BASE_SECONDS`, default 10).
-pub fn retry_base_seconds(env: &Env) -> u64 {
-    env.optional("RETRY_BASE_SECONDS")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
 }
 
 /// Builds the SendGrid client from `SENDGRID_API_KEY` (secret) and `SENDGRID_BASE_URL`;

@@ -29,43 +29,14 @@ impl SqsFunction for EventRecorder {
     }
 }
 
-/// The MongoDB event store from `MONGODB_URI` (secret), `MONGODB_DATABASE` and
-/// `EVENT_RETENTION_DAYS` (default 400).
-///
-/// # Errors
-/// When the URI is missing or does not parse.
-pub async fn event_store(aws: &AwsClients, env: &Env) -> anyhow::Result<EventStore> {
-    let uri = env
-        .secret("MONGODB_URI", &aws.secrets)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("MONGODB_URI is not configured"))?;
-    let database = env
-        .optional("MONGODB_DATABASE")
-        .unwrap_or_else(|| "herald".to_owned());
-    let retention = env
-        .optional("EVENT_RETENTION_DAYS")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
-    EventStore::connect(
-        secrecy::ExposeSecret::expose_secret(&uri),
-        &database,
-        retention,
-    )
-    .await
-}
-
 impl EventRecorder {
     /// # Errors
     /// When a required variable is missing.
     pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
-            store: event_store(aws, env).await?,
+            store: EventStore::from_env(aws, env).await?,
             indexes: OnceCell::new(),
-            retry: RetryDelay::new(
-                aws.sqs.clone(),
-                env.required("EVENTS_QUEUE_URL")?,
-                crate::email_worker::retry_base_seconds(env),
-            ),
+            retry: RetryDelay::from_env(aws.sqs.clone(), env.required("EVENTS_QUEUE_URL")?, env),
         })
     }
 

@@ -119,6 +119,19 @@ impl RetryDelay {
         }
     }
 
+    /// The first retry's delay from `RETRY_BASE_SECONDS` (default 10 s).
+    pub fn from_env(
+        sqs: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+        env: &crate::config::Env,
+    ) -> Self {
+        let base = env
+            .optional("RETRY_BASE_SECONDS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        Self::new(sqs, queue_url, base)
+    }
+
     /// The receive count SQS reports on a message (1 for the first delivery).
     pub fn receives(message: &aws_lambda_events::event::sqs::SqsMessage) -> u32 {
         message

@@ -63,6 +63,34 @@ impl EventStore {
         })
     }
 
+    /// The store from `MONGODB_URI` (a secret), `MONGODB_DATABASE` (default `herald`) and
+    /// `EVENT_RETENTION_DAYS` (default 400).
+    ///
+    /// # Errors
+    /// When the URI is not configured or does not parse.
+    pub async fn from_env(
+        aws: &crate::aws::AwsClients,
+        env: &crate::config::Env,
+    ) -> anyhow::Result<Self> {
+        let uri = env
+            .secret("MONGODB_URI", &aws.secrets)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("MONGODB_URI is not configured"))?;
+        let database = env
+            .optional("MONGODB_DATABASE")
+            .unwrap_or_else(|| "herald".to_owned());
+        let retention = env
+            .optional("EVENT_RETENTION_DAYS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(400);
+        Self::connect(
+            secrecy::ExposeSecret::expose_secret(&uri),
+            &database,
+            retention,
+        )
+        .await
+    }
+
     /// Creates the indexes if they are missing (idempotent).
     ///
     /// # Errors
