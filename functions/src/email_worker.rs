@@ -172,14 +172,7 @@ impl EmailWorker {
                 Err(error) => {
                     let reason = error.to_string();
                     retry.get_or_insert(reason.clone());
-                    if last_attempt {
-                        SendOutcome::Failed {
-                            kind: FailureKind::Transient,
-                            reason,
-                        }
-                    } else {
-                        SendOutcome::Retry { reason }
-                    }
+                    SendOutcome::transient(reason, last_attempt)
                 }
             };
             tracing::info!(emails = planned.ids.len(), outcome = ?outcome, "SendGrid call");
@@ -212,16 +205,7 @@ impl EmailWorker {
         reason: String,
         message: &SqsMessage,
     ) -> Result<(), Retry> {
-        let outcome = if last_attempt {
-            SendOutcome::Failed {
-                kind: FailureKind::Transient,
-                reason: reason.clone(),
-            }
-        } else {
-            SendOutcome::Retry {
-                reason: reason.clone(),
-            }
-        };
+        let outcome = SendOutcome::transient(reason.clone(), last_attempt);
         self.finish_all(org, records.iter().map(|r| r.id.as_str()), &outcome)
             .await?;
         self.retry.delay(message).await;

@@ -78,6 +78,18 @@ impl RecordId {
         let millis = u64::try_from(time.timestamp_millis()).unwrap_or(0);
         Self(ulid::Ulid::from_parts(millis, u128::MAX))
     }
+
+    /// Key bounds for ids made between two optional times (both inclusive), as strings:
+    /// ULIDs are Crockford base32, so every id sorts between "0" and "~".
+    pub fn range(
+        after: Option<chrono::DateTime<chrono::Utc>>,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> (String, String) {
+        (
+            after.map_or_else(|| "0".to_owned(), |t| Self::lowest_at(t).to_string()),
+            before.map_or_else(|| "~".to_owned(), |t| Self::highest_at(t).to_string()),
+        )
+    }
 }
 
 impl Default for RecordId {

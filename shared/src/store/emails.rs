@@ -237,14 +237,7 @@ impl EmailStore {
         query: &EmailListQuery,
         page: &PageRequest,
     ) -> Result<(Vec<EmailRecord>, Option<Cursor>), StoreError> {
-        let lowest = query
-            .created_after
-            .map(|t| RecordId::lowest_at(t).to_string())
-            .unwrap_or_else(|| "0".to_owned());
-        let highest = query
-            .created_before
-            .map(|t| RecordId::highest_at(t).to_string())
-            .unwrap_or_else(|| "~".to_owned());
+        let (lowest, highest) = RecordId::range(query.created_after, query.created_before);
         let partition = org_pk(org);
         let mut filters = vec!["attribute_not_exists(deleted_at)".to_owned()];
         let mut request = self
@@ -825,6 +818,21 @@ pub enum SendOutcome {
         reason: String,
     },
     Suppressed,
+}
+
+impl SendOutcome {
+    /// A transient failure: retried while attempts are left, recorded as `failed` on the
+    /// last one (before SQS moves the job to the DLQ).
+    pub fn transient(reason: String, last_attempt: bool) -> Self {
+        if last_attempt {
+            Self::Failed {
+                kind: FailureKind::Transient,
+                reason,
+            }
+        } else {
+            Self::Retry { reason }
+        }
+    }
 }
 
 /// One conditional update of an email item.

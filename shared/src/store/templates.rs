@@ -379,15 +379,7 @@ impl TemplateStore {
         query: &TemplateListQuery,
         page: &PageRequest,
     ) -> Result<(Vec<Template>, Option<Cursor>), StoreError> {
-        // ULIDs are Crockford base32: every id sorts between "0" and "~".
-        let lowest = query
-            .created_after
-            .map(|t| RecordId::lowest_at(t).to_string())
-            .unwrap_or_else(|| "0".to_owned());
-        let highest = query
-            .created_before
-            .map(|t| RecordId::highest_at(t).to_string())
-            .unwrap_or_else(|| "~".to_owned());
+        let (lowest, highest) = RecordId::range(query.created_after, query.created_before);
         let kind = query.kind;
 
         let mut request = self.dynamodb.query().table_name(&self.table);
