@@ -62,6 +62,9 @@ pub async fn create_all(
             "AWS::SecretsManager::Secret" => create_secret(aws, &name, properties, secret_values)
                 .await
                 .with_context(|| format!("creating secret {id}"))?,
+            "AWS::S3::Bucket" => create_bucket(aws, &name)
+                .await
+                .with_context(|| format!("creating bucket {id}"))?,
             "AWS::SQS::Queue" => continue,
             _ => LocalResource::named(&name),
         };
@@ -124,6 +127,27 @@ async fn create_queue(
     queue.attributes.insert("Arn".into(), arn);
     queue.attributes.insert("QueueName".into(), name.to_owned());
     Ok(queue)
+}
+
+/// A bucket named like the other local resources (lowercase: S3 names allow no capitals).
+async fn create_bucket(aws: &AwsClients, name: &str) -> anyhow::Result<LocalResource> {
+    let name = name.to_ascii_lowercase();
+    let created = aws.s3.create_bucket().bucket(&name).send().await;
+    if let Err(error) = created {
+        let already = error
+            .as_service_error()
+            .is_some_and(|e| e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists());
+        anyhow::ensure!(
+            already,
+            "{}",
+            aws_sdk_s3::error::DisplayErrorContext(&error)
+        );
+    }
+    let mut bucket = LocalResource::named(&name);
+    bucket
+        .attributes
+        .insert("Arn".into(), format!("arn:aws:s3:::{name}"));
+    Ok(bucket)
 }
 
 async fn create_secret(
