@@ -81,6 +81,39 @@ pub fn suppression_reason(kind: &EventKind) -> Option<&'static str> {
     }
 }
 
+/// Events grouped by the email they are about, `(org, email id)`, each group in the order
+/// the events happened (they apply in that order; different emails apply in parallel), and
+/// how many events carried no Herald `custom_args` (not ours: ignored).
+pub fn group_by_email(
+    events: &[SendGridEvent],
+) -> (BTreeMap<(String, String), Vec<&SendGridEvent>>, usize) {
+    let mut by_email: BTreeMap<(String, String), Vec<&SendGridEvent>> = BTreeMap::new();
+    let mut ignored = 0usize;
+    for event in events {
+        match (
+            event.custom_args.get("org_id"),
+            event.custom_args.get("email_id"),
+        ) {
+            (Some(org), Some(id)) => by_email
+                .entry((org.clone(), id.clone()))
+                .or_default()
+                .push(event),
+            _ => {
+                ignored += 1;
+                tracing::info!(
+                    event = event.event.as_str(),
+                    sg_event_id = event.sg_event_id,
+                    "event without Herald custom_args ignored"
+                );
+            }
+        }
+    }
+    for group in by_email.values_mut() {
+        group.sort_by_key(|e| e.timestamp);
+    }
+    (by_email, ignored)
+}
+
 impl SendGridWebhook {
     /// # Errors
     /// When `TABLE_NAME` is missing, the key secret cannot be read or is not a P-256 key.
@@ -148,28 +181,7 @@ impl SendGridWebhook {
         let events = parse_batch(body)
             .map_err(|e| ApiError::BadRequest(format!("not a SendGrid event batch: {e}")))?;
 
-        // Events of one email apply in the order they happened; different emails in parallel.
-        let mut by_email: BTreeMap<(String, String), Vec<&SendGridEvent>> = BTreeMap::new();
-        let mut ignored = 0usize;
-        for event in &events {
-            match (
-                event.custom_args.get("org_id"),
-                event.custom_args.get("email_id"),
-            ) {
-                (Some(org), Some(id)) => by_email
-                    .entry((org.clone(), id.clone()))
-                    .or_default()
-                    .push(event),
-                _ => {
-                    ignored += 1;
-                    tracing::info!(
-                        event = event.event.as_str(),
-                        sg_event_id = event.sg_event_id,
-                        "event without Herald custom_args ignored"
-                    );
-                }
-            }
-        }
+        let (by_email, ignored) = group_by_email(&events);
         // One read per organization for every email the batch touches, then one
         // transaction per email.
         let mut current: BTreeMap<(String, String), EmailRecord> = BTreeMap::new();
@@ -190,10 +202,9 @@ impl SendGridWebhook {
         }
         let per_email: Vec<_> = by_email
             .into_iter()
-            .map(|((org, id), mut events)| {
+            .map(|((org, id), events)| {
                 let record = current.remove(&(org.clone(), id.clone()));
                 async move {
-                    events.sort_by_key(|e| e.timestamp);
                     let Ok(org) = OrgId::parse(&org) else {
                         return Ok((None, EventsApplied::default(), Vec::new()));
                     };

@@ -182,20 +182,7 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     let mut pollers = Vec::new();
     let mut schedules = HashMap::new();
     for function in &template.functions {
-        let mut vars: HashMap<String, String> = INHERITED
-            .iter()
-            .filter_map(|name| Some(((*name).to_owned(), base_env.optional(name)?)))
-            .collect();
-        for (name, value) in &function.environment {
-            if let Some(value) = resolve(value, &names, &template.parameter_defaults) {
-                vars.insert(name.clone(), value);
-            }
-        }
-        vars.extend(overrides.clone());
-        vars.insert(
-            "AWS_LAMBDA_FUNCTION_NAME".to_owned(),
-            function.binary.clone(),
-        );
+        let vars = function_environment(function, &template, &names, &base_env, &overrides);
         let handler = registry::load(&function.binary, &aws, &Env::from_map(vars))
             .await
             .with_context(|| format!("building {}", function.logical_id))?;
@@ -298,6 +285,32 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         schedules,
         tasks,
     })
+}
+
+/// The environment a function gets, as Lambda would give it: the template's variables with
+/// local resource names, `overrides` on top, and the process variables in [`INHERITED`].
+pub fn function_environment(
+    function: &template::FunctionDef,
+    template: &BundleTemplate,
+    names: &ResourceNames,
+    base_env: &Env,
+    overrides: &BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    let mut vars: HashMap<String, String> = INHERITED
+        .iter()
+        .filter_map(|name| Some(((*name).to_owned(), base_env.optional(name)?)))
+        .collect();
+    for (name, value) in &function.environment {
+        if let Some(value) = resolve(value, names, &template.parameter_defaults) {
+            vars.insert(name.clone(), value);
+        }
+    }
+    vars.extend(overrides.clone());
+    vars.insert(
+        "AWS_LAMBDA_FUNCTION_NAME".to_owned(),
+        function.binary.clone(),
+    );
+    vars
 }
 
 /// `POST /local/schedules/<function>` — run a scheduled function now.
