@@ -89,7 +89,11 @@ impl ReportCleanup {
                     None => break,
                 }
             }
-            tracing::info!(deleted, retention_days = self.retention_days, "report cleanup done");
+            tracing::info!(
+                deleted,
+                retention_days = self.retention_days,
+                "report cleanup done"
+            );
             Ok(json!({"deleted": deleted, "cutoff": cutoff}))
         }
         .instrument(span)

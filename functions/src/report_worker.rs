@@ -134,7 +134,10 @@ impl ReportWorker {
             }
             Job::ReportScheduleRun { schedule_id } => {
                 let message_id = message.message_id.clone().unwrap_or_default();
-                match self.start_scheduled_run(&org, &schedule_id, &message_id).await {
+                match self
+                    .start_scheduled_run(&org, &schedule_id, &message_id)
+                    .await
+                {
                     Ok(Some(report_id)) => {
                         let result = self.generate(&org, &report_id).await;
                         (
@@ -208,7 +211,11 @@ impl ReportWorker {
         };
         let now = Utc::now();
         let id = run_report_id(now, message_id);
-        match self.reports.get(org, RecordId::parse(&id).unwrap_or_default()).await {
+        match self
+            .reports
+            .get(org, RecordId::parse(&id).unwrap_or_default())
+            .await
+        {
             Ok(_) => return Ok(Some(id)),
             Err(StoreError::NotFound) => {}
             Err(error) => return Err(error.into()),
@@ -266,7 +273,11 @@ impl ReportWorker {
     }
 
     async fn export(&self, org: &OrgId, id: &str) -> anyhow::Result<()> {
-        let report = match self.reports.get(org, RecordId::parse(id).unwrap_or_default()).await {
+        let report = match self
+            .reports
+            .get(org, RecordId::parse(id).unwrap_or_default())
+            .await
+        {
             Ok(report) => report,
             Err(StoreError::NotFound) => return Ok(()), // deleted meanwhile
             Err(error) => return Err(error.into()),
@@ -279,8 +290,7 @@ impl ReportWorker {
             .send()
             .await?;
         anyhow::ensure!(
-            head.server_side_encryption()
-                == Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
+            head.server_side_encryption() == Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
             "the report object is not AES256-encrypted"
         );
         let Some(report) = self.reports.mark_ready(org, id, Utc::now()).await? else {
@@ -289,8 +299,9 @@ impl ReportWorker {
         if report.ready_at == Some(report.updated_at) {
             self.events
                 .publish(vec![
-                    Event::delivery(org, "report", format!("report/{id}"), "ready")
-                        .with_detail(json!({"type": report.kind, "format": report.format, "rows": report.rows})),
+                    Event::delivery(org, "report", format!("report/{id}"), "ready").with_detail(
+                        json!({"type": report.kind, "format": report.format, "rows": report.rows}),
+                    ),
                 ])
                 .await;
         }

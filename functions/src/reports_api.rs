@@ -251,8 +251,14 @@ impl ReportsApi {
                     .send()
                     .await
                     .map_err(ApiError::internal)?;
-                self.audit(request, &caller, "report.delete", format!("report/{id}"), json!({}))
-                    .await;
+                self.audit(
+                    request,
+                    &caller,
+                    "report.delete",
+                    format!("report/{id}"),
+                    json!({}),
+                )
+                .await;
                 Ok(http::no_content())
             }
             _ => Err(ApiError::MethodNotAllowed),
@@ -318,7 +324,12 @@ impl ReportsApi {
             ready_at: None,
         };
         self.reports.create(&report).await?;
-        let job = Envelope::new(caller.org.clone(), Job::ReportGenerate { report_id: id.clone() });
+        let job = Envelope::new(
+            caller.org.clone(),
+            Job::ReportGenerate {
+                report_id: id.clone(),
+            },
+        );
         self.queue
             .send_all(&self.generate_queue, &[job])
             .await
@@ -342,8 +353,9 @@ impl ReportsApi {
                 .await
                 .map_err(ApiError::internal)?;
             body["download_url"] = json!(url);
-            body["download_expires_at"] =
-                json!(Utc::now() + chrono::Duration::seconds(DOWNLOAD_URL_LIFETIME.as_secs() as i64));
+            body["download_expires_at"] = json!(
+                Utc::now() + chrono::Duration::seconds(DOWNLOAD_URL_LIFETIME.as_secs() as i64)
+            );
         }
         http::json(200, &body)
     }
@@ -438,7 +450,11 @@ impl ReportsApi {
             .schedule_expression_timezone("UTC")
             .flexible_time_window(window)
             .target(target)
-            .description(format!("Herald {} report for {}", kind.as_str(), caller.org))
+            .description(format!(
+                "Herald {} report for {}",
+                kind.as_str(),
+                caller.org
+            ))
             .send()
             .await;
         if let Err(error) = created {
@@ -454,7 +470,8 @@ impl ReportsApi {
             return Err(ApiError::internal(error));
         }
         if let Err(error) = self.reports.create_schedule(&schedule).await {
-            self.remove_scheduler_schedule(&schedule.schedule_name).await;
+            self.remove_scheduler_schedule(&schedule.schedule_name)
+                .await;
             return Err(error.into());
         }
         self.audit(
@@ -481,7 +498,8 @@ impl ReportsApi {
             .reports
             .delete_schedule(&caller.org, id, Utc::now())
             .await?;
-        self.remove_scheduler_schedule(&schedule.schedule_name).await;
+        self.remove_scheduler_schedule(&schedule.schedule_name)
+            .await;
         self.audit(
             request,
             caller,

@@ -66,9 +66,10 @@ impl ScheduleFirer {
             else {
                 continue;
             };
-            let target = schedule
-                .target
-                .ok_or((StatusCode::BAD_GATEWAY, "the schedule has no target\n".to_owned()))?;
+            let target = schedule.target.ok_or((
+                StatusCode::BAD_GATEWAY,
+                "the schedule has no target\n".to_owned(),
+            ))?;
             let queue = self.queues.get(target.arn()).ok_or((
                 StatusCode::BAD_GATEWAY,
                 format!("target {} is not a local queue\n", target.arn()),

@@ -40,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
     let peak_buffer = buffer.peak_buffered;
     let (sink, bytes) = buffer.finish().await?;
     println!("rows written:        {written}");
-    println!("file size:           {bytes} bytes in {} parts", sink.parts.len());
+    println!(
+        "file size:           {bytes} bytes in {} parts",
+        sink.parts.len()
+    );
     println!("part buffer peak:    {peak_buffer} bytes (part size {PART_SIZE})");
     if let (Some(before), Some(after)) = (before, peak_rss_kib()) {
         println!("peak RSS before:     {before} KiB");

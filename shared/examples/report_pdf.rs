@@ -23,9 +23,15 @@ fn main() -> anyhow::Result<()> {
         daily: (1..=30)
             .map(|d| (format!("2026-11-{d:02}"), (d * 37 % 23 + 5) * 40))
             .collect(),
-        columns: ["campaign", "recipients", "sent", "delivered", "delivery_rate"]
-            .map(str::to_owned)
-            .to_vec(),
+        columns: [
+            "campaign",
+            "recipients",
+            "sent",
+            "delivered",
+            "delivery_rate",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
         rows: (0..120)
             .map(|n| {
                 vec![

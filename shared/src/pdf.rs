@@ -15,8 +15,8 @@
 use std::sync::LazyLock;
 
 use printpdf::{
-    Color, FontId, Op, ParsedFont, PdfDocument, PdfFontHandle, PdfPage, PdfSaveOptions, Point,
-    Pt, Rect, Rgb, TextItem,
+    Color, FontId, Op, ParsedFont, PdfDocument, PdfFontHandle, PdfPage, PdfSaveOptions, Point, Pt,
+    Rect, Rgb, TextItem,
 };
 
 use crate::reports::{Cell, ReportContent};
@@ -152,10 +152,7 @@ impl Canvas<'_> {
                 size: Pt(size),
             },
             Op::SetTextCursor {
-                pos: Point {
-                    x: Pt(x),
-                    y: Pt(y),
-                },
+                pos: Point { x: Pt(x), y: Pt(y) },
             },
             Op::ShowText {
                 items: vec![TextItem::Text(text)],
@@ -232,7 +229,12 @@ impl Canvas<'_> {
         let width = PAGE_WIDTH - 2.0 * MARGIN;
         let max = daily.iter().map(|(_, n)| *n).max().unwrap_or(0);
         if daily.is_empty() || max == 0 {
-            self.text(MARGIN, bottom + CHART_HEIGHT / 2.0, 10.0, "No activity in this period");
+            self.text(
+                MARGIN,
+                bottom + CHART_HEIGHT / 2.0,
+                10.0,
+                "No activity in this period",
+            );
         } else {
             let slot = width / daily.len() as f32;
             let bar = (slot * 0.8).max(0.5);
@@ -246,7 +248,12 @@ impl Canvas<'_> {
                     rgb(0.23, 0.43, 0.75),
                 );
             }
-            self.text(MARGIN, bottom + CHART_HEIGHT - 6.0, 7.0, &format!("max {max}"));
+            self.text(
+                MARGIN,
+                bottom + CHART_HEIGHT - 6.0,
+                7.0,
+                &format!("max {max}"),
+            );
             if let Some((first, _)) = daily.first() {
                 self.text(MARGIN, bottom - 10.0, 7.0, first);
             }
@@ -287,7 +294,12 @@ pub fn render_report(heading: &ReportHeading, content: &ReportContent) -> anyhow
         10.0,
         &format!("Organization: {}", heading.organization),
     );
-    canvas.text(MARGIN, top - 46.0, 10.0, &format!("Period: {}", heading.period));
+    canvas.text(
+        MARGIN,
+        top - 46.0,
+        10.0,
+        &format!("Period: {}", heading.period),
+    );
     canvas.text(
         MARGIN,
         top - 60.0,
@@ -303,7 +315,10 @@ pub fn render_report(heading: &ReportHeading, content: &ReportContent) -> anyhow
         .iter()
         .map(|(label, value)| vec![label.clone(), value.clone()])
         .collect();
-    canvas.table(&["Measure".to_owned(), "Value".to_owned()], summary.into_iter());
+    canvas.table(
+        &["Measure".to_owned(), "Value".to_owned()],
+        summary.into_iter(),
+    );
     canvas.y -= 16.0;
 
     canvas.chart(&content.daily);
@@ -343,11 +358,7 @@ pub fn render_report(heading: &ReportHeading, content: &ReportContent) -> anyhow
         let footer_left = format!("{} · {}", heading.title, heading.organization);
         canvas.fitted_text(MARGIN, FOOTER_Y, 8.0, 200.0, &footer_left);
         ops.append(&mut canvas.pages[0]);
-        pages.push(PdfPage::new(
-            printpdf::Mm(210.0),
-            printpdf::Mm(297.0),
-            ops,
-        ));
+        pages.push(PdfPage::new(printpdf::Mm(210.0), printpdf::Mm(297.0), ops));
     }
     let mut warnings = Vec::new();
     Ok(document
@@ -382,7 +393,9 @@ mod tests {
     fn a_long_report_has_numbered_pages_a_chart_and_unicode_text() {
         let content = ReportContent {
             summary: vec![("Emails".into(), "300".into())],
-            daily: (1..=30).map(|d| (format!("2026-01-{d:02}"), d * 3)).collect(),
+            daily: (1..=30)
+                .map(|d| (format!("2026-01-{d:02}"), d * 3))
+                .collect(),
             columns: vec!["campaign".into(), "sent".into()],
             rows: (0..300)
                 .map(|n| {

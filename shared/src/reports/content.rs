@@ -101,7 +101,9 @@ pub async fn build(
             }
         }
         ReportKind::ConversationAnalytics => {
-            let outbound = events.series(Some(org), "day", from, to, Some("sms")).await?;
+            let outbound = events
+                .series(Some(org), "day", from, to, Some("sms"))
+                .await?;
             let inbound = events
                 .inbound_per_day(org, "sms", "sms.inbound", from, to)
                 .await?;
@@ -246,16 +248,20 @@ pub async fn build(
                     .entry(total.currency.clone())
                     .or_default() += total.amount;
             }
-            for (currency, amount) in payments.iter().fold(
-                BTreeMap::<String, f64>::new(),
-                |mut sums, t| {
-                    if t.status == "succeeded" {
-                        *sums.entry(t.currency.clone()).or_default() += t.amount;
-                    }
-                    sums
-                },
-            ) {
-                summary.push((format!("Payments succeeded ({currency})"), format!("{amount:.2}")));
+            for (currency, amount) in
+                payments
+                    .iter()
+                    .fold(BTreeMap::<String, f64>::new(), |mut sums, t| {
+                        if t.status == "succeeded" {
+                            *sums.entry(t.currency.clone()).or_default() += t.amount;
+                        }
+                        sums
+                    })
+            {
+                summary.push((
+                    format!("Payments succeeded ({currency})"),
+                    format!("{amount:.2}"),
+                ));
             }
             ReportContent {
                 summary,

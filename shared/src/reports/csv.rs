@@ -69,14 +69,7 @@ mod tests {
 
     #[test]
     fn formula_cells_are_escaped_and_numbers_are_not() {
-        for dangerous in [
-            "=HYPERLINK(\"x\")",
-            "+1",
-            "-2+3",
-            "@SUM(A1)",
-            "\tx",
-            "\rx",
-        ] {
+        for dangerous in ["=HYPERLINK(\"x\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
             assert_eq!(escape_formula(dangerous), format!("'{dangerous}"));
         }
         assert_eq!(escape_formula("launch"), "launch");

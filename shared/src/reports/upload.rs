@@ -10,8 +10,7 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// Where full parts go.
 pub trait PartSink: Send {
-    fn upload_part(&mut self, part: Vec<u8>)
-    -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn upload_part(&mut self, part: Vec<u8>) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// Collects written bytes and hands them to the sink one part at a time.
@@ -211,7 +210,9 @@ mod tests {
             csv::write_row(
                 buffer.buffer(),
                 &[
-                    Cell::text(format!("campaign number {n} with a longer name, Кампания =x")),
+                    Cell::text(format!(
+                        "campaign number {n} with a longer name, Кампания =x"
+                    )),
                     Cell::Percent(0.5),
                     Cell::Int(n),
                 ],

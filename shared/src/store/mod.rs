@@ -20,11 +20,11 @@ mod idempotency;
 mod reports;
 mod templates;
 
+pub use email_reports::CampaignStats;
 pub use emails::{
     EmailListQuery, EmailStore, EventEffect, EventInput, EventsApplied, SENT_SHARDS, SendOutcome,
     Suppression,
 };
-pub use email_reports::CampaignStats;
 pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};

@@ -211,7 +211,10 @@ impl ReportStore {
                 values: vec![
                     (":generating", s("generating")),
                     (":queued", s("queued")),
-                    (":lease", AttributeValue::N((now + lease).timestamp().to_string())),
+                    (
+                        ":lease",
+                        AttributeValue::N((now + lease).timestamp().to_string()),
+                    ),
                     (":epoch", AttributeValue::N(now.timestamp().to_string())),
                     (":now", s(now.to_rfc3339())),
                 ],
@@ -462,11 +465,7 @@ impl ReportStore {
 
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
-    pub async fn get_schedule(
-        &self,
-        org: &OrgId,
-        id: &str,
-    ) -> Result<ReportSchedule, StoreError> {
+    pub async fn get_schedule(&self, org: &OrgId, id: &str) -> Result<ReportSchedule, StoreError> {
         let item = self
             .dynamodb
             .get_item()

@@ -66,14 +66,23 @@ fn assert_pdf_layout(bytes: &[u8], title: &str, bars: usize) -> String {
         "Details",
         &format!("Page 1 of {pages}"),
     ] {
-        assert!(text.contains(expected), "{expected:?} not in the PDF: {text}");
+        assert!(
+            text.contains(expected),
+            "{expected:?} not in the PDF: {text}"
+        );
     }
     // The chart's bars are vector rectangles on the first page, besides the summary
     // table's header shading and the chart's baseline.
     let (_, first) = document.get_pages().into_iter().next().unwrap();
-    let operations = document.get_and_decode_page_content(first).unwrap().operations;
+    let operations = document
+        .get_and_decode_page_content(first)
+        .unwrap()
+        .operations;
     let rectangles = operations.iter().filter(|op| op.operator == "re").count();
-    assert!(rectangles >= bars + 2, "{rectangles} rectangles for {bars} bars");
+    assert!(
+        rectangles >= bars + 2,
+        "{rectangles} rectangles for {bars} bars"
+    );
     text
 }
 
@@ -126,7 +135,11 @@ fn payment(org: &OrgId, status: &str, amount: i64, day: DateTime<Utc>) -> Event 
 async fn seed_events(app: &TestBundle) -> (String, String, String, String) {
     let acme = OrgId::parse("acme").unwrap();
     let globex = OrgId::parse("globex").unwrap();
-    let today = Utc::now().date_naive().and_hms_opt(12, 0, 0).unwrap().and_utc();
+    let today = Utc::now()
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
     let (day1, day2) = (today - Duration::days(9), today - Duration::days(7));
     let sms = |status: &str, day| at(day, Event::delivery(&acme, "sms", "sms/1", status));
     let events = vec![
@@ -139,8 +152,14 @@ async fn seed_events(app: &TestBundle) -> (String, String, String, String) {
         sms("delivered", day2),
         inbound(&acme, day2),
         inbound(&acme, day2),
-        at(day1, Event::delivery(&acme, "email", "email/1", "delivered")),
-        at(day1, Event::delivery(&acme, "email", "email/2", "delivered")),
+        at(
+            day1,
+            Event::delivery(&acme, "email", "email/1", "delivered"),
+        ),
+        at(
+            day1,
+            Event::delivery(&acme, "email", "email/2", "delivered"),
+        ),
         payment(&acme, "succeeded", 1250, day2),
         payment(&acme, "succeeded", 750, day2),
         payment(&acme, "failed", 500, day2),
@@ -186,7 +205,10 @@ async fn every_report_type_in_both_formats_matches_the_seeded_data() {
         .post_events(&[sendgrid_event("open", &ann, "ann@example.com")])
         .await;
     eventually(30, "ann's open", || async {
-        let email = app.get(&format!("/services/email/{ann}"), &token).await.body;
+        let email = app
+            .get(&format!("/services/email/{ann}"), &token)
+            .await
+            .body;
         (email["engagement"] == json!(["opened"])).then_some(())
     })
     .await;
@@ -250,7 +272,13 @@ async fn every_report_type_in_both_formats_matches_the_seeded_data() {
                 assert_eq!(lines.len(), 4, "{lines:?}");
                 assert!(lines[1].starts_with("'=evil(),1,1,"), "{}", lines[1]);
                 assert!(lines[1].ends_with(",email.send (1)"));
-                assert!(lines[2].starts_with(&format!("Алиса Ωμέγα,3,2,{day1}T12:00:00Z,{day2}T12:00:00Z,")), "{}", lines[2]);
+                assert!(
+                    lines[2].starts_with(&format!(
+                        "Алиса Ωμέγα,3,2,{day1}T12:00:00Z,{day2}T12:00:00Z,"
+                    )),
+                    "{}",
+                    lines[2]
+                );
                 assert!(lines[2].ends_with(",template.create (2); email.send (1)"));
                 assert!(lines[3].starts_with("مرحبا 中,1,1,"), "{}", lines[3]);
             }
@@ -314,7 +342,8 @@ async fn organizations_see_and_download_only_their_own_reports() {
     let app = spawn_bundle().await;
     let acme = app.token("acme", "admin");
     let globex = app.token("globex", "admin");
-    let body = json!({"type": "summary", "format": "csv", "from": "2026-01-01", "to": "2026-01-31"});
+    let body =
+        json!({"type": "summary", "format": "csv", "from": "2026-01-01", "to": "2026-01-31"});
 
     // Idempotency-Key: the same request replays the first answer.
     let first = app
@@ -448,7 +477,13 @@ async fn a_100k_row_csv_streams_to_s3_in_parts_with_bounded_memory() {
     // Never more than one part plus one row in memory.
     assert!(peak < PART_SIZE + 1024, "peak {peak}");
 
-    let object = s3.get_object().bucket(bucket).key(key).send().await.unwrap();
+    let object = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         object.server_side_encryption(),
         Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
@@ -457,7 +492,10 @@ async fn a_100k_row_csv_streams_to_s3_in_parts_with_bounded_memory() {
     assert_eq!(body.len() as u64, bytes);
     let lines = csv_lines(&body);
     assert_eq!(lines.len(), 100_001);
-    assert_eq!(lines[100_000], "'=campaign 99999 — Кампания =SUM(A1),99999,0.2500");
+    assert_eq!(
+        lines[100_000],
+        "'=campaign 99999 — Кампания =SUM(A1),99999,0.2500"
+    );
 }
 
 #[tokio::test]
@@ -501,7 +539,7 @@ async fn schedules_live_in_scheduler_and_each_run_emails_the_link() {
     assert_eq!(created.status, 201, "{}", created.body);
     let schedule_id = created.body["id"].as_str().unwrap().to_owned();
     let name = created.body["name"].as_str().unwrap().to_owned();
-    assert_eq!(scheduled_names().await, [name.clone()]);
+    assert_eq!(scheduled_names().await, std::slice::from_ref(&name));
     let scheduled = app
         .bundle
         .aws
@@ -525,9 +563,12 @@ async fn schedules_live_in_scheduler_and_each_run_emails_the_link() {
     );
     let listed = app.get("/services/reports/schedules/", &admin).await;
     assert_eq!(listed.body["items"][0]["id"], schedule_id.as_str());
-    app.get("/services/reports/schedules/", &app.token("globex", "admin"))
-        .await
-        .body["items"]
+    app.get(
+        "/services/reports/schedules/",
+        &app.token("globex", "admin"),
+    )
+    .await
+    .body["items"]
         .as_array()
         .map(|items| assert!(items.is_empty()))
         .unwrap();
@@ -672,8 +713,14 @@ async fn cleanup_deletes_exactly_the_reports_past_retention() {
             .dynamodb
             .get_item()
             .table_name(app.table())
-            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("ORG#{org}")))
-            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(format!("REPORT#{id}")))
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("ORG#{org}")),
+            )
+            .key(
+                "sk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("REPORT#{id}")),
+            )
             .send()
             .await
             .unwrap()
