@@ -3,7 +3,7 @@
 //! the parts, and reports the peak memory: the buffer's high-water mark and the process's
 //! peak resident set (`VmHWM` from /proc, Linux).
 //!
-//! `cargo run --release -p herald-shared --example csv_peak_memory [-- <rows>]`
+//! `cargo run -p herald-shared --example csv_peak_memory [-- <rows>]`
 //!
 //! Peak RSS stays flat as rows grow (try 100000 and 1000000): the file is never held.
 
