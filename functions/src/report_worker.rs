@@ -250,10 +250,30 @@ impl ReportWorker {
             .claim_generation(org, id, Utc::now(), CLAIM_LEASE)
             .await?
         else {
-            return Ok(()); // a duplicate delivery, deleted, or already generated
+            // A duplicate delivery, deleted, or already generated. A retry after the file was
+            // written but before the export job was queued queues it now (export is
+            // idempotent).
+            let record = self
+                .reports
+                .get(org, RecordId::parse(id).unwrap_or_default())
+                .await;
+            if record.is_ok_and(|r| r.status == ReportStatus::Generated) {
+                self.enqueue_export(org, id).await?;
+            }
+            return Ok(());
         };
-        let content = content::build(&report, &self.emails, &self.event_store).await?;
-        let (rows, bytes) = file::upload(&self.s3, &self.bucket, &report, &content).await?;
+        let written = async {
+            let content = content::build(&report, &self.emails, &self.event_store).await?;
+            file::upload(&self.s3, &self.bucket, &report, &content).await
+        }
+        .await;
+        let (rows, bytes) = match written {
+            Ok(written) => written,
+            Err(error) => {
+                self.reports.release_generation(org, id).await?;
+                return Err(error);
+            }
+        };
         tracing::info!(report = id, rows, bytes, "report file written");
         if self
             .reports
@@ -261,15 +281,19 @@ impl ReportWorker {
             .await?
             .is_some()
         {
-            let job = Envelope::new(
-                org.clone(),
-                Job::ReportExport {
-                    report_id: id.to_owned(),
-                },
-            );
-            self.queue.send_all(&self.export_queue, &[job]).await?;
+            self.enqueue_export(org, id).await?;
         }
         Ok(())
+    }
+
+    async fn enqueue_export(&self, org: &OrgId, id: &str) -> anyhow::Result<()> {
+        let job = Envelope::new(
+            org.clone(),
+            Job::ReportExport {
+                report_id: id.to_owned(),
+            },
+        );
+        self.queue.send_all(&self.export_queue, &[job]).await
     }
 
     async fn export(&self, org: &OrgId, id: &str) -> anyhow::Result<()> {

@@ -223,6 +223,26 @@ impl ReportStore {
         .await
     }
 
+    /// Gives a failed generation back (`generating` → `queued`), so the message's retry can
+    /// claim it again instead of waiting out the lease.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn release_generation(&self, org: &OrgId, id: &str) -> Result<(), StoreError> {
+        self.update(
+            org,
+            id,
+            ReportUpdate {
+                expression: "SET #status = :queued REMOVE claim_until",
+                condition: "#status = :generating",
+                names: vec![],
+                values: vec![(":queued", s("queued")), (":generating", s("generating"))],
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `generating` → `generated`: the file is in S3.
     ///
     /// # Errors
