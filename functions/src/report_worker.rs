@@ -186,9 +186,10 @@ impl ReportWorker {
                     )])
                     .await;
             }
-        } else {
-            retry.delay(message).await;
         }
+        // After the last attempt too: SQS then moves the message to the DLQ at its next
+        // receive instead of after the queue's long visibility timeout.
+        retry.delay(message).await;
         Err(error)
     }
 
@@ -454,4 +455,52 @@ fn link_emails(
             applied_events: Vec::new(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_delivery_of_one_run_names_the_same_report() {
+        let morning = "2026-11-24T06:00:00Z".parse().unwrap();
+        let later = "2026-11-24T06:00:30Z".parse().unwrap();
+        assert_eq!(run_report_id(morning, "m-1"), run_report_id(later, "m-1"));
+        assert_ne!(run_report_id(morning, "m-1"), run_report_id(morning, "m-2"));
+        assert!(RecordId::parse(&run_report_id(morning, "m-1")).is_some());
+    }
+
+    #[test]
+    fn link_emails_carry_the_link_to_every_recipient() {
+        let org = OrgId::parse("acme").unwrap();
+        let now = Utc::now();
+        let report = Report {
+            id: RecordId::new().to_string(),
+            key: "reports/acme/x.pdf".into(),
+            org_id: org,
+            kind: shared::reports::ReportKind::Summary,
+            format: shared::reports::ReportFormat::Pdf,
+            from: now,
+            to: now,
+            status: ReportStatus::Ready,
+            rows: None,
+            bytes: None,
+            error: None,
+            schedule_id: Some("s".into()),
+            requested_by: "schedule/s".into(),
+            created_at: now,
+            updated_at: now,
+            ready_at: Some(now),
+        };
+        let recipients = [
+            EmailAddress::parse("a@example.com").unwrap(),
+            EmailAddress::parse("b@example.com").unwrap(),
+        ];
+        let from = EmailAddress::parse("no-reply@example.com").unwrap();
+        let emails = link_emails(&report, &recipients, &from, "https://link");
+        assert_eq!(emails.len(), 2);
+        assert!(emails.iter().all(|e| e.status == EmailStatus::Queued
+            && e.text.as_deref().unwrap().contains("https://link")
+            && e.subject == "Your summary report is ready"));
+    }
 }

@@ -744,3 +744,31 @@ async fn cleanup_deletes_exactly_the_reports_past_retention() {
         .map(|status| assert_eq!(status, "ready"))
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_report_that_cannot_be_written_fails_on_its_last_attempt_and_reaches_the_dlq() {
+    let app = crate::helpers::spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("BUCKET_NAME".to_owned(), "no-such-bucket".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    let id = request(
+        &app,
+        &token,
+        json!({"type": "summary", "format": "csv", "from": "2026-01-01", "to": "2026-01-02"}),
+    )
+    .await;
+    let report = eventually(60, "the report to fail", || async {
+        let reply = app.get(&format!("/services/reports/{id}/"), &token).await;
+        (reply.body["status"] == "failed").then_some(reply.body)
+    })
+    .await;
+    assert_eq!(report["error"], "the report could not be generated");
+    assert!(report.get("download_url").is_none());
+    eventually(60, "the job in the dead-letter queue", || async {
+        (app.queue_depth("ReportGenerateDLQ").await == 1).then_some(())
+    })
+    .await;
+}
