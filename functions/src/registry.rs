@@ -97,6 +97,18 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         binary: "admin-page",
         routes: crate::admin_page::ROUTES,
     },
+    FunctionInfo {
+        binary: "reports-api",
+        routes: crate::reports_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "report-worker",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "report-cleanup",
+        routes: &[],
+    },
 ];
 
 /// Builds the handler for `binary` with its own environment, as its `main` would.
@@ -124,6 +136,15 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         )),
         "audit-api" => Handler::Http(Arc::new(crate::audit_api::AuditApi::new(aws, env).await?)),
         "admin-page" => Handler::Http(Arc::new(crate::admin_page::AdminPage::new())),
+        "reports-api" => Handler::Http(Arc::new(
+            crate::reports_api::ReportsApi::new(aws, env).await?,
+        )),
+        "report-worker" => Handler::Sqs(Arc::new(
+            crate::report_worker::ReportWorker::new(aws, env).await?,
+        )),
+        "report-cleanup" => Handler::Scheduled(Arc::new(
+            crate::report_cleanup::ReportCleanup::new(aws, env)?,
+        )),
         other => anyhow::bail!("no function binary named {other}"),
     })
 }

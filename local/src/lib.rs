@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod http_api;
+pub mod report_schedules;
 pub mod resources;
 pub mod sandbox;
 pub mod sources;
@@ -245,6 +246,12 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         .route(
             "/local/schedules/{function}",
             post(fire_schedule).with_state(Arc::clone(&schedules)),
+        )
+        .route(
+            "/local/report-schedules/{name}",
+            post(report_schedules::fire_schedule).with_state(Arc::new(
+                report_schedules::ScheduleFirer::new(&aws, &template, &names),
+            )),
         );
     if let Some(sandbox) = &sendgrid {
         app = app.merge(sandbox.router());

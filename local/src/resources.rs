@@ -65,6 +65,17 @@ pub async fn create_all(
             "AWS::S3::Bucket" => create_bucket(aws, &name)
                 .await
                 .with_context(|| format!("creating bucket {id}"))?,
+            "AWS::Scheduler::ScheduleGroup" => create_schedule_group(aws, &name)
+                .await
+                .with_context(|| format!("creating schedule group {id}"))?,
+            "AWS::IAM::Role" => {
+                let mut role = LocalResource::named(&name);
+                role.attributes.insert(
+                    "Arn".into(),
+                    format!("arn:aws:iam::123456789012:role/{name}"),
+                );
+                role
+            }
             "AWS::SQS::Queue" => continue,
             _ => LocalResource::named(&name),
         };
@@ -148,6 +159,26 @@ async fn create_bucket(aws: &AwsClients, name: &str) -> anyhow::Result<LocalReso
         .attributes
         .insert("Arn".into(), format!("arn:aws:s3:::{name}"));
     Ok(bucket)
+}
+
+/// An EventBridge Scheduler group (kept if it exists: recreating it in moto would drop
+/// its schedules).
+async fn create_schedule_group(aws: &AwsClients, name: &str) -> anyhow::Result<LocalResource> {
+    let existing = aws.scheduler.get_schedule_group().name(name).send().await;
+    let arn = match existing {
+        Ok(group) => group.arn.unwrap_or_default(),
+        Err(_) => {
+            aws.scheduler
+                .create_schedule_group()
+                .name(name)
+                .send()
+                .await?
+                .schedule_group_arn
+        }
+    };
+    let mut group = LocalResource::named(name);
+    group.attributes.insert("Arn".into(), arn);
+    Ok(group)
 }
 
 async fn create_secret(

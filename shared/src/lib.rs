@@ -18,4 +18,5 @@ pub mod pdf;
 pub mod providers;
 pub mod queue;
 pub mod render;
+pub mod reports;
 pub mod store;

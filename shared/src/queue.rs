@@ -21,6 +21,17 @@ pub enum Job {
     /// Fan a bulk email send out into send jobs.
     #[serde(rename = "email.bulk")]
     EmailBulk { bulk_id: String },
+    /// Aggregate a report's data and stream its file to S3 (report generate queue).
+    #[serde(rename = "report.generate")]
+    ReportGenerate { report_id: String },
+    /// A report schedule fired: create its report and generate it (report generate queue;
+    /// EventBridge Scheduler sends this message).
+    #[serde(rename = "report.schedule_run")]
+    ReportScheduleRun { schedule_id: String },
+    /// Finalise a generated report: check the object, mark it ready, email a scheduled
+    /// report's recipients (report export queue).
+    #[serde(rename = "report.export")]
+    ReportExport { report_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,8 +33,8 @@ pub const SENT_SHARDS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct EmailStore {
-    dynamodb: aws_sdk_dynamodb::Client,
-    table: String,
+    pub(super) dynamodb: aws_sdk_dynamodb::Client,
+    pub(super) table: String,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -17,7 +17,7 @@ const COLLECTION: &str = "events";
 
 #[derive(Debug, Clone)]
 pub struct EventStore {
-    collection: Collection<Document>,
+    pub(super) collection: Collection<Document>,
     retention_days: u32,
 }
 

@@ -12,17 +12,23 @@
 //! from the caller's token cannot reach another organization's items. Soft-deleted items keep
 //! their base keys (for audit) but leave the secondary indexes.
 
+mod email_reports;
 mod emails;
+mod event_reports;
 mod events;
 mod idempotency;
+mod reports;
 mod templates;
 
+pub use email_reports::CampaignStats;
 pub use emails::{
     EmailListQuery, EmailStore, EventEffect, EventInput, EventsApplied, SENT_SHARDS, SendOutcome,
     Suppression,
 };
+pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
+pub use reports::{ExpiredReport, ReportStore};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 
 use aws_sdk_dynamodb::types::AttributeValue;
