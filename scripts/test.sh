@@ -25,6 +25,9 @@ step "template checks (cfn-lint, sam validate --lint)"
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "cargo deny (licenses, bans, sources)"
+cargo deny --locked check licenses bans sources
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
