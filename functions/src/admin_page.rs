@@ -18,8 +18,17 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         pattern: "/admin/{asset}",
     },
+    Route {
+        method: "GET",
+        pattern: OPENAPI_PATH,
+    },
 ];
 const ROUTER: Router = Router::new(ROUTES);
+
+/// Where the API's OpenAPI document is served (public, like the page: it holds no data).
+pub const OPENAPI_PATH: &str = "/services/openapi.yaml";
+/// The committed document, checked against every function's routes by the `openapi` tests.
+const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
 
 /// (file name, content type, content), compiled into the binary.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -67,6 +76,14 @@ impl AdminPage {
 
     fn serve(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        if found.route.pattern == OPENAPI_PATH {
+            let mut response = Response::new(Body::Text(OPENAPI.to_owned()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/yaml"),
+            );
+            return Ok(response);
+        }
         let name = found
             .params
             .get("asset")
@@ -124,6 +141,16 @@ mod tests {
             assert_eq!(asset.headers()[header::CONTENT_TYPE], content_type);
             assert!(asset.headers().contains_key("content-security-policy"));
         }
+    }
+
+    #[test]
+    fn serves_the_openapi_document() {
+        let document = get(OPENAPI_PATH).unwrap();
+        assert_eq!(document.headers()[header::CONTENT_TYPE], "application/yaml");
+        let Body::Text(text) = document.body() else {
+            panic!("the document is text")
+        };
+        assert!(text.starts_with("openapi: 3.1"));
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod bundle_shape;
 mod email;
 mod events;
 mod helpers;
+mod openapi;
 mod reports;
 mod templates;
