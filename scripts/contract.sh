@@ -7,9 +7,11 @@
 # Services (moto, MongoDB) run on HERALD_MOTO_PORT / HERALD_MONGO_PORT (started here unless
 # already running in HERALD_STATE_DIR, and then left running); the runner gets a free port
 # and its own resource prefix, so it can share services with other bundles.
-#   HERALD_CONTRACT_MAX_EXAMPLES  cases per operation (default 30)
+#   HERALD_CONTRACT_MAX_EXAMPLES  cases per operation (default 50)
 #   HERALD_CONTRACT_SEED          fixed hypothesis seed, to reproduce a run
 #   HERALD_SCHEMATHESIS           the schemathesis executable (default .venv/bin/schemathesis)
+# Extra arguments go to `schemathesis run` (e.g. --include-path-regex templates).
+# One worker: concurrent workers trip a CPython 3.11 AST race inside hypothesis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,7 @@ export HERALD_MOTO_PORT=${HERALD_MOTO_PORT:-4766}
 export HERALD_MONGO_PORT=${HERALD_MONGO_PORT:-27218}
 export HERALD_STATE_DIR=${HERALD_STATE_DIR:-.local/contract-services}
 SCHEMATHESIS=${HERALD_SCHEMATHESIS:-.venv/bin/schemathesis}
-MAX_EXAMPLES=${HERALD_CONTRACT_MAX_EXAMPLES:-30}
+MAX_EXAMPLES=${HERALD_CONTRACT_MAX_EXAMPLES:-50}
 
 runner_pid=""
 started_services=false
@@ -56,7 +58,7 @@ if [ -n "${HERALD_CONTRACT_SEED:-}" ]; then seed=(--seed "$HERALD_CONTRACT_SEED"
   -H "Authorization: Bearer $token" \
   --checks not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance \
   --max-examples "$MAX_EXAMPLES" \
-  --workers 2 \
+  --workers 1 \
   --request-timeout 30 \
   --no-color \
-  "${seed[@]}"
+  "${seed[@]}" "$@"

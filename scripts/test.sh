@@ -41,4 +41,7 @@ export HERALD_TEST_AWS_ENDPOINT=$AWS_ENDPOINT_URL HERALD_TEST_MONGODB_URI=$MONGO
 step "cargo test (unit, handler, integration)"
 cargo test --workspace --locked --no-fail-fast
 
+step "contract fuzzing (schemathesis against docs/openapi.yaml)"
+scripts/contract.sh
+
 step "browser end-to-end (admin page)"; scripts/e2e.sh
