@@ -29,8 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! scripts/services.sh status | grep -q "moto: running" ||
-   ! scripts/services.sh status | grep -q "mongo: running"; then
+status=$(scripts/services.sh status)
+if [[ $status != *"moto: running"* || $status != *"mongo: running"* ]]; then
   scripts/services.sh start
   started_services=true
 fi
