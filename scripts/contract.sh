@@ -2,7 +2,8 @@
 # Contract fuzzing: runs schemathesis against the whole bundle served by the local runner,
 # with docs/openapi.yaml as the contract. Every generated request must get a documented
 # status (no 5xx), a documented content type and a body matching the documented schema;
-# every error is a problem+json document.
+# every error is a problem+json document; and every operation behind the authorizer refuses a
+# request without the token (ignored_auth).
 #
 # Services (moto, MongoDB) run on HERALD_MOTO_PORT / HERALD_MONGO_PORT (started here unless
 # already running in HERALD_STATE_DIR, and then left running); the runner gets a free port
@@ -56,7 +57,7 @@ if [ -n "${HERALD_CONTRACT_SEED:-}" ]; then seed=(--seed "$HERALD_CONTRACT_SEED"
 "$SCHEMATHESIS" run docs/openapi.yaml \
   --url "$base" \
   -H "Authorization: Bearer $token" \
-  --checks not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance \
+  --checks not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance,ignored_auth \
   --max-examples "$MAX_EXAMPLES" \
   --workers 1 \
   --request-timeout 30 \
