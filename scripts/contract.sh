@@ -32,12 +32,12 @@ trap cleanup EXIT
 
 status=$(scripts/services.sh status)
 if [[ $status != *"moto: running"* || $status != *"mongo: running"* ]]; then
+  started_services=true # set first: a partial start is stopped too
   scripts/services.sh start
-  started_services=true
 fi
 eval "$(scripts/services.sh env)"
 
-cargo build --quiet -p herald-local
+cargo build --quiet --locked -p herald-local
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 log="$HERALD_STATE_DIR/contract-runner.log"
