@@ -15,6 +15,7 @@
 mod emails;
 mod events;
 mod idempotency;
+mod payments;
 mod templates;
 
 pub use emails::{
@@ -23,6 +24,7 @@ pub use emails::{
 };
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
+pub use payments::{PaymentEntity, PaymentStore, SyncCheckpoint};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 
 use aws_sdk_dynamodb::types::AttributeValue;
