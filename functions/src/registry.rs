@@ -97,6 +97,18 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         binary: "admin-page",
         routes: crate::admin_page::ROUTES,
     },
+    FunctionInfo {
+        binary: "payments-api",
+        routes: crate::payments_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "stripe-webhook",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "stripe-sync",
+        routes: &[],
+    },
 ];
 
 /// Builds the handler for `binary` with its own environment, as its `main` would.
@@ -124,6 +136,15 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         )),
         "audit-api" => Handler::Http(Arc::new(crate::audit_api::AuditApi::new(aws, env).await?)),
         "admin-page" => Handler::Http(Arc::new(crate::admin_page::AdminPage::new())),
+        "payments-api" => Handler::Http(Arc::new(
+            crate::payments_api::PaymentsApi::new(aws, env).await?,
+        )),
+        "stripe-webhook" => Handler::Http(Arc::new(
+            crate::stripe_webhook::StripeWebhook::new(aws, env).await?,
+        )),
+        "stripe-sync" => Handler::Scheduled(Arc::new(
+            crate::stripe_sync::StripeSync::new(aws, env).await?,
+        )),
         other => anyhow::bail!("no function binary named {other}"),
     })
 }

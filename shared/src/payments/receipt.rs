@@ -81,6 +81,45 @@ pub fn render(payment: &PaymentRecord) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// How long a receipt link works.
+pub const LINK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Renders the receipt into `bucket` (server-side encrypted) and returns a presigned GET URL
+/// valid for [`LINK_LIFETIME`]. Rendered on every request: a refund changes the receipt.
+///
+/// # Errors
+/// When rendering, the upload or presigning fails.
+pub async fn store_and_link(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    payment: &PaymentRecord,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let pdf = render(payment).map_err(anyhow::Error::msg)?;
+    let key = key(payment);
+    s3.put_object()
+        .bucket(bucket)
+        .key(&key)
+        .body(pdf.into())
+        .content_type("application/pdf")
+        .content_disposition(format!("inline; filename=\"receipt-{}.pdf\"", payment.id))
+        .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+        .send()
+        .await
+        .context("PutObject receipt")?;
+    let presigned = s3
+        .get_object()
+        .bucket(bucket)
+        .key(&key)
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(LINK_LIFETIME)
+                .context("presigning config")?,
+        )
+        .await
+        .context("presigning the receipt")?;
+    Ok(presigned.uri().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,6 +144,29 @@ impl StripeClient {
         })
     }
 
+    /// The platform account's client as the environment configures it: `STRIPE_SECRET_KEY`
+    /// (a secret), `STRIPE_BASE_URL` (default the real API), `STRIPE_TIMEOUT_SECONDS`.
+    /// `None` when no key is configured: callers answer 503 and record nothing.
+    ///
+    /// # Errors
+    /// When the secret cannot be read or the base URL is invalid.
+    pub async fn from_env(
+        env: &crate::config::Env,
+        secrets: &aws_sdk_secretsmanager::Client,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(key) = env.secret("STRIPE_SECRET_KEY", secrets).await? else {
+            return Ok(None);
+        };
+        let base_url = env
+            .optional("STRIPE_BASE_URL")
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        let timeout = env
+            .optional("STRIPE_TIMEOUT_SECONDS")
+            .and_then(|s| s.parse().ok())
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+        Ok(Some(Self::new(&base_url, key, timeout)?))
+    }
+
     /// `POST /v1/<path>` with form `params`. `idempotency_key` makes a retry replay the first
     /// result instead of acting twice.
     ///
