@@ -580,6 +580,7 @@ async fn api(
         return (status, Json(body)).into_response();
     }
     let fault = sandbox.state.lock().ok().and_then(|mut state| {
+        state.calls += 1;
         let fault = state.faults.front_mut()?;
         fault.count = fault.count.saturating_sub(1);
         let taken = fault.clone();
@@ -617,7 +618,6 @@ async fn api(
     let Ok(mut state) = sandbox.state.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    state.calls += 1;
     if let Some((key, request)) = &idempotency
         && let Some((first, status, body)) = state.idempotency.get(key)
     {
