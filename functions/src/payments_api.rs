@@ -450,15 +450,11 @@ impl PaymentsApi {
         self.stripe()?;
         let body: CustomerRequest = http::parse_json(request)?;
         let mut errors = FieldErrors::new();
-        let email = body
-            .email
-            .as_deref()
-            .map(|e| {
-                EmailAddress::parse(e)
-                    .map_err(|m| add(&mut errors, "email", m))
-                    .ok()
-            })
-            .flatten();
+        let email = body.email.as_deref().and_then(|e| {
+            EmailAddress::parse(e)
+                .map_err(|m| add(&mut errors, "email", m))
+                .ok()
+        });
         check_text(body.name.as_ref(), "name", 256, &mut errors);
         check_text(body.description.as_ref(), "description", 500, &mut errors);
         check_metadata(&body.metadata, &mut errors);

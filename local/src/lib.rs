@@ -178,7 +178,8 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     } else if !options.sandbox {
         None
     } else {
-        let sandbox = StripeSandbox::new(format!("{base_url}/hooks/stripe-webhook"), base_url.clone());
+        let sandbox =
+            StripeSandbox::new(format!("{base_url}/hooks/stripe-webhook"), base_url.clone());
         secret_values.extend(sandbox.secret_values());
         overrides.insert(
             "STRIPE_BASE_URL".to_owned(),

@@ -270,7 +270,7 @@ impl StripeSandbox {
         });
         let intent = Self::store(state, "payment_intents", intent);
         if params["confirm"] == "true" {
-            return self.confirm(state, &intent["id"].as_str().unwrap_or_default().to_owned());
+            return self.confirm(state, intent["id"].as_str().unwrap_or_default());
         }
         (StatusCode::OK, intent)
     }
