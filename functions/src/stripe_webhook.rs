@@ -36,6 +36,16 @@ pub const HANDLED: &[&str] = &[
     "customer.updated",
 ];
 
+/// The Herald resource kind an object maps to (`payment/<id>`, …).
+fn resource_kind(object: &serde_json::Value) -> &'static str {
+    match object["object"].as_str().unwrap_or_default() {
+        "customer" => "customer",
+        "subscription" => "subscription",
+        "invoice" => "invoice",
+        _ => "payment",
+    }
+}
+
 pub struct StripeWebhook {
     store: PaymentStore,
     reconciler: Reconciler,
@@ -147,7 +157,7 @@ impl StripeWebhook {
             log.push(Event {
                 id: format!("stripe:{}", event.id),
                 channel: Some("payment".to_owned()),
-                resource: Some(id.clone()),
+                resource: Some(format!("{}/{id}", resource_kind(&event.data.object))),
                 detail: json!({"stripe_object": event.data.object["id"], "applied": applied.changed}),
                 ..Event::new(org, EventKind::Webhook, format!("stripe.{}", event.kind))
             });
