@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
 use shared::config::Env;
-use shared::domain::RecordId;
 use shared::domain::email::EmailAddress;
+use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::idempotency::run_once;
 use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
@@ -244,6 +244,18 @@ fn path_id(found: &RouteMatch) -> Result<String, ApiError> {
     RecordId::parse(id)
         .map(|_| id.to_owned())
         .ok_or(ApiError::NotFound)
+}
+
+/// The organization a list reads: the caller's own, or for a superuser the one named by
+/// `organization=`.
+fn list_org(caller: &Caller, params: &BTreeMap<String, String>) -> Result<OrgId, ApiError> {
+    match params.get("organization") {
+        None => Ok(caller.org.clone()),
+        Some(_) if !caller.is_superuser() => Err(ApiError::Forbidden(
+            "only superusers may filter by organization".to_owned(),
+        )),
+        Some(org) => OrgId::parse(org).map_err(|message| ApiError::field("organization", message)),
+    }
 }
 
 fn stripe_problem(error: &StripeError) -> ApiError {
@@ -790,12 +802,7 @@ impl PaymentsApi {
     }
 
     /// Marks a payment Stripe refused as failed.
-    async fn fail(
-        &self,
-        org: &shared::domain::OrgId,
-        id: &str,
-        reason: String,
-    ) -> Result<(), ApiError> {
+    async fn fail(&self, org: &OrgId, id: &str, reason: String) -> Result<(), ApiError> {
         for _ in 0..4 {
             let mut record: PaymentRecord = self.store.get(org, id).await?;
             if record.status != PaymentStatus::Pending {
@@ -998,10 +1005,11 @@ impl PaymentsApi {
         if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
             filters.push(("customer_id", customer.clone()));
         }
-        let page = PageRequest::from_query(&params, caller.org.as_str())?;
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store
-            .list::<PaymentRecord>(&caller.org, &filters, &page)
+            .list::<PaymentRecord>(&org, &filters, &page)
             .await?;
         page_json(&page, &records, next, PaymentRecord::to_json)
     }
@@ -1016,10 +1024,11 @@ impl PaymentsApi {
         if let Some(email) = params.get("email") {
             filters.push(("email", email.trim().to_ascii_lowercase()));
         }
-        let page = PageRequest::from_query(&params, caller.org.as_str())?;
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store
-            .list::<CustomerRecord>(&caller.org, &filters, &page)
+            .list::<CustomerRecord>(&org, &filters, &page)
             .await?;
         page_json(&page, &records, next, CustomerRecord::to_json)
     }
@@ -1040,10 +1049,11 @@ impl PaymentsApi {
         if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
             filters.push(("customer_id", customer.clone()));
         }
-        let page = PageRequest::from_query(&params, caller.org.as_str())?;
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store
-            .list::<SubscriptionRecord>(&caller.org, &filters, &page)
+            .list::<SubscriptionRecord>(&org, &filters, &page)
             .await?;
         page_json(&page, &records, next, SubscriptionRecord::to_json)
     }
@@ -1067,10 +1077,11 @@ impl PaymentsApi {
         if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
             filters.push(("customer_id", customer.clone()));
         }
-        let page = PageRequest::from_query(&params, caller.org.as_str())?;
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store
-            .list::<InvoiceRecord>(&caller.org, &filters, &page)
+            .list::<InvoiceRecord>(&org, &filters, &page)
             .await?;
         page_json(&page, &records, next, InvoiceRecord::to_json)
     }

@@ -562,6 +562,20 @@ async fn organizations_are_isolated_on_every_endpoint() {
             "{list}"
         );
     }
+    // Only a superuser may read another organization's lists.
+    let operator = app.token("platform", "superuser");
+    let reply = app
+        .get("/services/payments/?organization=acme", &operator)
+        .await;
+    assert_eq!(
+        reply.body["items"][0]["id"],
+        payment.as_str(),
+        "{}",
+        reply.body
+    );
+    app.get("/services/payments/?organization=acme", &globex)
+        .await
+        .problem(403);
     // The paid payment is still acme's, unrefunded.
     assert_eq!(
         app.get(&format!("/services/payments/{payment}"), &acme)
