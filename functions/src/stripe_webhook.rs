@@ -181,3 +181,38 @@ impl StripeWebhook {
         http::json(200, &json!({"received": true, "applied": applied.changed}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample event arrives base64-encoded, as function URLs deliver it; the bytes the
+    /// handler verifies are the decoded body Stripe signed.
+    #[test]
+    fn base64_bodies_are_verified_as_the_bytes_stripe_signed() {
+        let request = lambda_http::request::from_str(include_str!(
+            "../../events/stripe-webhook/payment-intent-succeeded.json"
+        ))
+        .unwrap();
+        let body = http::body_bytes(&request);
+        assert!(body.starts_with(b"{\"id\":\"evt_"));
+        let header = request
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let signed_at = chrono::DateTime::from_timestamp(1_795_546_803, 0).unwrap();
+        let verifier =
+            WebhookVerifier::from_list("whsec_rotated_out,whsec_sample_endpoint_secret").unwrap();
+        assert_eq!(
+            verifier.verify(header, body, signed_at, DEFAULT_TOLERANCE),
+            Ok(())
+        );
+        assert_eq!(
+            verifier.verify(header, body, chrono::Utc::now(), DEFAULT_TOLERANCE),
+            Err(SignatureError::Stale)
+        );
+        let event = StripeEvent::parse(body).unwrap();
+        assert_eq!(event.kind, "payment_intent.succeeded");
+        assert!(HANDLED.contains(&event.kind.as_str()));
+    }
+}
