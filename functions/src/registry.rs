@@ -109,6 +109,18 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         binary: "report-cleanup",
         routes: &[],
     },
+    FunctionInfo {
+        binary: "payments-api",
+        routes: crate::payments_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "stripe-webhook",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "stripe-sync",
+        routes: &[],
+    },
 ];
 
 /// Builds the handler for `binary` with its own environment, as its `main` would.
@@ -144,6 +156,15 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         )),
         "report-cleanup" => Handler::Scheduled(Arc::new(
             crate::report_cleanup::ReportCleanup::new(aws, env)?,
+        )),
+        "payments-api" => Handler::Http(Arc::new(
+            crate::payments_api::PaymentsApi::new(aws, env).await?,
+        )),
+        "stripe-webhook" => Handler::Http(Arc::new(
+            crate::stripe_webhook::StripeWebhook::new(aws, env).await?,
+        )),
+        "stripe-sync" => Handler::Scheduled(Arc::new(
+            crate::stripe_sync::StripeSync::new(aws, env).await?,
         )),
         other => anyhow::bail!("no function binary named {other}"),
     })

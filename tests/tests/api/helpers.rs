@@ -40,6 +40,7 @@ pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBun
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let mut options = BundleOptions::new(workspace_root().join("template.yaml"), &prefix[..12]);
     options.env.remove("SENDGRID_API_KEY");
+    options.env.remove("STRIPE_SECRET_KEY");
     options.run_schedules = false;
     // Each bundle its own database, like its own table prefix.
     options

@@ -9,4 +9,5 @@ mod email;
 mod events;
 mod helpers;
 mod reports;
+mod payments;
 mod templates;
