@@ -17,8 +17,8 @@ mod emails;
 mod event_reports;
 mod events;
 mod idempotency;
-mod reports;
 mod payments;
+mod reports;
 mod templates;
 
 pub use email_reports::CampaignStats;
@@ -29,8 +29,8 @@ pub use emails::{
 pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
-pub use reports::{ExpiredReport, ReportStore};
 pub use payments::{PaymentEntity, PaymentStore, SyncCheckpoint};
+pub use reports::{ExpiredReport, ReportStore};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 
 use aws_sdk_dynamodb::types::AttributeValue;

@@ -8,6 +8,6 @@ mod bundle_shape;
 mod email;
 mod events;
 mod helpers;
-mod reports;
 mod payments;
+mod reports;
 mod templates;
