@@ -5,3 +5,4 @@
 //! so there is no shared provider error to flatten them into.
 
 pub mod sendgrid;
+pub mod twilio;

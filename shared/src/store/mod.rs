@@ -15,6 +15,8 @@
 mod emails;
 mod events;
 mod idempotency;
+mod phonebooks;
+mod sms;
 mod templates;
 
 pub use emails::{
@@ -23,6 +25,8 @@ pub use emails::{
 };
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
+pub use phonebooks::{Contact, Phonebook, PhonebookStore};
+pub use sms::{InboundSms, SMS_SENT_SHARDS, SmsListQuery, SmsStore, StatusApplied};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 
 use aws_sdk_dynamodb::types::AttributeValue;
