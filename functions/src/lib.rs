@@ -11,4 +11,8 @@ pub mod event_recorder;
 pub mod registry;
 pub mod runtime;
 pub mod sendgrid_webhook;
+pub mod sms_api;
+pub mod sms_status_check;
+pub mod sms_worker;
 pub mod templates_api;
+pub mod twilio_webhook;
