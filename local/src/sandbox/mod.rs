@@ -3,3 +3,4 @@
 //! the way to `delivered`. Real provider keys in the environment switch them off.
 
 pub mod sendgrid;
+pub mod twilio;
