@@ -8,4 +8,5 @@ mod bundle_shape;
 mod email;
 mod events;
 mod helpers;
+mod sms;
 mod templates;
