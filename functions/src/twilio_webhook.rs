@@ -256,4 +256,26 @@ mod tests {
         assert!(parse_number_orgs("+14155552671").is_err());
         assert!(parse_number_orgs("12=acme").is_err());
     }
+
+    /// The sample events are signed with token `sample-auth-token` for the function URL
+    /// `https://abcdefg.lambda-url.eu-west-1.on.aws/` (base64 bodies, as function URLs send).
+    #[test]
+    fn sample_events_carry_valid_signatures() {
+        for name in ["inbound-stop", "status-delivered"] {
+            let path = format!(
+                "{}/../events/twilio-webhook/{name}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let request = lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap())
+                .unwrap();
+            let params: Vec<(String, String)> =
+                url::form_urlencoded::parse(http::body_bytes(&request))
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+            let signature = request.headers()[SIGNATURE_HEADER].to_str().unwrap();
+            let url = "https://abcdefg.lambda-url.eu-west-1.on.aws/";
+            assert!(verify("sample-auth-token", url, &params, signature), "{name}");
+            assert!(!verify("another-token", url, &params, signature), "{name}");
+        }
+    }
 }

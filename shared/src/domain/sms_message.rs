@@ -26,7 +26,13 @@ impl PhoneNumber {
         if !trimmed.starts_with('+') {
             return Err("must be an E.164 number starting with + and the country code".to_owned());
         }
-        if trimmed.len() > 32 {
+        // libphonenumber would read letters as a keypad's digits (vanity numbers); a number
+        // given to an API is digits, with spaces, dashes, dots or parentheses at most.
+        if trimmed.len() > 32
+            || !trimmed[1..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        {
             return Err("is not a phone number".to_owned());
         }
         let number = phonenumber::parse(None, trimmed)
