@@ -173,7 +173,8 @@ pub fn validate_sender(from: &str) -> Result<String, String> {
     if from.starts_with('+') {
         return PhoneNumber::parse(from).map(|n| n.to_string());
     }
-    if from.len() == 34 && from.starts_with("MG") && from.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if from.len() == 34 && from.starts_with("MG") && from.chars().all(|c| c.is_ascii_alphanumeric())
+    {
         return Ok(from.to_owned());
     }
     let alphanumeric = !from.is_empty()
@@ -183,7 +184,10 @@ pub fn validate_sender(from: &str) -> Result<String, String> {
     if alphanumeric {
         Ok(from.to_owned())
     } else {
-        Err("must be an E.164 number, a Messaging Service SID or an alphanumeric sender ID".to_owned())
+        Err(
+            "must be an E.164 number, a Messaging Service SID or an alphanumeric sender ID"
+                .to_owned(),
+        )
     }
 }
 
@@ -209,7 +213,12 @@ pub fn parse_contacts_csv(
         .collect();
     let phone_column = headers
         .iter()
-        .position(|h| matches!(h.as_str(), "phone" | "to" | "number" | "phone_number" | "mobile"))
+        .position(|h| {
+            matches!(
+                h.as_str(),
+                "phone" | "to" | "number" | "phone_number" | "mobile"
+            )
+        })
         .ok_or("the header row needs a phone column (phone, to, number, phone_number or mobile)")?;
     let name_column = headers.iter().position(|h| h == "name");
     let mut accepted = Vec::new();
@@ -262,8 +271,15 @@ fn contact_of(input: ContactInput, now: chrono::DateTime<chrono::Utc>) -> Result
     if input.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
         return Err("name is longer than 200 characters".to_owned());
     }
-    if input.fields.len() > 50 || input.fields.iter().any(|(k, v)| k.len() > 64 || v.len() > 1000) {
-        return Err("at most 50 fields, names up to 64 and values up to 1,000 characters".to_owned());
+    if input.fields.len() > 50
+        || input
+            .fields
+            .iter()
+            .any(|(k, v)| k.len() > 64 || v.len() > 1000)
+    {
+        return Err(
+            "at most 50 fields, names up to 64 and values up to 1,000 characters".to_owned(),
+        );
     }
     Ok(Contact {
         phone,
@@ -335,9 +351,13 @@ impl SmsApi {
         match (found.route.method, found.route.pattern) {
             ("POST", "/services/sms") => {
                 caller.require(Role::Member)?;
-                run_once(&self.idempotency, &caller.org, "POST /services/sms", request, || {
-                    self.send(request, &caller)
-                })
+                run_once(
+                    &self.idempotency,
+                    &caller.org,
+                    "POST /services/sms",
+                    request,
+                    || self.send(request, &caller),
+                )
                 .await
             }
             ("GET", "/services/sms") => self.list(request, &caller).await,
@@ -353,9 +373,17 @@ impl SmsApi {
             ("DELETE", "/services/sms/{id}") => {
                 caller.require(Role::Admin)?;
                 let id = record_id(&found)?;
-                self.sms.delete(&caller.org, &id, chrono::Utc::now()).await?;
-                self.audit(request, &caller, "sms.delete", format!("sms/{id}"), json!({}))
-                    .await;
+                self.sms
+                    .delete(&caller.org, &id, chrono::Utc::now())
+                    .await?;
+                self.audit(
+                    request,
+                    &caller,
+                    "sms.delete",
+                    format!("sms/{id}"),
+                    json!({}),
+                )
+                .await;
                 Ok(http::no_content())
             }
             ("POST", "/services/phonebooks") => {
@@ -381,7 +409,10 @@ impl SmsApi {
             }
             ("GET", "/services/phonebooks/{id}") => {
                 caller.require(Role::Member)?;
-                let book = self.phonebooks.get(&caller.org, &record_id(&found)?).await?;
+                let book = self
+                    .phonebooks
+                    .get(&caller.org, &record_id(&found)?)
+                    .await?;
                 http::json(200, &book)
             }
             ("DELETE", "/services/phonebooks/{id}") => {
@@ -390,8 +421,14 @@ impl SmsApi {
                 self.phonebooks
                     .delete(&caller.org, &id, chrono::Utc::now())
                     .await?;
-                self.audit(request, &caller, "phonebook.delete", format!("phonebook/{id}"), json!({}))
-                    .await;
+                self.audit(
+                    request,
+                    &caller,
+                    "phonebook.delete",
+                    format!("phonebook/{id}"),
+                    json!({}),
+                )
+                .await;
                 Ok(http::no_content())
             }
             ("POST", "/services/phonebooks/{id}/contacts") => {
@@ -412,7 +449,10 @@ impl SmsApi {
                 self.phonebooks.get(&caller.org, &id).await?;
                 let params = http::query_map(request);
                 let page = PageRequest::from_query(&params, caller.org.as_str())?;
-                let (contacts, next) = self.phonebooks.list_contacts(&caller.org, &id, &page).await?;
+                let (contacts, next) = self
+                    .phonebooks
+                    .list_contacts(&caller.org, &id, &page)
+                    .await?;
                 http::json(
                     200,
                     &json!({"items": contacts, "next_cursor": next.map(|p| page.next_cursor(p))}),
@@ -432,7 +472,9 @@ impl SmsApi {
         let mut errors = Errors(FieldErrors::new());
 
         let from = match body.from.as_deref().or(twilio.default_from.as_deref()) {
-            Some(from) => validate_sender(from).map_err(|m| errors.add("from", m)).ok(),
+            Some(from) => validate_sender(from)
+                .map_err(|m| errors.add("from", m))
+                .ok(),
             None => {
                 errors.add("from", "is required (no default sender is configured)");
                 None
@@ -442,13 +484,18 @@ impl SmsApi {
         // The shared body, and whether it is rendered per recipient.
         let (template_id, content, render) = match (&body.template_id, &body.body) {
             (Some(_), Some(_)) => {
-                errors.add("body", "comes from the template; do not send it with template_id");
+                errors.add(
+                    "body",
+                    "comes from the template; do not send it with template_id",
+                );
                 (None, None, false)
             }
-            (Some(template_id), None) => match self.template_body(caller, template_id, &mut errors).await? {
-                Some(text) => (Some(template_id.clone()), Some(text), true),
-                None => (None, None, false),
-            },
+            (Some(template_id), None) => {
+                match self.template_body(caller, template_id, &mut errors).await? {
+                    Some(text) => (Some(template_id.clone()), Some(text), true),
+                    None => (None, None, false),
+                }
+            }
             (None, Some(text)) => {
                 if text.trim().is_empty() {
                     errors.add("body", "must not be empty");
@@ -482,7 +529,10 @@ impl SmsApi {
                 }
             };
             if !target.variables.is_object() {
-                errors.add(format!("{}variables", prefix(&target.field)), "must be an object");
+                errors.add(
+                    format!("{}variables", prefix(&target.field)),
+                    "must be an object",
+                );
                 continue;
             }
             let Some(content) = &content else { continue };
@@ -497,7 +547,10 @@ impl SmsApi {
                         continue;
                     }
                     Err(RenderError::Template(message)) => {
-                        errors.add("template_id", format!("the body cannot be rendered: {message}"));
+                        errors.add(
+                            "template_id",
+                            format!("the body cannot be rendered: {message}"),
+                        );
                         continue;
                     }
                 }
@@ -506,13 +559,18 @@ impl SmsApi {
             };
             if text.chars().count() > MAX_BODY_CHARS {
                 errors.add(
-                    if bulk { format!("{}body", prefix(&target.field)) } else { "body".to_owned() },
+                    if bulk {
+                        format!("{}body", prefix(&target.field))
+                    } else {
+                        "body".to_owned()
+                    },
                     format!("must be at most {MAX_BODY_CHARS} characters"),
                 );
                 continue;
             }
             let Some(from) = &from else { continue };
-            let mut record = SmsRecord::queued(caller.org.clone(), to, Some(from.clone()), text, now);
+            let mut record =
+                SmsRecord::queued(caller.org.clone(), to, Some(from.clone()), text, now);
             record.template_id.clone_from(&template_id);
             record.bulk_id.clone_from(&bulk_id);
             record.phonebook_id.clone_from(&body.phonebook_id);
@@ -522,7 +580,10 @@ impl SmsApi {
             return Err(ApiError::invalid(errors.0));
         }
         if records.is_empty() {
-            return Err(ApiError::field("phonebook_id", "the phonebook has no contacts"));
+            return Err(ApiError::field(
+                "phonebook_id",
+                "the phonebook has no contacts",
+            ));
         }
 
         self.sms.create_all(&records).await?;
@@ -578,10 +639,14 @@ impl SmsApi {
         caller: &Caller,
         errors: &mut Errors,
     ) -> Result<Vec<Target>, ApiError> {
-        let given = [body.to.is_some(), body.recipients.is_some(), body.phonebook_id.is_some()]
-            .iter()
-            .filter(|g| **g)
-            .count();
+        let given = [
+            body.to.is_some(),
+            body.recipients.is_some(),
+            body.phonebook_id.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
         if given > 1 {
             errors.add("to", "use one of to, recipients or phonebook_id");
             return Ok(Vec::new());
@@ -695,7 +760,9 @@ impl SmsApi {
         let params = http::query_map(request);
         let status = params
             .get("status")
-            .map(|s| SmsStatus::parse(s).ok_or_else(|| ApiError::field("status", "is not an SMS status")))
+            .map(|s| {
+                SmsStatus::parse(s).ok_or_else(|| ApiError::field("status", "is not an SMS status"))
+            })
             .transpose()?;
         let query = SmsListQuery {
             status,
@@ -723,17 +790,31 @@ impl SmsApi {
         );
         self.events.publish(vec![call]).await;
         let balance = result.map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-        http::json(200, &json!({"balance": balance.balance, "currency": balance.currency}))
+        http::json(
+            200,
+            &json!({"balance": balance.balance, "currency": balance.currency}),
+        )
     }
 
-    async fn create_phonebook(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+    async fn create_phonebook(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
         let input: PhonebookRequest = http::parse_json(request)?;
         let name = input.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ApiError::field("name", "must be 1 to 100 characters"));
         }
-        if input.description.as_ref().is_some_and(|d| d.chars().count() > 1000) {
-            return Err(ApiError::field("description", "must be at most 1,000 characters"));
+        if input
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 1000)
+        {
+            return Err(ApiError::field(
+                "description",
+                "must be at most 1,000 characters",
+            ));
         }
         let now = chrono::Utc::now();
         let book = Phonebook {
@@ -745,8 +826,14 @@ impl SmsApi {
             updated_at: now,
         };
         self.phonebooks.create(&caller.org, &book).await?;
-        self.audit(request, caller, "phonebook.create", format!("phonebook/{}", book.id), json!({}))
-            .await;
+        self.audit(
+            request,
+            caller,
+            "phonebook.create",
+            format!("phonebook/{}", book.id),
+            json!({}),
+        )
+        .await;
         http::json(201, &book)
     }
 
@@ -766,7 +853,9 @@ impl SmsApi {
             .to_ascii_lowercase();
         let bytes = http::body_bytes(request);
         if bytes.len() > http::MAX_BODY_BYTES {
-            return Err(ApiError::PayloadTooLarge("uploads are limited to 1 MiB".to_owned()));
+            return Err(ApiError::PayloadTooLarge(
+                "uploads are limited to 1 MiB".to_owned(),
+            ));
         }
         let (rows, mut rejected) = if content_type.starts_with("text/csv") {
             parse_contacts_csv(bytes, now).map_err(|m| ApiError::field("body", m))?
@@ -778,7 +867,10 @@ impl SmsApi {
             for (index, input) in inputs.into_iter().enumerate() {
                 match contact_of(input, now) {
                     Ok(contact) => rows.push((index + 1, contact)),
-                    Err(reason) => rejected.push(RejectedRow { row: index + 1, reason }),
+                    Err(reason) => rejected.push(RejectedRow {
+                        row: index + 1,
+                        reason,
+                    }),
                 }
             }
             (rows, rejected)
@@ -797,7 +889,10 @@ impl SmsApi {
                 errors.insert(format!("row {}", row.row), vec![row.reason.clone()]);
             }
             if errors.is_empty() {
-                errors.insert("body".to_owned(), vec!["no contacts in the upload".to_owned()]);
+                errors.insert(
+                    "body".to_owned(),
+                    vec!["no contacts in the upload".to_owned()],
+                );
             }
             return Err(ApiError::invalid(errors));
         }
@@ -819,10 +914,18 @@ impl SmsApi {
         )
     }
 
-    async fn audit(&self, request: &Request, caller: &Caller, action: &str, resource: String, detail: Value) {
+    async fn audit(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        action: &str,
+        resource: String,
+        detail: Value,
+    ) {
         self.events
             .publish(vec![
-                Event::audit(caller, &http::request_id(request), action, resource).with_detail(detail),
+                Event::audit(caller, &http::request_id(request), action, resource)
+                    .with_detail(detail),
             ])
             .await;
     }

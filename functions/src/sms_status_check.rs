@@ -28,7 +28,10 @@ impl ScheduledFunction for SmsStatusCheck {
     fn call(&self, _event: EventBridgeEvent) -> BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move {
             let span = shared::logging::invocation_span("sms-status-check", "");
-            self.run().instrument(span).await.map_err(|e| format!("{e:#}"))
+            self.run()
+                .instrument(span)
+                .await
+                .map_err(|e| format!("{e:#}"))
         })
     }
 }
@@ -58,7 +61,10 @@ impl SmsStatusCheck {
             return Ok(json!({"checked": 0, "updated": 0, "skipped": "Twilio is not configured"}));
         };
         let now = chrono::Utc::now();
-        let stuck = self.sms.stuck_in_sent(now - self.min_age, MAX_PER_RUN).await?;
+        let stuck = self
+            .sms
+            .stuck_in_sent(now - self.min_age, MAX_PER_RUN)
+            .await?;
         let (mut updated, mut failed) = (0, 0);
         for (org, id, sid) in &stuck {
             let Some(sid) = sid else { continue };
@@ -71,10 +77,21 @@ impl SmsStatusCheck {
                     continue;
                 }
             };
-            let key = format!("poll:{}:{}", message.status, message.error_code.unwrap_or(0));
+            let key = format!(
+                "poll:{}:{}",
+                message.status,
+                message.error_code.unwrap_or(0)
+            );
             let applied = self
                 .sms
-                .apply_status(org, id, &message.status, message.error_code, &key, chrono::Utc::now())
+                .apply_status(
+                    org,
+                    id,
+                    &message.status,
+                    message.error_code,
+                    &key,
+                    chrono::Utc::now(),
+                )
                 .await?;
             if let StatusApplied::Recorded(Some(status)) = applied {
                 updated += 1;
@@ -87,7 +104,12 @@ impl SmsStatusCheck {
                     .await;
             }
         }
-        tracing::info!(checked = stuck.len(), updated, failed, "SMS status check done");
+        tracing::info!(
+            checked = stuck.len(),
+            updated,
+            failed,
+            "SMS status check done"
+        );
         Ok(json!({"checked": stuck.len(), "updated": updated, "failed": failed}))
     }
 }

@@ -47,7 +47,10 @@ pub struct TwilioSettings {
 ///
 /// # Errors
 /// When the secret cannot be read or the base URL is unusable.
-pub async fn twilio_settings(aws: &AwsClients, env: &Env) -> anyhow::Result<Option<TwilioSettings>> {
+pub async fn twilio_settings(
+    aws: &AwsClients,
+    env: &Env,
+) -> anyhow::Result<Option<TwilioSettings>> {
     let sid = env.secret("TWILIO_ACCOUNT_SID", &aws.secrets).await?;
     let token = env.secret("TWILIO_AUTH_TOKEN", &aws.secrets).await?;
     let (Some(sid), Some(token)) = (sid, token) else {
@@ -244,7 +247,10 @@ impl SmsWorker {
                     .await
                     .map_err(|e| Retry(format!("recording the SID failed: {e:#}")))?;
                 if let Err(error) = self.sms.remember_peer(&record.to, org, now).await {
-                    tracing::warn!(error = format!("{error:#}"), "could not note the reply route");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "could not note the reply route"
+                    );
                 }
                 let outcome = SendOutcome::Sent {
                     message_id: Some(accepted.sid.clone()),
@@ -253,10 +259,19 @@ impl SmsWorker {
                     .await?;
                 Ok(None)
             }
-            Err(TwilioError::Permanent { status, code, message }) => {
+            Err(TwilioError::Permanent {
+                status,
+                code,
+                message,
+            }) => {
                 let outcome = SendOutcome::Failed {
                     kind: FailureKind::Permanent,
-                    reason: TwilioError::Permanent { status, code, message }.to_string(),
+                    reason: TwilioError::Permanent {
+                        status,
+                        code,
+                        message,
+                    }
+                    .to_string(),
                 };
                 self.finish(org, record, &outcome, None, code).await?;
                 Ok(None)
@@ -264,7 +279,8 @@ impl SmsWorker {
             Err(error) => {
                 let reason = error.to_string();
                 let outcome = SendOutcome::transient(reason.clone(), last_attempt);
-                self.finish(org, record, &outcome, None, error.code()).await?;
+                self.finish(org, record, &outcome, None, error.code())
+                    .await?;
                 Ok(Some(reason))
             }
         }
@@ -287,7 +303,14 @@ impl SmsWorker {
     ) -> Result<(), Retry> {
         let written = self
             .sms
-            .finish(org, &record.id, outcome, twilio_status, error_code, chrono::Utc::now())
+            .finish(
+                org,
+                &record.id,
+                outcome,
+                twilio_status,
+                error_code,
+                chrono::Utc::now(),
+            )
             .await
             // The claim lease runs out and a retry picks the record up again.
             .map_err(|e| Retry(format!("recording the outcome failed: {e:#}")))?;
@@ -299,14 +322,23 @@ impl SmsWorker {
         };
         if written {
             self.events
-                .publish(vec![Event::delivery(org, "sms", format!("sms/{}", record.id), status)])
+                .publish(vec![Event::delivery(
+                    org,
+                    "sms",
+                    format!("sms/{}", record.id),
+                    status,
+                )])
                 .await;
         }
         Ok(())
     }
 
     /// Waits for a send slot of `org`; `false` when `deadline` passes first.
-    async fn wait_for_slot(&self, org: &OrgId, deadline: tokio::time::Instant) -> Result<bool, Retry> {
+    async fn wait_for_slot(
+        &self,
+        org: &OrgId,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, Retry> {
         loop {
             let now = chrono::Utc::now();
             let taken = self
@@ -339,8 +371,17 @@ impl SmsWorker {
             .delay_seconds(1)
             .send()
             .await
-            .map_err(|e| Retry(format!("handing the job back failed: {}", aws_sdk_sqs::error::DisplayErrorContext(&e))))?;
-        tracing::info!(org = org.as_str(), count, "rate cap reached: rest of the job handed back");
+            .map_err(|e| {
+                Retry(format!(
+                    "handing the job back failed: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        tracing::info!(
+            org = org.as_str(),
+            count,
+            "rate cap reached: rest of the job handed back"
+        );
         Ok(())
     }
 }

@@ -59,9 +59,9 @@ pub fn parse_number_orgs(value: &str) -> anyhow::Result<HashMap<String, OrgId>> 
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .map(|entry| {
-            let (number, org) = entry
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("TWILIO_NUMBER_ORGS entry {entry} is not number=org"))?;
+            let (number, org) = entry.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("TWILIO_NUMBER_ORGS entry {entry} is not number=org")
+            })?;
             let number = PhoneNumber::parse(number).map_err(|m| anyhow::anyhow!("{number} {m}"))?;
             let org = OrgId::parse(org.trim()).map_err(|m| anyhow::anyhow!("{org}: {m}"))?;
             Ok((number.to_string(), org))
@@ -87,7 +87,9 @@ impl TwilioWebhook {
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             auth_token: env.secret("TWILIO_AUTH_TOKEN", &aws.secrets).await?,
             public_url: env.optional("TWILIO_WEBHOOK_URL"),
-            number_orgs: parse_number_orgs(&env.optional("TWILIO_NUMBER_ORGS").unwrap_or_default())?,
+            number_orgs: parse_number_orgs(
+                &env.optional("TWILIO_NUMBER_ORGS").unwrap_or_default(),
+            )?,
         })
     }
 
@@ -143,7 +145,12 @@ impl TwilioWebhook {
         self.inbound(sid, &param).await
     }
 
-    async fn status(&self, sid: &str, status: &str, error_code: Option<i64>) -> Result<Response<Body>, ApiError> {
+    async fn status(
+        &self,
+        sid: &str,
+        status: &str,
+        error_code: Option<i64>,
+    ) -> Result<Response<Body>, ApiError> {
         let Some((org, id)) = self.sms.find_sid(sid).await? else {
             tracing::warn!(sid, status, "status callback for an unknown message");
             return Ok(twiml());
@@ -172,7 +179,12 @@ impl TwilioWebhook {
             .with_detail(json!({"sid": sid, "error_code": error_code})),
         ];
         if let StatusApplied::Recorded(Some(new_status)) = applied {
-            events.push(Event::delivery(&org, "sms", format!("sms/{id}"), new_status.as_str()));
+            events.push(Event::delivery(
+                &org,
+                "sms",
+                format!("sms/{id}"),
+                new_status.as_str(),
+            ));
         }
         self.events.publish(events).await;
         tracing::info!(sid, status, "status callback applied");
@@ -189,7 +201,9 @@ impl TwilioWebhook {
         };
         let body = param("Body").unwrap_or_default();
         let from_number = PhoneNumber::parse(from).ok();
-        let to_key = PhoneNumber::parse(to).map(|n| n.to_string()).unwrap_or_else(|_| to.to_owned());
+        let to_key = PhoneNumber::parse(to)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| to.to_owned());
         let org = match self.number_orgs.get(&to_key) {
             Some(org) => Some(org.clone()),
             None => match &from_number {
@@ -228,7 +242,11 @@ impl TwilioWebhook {
             self.sms
                 .set_opted_out(&org, number, opted_out, &entry.body, chrono::Utc::now())
                 .await?;
-            let action = if opted_out { "sms.opt_out" } else { "sms.opt_in" };
+            let action = if opted_out {
+                "sms.opt_out"
+            } else {
+                "sms.opt_in"
+            };
             events.push(Event {
                 actor: Some(number.to_string()),
                 resource: Some(format!("sms/opt-out/{number}")),
@@ -266,15 +284,18 @@ mod tests {
                 "{}/../events/twilio-webhook/{name}.json",
                 env!("CARGO_MANIFEST_DIR")
             );
-            let request = lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap())
-                .unwrap();
+            let request =
+                lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
             let params: Vec<(String, String)> =
                 url::form_urlencoded::parse(http::body_bytes(&request))
                     .map(|(k, v)| (k.into_owned(), v.into_owned()))
                     .collect();
             let signature = request.headers()[SIGNATURE_HEADER].to_str().unwrap();
             let url = "https://abcdefg.lambda-url.eu-west-1.on.aws/";
-            assert!(verify("sample-auth-token", url, &params, signature), "{name}");
+            assert!(
+                verify("sample-auth-token", url, &params, signature),
+                "{name}"
+            );
             assert!(!verify("another-token", url, &params, signature), "{name}");
         }
     }

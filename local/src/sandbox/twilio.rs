@@ -131,7 +131,11 @@ impl TwilioSandbox {
     }
 
     /// Posts `params` to `url` signed as Twilio signs; returns the answer's status and body.
-    pub async fn post_signed(&self, url: &str, params: &[(String, String)]) -> Result<(u16, String), String> {
+    pub async fn post_signed(
+        &self,
+        url: &str,
+        params: &[(String, String)],
+    ) -> Result<(u16, String), String> {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .finish();
@@ -201,11 +205,13 @@ async fn create_message(
         }
         if let Some(status) = fault.status {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let code = fault.code.unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
-                20429
-            } else {
-                20500
-            });
+            let code = fault
+                .code
+                .unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
+                    20429
+                } else {
+                    20500
+                });
             return twilio_error(status, code, "sandbox fault");
         }
     }
@@ -276,7 +282,9 @@ async fn create_message(
                 for attempt in 0..4u32 {
                     match poster.post_signed(&url, &params).await {
                         Ok((code, _)) if (200..300).contains(&code) => break,
-                        Ok((code, body)) => tracing::warn!(code, body, attempt, "status callback refused"),
+                        Ok((code, body)) => {
+                            tracing::warn!(code, body, attempt, "status callback refused")
+                        }
                         Err(error) => tracing::warn!(error, attempt, "status callback failed"),
                     }
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -342,7 +350,10 @@ async fn inbox(State(sandbox): State<Arc<TwilioSandbox>>) -> Response {
         .into_response()
 }
 
-async fn add_fault(State(sandbox): State<Arc<TwilioSandbox>>, Json(fault): Json<Fault>) -> Response {
+async fn add_fault(
+    State(sandbox): State<Arc<TwilioSandbox>>,
+    Json(fault): Json<Fault>,
+) -> Response {
     if let Ok(mut state) = sandbox.state.lock() {
         match fault.webhooks {
             Some(on) => state.webhooks_off = !on,
@@ -353,7 +364,10 @@ async fn add_fault(State(sandbox): State<Arc<TwilioSandbox>>, Json(fault): Json<
 }
 
 /// Simulates a person texting the sandbox number: a signed inbound webhook POST.
-async fn inbound(State(sandbox): State<Arc<TwilioSandbox>>, Json(message): Json<Inbound>) -> Response {
+async fn inbound(
+    State(sandbox): State<Arc<TwilioSandbox>>,
+    Json(message): Json<Inbound>,
+) -> Response {
     let sid = new_sid("SM");
     let to = message.to.unwrap_or_else(|| SANDBOX_NUMBER.to_owned());
     let params: Vec<(String, String)> = [
@@ -373,7 +387,10 @@ async fn inbound(State(sandbox): State<Arc<TwilioSandbox>>, Json(message): Json<
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
     match sandbox.post_signed(&sandbox.webhook_url, &params).await {
-        Ok((status, body)) => Json(json!({"sid": sid, "webhook_status": status, "webhook_body": body})).into_response(),
+        Ok((status, body)) => {
+            Json(json!({"sid": sid, "webhook_status": status, "webhook_body": body}))
+                .into_response()
+        }
         Err(error) => (StatusCode::BAD_GATEWAY, error).into_response(),
     }
 }

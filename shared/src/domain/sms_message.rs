@@ -35,8 +35,8 @@ impl PhoneNumber {
         {
             return Err("is not a phone number".to_owned());
         }
-        let number = phonenumber::parse(None, trimmed)
-            .map_err(|_| "is not a phone number".to_owned())?;
+        let number =
+            phonenumber::parse(None, trimmed).map_err(|_| "is not a phone number".to_owned())?;
         if !phonenumber::is_valid(&number) {
             return Err("is not a valid phone number".to_owned());
         }
@@ -295,7 +295,14 @@ mod tests {
             PhoneNumber::parse("+44 20 7946 0958").unwrap().as_str(),
             "+442079460958"
         );
-        for bad in ["", "4155552671", "+1", "+999123", "+1 000 000 0000", "+1415abc2671"] {
+        for bad in [
+            "",
+            "4155552671",
+            "+1",
+            "+999123",
+            "+1 000 000 0000",
+            "+1415abc2671",
+        ] {
             assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
         }
     }
@@ -317,7 +324,15 @@ mod tests {
 
     #[test]
     fn keywords() {
-        for word in ["STOP", " stop ", "StopAll", "UNSUBSCRIBE", "cancel", "END", "quit"] {
+        for word in [
+            "STOP",
+            " stop ",
+            "StopAll",
+            "UNSUBSCRIBE",
+            "cancel",
+            "END",
+            "quit",
+        ] {
             assert_eq!(Keyword::of(word), Some(Keyword::OptOut), "{word}");
         }
         for word in ["START", "unstop", "Yes"] {

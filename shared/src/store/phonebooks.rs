@@ -104,7 +104,11 @@ impl PhonebookStore {
     ///
     /// # Errors
     /// [`StoreError::InvalidCursor`] for a cursor of another partition.
-    pub async fn list(&self, org: &OrgId, page: &PageRequest) -> Result<(Vec<Phonebook>, Option<Cursor>), StoreError> {
+    pub async fn list(
+        &self,
+        org: &OrgId,
+        page: &PageRequest,
+    ) -> Result<(Vec<Phonebook>, Option<Cursor>), StoreError> {
         let partition = org_pk(org);
         let request = self
             .dynamodb
@@ -136,7 +140,12 @@ impl PhonebookStore {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
-    pub async fn delete(&self, org: &OrgId, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn delete(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let result = self
             .dynamodb
             .update_item()
@@ -157,7 +166,9 @@ impl PhonebookStore {
             {
                 Err(StoreError::NotFound)
             }
-            Err(error) => Err(anyhow::Error::new(error).context("UpdateItem phonebook").into()),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem phonebook")
+                .into()),
         }
     }
 
@@ -266,7 +277,12 @@ impl PhonebookStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn all_contacts(&self, org: &OrgId, phonebook: &str, max: usize) -> Result<Vec<Contact>, StoreError> {
+    pub async fn all_contacts(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        max: usize,
+    ) -> Result<Vec<Contact>, StoreError> {
         let mut contacts = Vec::new();
         let mut start = None;
         loop {

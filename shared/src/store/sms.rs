@@ -264,7 +264,12 @@ impl SmsStore {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
-    pub async fn delete(&self, org: &OrgId, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn delete(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let result = self
             .dynamodb
             .update_item()
@@ -279,7 +284,9 @@ impl SmsStore {
         match result {
             Ok(_) => Ok(()),
             Err(error) if is_condition_failure(&error) => Err(StoreError::NotFound),
-            Err(error) => Err(anyhow::Error::new(error).context("UpdateItem SMS delete").into()),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem SMS delete")
+                .into()),
         }
     }
 
@@ -287,7 +294,11 @@ impl SmsStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn get_many(&self, org: &OrgId, ids: &[String]) -> Result<Vec<SmsRecord>, StoreError> {
+    pub async fn get_many(
+        &self,
+        org: &OrgId,
+        ids: &[String],
+    ) -> Result<Vec<SmsRecord>, StoreError> {
         let keys = ids
             .iter()
             .map(|id| {
@@ -346,7 +357,9 @@ impl SmsStore {
         match result {
             Ok(output) => decode(output.attributes.unwrap_or_default()).map(Some),
             Err(error) if is_condition_failure(&error) => Ok(None),
-            Err(error) => Err(anyhow::Error::new(error).context("UpdateItem SMS claim").into()),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem SMS claim")
+                .into()),
         }
     }
 
@@ -457,7 +470,9 @@ impl SmsStore {
                 }
                 Ok(false)
             }
-            Err(error) => Err(anyhow::Error::new(error).context("UpdateItem SMS finish").into()),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem SMS finish")
+                .into()),
         }
     }
 
@@ -466,7 +481,13 @@ impl SmsStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn link_sid(&self, sid: &str, org: &OrgId, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn link_sid(
+        &self,
+        sid: &str,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.dynamodb
             .put_item()
             .table_name(&self.table)
@@ -474,7 +495,10 @@ impl SmsStore {
             .item("sk", s("SMSSID"))
             .item("org_id", s(org.as_str()))
             .item("sms_id", s(id))
-            .item("expires_at", n((now + chrono::Duration::days(90)).timestamp()))
+            .item(
+                "expires_at",
+                n((now + chrono::Duration::days(90)).timestamp()),
+            )
             .send()
             .await
             .context("PutItem SMS SID")?;
@@ -583,7 +607,9 @@ impl SmsStore {
                     request = request
                         .expression_attribute_values(
                             ":reason",
-                            s(detail.clone().unwrap_or_else(|| format!("Twilio reported {twilio_status}"))),
+                            s(detail
+                                .clone()
+                                .unwrap_or_else(|| format!("Twilio reported {twilio_status}"))),
                         )
                         .expression_attribute_values(":kind", s("permanent"));
                 }
@@ -600,7 +626,9 @@ impl SmsStore {
                 Ok(_) => return Ok(StatusApplied::Recorded(next)),
                 Err(error) if is_condition_failure(&error) => continue,
                 Err(error) => {
-                    return Err(anyhow::Error::new(error).context("UpdateItem SMS status").into());
+                    return Err(anyhow::Error::new(error)
+                        .context("UpdateItem SMS status")
+                        .into());
                 }
             }
         }
@@ -611,7 +639,11 @@ impl SmsStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn queued_in_bulk(&self, org: &OrgId, bulk_id: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn queued_in_bulk(
+        &self,
+        org: &OrgId,
+        bulk_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let mut ids = Vec::new();
         let mut start = None;
         loop {
@@ -689,7 +721,11 @@ impl SmsStore {
 
     /// # Errors
     /// Storage failures only.
-    pub async fn is_opted_out(&self, org: &OrgId, number: &PhoneNumber) -> Result<bool, StoreError> {
+    pub async fn is_opted_out(
+        &self,
+        org: &OrgId,
+        number: &PhoneNumber,
+    ) -> Result<bool, StoreError> {
         let item = self
             .dynamodb
             .get_item()
@@ -746,7 +782,11 @@ impl SmsStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn record_inbound(&self, org: &OrgId, inbound: &InboundSms) -> Result<bool, StoreError> {
+    pub async fn record_inbound(
+        &self,
+        org: &OrgId,
+        inbound: &InboundSms,
+    ) -> Result<bool, StoreError> {
         let mut item: Item = serde_dynamo::to_item(inbound).context("encoding inbound SMS")?;
         item.insert("pk".into(), s(org_pk(org)));
         item.insert("sk".into(), s(format!("SMSIN#{}", inbound.message_sid)));
@@ -763,7 +803,9 @@ impl SmsStore {
         match result {
             Ok(_) => Ok(true),
             Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(anyhow::Error::new(error).context("PutItem inbound SMS").into()),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("PutItem inbound SMS")
+                .into()),
         }
     }
 
@@ -771,7 +813,12 @@ impl SmsStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn remember_peer(&self, number: &PhoneNumber, org: &OrgId, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn remember_peer(
+        &self,
+        number: &PhoneNumber,
+        org: &OrgId,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.dynamodb
             .put_item()
             .table_name(&self.table)
@@ -812,7 +859,12 @@ impl SmsStore {
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn take_rate_slot(&self, org: &OrgId, second: i64, limit: u32) -> Result<bool, StoreError> {
+    pub async fn take_rate_slot(
+        &self,
+        org: &OrgId,
+        second: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
         let result = self
             .dynamodb
             .update_item()
@@ -830,7 +882,9 @@ impl SmsStore {
         match result {
             Ok(_) => Ok(true),
             Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(anyhow::Error::new(error).context("UpdateItem SMS rate").into()),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem SMS rate")
+                .into()),
         }
     }
 

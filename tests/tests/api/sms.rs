@@ -18,7 +18,10 @@ async fn sms_bundle() -> TestBundle {
 }
 
 fn twilio(app: &TestBundle) -> &local::sandbox::twilio::TwilioSandbox {
-    app.bundle.twilio.as_deref().expect("the Twilio sandbox runs")
+    app.bundle
+        .twilio
+        .as_deref()
+        .expect("the Twilio sandbox runs")
 }
 
 async fn send(app: &TestBundle, token: &str, body: Value) -> Value {
@@ -59,7 +62,12 @@ async fn inbound(app: &TestBundle, from: &str, body: &str) -> Value {
     assert!(response.status().is_success());
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["webhook_status"], 200, "{reply}");
-    assert!(reply["webhook_body"].as_str().unwrap().ends_with("<Response/>"));
+    assert!(
+        reply["webhook_body"]
+            .as_str()
+            .unwrap()
+            .ends_with("<Response/>")
+    );
     reply
 }
 
@@ -75,7 +83,10 @@ fn timeline(sms: &Value) -> Vec<String> {
 async fn upload_csv(app: &TestBundle, token: &str, phonebook: &str, csv: &str) -> (u16, Value) {
     let response = app
         .http
-        .post(app.bundle.url(&format!("/services/phonebooks/{phonebook}/contacts/")))
+        .post(
+            app.bundle
+                .url(&format!("/services/phonebooks/{phonebook}/contacts/")),
+        )
         .bearer_auth(token)
         .header("content-type", "text/csv")
         .body(csv.to_owned())
@@ -92,7 +103,11 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
     let token = app.token("acme", "admin");
 
     let book = app
-        .post("/services/phonebooks/", &token, json!({"name": "Customers"}))
+        .post(
+            "/services/phonebooks/",
+            &token,
+            json!({"name": "Customers"}),
+        )
         .await;
     assert_eq!(book.status, 201, "{}", book.body);
     let book_id = book.body["id"].as_str().unwrap().to_owned();
@@ -106,12 +121,25 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
     assert_eq!(rejected[0]["row"], 3);
     assert!(rejected[0]["reason"].as_str().unwrap().contains("phone"));
     assert_eq!(rejected[1]["row"], 5);
-    assert!(rejected[1]["reason"].as_str().unwrap().contains("duplicate of row 2"));
+    assert!(
+        rejected[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate of row 2")
+    );
 
     let page = app
-        .get(&format!("/services/phonebooks/{book_id}/contacts/?limit=2"), &token)
+        .get(
+            &format!("/services/phonebooks/{book_id}/contacts/?limit=2"),
+            &token,
+        )
         .await;
-    assert_eq!(page.body["items"].as_array().unwrap().len(), 2, "{}", page.body);
+    assert_eq!(
+        page.body["items"].as_array().unwrap().len(),
+        2,
+        "{}",
+        page.body
+    );
     let cursor = page.body["next_cursor"].as_str().unwrap();
     let rest = app
         .get(
@@ -119,7 +147,12 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
             &token,
         )
         .await;
-    assert_eq!(rest.body["items"].as_array().unwrap().len(), 1, "{}", rest.body);
+    assert_eq!(
+        rest.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        rest.body
+    );
 
     // Bulk to the phonebook, rendered per contact.
     let bulk = send(
@@ -132,7 +165,10 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
     for id in bulk["ids"].as_array().unwrap() {
         let sms = sms_reaches(&app, &token, id.as_str().unwrap(), "delivered").await;
         assert_eq!(sms["phonebook_id"], json!(book_id));
-        assert!(timeline(&sms).iter().any(|e| e == "twilio.delivered"), "{sms}");
+        assert!(
+            timeline(&sms).iter().any(|e| e == "twilio.delivered"),
+            "{sms}"
+        );
     }
 
     // A single Unicode SMS: UCS-2, 70 characters per single segment, 67 per part.
@@ -145,7 +181,12 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
     assert_eq!(sms["encoding"], "UCS-2");
     assert_eq!(sms["segments"], 2);
     assert_eq!(sms["twilio_status"], "delivered");
-    assert!(sms["provider_message_id"].as_str().unwrap().starts_with("SM"));
+    assert!(
+        sms["provider_message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("SM")
+    );
 
     // What Twilio received: the documented form fields and our StatusCallback.
     let inbox = twilio(&app).inbox();
@@ -156,21 +197,39 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
         sent["status_callback"],
         app.bundle.url("/hooks/twilio-webhook/")
     );
-    assert!(inbox.iter().any(|m| m["to"] == "+442079460958" && m["body"] == "Hi Bob, see you in London"));
+    assert!(
+        inbox
+            .iter()
+            .any(|m| m["to"] == "+442079460958" && m["body"] == "Hi Bob, see you in London")
+    );
 
     // STOP from Ann: the next send to her ends suppressed without calling Twilio.
     inbound(&app, "+14155552671", "Stop").await;
     let calls = twilio(&app).calls();
-    let blocked = send(&app, &token, json!({"to": "+14155552671", "body": "One more thing"})).await;
+    let blocked = send(
+        &app,
+        &token,
+        json!({"to": "+14155552671", "body": "One more thing"}),
+    )
+    .await;
     let sms = sms_reaches(&app, &token, blocked["id"].as_str().unwrap(), "suppressed").await;
     assert!(sms["provider_message_id"].is_null());
-    assert_eq!(twilio(&app).calls(), calls, "no Twilio call for an opted-out number");
+    assert_eq!(
+        twilio(&app).calls(),
+        calls,
+        "no Twilio call for an opted-out number"
+    );
     let listed = app.get("/services/sms/?status=suppressed", &token).await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
 
     // START opts her back in.
     inbound(&app, "+14155552671", "START").await;
-    let again = send(&app, &token, json!({"to": "+14155552671", "body": "Welcome back"})).await;
+    let again = send(
+        &app,
+        &token,
+        json!({"to": "+14155552671", "body": "Welcome back"}),
+    )
+    .await;
     sms_reaches(&app, &token, again["id"].as_str().unwrap(), "delivered").await;
 }
 
@@ -185,10 +244,14 @@ async fn the_webhook_checks_signatures_and_never_moves_a_status_back() {
     let url = app.bundle.url("/hooks/twilio-webhook/");
     let auth_token = twilio(&app).auth_token().to_owned();
     let params = |status: &str| -> Vec<(String, String)> {
-        [("MessageSid", sid.as_str()), ("MessageStatus", status), ("To", "+14155552671")]
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        [
+            ("MessageSid", sid.as_str()),
+            ("MessageStatus", status),
+            ("To", "+14155552671"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
     };
     let post = |params: Vec<(String, String)>, signature: String| {
         let app = &app;
@@ -224,9 +287,16 @@ async fn the_webhook_checks_signatures_and_never_moves_a_status_back() {
     let signature = sign(&auth_token, &url, &late);
     tampered[2].1 = "+14155550000".to_owned();
     assert_eq!(post(tampered, signature).await.0, 403);
-    let other_url = sign(&auth_token, "https://attacker.example/hooks/twilio-webhook/", &late);
+    let other_url = sign(
+        &auth_token,
+        "https://attacker.example/hooks/twilio-webhook/",
+        &late,
+    );
     assert_eq!(post(late.clone(), other_url).await.0, 403);
-    assert_eq!(post(late.clone(), sign("wrong-token", &url, &late)).await.0, 403);
+    assert_eq!(
+        post(late.clone(), sign("wrong-token", &url, &late)).await.0,
+        403
+    );
 
     // Correctly signed but late: the final status stays.
     for status in ["undelivered", "sent", "queued", "delivered"] {
@@ -242,7 +312,11 @@ async fn the_webhook_checks_signatures_and_never_moves_a_status_back() {
     assert_eq!(after["twilio_status"], "delivered");
     // The repeated `delivered` was deduplicated; the late ones are only on the timeline.
     let events = timeline(&after);
-    assert_eq!(events.iter().filter(|e| *e == "twilio.delivered").count(), 1, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| *e == "twilio.delivered").count(),
+        1,
+        "{events:?}"
+    );
     assert!(events.iter().any(|e| e == "twilio.undelivered"));
 
     // A body over 1 MiB is refused before anything else.
@@ -257,11 +331,21 @@ async fn transient_failures_retry_then_land_in_the_dlq_with_the_record_failed() 
     twilio_fault(&app, json!({"status": 503, "count": 3})).await;
     let reply = send(&app, &token, json!({"to": "+14155552671", "body": "Hello"})).await;
     let sms = sms_reaches(&app, &token, reply["id"].as_str().unwrap(), "failed").await;
-    assert_eq!(sms["attempts"], 3, "one attempt per receive, max receives 3");
+    assert_eq!(
+        sms["attempts"], 3,
+        "one attempt per receive, max receives 3"
+    );
     assert_eq!(sms["failure_kind"], "transient");
-    assert!(sms["failure_reason"].as_str().unwrap().contains("503"), "{sms}");
+    assert!(
+        sms["failure_reason"].as_str().unwrap().contains("503"),
+        "{sms}"
+    );
     let events = timeline(&sms);
-    assert_eq!(events.iter().filter(|e| *e == "retry_scheduled").count(), 2, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| *e == "retry_scheduled").count(),
+        2,
+        "{events:?}"
+    );
     eventually(30, "the job in the DLQ", || async {
         (app.queue_depth("SmsSendDLQ").await == 1).then_some(())
     })
@@ -331,7 +415,12 @@ async fn the_rate_cap_holds_across_concurrent_workers() {
     let token = app.token("acme", "member");
     let mut ids = Vec::new();
     for n in 0..12 {
-        let reply = send(&app, &token, json!({"to": "+14155552671", "body": format!("Message {n}")})).await;
+        let reply = send(
+            &app,
+            &token,
+            json!({"to": "+14155552671", "body": format!("Message {n}")}),
+        )
+        .await;
         ids.push(reply["id"].as_str().unwrap().to_owned());
     }
     let worker = app
@@ -395,14 +484,20 @@ async fn the_rate_cap_holds_across_concurrent_workers() {
 async fn the_status_check_applies_statuses_whose_callbacks_were_lost() {
     let app = spawn_bundle_with(|options| {
         options.env.remove("TWILIO_ACCOUNT_SID");
-        options
-            .overrides
-            .insert("SMS_STATUS_CHECK_MIN_AGE_SECONDS".to_owned(), "0".to_owned());
+        options.overrides.insert(
+            "SMS_STATUS_CHECK_MIN_AGE_SECONDS".to_owned(),
+            "0".to_owned(),
+        );
     })
     .await;
     let token = app.token("acme", "member");
     twilio_fault(&app, json!({"webhooks": false})).await;
-    let reply = send(&app, &token, json!({"to": "+14155552671", "body": "Lost callback"})).await;
+    let reply = send(
+        &app,
+        &token,
+        json!({"to": "+14155552671", "body": "Lost callback"}),
+    )
+    .await;
     let id = reply["id"].as_str().unwrap().to_owned();
     sms_reaches(&app, &token, &id, "sent").await;
     let response = app
@@ -427,16 +522,29 @@ async fn balance_validation_idempotency_and_an_unconfigured_provider() {
     assert_eq!(balance.body, json!({"balance": "20.00", "currency": "USD"}));
 
     let bad = app
-        .post("/services/sms/", &token, json!({"to": "4155552671", "body": "x"}))
+        .post(
+            "/services/sms/",
+            &token,
+            json!({"to": "4155552671", "body": "x"}),
+        )
         .await;
     assert!(bad.problem(400)["errors"]["to"].is_array());
     let bad = app
-        .post("/services/sms/", &token, json!({"recipients": [{"to": "+14155552671"}, {"to": "+1"}], "body": "Hi {{name}}"}))
+        .post(
+            "/services/sms/",
+            &token,
+            json!({"recipients": [{"to": "+14155552671"}, {"to": "+1"}], "body": "Hi {{name}}"}),
+        )
         .await;
     let errors = &bad.problem(400)["errors"];
     assert!(errors["recipients[1].to"].is_array(), "{errors}");
     assert!(errors["recipients[0].variables"].is_array(), "{errors}");
-    assert!(app.get("/services/sms/", &token).await.body["items"].as_array().unwrap().is_empty());
+    assert!(
+        app.get("/services/sms/", &token).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // A template send, twice with one Idempotency-Key: one record.
     let template = app
@@ -474,11 +582,20 @@ async fn balance_validation_idempotency_and_an_unconfigured_provider() {
     })
     .await;
     let token = off.token("acme", "admin");
-    off.post("/services/sms/", &token, json!({"to": "+14155552671", "body": "x"}))
-        .await
-        .problem(503);
+    off.post(
+        "/services/sms/",
+        &token,
+        json!({"to": "+14155552671", "body": "x"}),
+    )
+    .await
+    .problem(503);
     off.get("/services/sms/balance/", &token).await.problem(503);
-    assert!(off.get("/services/sms/", &token).await.body["items"].as_array().unwrap().is_empty());
+    assert!(
+        off.get("/services/sms/", &token).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -500,7 +617,12 @@ async fn organizations_are_isolated() {
     assert_eq!(imported.status, 200, "{}", imported.body);
     assert_eq!(imported.body["accepted"], 1);
     assert_eq!(imported.body["rejected"][0]["row"], 2);
-    let reply = send(&app, &acme, json!({"to": "+14155552671", "body": "Acme only"})).await;
+    let reply = send(
+        &app,
+        &acme,
+        json!({"to": "+14155552671", "body": "Acme only"}),
+    )
+    .await;
     let id = reply["id"].as_str().unwrap().to_owned();
 
     for path in [
@@ -510,12 +632,22 @@ async fn organizations_are_isolated() {
     ] {
         app.get(&path, &globex).await.problem(404);
     }
-    app.call("DELETE", &format!("/services/sms/{id}"), Some(&globex), None)
-        .await
-        .problem(404);
-    app.call("DELETE", &format!("/services/phonebooks/{book_id}"), Some(&globex), None)
-        .await
-        .problem(404);
+    app.call(
+        "DELETE",
+        &format!("/services/sms/{id}"),
+        Some(&globex),
+        None,
+    )
+    .await
+    .problem(404);
+    app.call(
+        "DELETE",
+        &format!("/services/phonebooks/{book_id}"),
+        Some(&globex),
+        None,
+    )
+    .await
+    .problem(404);
     app.post(
         &format!("/services/phonebooks/{book_id}/contacts/"),
         &globex,
@@ -524,21 +656,59 @@ async fn organizations_are_isolated() {
     .await
     .problem(404);
     let stolen = app
-        .post("/services/sms/", &globex, json!({"phonebook_id": book_id, "body": "Hi"}))
+        .post(
+            "/services/sms/",
+            &globex,
+            json!({"phonebook_id": book_id, "body": "Hi"}),
+        )
         .await;
     assert!(stolen.problem(400)["errors"]["phonebook_id"].is_array());
-    assert!(app.get("/services/sms/", &globex).await.body["items"].as_array().unwrap().is_empty());
-    assert!(app.get("/services/phonebooks/", &globex).await.body["items"].as_array().unwrap().is_empty());
+    assert!(
+        app.get("/services/sms/", &globex).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        app.get("/services/phonebooks/", &globex).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // A STOP routed to acme (the last organization to text Ann) does not opt her out of globex.
     sms_reaches(&app, &acme, &id, "delivered").await;
     inbound(&app, "+14155552671", "STOP").await;
-    let theirs = send(&app, &globex, json!({"to": "+14155552671", "body": "Globex"})).await;
+    let theirs = send(
+        &app,
+        &globex,
+        json!({"to": "+14155552671", "body": "Globex"}),
+    )
+    .await;
     sms_reaches(&app, &globex, theirs["id"].as_str().unwrap(), "delivered").await;
 
     // The owner can delete; then it is gone.
-    assert_eq!(app.call("DELETE", &format!("/services/sms/{id}"), Some(&acme), None).await.status, 204);
-    app.get(&format!("/services/sms/{id}"), &acme).await.problem(404);
-    assert_eq!(app.call("DELETE", &format!("/services/phonebooks/{book_id}"), Some(&acme), None).await.status, 204);
-    app.get(&format!("/services/phonebooks/{book_id}"), &acme).await.problem(404);
+    assert_eq!(
+        app.call("DELETE", &format!("/services/sms/{id}"), Some(&acme), None)
+            .await
+            .status,
+        204
+    );
+    app.get(&format!("/services/sms/{id}"), &acme)
+        .await
+        .problem(404);
+    assert_eq!(
+        app.call(
+            "DELETE",
+            &format!("/services/phonebooks/{book_id}"),
+            Some(&acme),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    app.get(&format!("/services/phonebooks/{book_id}"), &acme)
+        .await
+        .problem(404);
 }

@@ -273,7 +273,10 @@ impl TwilioClient {
         response: reqwest::Response,
     ) -> Result<T, TwilioError> {
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| TwilioError::Permanent {
                 status: status.as_u16(),

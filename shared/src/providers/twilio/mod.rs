@@ -8,5 +8,7 @@
 pub mod client;
 pub mod signature;
 
-pub use client::{Balance, BuildError, MessageResource, OutboundSms, Sender, TwilioClient, TwilioError};
+pub use client::{
+    Balance, BuildError, MessageResource, OutboundSms, Sender, TwilioClient, TwilioError,
+};
 pub use signature::{SIGNATURE_HEADER, sign, verify};

@@ -70,7 +70,12 @@ mod tests {
     fn parameter_order_does_not_matter() {
         let mut reversed = example_params();
         reversed.reverse();
-        assert!(verify("12345", EXAMPLE_URL, &reversed, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+        assert!(verify(
+            "12345",
+            EXAMPLE_URL,
+            &reversed,
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        ));
     }
 
     #[test]
@@ -87,6 +92,11 @@ mod tests {
         ));
         assert!(!verify("54321", EXAMPLE_URL, &example_params(), good));
         assert!(!verify("12345", EXAMPLE_URL, &example_params(), ""));
-        assert!(!verify("12345", EXAMPLE_URL, &example_params(), "not base64!"));
+        assert!(!verify(
+            "12345",
+            EXAMPLE_URL,
+            &example_params(),
+            "not base64!"
+        ));
     }
 }
