@@ -159,6 +159,9 @@ struct Target {
     variables: Value,
 }
 
+/// Accepted import rows with their row numbers.
+pub type NumberedContacts = Vec<(usize, Contact)>;
+
 /// A rejected import row.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RejectedRow {
@@ -200,7 +203,7 @@ pub fn validate_sender(from: &str) -> Result<String, String> {
 pub fn parse_contacts_csv(
     bytes: &[u8],
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(Vec<(usize, Contact)>, Vec<RejectedRow>), String> {
+) -> Result<(NumberedContacts, Vec<RejectedRow>), String> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -290,7 +293,7 @@ fn contact_of(input: ContactInput, now: chrono::DateTime<chrono::Utc>) -> Result
 }
 
 /// Drops repeated numbers (the first row wins) and reports them.
-fn dedupe(rows: Vec<(usize, Contact)>, rejected: &mut Vec<RejectedRow>) -> Vec<Contact> {
+fn dedupe(rows: NumberedContacts, rejected: &mut Vec<RejectedRow>) -> Vec<Contact> {
     let mut seen: HashMap<PhoneNumber, usize> = HashMap::new();
     let mut contacts = Vec::new();
     for (row, contact) in rows {
