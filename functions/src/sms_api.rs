@@ -43,6 +43,10 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        pattern: "/services/sms/inbound",
+    },
+    Route {
+        method: "GET",
         pattern: "/services/sms/{id}",
     },
     Route {
@@ -367,6 +371,19 @@ impl SmsApi {
             ("GET", "/services/sms/balance") => {
                 caller.require(Role::Member)?;
                 self.balance(&caller).await
+            }
+            ("GET", "/services/sms/inbound") => {
+                caller.require(Role::Member)?;
+                let params = http::query_map(request);
+                let page = PageRequest::from_query(&params, caller.org.as_str())?;
+                let (entries, next) = self
+                    .sms
+                    .list_inbound(&caller.org, params.get("from").map(String::as_str), &page)
+                    .await?;
+                http::json(
+                    200,
+                    &json!({"items": entries, "next_cursor": next.map(|p| page.next_cursor(p))}),
+                )
             }
             ("GET", "/services/sms/{id}") => {
                 caller.require(Role::Member)?;

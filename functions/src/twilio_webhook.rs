@@ -217,6 +217,7 @@ impl TwilioWebhook {
         };
         let keyword = Keyword::of(body);
         let entry = InboundSms {
+            id: shared::domain::RecordId::new().to_string(),
             message_sid: sid.to_owned(),
             from: from.to_owned(),
             to: to.to_owned(),

@@ -5,7 +5,7 @@
 //! | SMS | `ORG#<org>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `SMSBULK#<org>#<bulk>` / `<ulid>` (fan-out) |
 //! | Twilio SID → SMS | `SMSSID#<sid>` / `SMSSID` | |
 //! | opt-out | `ORG#<org>` / `OPTOUT#<e164>` | |
-//! | inbound message | `ORG#<org>` / `SMSIN#<MessageSid>` | |
+//! | inbound message | `ORG#<org>` / `SMSIN#<ulid>`, and `SMSINSID#<MessageSid>` to dedupe | |
 //! | last sender to a number | `SMSPEER#<e164>` / `SMSPEER` (org of the latest outbound SMS to it) | |
 //! | rate counter | `RATE#SMS#<org>` / `<unix second>` (expires after a minute) | |
 //!
@@ -56,6 +56,8 @@ pub enum StatusApplied {
 /// An inbound message kept as a conversation entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboundSms {
+    /// Herald's id (a ULID: entries sort by arrival).
+    pub id: String,
     pub message_sid: String,
     pub from: String,
     pub to: String,
@@ -778,7 +780,9 @@ impl SmsStore {
         Ok(())
     }
 
-    /// Keeps an inbound message; `false` when this `MessageSid` was kept before.
+    /// Keeps an inbound message as a conversation entry (`SMSIN#<ulid>`, newest last);
+    /// `false` when this `MessageSid` was kept before. The SID marker is written first, and
+    /// taken back if the entry cannot be written, so Twilio's retry stores it then.
     ///
     /// # Errors
     /// Storage failures only.
@@ -787,26 +791,92 @@ impl SmsStore {
         org: &OrgId,
         inbound: &InboundSms,
     ) -> Result<bool, StoreError> {
-        let mut item: Item = serde_dynamo::to_item(inbound).context("encoding inbound SMS")?;
-        item.insert("pk".into(), s(org_pk(org)));
-        item.insert("sk".into(), s(format!("SMSIN#{}", inbound.message_sid)));
-        item.insert("entity".into(), s("sms_inbound"));
-        item.insert("org_id".into(), s(org.as_str()));
+        let marker = s(format!("SMSINSID#{}", inbound.message_sid));
         let result = self
             .dynamodb
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .item("pk", s(org_pk(org)))
+            .item("sk", marker.clone())
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("PutItem inbound SMS")
-                .into()),
+            Ok(_) => {}
+            Err(error) if is_condition_failure(&error) => return Ok(false),
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context("PutItem inbound SMS marker")
+                    .into());
+            }
         }
+        let mut item: Item = serde_dynamo::to_item(inbound).context("encoding inbound SMS")?;
+        item.insert("pk".into(), s(org_pk(org)));
+        item.insert("sk".into(), s(format!("SMSIN#{}", inbound.id)));
+        item.insert("entity".into(), s("sms_inbound"));
+        let written = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await;
+        if let Err(error) = written {
+            let _ = self
+                .dynamodb
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(org_pk(org)))
+                .key("sk", marker)
+                .send()
+                .await;
+            return Err(anyhow::Error::new(error)
+                .context("PutItem inbound SMS")
+                .into());
+        }
+        Ok(true)
+    }
+
+    /// An organization's inbound messages, newest first, optionally from one number.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    pub async fn list_inbound(
+        &self,
+        org: &OrgId,
+        from: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<(Vec<InboundSms>, Option<Cursor>), StoreError> {
+        let partition = org_pk(org);
+        let mut request = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(&partition))
+            .expression_attribute_values(":prefix", s("SMSIN#"))
+            .scan_index_forward(false);
+        if let Some(from) = from {
+            request = request
+                .filter_expression("#from = :from")
+                .expression_attribute_names("#from", "from")
+                .expression_attribute_values(":from", s(from));
+        }
+        let (items, next) = paged_query(
+            request,
+            page,
+            PartitionKey {
+                attribute: "pk",
+                value: &partition,
+            },
+            &["pk", "sk"],
+        )
+        .await?;
+        let entries = items
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).context("malformed inbound SMS"))
+            .collect::<Result<_, _>>()?;
+        Ok((entries, next))
     }
 
     /// Notes that `org` last sent to `number`, so a reply from it belongs to `org`.

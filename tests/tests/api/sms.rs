@@ -222,8 +222,16 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
     let listed = app.get("/services/sms/?status=suppressed", &token).await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
 
-    // START opts her back in.
+    // START opts her back in; both messages are kept as conversation entries.
     inbound(&app, "+14155552671", "START").await;
+    let entries = app
+        .get("/services/sms/inbound/?from=%2B14155552671", &token)
+        .await;
+    let entries = entries.body["items"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["body"], "START");
+    assert_eq!(entries[1]["keyword"], "STOP");
+    assert_eq!(entries[1]["to"], local::sandbox::twilio::SANDBOX_NUMBER);
     let again = send(
         &app,
         &token,
