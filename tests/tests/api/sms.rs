@@ -720,3 +720,46 @@ async fn organizations_are_isolated() {
         .await
         .problem(404);
 }
+
+#[tokio::test]
+async fn sms_events_feed_the_audit_log_and_analytics() {
+    let app = sms_bundle().await;
+    let token = app.token("acme", "admin");
+    let reply = send(
+        &app,
+        &token,
+        json!({"to": "+14155552671", "body": "Counted"}),
+    )
+    .await;
+    sms_reaches(&app, &token, reply["id"].as_str().unwrap(), "delivered").await;
+    inbound(&app, "+14155552671", "STOP").await;
+
+    let expected = [("delivered", 1), ("queued", 1), ("sent", 1)];
+    eventually(60, "the SMS analytics series", || async {
+        let reply = app
+            .get("/services/analytics/?granularity=hour&channel=sms", &token)
+            .await;
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for point in reply.body["series"].as_array()? {
+            assert_eq!(point["channel"], "sms", "{point}");
+            *counts
+                .entry(point["status"].as_str()?.to_owned())
+                .or_default() += point["count"].as_i64()?;
+        }
+        let wanted: BTreeMap<String, i64> = expected
+            .iter()
+            .map(|(s, n)| ((*s).to_owned(), *n))
+            .collect();
+        (counts == wanted).then_some(())
+    })
+    .await;
+    for action in ["sms.send", "sms.opt_out"] {
+        eventually(60, &format!("the {action} audit entry"), || async {
+            let reply = app
+                .get(&format!("/services/audit-logs/?action={action}"), &token)
+                .await;
+            (reply.body["items"].as_array()?.len() == 1).then_some(())
+        })
+        .await;
+    }
+}
