@@ -4,3 +4,4 @@
 
 pub mod sendgrid;
 pub mod stripe;
+pub mod twilio;

@@ -6,3 +6,4 @@
 
 pub mod sendgrid;
 pub mod stripe;
+pub mod twilio;

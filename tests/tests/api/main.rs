@@ -10,4 +10,5 @@ mod events;
 mod helpers;
 mod payments;
 mod reports;
+mod sms;
 mod templates;
