@@ -119,6 +119,31 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
     .await;
     ids.push(payment.clone());
 
+    let phonebook = created(
+        app,
+        owner,
+        "/services/phonebooks/",
+        json!({"name": "Customers"}),
+    )
+    .await;
+    ids.push(phonebook.clone());
+    let imported = app
+        .post(
+            &format!("/services/phonebooks/{phonebook}/contacts/"),
+            owner,
+            json!([{"phone": "+14155552671", "name": "Ann"}]),
+        )
+        .await;
+    assert_eq!(imported.status, 200, "{}", imported.body);
+    let sms = created(
+        app,
+        owner,
+        "/services/sms/",
+        json!({"to": "+14155552671", "body": "Hello"}),
+    )
+    .await;
+    ids.push(sms.clone());
+
     let email_template = &template_ids["email"];
     let paths = BTreeMap::from([
         (
@@ -134,7 +159,10 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
             "/services/email/suppressions/{address}",
             "/services/email/suppressions/gone%40bounce.test/".to_owned(),
         ),
-        ("/services/reports/{id}", format!("/services/reports/{report}/")),
+        (
+            "/services/reports/{id}",
+            format!("/services/reports/{report}/"),
+        ),
         (
             "/services/reports/schedules/{id}",
             format!("/services/reports/schedules/{schedule}/"),
@@ -147,7 +175,10 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
             "/services/payments/subscriptions/{id}",
             format!("/services/payments/subscriptions/{subscription}/"),
         ),
-        ("/services/payments/{id}", format!("/services/payments/{payment}/")),
+        (
+            "/services/payments/{id}",
+            format!("/services/payments/{payment}/"),
+        ),
         (
             "/services/payments/{id}/refund",
             format!("/services/payments/{payment}/refund/"),
@@ -155,6 +186,15 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
         (
             "/services/payments/{id}/invoice",
             format!("/services/payments/{payment}/invoice/"),
+        ),
+        ("/services/sms/{id}", format!("/services/sms/{sms}/")),
+        (
+            "/services/phonebooks/{id}",
+            format!("/services/phonebooks/{phonebook}/"),
+        ),
+        (
+            "/services/phonebooks/{id}/contacts",
+            format!("/services/phonebooks/{phonebook}/contacts/"),
         ),
         // Collection routes that act on one of the owner's records by query parameter.
         (
@@ -180,6 +220,9 @@ fn body_for(method: &str, pattern: &str) -> Option<Value> {
             Some(json!({"variables": {"first_name": "Eve"}}))
         }
         ("POST", "/services/payments/{id}/refund") => Some(json!({"amount": 100})),
+        ("POST", "/services/phonebooks/{id}/contacts") => {
+            Some(json!([{"phone": "+14155550100", "name": "Eve"}]))
+        }
         ("POST", _) => Some(json!({})),
         _ => None,
     }
@@ -200,6 +243,9 @@ fn cross_reference(pattern: &str, seeded: &Seeded) -> Option<Value> {
         "/services/email" => Some(
             json!({"to": "eve@example.com", "template_id": id("/services/templates/{kind}/{id}"), "variables": {"first_name": "Eve"}}),
         ),
+        "/services/sms" => {
+            Some(json!({"phonebook_id": id("/services/phonebooks/{id}"), "body": "Hi"}))
+        }
         "/services/payments" => Some(
             json!({"amount": 500, "currency": "usd", "customer_id": id("/services/payments/customers/{id}")}),
         ),
@@ -213,6 +259,64 @@ fn cross_reference(pattern: &str, seeded: &Seeded) -> Option<Value> {
 fn leaked<'a>(body: &Value, ids: &'a [String]) -> Vec<&'a String> {
     let text = body.to_string();
     ids.iter().filter(|id| text.contains(id.as_str())).collect()
+}
+
+/// The concrete paths of a collection route: itself, or one per value of a non-id parameter.
+fn collection_paths(keyed: &str, pattern: &str) -> Vec<String> {
+    if pattern == "/services/templates/{kind}" {
+        return ["email", "sms", "message"]
+            .iter()
+            .map(|kind| format!("/services/templates/{kind}/"))
+            .collect();
+    }
+    assert!(
+        !pattern.contains('{'),
+        "{keyed}: no isolation fixture; add one to tests/tests/api/isolation.rs"
+    );
+    vec![format!("{pattern}/")]
+}
+
+/// The other organization on a collection: a list shows none of the owner's records; a
+/// create may not reference them; anything else must not reveal them.
+async fn other_org_collection_call(
+    app: &TestBundle,
+    other: &str,
+    method: &str,
+    path: &str,
+    pattern: &str,
+    seeded: &Seeded,
+) {
+    let keyed = format!("{method} {path}");
+    if method == "GET" {
+        let reply = app.get(path, other).await;
+        assert!(
+            reply.status < 500,
+            "{keyed}: {} {}",
+            reply.status,
+            reply.body
+        );
+        let leaks = leaked(&reply.body, &seeded.ids);
+        assert!(leaks.is_empty(), "{keyed} shows the owner's {leaks:?}");
+        assert!(
+            !reply.body.to_string().contains(&seeded.suppressed_address),
+            "{keyed} shows the owner's suppression"
+        );
+    } else if let Some(body) = cross_reference(pattern, seeded) {
+        let reply = app.call(method, path, Some(other), Some(body)).await;
+        assert!(
+            matches!(reply.status, 400 | 404 | 422),
+            "{keyed}: a reference to another organization's record resolved: {} {}",
+            reply.status,
+            reply.body
+        );
+    } else {
+        let reply = app
+            .call(method, path, Some(other), body_for(method, pattern))
+            .await;
+        assert!(reply.status < 500, "{keyed}: {}", reply.body);
+        let leaks = leaked(&reply.body, &seeded.ids);
+        assert!(leaks.is_empty(), "{keyed} shows the owner's {leaks:?}");
+    }
 }
 
 #[tokio::test]
@@ -246,41 +350,10 @@ async fn another_organization_reaches_nothing_on_any_route() {
                     );
                     assert!(reply.content_type.starts_with("application/problem+json"));
                 }
-                None if pattern.contains('{') => {
-                    panic!("{keyed}: no isolation fixture; add one to tests/tests/api/isolation.rs")
-                }
-                None if method == "GET" => {
-                    let reply = app.get(pattern, &other).await;
-                    assert!(
-                        reply.status < 500,
-                        "{keyed}: {} {}",
-                        reply.status,
-                        reply.body
-                    );
-                    let leaks = leaked(&reply.body, &seeded.ids);
-                    assert!(leaks.is_empty(), "{keyed} shows the owner's {leaks:?}");
-                    assert!(
-                        !reply.body.to_string().contains(&seeded.suppressed_address),
-                        "{keyed} shows the owner's suppression"
-                    );
-                }
                 None => {
-                    // Creating in one's own organization: it must not reach the owner's records.
-                    if let Some(body) = cross_reference(pattern, &seeded) {
-                        let reply = app.call(method, pattern, Some(&other), Some(body)).await;
-                        assert!(
-                            matches!(reply.status, 400 | 404 | 422),
-                            "{keyed}: a reference to another organization's record resolved: {} {}",
-                            reply.status,
-                            reply.body
-                        );
-                    } else {
-                        let reply = app
-                            .call(method, pattern, Some(&other), body_for(method, pattern))
+                    for path in collection_paths(&keyed, pattern) {
+                        other_org_collection_call(&app, &other, method, &path, pattern, &seeded)
                             .await;
-                        assert!(reply.status < 500, "{keyed}: {}", reply.body);
-                        let leaks = leaked(&reply.body, &seeded.ids);
-                        assert!(leaks.is_empty(), "{keyed} shows the owner's {leaks:?}");
                     }
                 }
             }
@@ -297,11 +370,20 @@ async fn another_organization_reaches_nothing_on_any_route() {
             .any(|r| r.method == "GET" && r.pattern == *pattern);
         if readable {
             let reply = app.get(path, &owner).await;
-            assert_eq!(reply.status, 200, "{pattern} after the other org's calls: {}", reply.body);
+            assert_eq!(
+                reply.status, 200,
+                "{pattern} after the other org's calls: {}",
+                reply.body
+            );
         }
     }
     let suppressions = app.get("/services/email/suppressions/", &owner).await;
-    assert!(suppressions.body.to_string().contains(&seeded.suppressed_address));
+    assert!(
+        suppressions
+            .body
+            .to_string()
+            .contains(&seeded.suppressed_address)
+    );
 }
 
 #[tokio::test]
@@ -319,9 +401,15 @@ async fn cursors_idempotency_keys_and_superuser_filters_stay_in_their_organizati
         .await;
     }
     let page = app.get("/services/templates/sms/?limit=1", &owner).await;
-    let cursor = page.body["next_cursor"].as_str().expect("a next page").to_owned();
+    let cursor = page.body["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
     let stolen = app
-        .get(&format!("/services/templates/sms/?limit=1&cursor={cursor}"), &other)
+        .get(
+            &format!("/services/templates/sms/?limit=1&cursor={cursor}"),
+            &other,
+        )
         .await;
     stolen.problem(400);
 

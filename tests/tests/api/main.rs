@@ -8,6 +8,7 @@ mod bundle_shape;
 mod email;
 mod events;
 mod helpers;
+mod isolation;
 mod payments;
 mod reports;
 mod sms;
