@@ -11,5 +11,6 @@ mod helpers;
 mod isolation;
 mod payments;
 mod reports;
+mod secrets;
 mod sms;
 mod templates;
