@@ -8,15 +8,19 @@ use tracing::Instrument;
 use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::queue::{Envelope, Job, QueuePublisher};
-use shared::store::EmailStore;
+use shared::store::{EmailStore, SmsStore};
 
 use crate::email_api::SEND_CHUNK;
 use crate::registry::{BoxFuture, SqsFunction, batch_response};
+use crate::sms_api::SMS_SEND_CHUNK;
 
 pub struct BulkWorker {
     emails: EmailStore,
     queue: QueuePublisher,
     email_send_queue: String,
+    sms: SmsStore,
+    /// Set where the SMS bulk queue is also an event source of this function.
+    sms_send_queue: Option<String>,
 }
 
 impl SqsFunction for BulkWorker {
@@ -33,6 +37,8 @@ impl BulkWorker {
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             queue: QueuePublisher::new(aws.sqs.clone()),
             email_send_queue: env.required("EMAIL_SEND_QUEUE_URL")?,
+            sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            sms_send_queue: env.optional("SMS_SEND_QUEUE_URL"),
         })
     }
 
@@ -54,8 +60,10 @@ impl BulkWorker {
 
     async fn process(&self, message: &SqsMessage) -> anyhow::Result<()> {
         let envelope = Envelope::parse(message.body.as_deref().unwrap_or_default())?;
-        let Job::EmailBulk { bulk_id } = &envelope.job else {
-            anyhow::bail!("not a bulk job");
+        let bulk_id = match &envelope.job {
+            Job::EmailBulk { bulk_id } => bulk_id,
+            Job::SmsBulk { bulk_id } => return self.fan_out_sms(&envelope, bulk_id).await,
+            _ => anyhow::bail!("not a bulk job"),
         };
         let ids = self.emails.queued_in_bulk(&envelope.org, bulk_id).await?;
         let jobs: Vec<Envelope> = ids
@@ -76,6 +84,34 @@ impl BulkWorker {
             emails = ids.len(),
             jobs = jobs.len(),
             "bulk email fanned out"
+        );
+        Ok(())
+    }
+
+    /// `sms.bulk`: the bulk's `queued` SMS records into `sms.send` jobs.
+    async fn fan_out_sms(&self, envelope: &Envelope, bulk_id: &str) -> anyhow::Result<()> {
+        let Some(queue) = &self.sms_send_queue else {
+            anyhow::bail!("SMS_SEND_QUEUE_URL is not set");
+        };
+        let ids = self.sms.queued_in_bulk(&envelope.org, bulk_id).await?;
+        let jobs: Vec<Envelope> = ids
+            .chunks(SMS_SEND_CHUNK)
+            .map(|chunk| {
+                Envelope::new(
+                    envelope.org.clone(),
+                    Job::SmsSend {
+                        ids: chunk.to_vec(),
+                    },
+                )
+            })
+            .collect();
+        self.queue.send_all(queue, &jobs).await?;
+        tracing::info!(
+            org = envelope.org.as_str(),
+            bulk_id,
+            messages = ids.len(),
+            jobs = jobs.len(),
+            "bulk SMS fanned out"
         );
         Ok(())
     }

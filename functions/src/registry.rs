@@ -109,6 +109,34 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         binary: "report-cleanup",
         routes: &[],
     },
+    FunctionInfo {
+        binary: "payments-api",
+        routes: crate::payments_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "stripe-webhook",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "stripe-sync",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "sms-api",
+        routes: crate::sms_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "sms-worker",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "twilio-webhook",
+        routes: &[],
+    },
+    FunctionInfo {
+        binary: "sms-status-check",
+        routes: &[],
+    },
 ];
 
 /// Builds the handler for `binary` with its own environment, as its `main` would.
@@ -144,6 +172,23 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         )),
         "report-cleanup" => Handler::Scheduled(Arc::new(
             crate::report_cleanup::ReportCleanup::new(aws, env)?,
+        )),
+        "payments-api" => Handler::Http(Arc::new(
+            crate::payments_api::PaymentsApi::new(aws, env).await?,
+        )),
+        "stripe-webhook" => Handler::Http(Arc::new(
+            crate::stripe_webhook::StripeWebhook::new(aws, env).await?,
+        )),
+        "stripe-sync" => Handler::Scheduled(Arc::new(
+            crate::stripe_sync::StripeSync::new(aws, env).await?,
+        )),
+        "sms-api" => Handler::Http(Arc::new(crate::sms_api::SmsApi::new(aws, env).await?)),
+        "sms-worker" => Handler::Sqs(Arc::new(crate::sms_worker::SmsWorker::new(aws, env).await?)),
+        "twilio-webhook" => Handler::Http(Arc::new(
+            crate::twilio_webhook::TwilioWebhook::new(aws, env).await?,
+        )),
+        "sms-status-check" => Handler::Scheduled(Arc::new(
+            crate::sms_status_check::SmsStatusCheck::new(aws, env).await?,
         )),
         other => anyhow::bail!("no function binary named {other}"),
     })

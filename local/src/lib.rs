@@ -30,6 +30,8 @@ use crate::auth::LocalAuth;
 use crate::http_api::{HttpApi, HttpRoute};
 use crate::resources::ResourceNames;
 use crate::sandbox::sendgrid::SendGridSandbox;
+use crate::sandbox::stripe::StripeSandbox;
+use crate::sandbox::twilio::TwilioSandbox;
 use crate::sources::{QueuePoller, Schedule};
 use crate::template::{BundleTemplate, resolve};
 
@@ -88,6 +90,10 @@ pub struct RunningBundle {
     pub aws: AwsClients,
     /// The SendGrid stand-in, unless real SendGrid keys were given.
     pub sendgrid: Option<Arc<SendGridSandbox>>,
+    /// The Stripe stand-in, unless a real Stripe key was given.
+    pub stripe: Option<Arc<StripeSandbox>>,
+    /// The Twilio stand-in, unless real Twilio credentials were given.
+    pub twilio: Option<Arc<TwilioSandbox>>,
     pub pollers: Vec<Arc<QueuePoller>>,
     pub schedules: Arc<HashMap<String, Schedule>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -162,6 +168,50 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         overrides.insert(
             "SENDGRID_BASE_URL".to_owned(),
             format!("{base_url}/sandbox/sendgrid"),
+        );
+        Some(sandbox)
+    };
+    let stripe = if base_env.optional("STRIPE_SECRET_KEY").is_some() {
+        for name in ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRETS"] {
+            if let Some(value) = base_env.optional(name) {
+                secret_values.insert(name.to_owned(), value);
+            }
+        }
+        tracing::info!("STRIPE_SECRET_KEY is set: charging through the real Stripe");
+        None
+    } else if !options.sandbox {
+        None
+    } else {
+        let sandbox =
+            StripeSandbox::new(format!("{base_url}/hooks/stripe-webhook"), base_url.clone());
+        secret_values.extend(sandbox.secret_values());
+        overrides.insert(
+            "STRIPE_BASE_URL".to_owned(),
+            format!("{base_url}/sandbox/stripe"),
+        );
+        Some(sandbox)
+    };
+    // Twilio signs callbacks over this URL and the worker sends it as StatusCallback.
+    let twilio_webhook_url = base_env
+        .optional("TWILIO_WEBHOOK_URL")
+        .unwrap_or_else(|| format!("{base_url}/hooks/twilio-webhook/"));
+    overrides.insert("TWILIO_WEBHOOK_URL".to_owned(), twilio_webhook_url.clone());
+    let twilio = if base_env.optional("TWILIO_ACCOUNT_SID").is_some() {
+        for name in ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM"] {
+            if let Some(value) = base_env.optional(name) {
+                secret_values.insert(name.to_owned(), value);
+            }
+        }
+        tracing::info!("TWILIO_ACCOUNT_SID is set: sending through the real Twilio");
+        None
+    } else if !options.sandbox {
+        None
+    } else {
+        let sandbox = TwilioSandbox::new(twilio_webhook_url);
+        secret_values.extend(sandbox.secret_values());
+        overrides.insert(
+            "TWILIO_BASE_URL".to_owned(),
+            format!("{base_url}/sandbox/twilio"),
         );
         Some(sandbox)
     };
@@ -256,6 +306,12 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     if let Some(sandbox) = &sendgrid {
         app = app.merge(sandbox.router());
     }
+    if let Some(sandbox) = &stripe {
+        app = app.merge(sandbox.router());
+    }
+    if let Some(sandbox) = &twilio {
+        app = app.merge(sandbox.router());
+    }
     let app = app.fallback_service(gateway);
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -288,6 +344,8 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         auth,
         aws,
         sendgrid,
+        stripe,
+        twilio,
         pollers,
         schedules,
         tasks,

@@ -32,6 +32,12 @@ pub enum Job {
     /// report's recipients (report export queue).
     #[serde(rename = "report.export")]
     ReportExport { report_id: String },
+    /// Send these SMS records (one Twilio call each, under the organization's rate cap).
+    #[serde(rename = "sms.send")]
+    SmsSend { ids: Vec<String> },
+    /// Fan a bulk SMS send out into send jobs.
+    #[serde(rename = "sms.bulk")]
+    SmsBulk { bulk_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

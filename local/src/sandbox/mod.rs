@@ -3,3 +3,5 @@
 //! the way to `delivered`. Real provider keys in the environment switch them off.
 
 pub mod sendgrid;
+pub mod stripe;
+pub mod twilio;

@@ -3,6 +3,7 @@
 pub mod email;
 mod ids;
 pub mod sms;
+pub mod sms_message;
 pub mod template;
 
 pub use ids::{OrgId, RecordId};

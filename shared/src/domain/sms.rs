@@ -3,14 +3,14 @@
 //! Hand-written rather than a crate: it is one table and two loops, and the segment rule
 //! (an escape pair or a surrogate pair is never split across segments) is what carriers bill.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The GSM 03.38 basic character set (without ESC, which user text cannot contain).
 const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
 /// The extension table: each costs two septets (ESC + char).
 const GSM7_EXTENSION: &str = "\u{0C}^{}\\[~]|€";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING-KEBAB-CASE")]
 pub enum Encoding {
     #[serde(rename = "GSM-7")]

@@ -5,3 +5,5 @@
 //! so there is no shared provider error to flatten them into.
 
 pub mod sendgrid;
+pub mod stripe;
+pub mod twilio;

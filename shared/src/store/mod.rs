@@ -17,7 +17,10 @@ mod emails;
 mod event_reports;
 mod events;
 mod idempotency;
+mod payments;
+mod phonebooks;
 mod reports;
+mod sms;
 mod templates;
 
 pub use email_reports::CampaignStats;
@@ -28,7 +31,10 @@ pub use emails::{
 pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
+pub use payments::{PaymentEntity, PaymentStore, SyncCheckpoint};
+pub use phonebooks::{Contact, Phonebook, PhonebookStore};
 pub use reports::{ExpiredReport, ReportStore};
+pub use sms::{InboundSms, SMS_SENT_SHARDS, SmsListQuery, SmsStore, StatusApplied};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 
 use aws_sdk_dynamodb::types::AttributeValue;

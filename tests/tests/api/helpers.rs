@@ -39,7 +39,10 @@ pub async fn spawn_bundle() -> TestBundle {
 pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBundle {
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let mut options = BundleOptions::new(workspace_root().join("template.yaml"), &prefix[..12]);
+    // Provider keys in the developer's shell must not reach the real providers from tests.
     options.env.remove("SENDGRID_API_KEY");
+    options.env.remove("TWILIO_ACCOUNT_SID");
+    options.env.remove("STRIPE_SECRET_KEY");
     options.run_schedules = false;
     // Each bundle its own database, like its own table prefix.
     options

@@ -1,0 +1,8 @@
+//! Lambda entry point: the payments API.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let (aws, env) = functions::runtime::cold_start().await;
+    let function = functions::payments_api::PaymentsApi::new(&aws, &env).await?;
+    functions::runtime::serve_http(function).await
+}

@@ -1,0 +1,8 @@
+//! Lambda entry point: the SMS send worker (SMS send queue).
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let (aws, env) = functions::runtime::cold_start().await;
+    let function = functions::sms_worker::SmsWorker::new(&aws, &env).await?;
+    functions::runtime::serve_sqs(function).await
+}

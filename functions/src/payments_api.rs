@@ -1,0 +1,1088 @@
+//! The payments API (SPEC §5): customers, subscriptions, charges (PaymentIntents), refunds,
+//! invoices and receipts on the platform Stripe account.
+//!
+//! Every Stripe object Herald creates carries `metadata[org_id]` and `metadata[herald_id]`,
+//! and every creating call an `Idempotency-Key` derived from the Herald record id, so a
+//! retried call replays Stripe's first answer instead of charging twice. Stripe's answers
+//! are applied through the same [`Reconciler`] as webhook events, so whichever arrives
+//! first, the newer state wins.
+
+use std::collections::BTreeMap;
+
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use shared::auth::{Caller, ClaimNames, Role};
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::domain::email::EmailAddress;
+use shared::domain::{OrgId, RecordId};
+use shared::events::{Event, EventKind, EventPublisher};
+use shared::http::idempotency::run_once;
+use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
+use shared::payments::reconcile::{Applied, Reconciler, decline_reason};
+use shared::payments::{Currency, money};
+use shared::payments::{
+    CustomerRecord, InvoiceRecord, PaymentRecord, PaymentStatus, SubscriptionRecord, check_amount,
+    receipt,
+};
+use shared::providers::stripe::{StripeClient, StripeError};
+use shared::store::{IdempotencyStore, PaymentStore, StoreError};
+
+use crate::registry::{BoxFuture, HttpFunction};
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        pattern: "/services/payments",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments",
+    },
+    Route {
+        method: "POST",
+        pattern: "/services/payments/customers",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments/customers",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments/customers/{id}",
+    },
+    Route {
+        method: "POST",
+        pattern: "/services/payments/subscriptions",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments/subscriptions",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments/subscriptions/{id}",
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/services/payments/subscriptions/{id}",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments/invoices",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments/{id}",
+    },
+    Route {
+        method: "POST",
+        pattern: "/services/payments/{id}/refund",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/payments/{id}/invoice",
+    },
+];
+const ROUTER: Router = Router::new(ROUTES);
+
+/// Attempts at one Stripe call that fails transiently (same idempotency key each time).
+const STRIPE_ATTEMPTS: u32 = 3;
+const MAX_METADATA: usize = 20;
+const MAX_ITEMS: usize = 20;
+const INVOICE_STATUSES: &[&str] = &["draft", "open", "paid", "uncollectible", "void"];
+const SUBSCRIPTION_STATUSES: &[&str] = &[
+    "incomplete",
+    "incomplete_expired",
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+    "unpaid",
+    "paused",
+];
+
+pub struct PaymentsApi {
+    store: PaymentStore,
+    reconciler: Reconciler,
+    idempotency: IdempotencyStore,
+    events: EventPublisher,
+    stripe: Option<StripeClient>,
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    claims: ClaimNames,
+}
+
+impl HttpFunction for PaymentsApi {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerRequest {
+    email: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionRequest {
+    customer_id: String,
+    price: Option<String>,
+    items: Option<Vec<ItemRequest>>,
+    /// The customer's payment method to charge (Stripe `default_payment_method`).
+    payment_method: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemRequest {
+    price: String,
+    quantity: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChargeRequest {
+    amount: i64,
+    currency: String,
+    customer_id: Option<String>,
+    payment_method: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundRequest {
+    amount: Option<i64>,
+    reason: Option<String>,
+}
+
+fn add(errors: &mut FieldErrors, field: &str, message: impl Into<String>) {
+    errors
+        .entry(field.to_owned())
+        .or_default()
+        .push(message.into());
+}
+
+fn check_metadata(metadata: &BTreeMap<String, String>, errors: &mut FieldErrors) {
+    if metadata.len() > MAX_METADATA
+        || metadata
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 40 || v.len() > 500)
+    {
+        add(
+            errors,
+            "metadata",
+            "at most 20 entries, keys of 1 to 40 and values up to 500 characters",
+        );
+    }
+    if metadata.contains_key("org_id") || metadata.contains_key("herald_id") {
+        add(errors, "metadata", "org_id and herald_id are set by Herald");
+    }
+}
+
+fn check_text(value: Option<&String>, field: &str, max: usize, errors: &mut FieldErrors) {
+    if value.is_some_and(|v| v.trim().is_empty() || v.chars().count() > max) {
+        add(errors, field, format!("must be 1 to {max} characters"));
+    }
+}
+
+/// Stripe-side ids Herald passes through (`price_…`, `pm_…`): plain tokens only.
+fn check_token(value: &str, field: &str, errors: &mut FieldErrors) {
+    if value.is_empty()
+        || value.len() > 255
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        add(errors, field, "must be a Stripe id");
+    }
+}
+
+/// Stripe metadata: the caller's own keys plus the organization and the record.
+fn metadata_for(
+    user: &BTreeMap<String, String>,
+    caller: &Caller,
+    herald_id: &str,
+) -> serde_json::Map<String, Value> {
+    let mut metadata: serde_json::Map<String, Value> = user
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    metadata.insert("org_id".into(), caller.org.as_str().into());
+    metadata.insert("herald_id".into(), herald_id.into());
+    metadata
+}
+
+fn page_json<T>(
+    page: &PageRequest,
+    records: &[T],
+    next: Option<shared::http::Cursor>,
+    to_json: impl Fn(&T) -> Value,
+) -> Result<Response<Body>, ApiError> {
+    let items: Vec<Value> = records.iter().map(to_json).collect();
+    http::json(
+        200,
+        &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
+    )
+}
+
+fn path_id(found: &RouteMatch) -> Result<String, ApiError> {
+    let id = found.param("id");
+    RecordId::parse(id)
+        .map(|_| id.to_owned())
+        .ok_or(ApiError::NotFound)
+}
+
+/// The organization a list reads: the caller's own, or for a superuser the one named by
+/// `organization=`.
+fn list_org(caller: &Caller, params: &BTreeMap<String, String>) -> Result<OrgId, ApiError> {
+    match params.get("organization") {
+        None => Ok(caller.org.clone()),
+        Some(_) if !caller.is_superuser() => Err(ApiError::Forbidden(
+            "only superusers may filter by organization".to_owned(),
+        )),
+        Some(org) => OrgId::parse(org).map_err(|message| ApiError::field("organization", message)),
+    }
+}
+
+fn stripe_problem(error: &StripeError) -> ApiError {
+    match error {
+        StripeError::Transient { .. } => {
+            ApiError::internal(anyhow::anyhow!("Stripe unavailable: {}", error.reason()))
+        }
+        _ => ApiError::Unprocessable(format!("Stripe refused the request: {}", error.reason())),
+    }
+}
+
+impl PaymentsApi {
+    /// # Errors
+    /// When a required variable is missing or the Stripe secret cannot be read.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let table = env.required("TABLE_NAME")?;
+        let store = PaymentStore::new(aws.dynamodb.clone(), &table);
+        Ok(Self {
+            reconciler: Reconciler::new(store.clone()),
+            store,
+            idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            stripe: StripeClient::from_env(env, &aws.secrets).await?,
+            s3: aws.s3.clone(),
+            bucket: env.required("BUCKET_NAME")?,
+            claims: ClaimNames::from_env(env),
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        http::respond("payments-api", &request, || self.dispatch(&request)).await
+    }
+
+    fn stripe(&self) -> Result<&StripeClient, ApiError> {
+        // Checked before anything is stored: nothing is recorded for a charge that cannot happen.
+        self.stripe
+            .as_ref()
+            .ok_or(ApiError::ProviderNotConfigured("Stripe"))
+    }
+
+    async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        let caller = Caller::from_request(request, &self.claims)?;
+        tracing::Span::current().record("org", caller.org.as_str());
+        caller.require(Role::Member)?;
+        let once = |scope: &'static str| (scope, &caller);
+        match (found.route.method, found.route.pattern) {
+            ("POST", "/services/payments") => {
+                let (scope, caller) = once("POST /services/payments");
+                run_once(&self.idempotency, &caller.org, scope, request, || {
+                    self.charge(request, caller)
+                })
+                .await
+            }
+            ("GET", "/services/payments") => self.list_payments(request, &caller).await,
+            ("POST", "/services/payments/customers") => {
+                let (scope, caller) = once("POST /services/payments/customers");
+                run_once(&self.idempotency, &caller.org, scope, request, || {
+                    self.create_customer(request, caller)
+                })
+                .await
+            }
+            ("GET", "/services/payments/customers") => self.list_customers(request, &caller).await,
+            ("GET", "/services/payments/customers/{id}") => {
+                let record: CustomerRecord = self.store.get(&caller.org, &path_id(&found)?).await?;
+                http::json(200, &record.to_json())
+            }
+            ("POST", "/services/payments/subscriptions") => {
+                let (scope, caller) = once("POST /services/payments/subscriptions");
+                run_once(&self.idempotency, &caller.org, scope, request, || {
+                    self.create_subscription(request, caller)
+                })
+                .await
+            }
+            ("GET", "/services/payments/subscriptions") => {
+                self.list_subscriptions(request, &caller).await
+            }
+            ("GET", "/services/payments/subscriptions/{id}") => {
+                let record: SubscriptionRecord =
+                    self.store.get(&caller.org, &path_id(&found)?).await?;
+                http::json(200, &record.to_json())
+            }
+            ("DELETE", "/services/payments/subscriptions/{id}") => {
+                caller.require(Role::Admin)?;
+                self.cancel_subscription(request, &caller, &path_id(&found)?)
+                    .await
+            }
+            ("GET", "/services/payments/invoices") => self.list_invoices(request, &caller).await,
+            ("GET", "/services/payments/{id}") => {
+                let record: PaymentRecord = self.store.get(&caller.org, &path_id(&found)?).await?;
+                http::json(200, &record.to_json())
+            }
+            ("POST", "/services/payments/{id}/refund") => {
+                caller.require(Role::Admin)?;
+                let id = path_id(&found)?;
+                run_once(
+                    &self.idempotency,
+                    &caller.org,
+                    "POST /services/payments/{id}/refund",
+                    request,
+                    || self.refund(request, &caller, &id),
+                )
+                .await
+            }
+            ("GET", "/services/payments/{id}/invoice") => {
+                self.invoice_link(&caller, &path_id(&found)?).await
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        }
+    }
+
+    /// One creating call to Stripe, retried on transient failures with the same key, with
+    /// a provider event for its outcome.
+    async fn call_stripe(
+        &self,
+        caller: &Caller,
+        action: &str,
+        path: &str,
+        params: &Value,
+        idempotency_key: &str,
+    ) -> Result<Value, StripeError> {
+        let stripe = self.stripe.as_ref().ok_or_else(|| StripeError::Rejected {
+            status: 0,
+            code: None,
+            message: "Stripe is not configured".to_owned(),
+        })?;
+        let mut attempt = 1;
+        let result = loop {
+            let result = stripe.post(path, params, Some(idempotency_key)).await;
+            match &result {
+                Err(error) if error.is_transient() && attempt < STRIPE_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                _ => break result,
+            }
+        };
+        let (status, detail) = match &result {
+            Ok(object) => (
+                "ok",
+                json!({"stripe_id": object["id"], "attempts": attempt}),
+            ),
+            Err(error) => (
+                if error.is_transient() {
+                    "transient_error"
+                } else {
+                    "error"
+                },
+                json!({"reason": error.reason(), "attempts": attempt}),
+            ),
+        };
+        tracing::info!(action, status, attempts = attempt, "Stripe call");
+        self.events
+            .publish(vec![Event {
+                status: Some(status.to_owned()),
+                channel: Some("payment".to_owned()),
+                ..Event::new(&caller.org, EventKind::Provider, format!("stripe.{action}"))
+                    .with_detail(detail)
+            }])
+            .await;
+        result
+    }
+
+    async fn audit(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        action: &str,
+        resource: String,
+        detail: Value,
+    ) {
+        self.events
+            .publish(vec![
+                Event::audit(caller, &http::request_id(request), action, resource)
+                    .with_detail(detail),
+            ])
+            .await;
+    }
+
+    /// Publishes `Event::delivery` for each payment status change.
+    async fn deliveries(&self, applied: &Applied) {
+        let events = applied
+            .payment_changes
+            .iter()
+            .map(|change| {
+                Event::delivery(
+                    &change.org,
+                    "payment",
+                    format!("payment/{}", change.id),
+                    change.status.as_str(),
+                )
+                .with_detail(json!({"amount": change.amount, "currency": change.currency}))
+            })
+            .collect();
+        self.events.publish(events).await;
+    }
+
+    async fn create_customer(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        self.stripe()?;
+        let body: CustomerRequest = http::parse_json(request)?;
+        let mut errors = FieldErrors::new();
+        let email = body.email.as_deref().and_then(|e| {
+            EmailAddress::parse(e)
+                .map_err(|m| add(&mut errors, "email", m))
+                .ok()
+        });
+        check_text(body.name.as_ref(), "name", 256, &mut errors);
+        check_text(body.description.as_ref(), "description", 500, &mut errors);
+        check_metadata(&body.metadata, &mut errors);
+        if body.email.is_none() && body.name.is_none() {
+            add(&mut errors, "email", "an email or a name is required");
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors));
+        }
+        let id = RecordId::new().to_string();
+        let params = json!({
+            "email": email.map(|e| e.to_string()),
+            "name": body.name,
+            "description": body.description,
+            "metadata": metadata_for(&body.metadata, caller, &id),
+        });
+        let customer = self
+            .call_stripe(
+                caller,
+                "customer.create",
+                "/v1/customers",
+                &params,
+                &format!("herald-customer-{id}"),
+            )
+            .await
+            .map_err(|e| stripe_problem(&e))?;
+        self.reconciler
+            .apply(&customer, customer["created"].as_i64().unwrap_or(0))
+            .await?;
+        let record: CustomerRecord = self.store.get(&caller.org, &id).await?;
+        self.audit(
+            request,
+            caller,
+            "payment.customer.create",
+            format!("customer/{id}"),
+            json!({"stripe_id": record.stripe_id}),
+        )
+        .await;
+        http::json(201, &record.to_json())
+    }
+
+    async fn create_subscription(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        self.stripe()?;
+        let body: SubscriptionRequest = http::parse_json(request)?;
+        let mut errors = FieldErrors::new();
+        let items: Vec<(String, u32)> = match (&body.price, &body.items) {
+            (Some(price), None) => vec![(price.clone(), 1)],
+            (None, Some(items)) if !items.is_empty() && items.len() <= MAX_ITEMS => items
+                .iter()
+                .map(|i| (i.price.clone(), i.quantity.unwrap_or(1)))
+                .collect(),
+            (None, Some(_)) => {
+                add(
+                    &mut errors,
+                    "items",
+                    format!("must hold 1 to {MAX_ITEMS} items"),
+                );
+                Vec::new()
+            }
+            _ => {
+                add(&mut errors, "price", "give either price or items");
+                Vec::new()
+            }
+        };
+        for (index, (price, quantity)) in items.iter().enumerate() {
+            let field = if body.price.is_some() {
+                "price".to_owned()
+            } else {
+                format!("items[{index}].price")
+            };
+            check_token(price, &field, &mut errors);
+            if !(1..=10_000).contains(quantity) {
+                add(
+                    &mut errors,
+                    &format!("items[{index}].quantity"),
+                    "must be 1 to 10000",
+                );
+            }
+        }
+        if let Some(method) = &body.payment_method {
+            check_token(method, "payment_method", &mut errors);
+        }
+        check_metadata(&body.metadata, &mut errors);
+        let customer = match self
+            .store
+            .get::<CustomerRecord>(&caller.org, &body.customer_id)
+            .await
+        {
+            Ok(customer) => Some(customer),
+            Err(StoreError::NotFound) => {
+                add(&mut errors, "customer_id", "no such customer");
+                None
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors));
+        }
+        let Some(stripe_customer) = customer.and_then(|c| c.stripe_id) else {
+            return Err(ApiError::field(
+                "customer_id",
+                "the customer has no Stripe customer",
+            ));
+        };
+        let id = RecordId::new().to_string();
+        let params = json!({
+            "customer": stripe_customer,
+            "items": items.iter().map(|(price, quantity)| json!({"price": price, "quantity": quantity})).collect::<Vec<_>>(),
+            "default_payment_method": body.payment_method,
+            "metadata": metadata_for(&body.metadata, caller, &id),
+        });
+        let subscription = self
+            .call_stripe(
+                caller,
+                "subscription.create",
+                "/v1/subscriptions",
+                &params,
+                &format!("herald-subscription-{id}"),
+            )
+            .await
+            .map_err(|e| stripe_problem(&e))?;
+        self.reconciler
+            .apply(&subscription, subscription["created"].as_i64().unwrap_or(0))
+            .await?;
+        let record: SubscriptionRecord = self.store.get(&caller.org, &id).await?;
+        self.audit(
+            request,
+            caller,
+            "payment.subscription.create",
+            format!("subscription/{id}"),
+            json!({"stripe_id": record.stripe_id}),
+        )
+        .await;
+        http::json(201, &record.to_json())
+    }
+
+    async fn cancel_subscription(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let record: SubscriptionRecord = self.store.get(&caller.org, id).await?;
+        if record.status == "canceled" {
+            return http::json(200, &record.to_json());
+        }
+        let stripe = self.stripe()?;
+        let Some(stripe_id) = &record.stripe_id else {
+            return Err(ApiError::Conflict(
+                "the subscription was never created at Stripe".to_owned(),
+            ));
+        };
+        let canceled = stripe
+            .delete(&format!("/v1/subscriptions/{stripe_id}"))
+            .await
+            .map_err(|e| stripe_problem(&e))?;
+        self.events
+            .publish(vec![Event {
+                status: Some("ok".to_owned()),
+                ..Event::new(
+                    &caller.org,
+                    EventKind::Provider,
+                    "stripe.subscription.cancel",
+                )
+                .with_detail(json!({"stripe_id": stripe_id}))
+            }])
+            .await;
+        // What Stripe answered is its state now.
+        self.reconciler
+            .apply(&canceled, chrono::Utc::now().timestamp())
+            .await?;
+        let record: SubscriptionRecord = self.store.get(&caller.org, id).await?;
+        self.audit(
+            request,
+            caller,
+            "payment.subscription.cancel",
+            format!("subscription/{id}"),
+            Value::Null,
+        )
+        .await;
+        http::json(200, &record.to_json())
+    }
+
+    async fn charge(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+        self.stripe()?;
+        let body: ChargeRequest = http::parse_json(request)?;
+        let mut errors = FieldErrors::new();
+        let currency = Currency::parse(&body.currency)
+            .map_err(|m| add(&mut errors, "currency", m))
+            .ok();
+        if let Some(currency) = &currency
+            && let Err(message) = check_amount(body.amount, currency)
+        {
+            add(&mut errors, "amount", message);
+        } else if currency.is_none() && !(1..=money::MAX_AMOUNT).contains(&body.amount) {
+            add(
+                &mut errors,
+                "amount",
+                format!(
+                    "must be a whole number of minor units from 1 to {}",
+                    money::MAX_AMOUNT
+                ),
+            );
+        }
+        check_text(body.description.as_ref(), "description", 1000, &mut errors);
+        if let Some(method) = &body.payment_method {
+            check_token(method, "payment_method", &mut errors);
+        }
+        check_metadata(&body.metadata, &mut errors);
+        let customer = match &body.customer_id {
+            None => None,
+            Some(id) => match self.store.get::<CustomerRecord>(&caller.org, id).await {
+                Ok(customer) => Some(customer),
+                Err(StoreError::NotFound) => {
+                    add(&mut errors, "customer_id", "no such customer");
+                    None
+                }
+                Err(other) => return Err(other.into()),
+            },
+        };
+        let (Some(currency), true) = (currency, errors.is_empty()) else {
+            return Err(ApiError::invalid(errors));
+        };
+        let now = chrono::Utc::now();
+        let id = RecordId::new().to_string();
+        let mut record = PaymentRecord {
+            id: id.clone(),
+            org_id: caller.org.clone(),
+            customer_id: customer.as_ref().map(|c| c.id.clone()),
+            stripe_customer: customer.as_ref().and_then(|c| c.stripe_id.clone()),
+            stripe_id: None,
+            amount: body.amount,
+            currency: currency.clone(),
+            description: body.description.clone(),
+            status: PaymentStatus::Pending,
+            amount_refunded: 0,
+            failure_reason: None,
+            invoice_id: None,
+            metadata: body.metadata.clone(),
+            created_at: now,
+            updated_at: now,
+            state_at: 0,
+            state_rank: 0,
+            version: 0,
+        };
+        // Recorded before Stripe is called: whatever happens next, the charge is findable
+        // (and the sync can settle it from `metadata[herald_id]`).
+        self.store.save(&mut record).await?;
+        let pending = Applied {
+            payment_changes: vec![shared::payments::reconcile::PaymentChange {
+                org: caller.org.clone(),
+                id: id.clone(),
+                status: PaymentStatus::Pending,
+                amount: record.amount,
+                currency: currency.as_str().to_owned(),
+            }],
+            ..Applied::default()
+        };
+        self.deliveries(&pending).await;
+        let params = json!({
+            "amount": body.amount,
+            "currency": currency.as_str(),
+            "customer": record.stripe_customer,
+            "payment_method": body.payment_method.as_deref().unwrap_or("pm_card_visa"),
+            "confirm": true,
+            // Server-side confirmation: no redirect-based methods, which need a return URL.
+            "automatic_payment_methods": {"enabled": true, "allow_redirects": "never"},
+            "description": body.description,
+            "metadata": metadata_for(&body.metadata, caller, &id),
+        });
+        let result = self
+            .call_stripe(
+                caller,
+                "payment_intent.create",
+                "/v1/payment_intents",
+                &params,
+                &format!("herald-payment-{id}"),
+            )
+            .await;
+        let status = match result {
+            Ok(intent) => {
+                let applied = self
+                    .reconciler
+                    .apply(&intent, intent["created"].as_i64().unwrap_or(0))
+                    .await?;
+                self.deliveries(&applied).await;
+                201
+            }
+            Err(StripeError::Card {
+                payment_intent: Some(intent),
+                ..
+            }) => {
+                let applied = self
+                    .reconciler
+                    .apply(&intent, intent["created"].as_i64().unwrap_or(0))
+                    .await?;
+                self.deliveries(&applied).await;
+                201
+            }
+            Err(error) if error.is_transient() => {
+                // Stripe may or may not have the intent: it stays pending until the webhook
+                // or the sync says, and a retry with the same key cannot charge twice.
+                tracing::warn!(
+                    payment = id,
+                    reason = error.reason(),
+                    "Stripe unavailable; payment left pending"
+                );
+                202
+            }
+            Err(error) => {
+                let reason = match &error {
+                    StripeError::Card { .. } => error.reason(),
+                    _ => decline_reason(&json!({"message": error.reason()})),
+                };
+                self.fail(&caller.org, &id, reason).await?;
+                201
+            }
+        };
+        let record: PaymentRecord = self.store.get(&caller.org, &id).await?;
+        self.audit(
+            request,
+            caller,
+            "payment.charge.create",
+            format!("payment/{id}"),
+            json!({"amount": record.amount, "currency": record.currency.as_str(), "status": record.status.as_str()}),
+        )
+        .await;
+        http::json(status, &record.to_json())
+    }
+
+    /// Marks a payment Stripe refused as failed.
+    async fn fail(&self, org: &OrgId, id: &str, reason: String) -> Result<(), ApiError> {
+        for _ in 0..4 {
+            let mut record: PaymentRecord = self.store.get(org, id).await?;
+            if record.status != PaymentStatus::Pending {
+                return Ok(());
+            }
+            record.status = PaymentStatus::Failed;
+            record.failure_reason = Some(reason.clone());
+            record.state_rank = PaymentStatus::Failed.rank();
+            record.updated_at = chrono::Utc::now();
+            match self.store.save(&mut record).await {
+                Ok(()) => {
+                    self.deliveries(&Applied {
+                        payment_changes: vec![shared::payments::reconcile::PaymentChange {
+                            org: org.clone(),
+                            id: id.to_owned(),
+                            status: PaymentStatus::Failed,
+                            amount: record.amount,
+                            currency: record.currency.as_str().to_owned(),
+                        }],
+                        ..Applied::default()
+                    })
+                    .await;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ApiError::Conflict(
+            "the payment kept changing; retry".to_owned(),
+        ))
+    }
+
+    async fn refund(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let body: RefundRequest = if http::body_bytes(request)
+            .iter()
+            .all(u8::is_ascii_whitespace)
+        {
+            RefundRequest::default()
+        } else {
+            http::parse_json(request)?
+        };
+        let record: PaymentRecord = self.store.get(&caller.org, id).await?;
+        self.stripe()?;
+        if !matches!(
+            record.status,
+            PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
+        ) {
+            return Err(ApiError::Conflict(format!(
+                "only a succeeded payment can be refunded; this one is {}",
+                record.status.as_str()
+            )));
+        }
+        let remaining = record.amount - record.amount_refunded;
+        let amount = body.amount.unwrap_or(remaining);
+        if !(1..=remaining).contains(&amount) {
+            return Err(ApiError::field(
+                "amount",
+                format!("must be 1 to {remaining}, the amount not yet refunded"),
+            ));
+        }
+        if let Some(reason) = &body.reason
+            && !["duplicate", "fraudulent", "requested_by_customer"].contains(&reason.as_str())
+        {
+            return Err(ApiError::field(
+                "reason",
+                "must be duplicate, fraudulent or requested_by_customer",
+            ));
+        }
+        let Some(intent) = &record.stripe_id else {
+            return Err(ApiError::Conflict(
+                "the payment has no Stripe payment intent".to_owned(),
+            ));
+        };
+        let params = json!({
+            "payment_intent": intent,
+            "amount": amount,
+            "reason": body.reason,
+            "metadata": metadata_for(&BTreeMap::new(), caller, id),
+        });
+        // The key names the refund by what was refunded before it: retrying this refund
+        // replays it, a later refund of the same amount is a new one.
+        let key = format!("herald-refund-{id}-{}-{amount}", record.amount_refunded);
+        let refund = self
+            .call_stripe(caller, "refund.create", "/v1/refunds", &params, &key)
+            .await
+            .map_err(|e| stripe_problem(&e))?;
+        if refund["status"] == "failed" || refund["status"] == "canceled" {
+            return Err(ApiError::Unprocessable(format!(
+                "Stripe did not refund: {}",
+                refund["failure_reason"]
+            )));
+        }
+        let total = record.amount_refunded + amount;
+        let mut updated = record;
+        for _ in 0..4 {
+            if updated.amount_refunded >= total {
+                break;
+            }
+            let before = updated.status;
+            updated.amount_refunded = total.min(updated.amount);
+            updated.settle_status(PaymentStatus::Succeeded);
+            updated.updated_at = chrono::Utc::now();
+            match self.store.save(&mut updated).await {
+                Ok(()) => {
+                    if updated.status != before {
+                        self.deliveries(&Applied {
+                            payment_changes: vec![shared::payments::reconcile::PaymentChange {
+                                org: caller.org.clone(),
+                                id: id.to_owned(),
+                                status: updated.status,
+                                amount: updated.amount,
+                                currency: updated.currency.as_str().to_owned(),
+                            }],
+                            ..Applied::default()
+                        })
+                        .await;
+                    }
+                    break;
+                }
+                Err(StoreError::Conflict(_)) => updated = self.store.get(&caller.org, id).await?,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        self.audit(
+            request,
+            caller,
+            "payment.refund",
+            format!("payment/{id}"),
+            json!({"amount": amount, "refund": refund["id"]}),
+        )
+        .await;
+        let mut answer = updated.to_json();
+        answer["refund"] =
+            json!({"id": refund["id"], "amount": amount, "status": refund["status"]});
+        http::json(200, &answer)
+    }
+
+    async fn invoice_link(&self, caller: &Caller, id: &str) -> Result<Response<Body>, ApiError> {
+        let payment: PaymentRecord = self.store.get(&caller.org, id).await?;
+        if let Some(invoice_id) = &payment.invoice_id {
+            let stored = self
+                .store
+                .find_by_stripe::<InvoiceRecord>(&caller.org, invoice_id)
+                .await?;
+            let pdf = match stored.and_then(|i| i.invoice_pdf) {
+                Some(pdf) => Some(pdf),
+                None => match &self.stripe {
+                    Some(stripe) => stripe
+                        .get(&format!("/v1/invoices/{invoice_id}"), &json!({}))
+                        .await
+                        .map_err(|e| stripe_problem(&e))?["invoice_pdf"]
+                        .as_str()
+                        .map(str::to_owned),
+                    None => None,
+                },
+            };
+            if let Some(url) = pdf {
+                return http::json(
+                    200,
+                    &json!({"kind": "invoice", "invoice": invoice_id, "url": url}),
+                );
+            }
+        }
+        if !matches!(
+            payment.status,
+            PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded
+        ) {
+            return Err(ApiError::Conflict(format!(
+                "a receipt exists only for a succeeded payment; this one is {}",
+                payment.status.as_str()
+            )));
+        }
+        let url = receipt::store_and_link(&self.s3, &self.bucket, &payment)
+            .await
+            .map_err(ApiError::Internal)?;
+        http::json(
+            200,
+            &json!({"kind": "receipt", "url": url, "expires_in": receipt::LINK_LIFETIME.as_secs()}),
+        )
+    }
+
+    async fn list_payments(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        let params = http::query_map(request);
+        let mut filters = Vec::new();
+        if let Some(status) = params.get("status") {
+            let status = PaymentStatus::parse(status)
+                .ok_or_else(|| ApiError::field("status", "is not a payment status"))?;
+            filters.push(("status", status.as_str().to_owned()));
+        }
+        if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
+            filters.push(("customer_id", customer.clone()));
+        }
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (records, next) = self
+            .store
+            .list::<PaymentRecord>(&org, &filters, &page)
+            .await?;
+        page_json(&page, &records, next, PaymentRecord::to_json)
+    }
+
+    async fn list_customers(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        let params = http::query_map(request);
+        let mut filters = Vec::new();
+        if let Some(email) = params.get("email") {
+            filters.push(("email", email.trim().to_ascii_lowercase()));
+        }
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (records, next) = self
+            .store
+            .list::<CustomerRecord>(&org, &filters, &page)
+            .await?;
+        page_json(&page, &records, next, CustomerRecord::to_json)
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        let params = http::query_map(request);
+        let mut filters = Vec::new();
+        if let Some(status) = params.get("status") {
+            if !SUBSCRIPTION_STATUSES.contains(&status.as_str()) {
+                return Err(ApiError::field("status", "is not a subscription status"));
+            }
+            filters.push(("status", status.clone()));
+        }
+        if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
+            filters.push(("customer_id", customer.clone()));
+        }
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (records, next) = self
+            .store
+            .list::<SubscriptionRecord>(&org, &filters, &page)
+            .await?;
+        page_json(&page, &records, next, SubscriptionRecord::to_json)
+    }
+
+    async fn list_invoices(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        let params = http::query_map(request);
+        let mut filters = Vec::new();
+        if let Some(status) = params.get("status") {
+            if !INVOICE_STATUSES.contains(&status.as_str()) {
+                return Err(ApiError::field(
+                    "status",
+                    "must be draft, open, paid, uncollectible or void",
+                ));
+            }
+            filters.push(("status", status.clone()));
+        }
+        if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
+            filters.push(("customer_id", customer.clone()));
+        }
+        let org = list_org(caller, &params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (records, next) = self
+            .store
+            .list::<InvoiceRecord>(&org, &filters, &page)
+            .await?;
+        page_json(&page, &records, next, InvoiceRecord::to_json)
+    }
+}

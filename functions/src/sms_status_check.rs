@@ -1,0 +1,115 @@
+//! The hourly SMS status check (SPEC §8): messages Twilio accepted a while ago that never
+//! reached a final status (a lost or late callback) are looked up in Twilio
+//! (`GET …/Messages/{Sid}.json`) and their status applied forward-only.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use serde_json::json;
+use tracing::Instrument;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::events::{Event, EventKind, EventPublisher};
+use shared::store::{SmsStore, StatusApplied};
+
+use crate::registry::{BoxFuture, ScheduledFunction};
+use crate::sms_worker::{TwilioSettings, twilio_settings};
+
+/// Messages looked up per run; the rest wait for the next run.
+const MAX_PER_RUN: usize = 2_000;
+
+pub struct SmsStatusCheck {
+    sms: SmsStore,
+    twilio: Option<TwilioSettings>,
+    events: EventPublisher,
+    min_age: chrono::Duration,
+}
+
+impl ScheduledFunction for SmsStatusCheck {
+    fn call(&self, _event: EventBridgeEvent) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let span = shared::logging::invocation_span("sms-status-check", "");
+            self.run()
+                .instrument(span)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+}
+
+impl SmsStatusCheck {
+    /// # Errors
+    /// When a required variable is missing or the Twilio settings are unusable.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        Ok(Self {
+            sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            twilio: twilio_settings(aws, env).await?,
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            // Younger messages still have their callbacks on the way.
+            min_age: chrono::Duration::seconds(
+                env.optional("SMS_STATUS_CHECK_MIN_AGE_SECONDS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300),
+            ),
+        })
+    }
+
+    /// # Errors
+    /// When the records cannot be read; single lookups that fail are counted and skipped.
+    pub async fn run(&self) -> anyhow::Result<serde_json::Value> {
+        let Some(twilio) = &self.twilio else {
+            tracing::warn!("Twilio is not configured: nothing to check");
+            return Ok(json!({"checked": 0, "updated": 0, "skipped": "Twilio is not configured"}));
+        };
+        let now = chrono::Utc::now();
+        let stuck = self
+            .sms
+            .stuck_in_sent(now - self.min_age, MAX_PER_RUN)
+            .await?;
+        let (mut updated, mut failed) = (0, 0);
+        for (org, id, sid) in &stuck {
+            let Some(sid) = sid else { continue };
+            let message = match twilio.client.fetch(sid).await {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, sid, "Twilio lookup failed");
+                    failed += 1;
+                    continue;
+                }
+            };
+            let key = format!(
+                "poll:{}:{}",
+                message.status,
+                message.error_code.unwrap_or(0)
+            );
+            let applied = self
+                .sms
+                .apply_status(
+                    org,
+                    id,
+                    &message.status,
+                    message.error_code,
+                    &key,
+                    chrono::Utc::now(),
+                )
+                .await?;
+            if let StatusApplied::Recorded(Some(status)) = applied {
+                updated += 1;
+                self.events
+                    .publish(vec![
+                        Event::new(org, EventKind::Provider, "twilio.messages.fetch")
+                            .with_detail(json!({"sid": sid, "status": message.status})),
+                        Event::delivery(org, "sms", format!("sms/{id}"), status.as_str()),
+                    ])
+                    .await;
+            }
+        }
+        tracing::info!(
+            checked = stuck.len(),
+            updated,
+            failed,
+            "SMS status check done"
+        );
+        Ok(json!({"checked": stuck.len(), "updated": updated, "failed": failed}))
+    }
+}

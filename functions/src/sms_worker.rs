@@ -1,0 +1,387 @@
+//! The SMS send worker (SPEC §7): takes `sms.send` jobs and sends each record through the
+//! Twilio Messages API with a `StatusCallback` to the Twilio webhook.
+//!
+//! - Each record is claimed before its call (`queued → sending`, conditional), so a
+//!   duplicate delivery of the same job finds nothing left to send.
+//! - Opted-out numbers end `suppressed` without a call.
+//! - Every call first takes a slot of the organization's per-second cap
+//!   (`SMS_RATE_PER_SECOND`) from an atomic conditional counter in DynamoDB, so the cap holds
+//!   across any number of concurrent workers. A worker without a slot waits for the next
+//!   second; when its wait budget runs out it hands the rest of the job back to the queue
+//!   (as a new message, delayed a second) instead of burning the Lambda's time.
+//! - Permanent Twilio errors (e.g. 21211 invalid number, 21610 unsubscribed) are recorded as
+//!   `failed` at once; transient ones (429, 20429, 5xx, timeouts) put the record back in
+//!   `queued` and the job back on the queue with backoff, and the last allowed attempt
+//!   records `failed` before SQS moves the job to the DLQ.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use secrecy::ExposeSecret;
+use tracing::Instrument;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::domain::OrgId;
+use shared::domain::email::FailureKind;
+use shared::domain::sms_message::{SmsRecord, SmsStatus};
+use shared::events::{Event, EventKind, EventPublisher};
+use shared::providers::twilio::{OutboundSms, Sender, TwilioClient, TwilioError};
+use shared::queue::{Envelope, Job, RetryDelay};
+use shared::store::{SendOutcome, SmsStore};
+
+use crate::registry::{BoxFuture, SqsFunction, batch_response};
+
+/// How long a claim holds before another delivery may take the record over.
+const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Twilio as configured: the client and the default sender.
+#[derive(Debug, Clone)]
+pub struct TwilioSettings {
+    pub client: TwilioClient,
+    pub default_from: Option<String>,
+}
+
+/// Builds the Twilio client from `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN` and the optional
+/// `TWILIO_FROM` (secrets) and `TWILIO_BASE_URL`; `None` when the credentials are not set.
+///
+/// # Errors
+/// When the secret cannot be read or the base URL is unusable.
+pub async fn twilio_settings(
+    aws: &AwsClients,
+    env: &Env,
+) -> anyhow::Result<Option<TwilioSettings>> {
+    let sid = env.secret("TWILIO_ACCOUNT_SID", &aws.secrets).await?;
+    let token = env.secret("TWILIO_AUTH_TOKEN", &aws.secrets).await?;
+    let (Some(sid), Some(token)) = (sid, token) else {
+        return Ok(None);
+    };
+    let default_from = env
+        .secret("TWILIO_FROM", &aws.secrets)
+        .await?
+        .map(|f| f.expose_secret().to_owned());
+    let base = env
+        .optional("TWILIO_BASE_URL")
+        .unwrap_or_else(|| "https://api.twilio.com".to_owned());
+    let timeout = Duration::from_millis(
+        env.optional("TWILIO_TIMEOUT_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000),
+    );
+    Ok(Some(TwilioSettings {
+        client: TwilioClient::new(&base, sid.expose_secret(), token, timeout)?,
+        default_from,
+    }))
+}
+
+pub struct SmsWorker {
+    sms: SmsStore,
+    twilio: Option<TwilioSettings>,
+    retry: RetryDelay,
+    events: EventPublisher,
+    sqs: aws_sdk_sqs::Client,
+    send_queue: String,
+    status_callback: Option<String>,
+    max_receives: u32,
+    rate_per_second: u32,
+    rate_wait: Duration,
+}
+
+impl SqsFunction for SmsWorker {
+    fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse> {
+        Box::pin(self.handle(event))
+    }
+}
+
+#[derive(Debug)]
+struct Retry(String);
+
+impl SmsWorker {
+    /// # Errors
+    /// When a required variable is missing or the Twilio settings are unusable.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let send_queue = env.required("SMS_SEND_QUEUE_URL")?;
+        Ok(Self {
+            sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            twilio: twilio_settings(aws, env).await?,
+            retry: RetryDelay::from_env(aws.sqs.clone(), &send_queue, env),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            sqs: aws.sqs.clone(),
+            send_queue,
+            status_callback: env.optional("TWILIO_WEBHOOK_URL"),
+            max_receives: env
+                .optional("MAX_RECEIVES")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3),
+            rate_per_second: env
+                .optional("SMS_RATE_PER_SECOND")
+                .and_then(|v| v.parse().ok())
+                .filter(|r| *r > 0)
+                .unwrap_or(10),
+            rate_wait: Duration::from_secs(
+                env.optional("SMS_RATE_WAIT_SECONDS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(20),
+            ),
+        })
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let span = shared::logging::invocation_span("sms-worker", "");
+        async {
+            let mut failed = Vec::new();
+            for message in &event.records {
+                if let Err(Retry(reason)) = self.process(message).await {
+                    tracing::warn!(
+                        message_id = message.message_id.as_deref().unwrap_or_default(),
+                        reason,
+                        "SMS job will be retried"
+                    );
+                    failed.push(message.message_id.clone().unwrap_or_default());
+                }
+            }
+            batch_response(failed)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn process(&self, message: &SqsMessage) -> Result<(), Retry> {
+        let envelope = Envelope::parse(message.body.as_deref().unwrap_or_default())
+            .map_err(|e| Retry(format!("unreadable message: {e:#}")))?;
+        tracing::Span::current().record("org", envelope.org.as_str());
+        let Job::SmsSend { ids } = envelope.job else {
+            return Err(Retry("not an sms.send job".to_owned()));
+        };
+        let org = envelope.org;
+        let last_attempt = RetryDelay::receives(message) >= self.max_receives;
+        let records = self
+            .sms
+            .get_many(&org, &ids)
+            .await
+            .map_err(|e| Retry(format!("{e:#}")))?;
+        let deadline = tokio::time::Instant::now() + self.rate_wait;
+        let mut retry = None;
+        for (index, record) in records.iter().enumerate() {
+            if !matches!(record.status, SmsStatus::Queued | SmsStatus::Sending) {
+                continue; // already sent or final: a duplicate delivery
+            }
+            let opted_out = self
+                .sms
+                .is_opted_out(&org, &record.to)
+                .await
+                .map_err(|e| Retry(format!("{e:#}")))?;
+            if opted_out {
+                if self.claim(&org, record).await?.is_some() {
+                    self.finish(&org, record, &SendOutcome::Suppressed, None, None)
+                        .await?;
+                }
+                continue;
+            }
+            let Some(twilio) = &self.twilio else {
+                if self.claim(&org, record).await?.is_some() {
+                    let reason = "Twilio is not configured".to_owned();
+                    retry.get_or_insert(reason.clone());
+                    let outcome = SendOutcome::transient(reason, last_attempt);
+                    self.finish(&org, record, &outcome, None, None).await?;
+                }
+                continue;
+            };
+            if !self.wait_for_slot(&org, deadline).await? {
+                let rest: Vec<String> = records[index..].iter().map(|r| r.id.clone()).collect();
+                return self.hand_back(&org, rest).await;
+            }
+            let Some(claimed) = self.claim(&org, record).await? else {
+                continue; // another delivery has it
+            };
+            if let Some(reason) = self.send_one(&org, twilio, &claimed, last_attempt).await? {
+                retry.get_or_insert(reason);
+            }
+        }
+        match retry {
+            None => Ok(()),
+            Some(reason) => {
+                self.retry.delay(message).await;
+                Err(Retry(reason))
+            }
+        }
+    }
+
+    /// One Twilio call; `Some(reason)` when the job must be retried.
+    async fn send_one(
+        &self,
+        org: &OrgId,
+        twilio: &TwilioSettings,
+        record: &SmsRecord,
+        last_attempt: bool,
+    ) -> Result<Option<String>, Retry> {
+        let Some(from) = record.from.clone().or_else(|| twilio.default_from.clone()) else {
+            let outcome = SendOutcome::Failed {
+                kind: FailureKind::Permanent,
+                reason: "no sender: set from or TWILIO_FROM".to_owned(),
+            };
+            self.finish(org, record, &outcome, None, None).await?;
+            return Ok(None);
+        };
+        let sms = OutboundSms {
+            to: record.to.to_string(),
+            sender: Sender::parse(&from),
+            body: record.body.clone(),
+            status_callback: self.status_callback.clone(),
+        };
+        let result = twilio.client.send(&sms).await;
+        let call = Event::new(org, EventKind::Provider, "twilio.messages.create").with_detail(
+            serde_json::json!({
+                "sms": record.id,
+                "segments": record.segments,
+                "outcome": match &result { Ok(m) => format!("accepted {} ({})", m.sid, m.status), Err(e) => e.to_string() },
+            }),
+        );
+        self.events.publish(vec![call]).await;
+        let now = chrono::Utc::now();
+        match result {
+            Ok(accepted) => {
+                // The SID link first: Twilio's callbacks carry only the SID.
+                self.sms
+                    .link_sid(&accepted.sid, org, &record.id, now)
+                    .await
+                    .map_err(|e| Retry(format!("recording the SID failed: {e:#}")))?;
+                if let Err(error) = self.sms.remember_peer(&record.to, org, now).await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "could not note the reply route"
+                    );
+                }
+                let outcome = SendOutcome::Sent {
+                    message_id: Some(accepted.sid.clone()),
+                };
+                self.finish(org, record, &outcome, Some(&accepted.status), None)
+                    .await?;
+                Ok(None)
+            }
+            Err(TwilioError::Permanent {
+                status,
+                code,
+                message,
+            }) => {
+                let outcome = SendOutcome::Failed {
+                    kind: FailureKind::Permanent,
+                    reason: TwilioError::Permanent {
+                        status,
+                        code,
+                        message,
+                    }
+                    .to_string(),
+                };
+                self.finish(org, record, &outcome, None, code).await?;
+                Ok(None)
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                let outcome = SendOutcome::transient(reason.clone(), last_attempt);
+                self.finish(org, record, &outcome, None, error.code())
+                    .await?;
+                Ok(Some(reason))
+            }
+        }
+    }
+
+    async fn claim(&self, org: &OrgId, record: &SmsRecord) -> Result<Option<SmsRecord>, Retry> {
+        self.sms
+            .claim(org, &record.id, chrono::Utc::now(), CLAIM_LEASE)
+            .await
+            .map_err(|e| Retry(format!("{e:#}")))
+    }
+
+    async fn finish(
+        &self,
+        org: &OrgId,
+        record: &SmsRecord,
+        outcome: &SendOutcome,
+        twilio_status: Option<&str>,
+        error_code: Option<i64>,
+    ) -> Result<(), Retry> {
+        let written = self
+            .sms
+            .finish(
+                org,
+                &record.id,
+                outcome,
+                twilio_status,
+                error_code,
+                chrono::Utc::now(),
+            )
+            .await
+            // The claim lease runs out and a retry picks the record up again.
+            .map_err(|e| Retry(format!("recording the outcome failed: {e:#}")))?;
+        let status = match outcome {
+            SendOutcome::Sent { .. } => "sent",
+            SendOutcome::Failed { .. } => "failed",
+            SendOutcome::Suppressed => "suppressed",
+            SendOutcome::Retry { .. } => return Ok(()),
+        };
+        if written {
+            self.events
+                .publish(vec![Event::delivery(
+                    org,
+                    "sms",
+                    format!("sms/{}", record.id),
+                    status,
+                )])
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Waits for a send slot of `org`; `false` when `deadline` passes first.
+    async fn wait_for_slot(
+        &self,
+        org: &OrgId,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, Retry> {
+        loop {
+            let now = chrono::Utc::now();
+            let taken = self
+                .sms
+                .take_rate_slot(org, now.timestamp(), self.rate_per_second)
+                .await
+                .map_err(|e| Retry(format!("{e:#}")))?;
+            if taken {
+                return Ok(true);
+            }
+            // Sleep to just past the next second, when a fresh counter starts.
+            let into_second = u64::from(now.timestamp_subsec_millis());
+            let wait = Duration::from_millis(1000 - into_second.min(999) + 5);
+            if tokio::time::Instant::now() + wait > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Puts the unsent rest of a job back on the queue as a new message, a second out.
+    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), Retry> {
+        let count = ids.len();
+        let body = serde_json::to_string(&Envelope::new(org.clone(), Job::SmsSend { ids }))
+            .map_err(|e| Retry(e.to_string()))?;
+        self.sqs
+            .send_message()
+            .queue_url(&self.send_queue)
+            .message_body(body)
+            .delay_seconds(1)
+            .send()
+            .await
+            .map_err(|e| {
+                Retry(format!(
+                    "handing the job back failed: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        tracing::info!(
+            org = org.as_str(),
+            count,
+            "rate cap reached: rest of the job handed back"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! The Stripe webhook (function URL, SPEC §6): verifies `Stripe-Signature` over the raw body
+//! against every configured endpoint secret, then applies the event's object once (dedupe
+//! by event id) through the [`Reconciler`], which never lets an older state overwrite a
+//! newer one. It answers 2xx only after the effect and the dedupe mark are stored, else 5xx
+//! so Stripe retries.
+
+use lambda_http::{Body, Request, Response};
+use serde_json::json;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::events::{Event, EventKind, EventPublisher};
+use shared::http::{self, ApiError, MAX_BODY_BYTES};
+use shared::payments::reconcile::Reconciler;
+use shared::providers::stripe::{
+    DEFAULT_TOLERANCE, SIGNATURE_HEADER, SignatureError, StripeEvent, WebhookVerifier,
+};
+use shared::store::PaymentStore;
+
+use crate::registry::{BoxFuture, HttpFunction};
+
+/// The event types Herald acts on; others are logged and acknowledged.
+pub const HANDLED: &[&str] = &[
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.processing",
+    "payment_intent.canceled",
+    "charge.refunded",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.finalized",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.created",
+    "customer.updated",
+];
+
+/// The Herald resource kind an object maps to (`payment/<id>`, …).
+fn resource_kind(object: &serde_json::Value) -> &'static str {
+    match object["object"].as_str().unwrap_or_default() {
+        "customer" => "customer",
+        "subscription" => "subscription",
+        "invoice" => "invoice",
+        _ => "payment",
+    }
+}
+
+pub struct StripeWebhook {
+    store: PaymentStore,
+    reconciler: Reconciler,
+    events: EventPublisher,
+    verifier: Option<WebhookVerifier>,
+}
+
+impl HttpFunction for StripeWebhook {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
+impl StripeWebhook {
+    /// # Errors
+    /// When `TABLE_NAME` is missing or the secret cannot be read.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let verifier = env
+            .secret("STRIPE_WEBHOOK_SECRETS", &aws.secrets)
+            .await?
+            .and_then(|list| {
+                WebhookVerifier::from_list(secrecy::ExposeSecret::expose_secret(&list))
+            });
+        let store = PaymentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?);
+        Ok(Self {
+            reconciler: Reconciler::new(store.clone()),
+            store,
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            verifier,
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        http::respond("stripe-webhook", &request, || self.receive(&request)).await
+    }
+
+    async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        if request.method() != lambda_http::http::Method::POST {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        // `lambda_http` has already decoded a base64 body (`isBase64Encoded`): these are the
+        // bytes Stripe signed.
+        let body = http::body_bytes(request);
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(
+                "webhook bodies are limited to 1 MiB".to_owned(),
+            ));
+        }
+        let Some(verifier) = &self.verifier else {
+            return Err(ApiError::ProviderNotConfigured(
+                "the Stripe webhook signing secret",
+            ));
+        };
+        let header = request
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        verifier
+            .verify(header, body, chrono::Utc::now(), DEFAULT_TOLERANCE)
+            .map_err(|error| {
+                tracing::warn!(%error, "rejected Stripe webhook");
+                match error {
+                    SignatureError::Missing => ApiError::Unauthenticated(error.to_string()),
+                    _ => ApiError::Forbidden(error.to_string()),
+                }
+            })?;
+        let event = StripeEvent::parse(body)
+            .map_err(|e| ApiError::BadRequest(format!("not a Stripe event: {e}")))?;
+        if self.store.event_seen(&event.id).await? {
+            tracing::info!(
+                event = event.id,
+                kind = event.kind,
+                "duplicate Stripe event"
+            );
+            return http::json(200, &json!({"received": true, "duplicate": true}));
+        }
+        if !HANDLED.contains(&event.kind.as_str()) {
+            tracing::info!(
+                event = event.id,
+                kind = event.kind,
+                "Stripe event type not handled; acknowledged"
+            );
+            return http::json(200, &json!({"received": true, "handled": false}));
+        }
+        // The effect first, then the mark: a crash in between makes Stripe retry, and
+        // applying the same state again changes nothing.
+        let applied = self
+            .reconciler
+            .apply(&event.data.object, event.created)
+            .await?;
+        self.store
+            .mark_event(&event.id, &event.kind, chrono::Utc::now())
+            .await?;
+        if let Some(reason) = applied.skipped {
+            tracing::info!(
+                event = event.id,
+                kind = event.kind,
+                reason,
+                "Stripe event not applied; acknowledged"
+            );
+            return http::json(
+                200,
+                &json!({"received": true, "applied": false, "reason": reason}),
+            );
+        }
+        let mut log = Vec::new();
+        if let Some((org, id)) = &applied.target {
+            // The log's id is Stripe's, so a redelivered event is logged once.
+            log.push(Event {
+                id: format!("stripe:{}", event.id),
+                channel: Some("payment".to_owned()),
+                resource: Some(format!("{}/{id}", resource_kind(&event.data.object))),
+                detail: json!({"stripe_object": event.data.object["id"], "applied": applied.changed}),
+                ..Event::new(org, EventKind::Webhook, format!("stripe.{}", event.kind))
+            });
+        }
+        log.extend(applied.payment_changes.iter().map(|change| {
+            Event::delivery(
+                &change.org,
+                "payment",
+                format!("payment/{}", change.id),
+                change.status.as_str(),
+            )
+            .with_detail(json!({"amount": change.amount, "currency": change.currency}))
+        }));
+        self.events.publish(log).await;
+        tracing::info!(
+            event = event.id,
+            kind = event.kind,
+            changed = applied.changed,
+            "Stripe event"
+        );
+        http::json(200, &json!({"received": true, "applied": applied.changed}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample event arrives base64-encoded, as function URLs deliver it; the bytes the
+    /// handler verifies are the decoded body Stripe signed.
+    #[test]
+    fn base64_bodies_are_verified_as_the_bytes_stripe_signed() {
+        let request = lambda_http::request::from_str(include_str!(
+            "../../events/stripe-webhook/payment-intent-succeeded.json"
+        ))
+        .unwrap();
+        let body = http::body_bytes(&request);
+        assert!(body.starts_with(b"{\"id\":\"evt_"));
+        let header = request
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let signed_at = chrono::DateTime::from_timestamp(1_795_546_803, 0).unwrap();
+        let verifier =
+            WebhookVerifier::from_list("whsec_rotated_out,whsec_sample_endpoint_secret").unwrap();
+        assert_eq!(
+            verifier.verify(header, body, signed_at, DEFAULT_TOLERANCE),
+            Ok(())
+        );
+        assert_eq!(
+            verifier.verify(header, body, chrono::Utc::now(), DEFAULT_TOLERANCE),
+            Err(SignatureError::Stale)
+        );
+        let event = StripeEvent::parse(body).unwrap();
+        assert_eq!(event.kind, "payment_intent.succeeded");
+        assert!(HANDLED.contains(&event.kind.as_str()));
+    }
+}

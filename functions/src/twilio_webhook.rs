@@ -1,0 +1,303 @@
+//! The Twilio webhook (function URL, SPEC §6): message status callbacks and inbound
+//! messages, authenticated by `X-Twilio-Signature` alone.
+//!
+//! The signature is checked against the configured public URL (`TWILIO_WEBHOOK_URL`), never
+//! one rebuilt from request headers, over the raw form body (base64-decoded when the event
+//! says so), in constant time, before anything is parsed or written.
+//!
+//! - A status callback (`MessageSid`, `MessageStatus`, `ErrorCode`) moves the record forward
+//!   only, once per SID and status (repeats are acknowledged and ignored).
+//! - An inbound message (`From`, `To`, `Body`, `MessageSid`) is kept as a conversation entry
+//!   of the organization that owns it: the one `TWILIO_NUMBER_ORGS` assigns the `To` number
+//!   to (`+15550100=acme,+15550101=globex`, for dedicated numbers), else the organization
+//!   that last sent an SMS to the `From` number (a shared sender). `STOP`-family keywords opt
+//!   the sender out for that organization, `START`/`UNSTOP`/`YES` back in.
+//!
+//! Every answer is TwiML (`<Response/>`): Herald sends no automatic replies (Twilio's own
+//! Advanced Opt-Out answers STOP).
+
+use std::collections::HashMap;
+
+use lambda_http::{Body, Request, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use shared::aws::AwsClients;
+use shared::config::Env;
+use shared::domain::OrgId;
+use shared::domain::sms_message::{Keyword, PhoneNumber};
+use shared::events::{Event, EventKind, EventPublisher};
+use shared::http::{self, ApiError, MAX_BODY_BYTES};
+use shared::providers::twilio::{SIGNATURE_HEADER, verify};
+use shared::store::{InboundSms, SmsStore, StatusApplied, StoreError};
+
+use crate::registry::{BoxFuture, HttpFunction};
+
+pub const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+pub struct TwilioWebhook {
+    sms: SmsStore,
+    events: EventPublisher,
+    auth_token: Option<SecretString>,
+    public_url: Option<String>,
+    number_orgs: HashMap<String, OrgId>,
+}
+
+impl HttpFunction for TwilioWebhook {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
+/// Parses `TWILIO_NUMBER_ORGS` (`+15550100=acme,+15550101=globex`).
+///
+/// # Errors
+/// When an entry is not `number=org` with a valid number and organization.
+pub fn parse_number_orgs(value: &str) -> anyhow::Result<HashMap<String, OrgId>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (number, org) = entry.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("TWILIO_NUMBER_ORGS entry {entry} is not number=org")
+            })?;
+            let number = PhoneNumber::parse(number).map_err(|m| anyhow::anyhow!("{number} {m}"))?;
+            let org = OrgId::parse(org.trim()).map_err(|m| anyhow::anyhow!("{org}: {m}"))?;
+            Ok((number.to_string(), org))
+        })
+        .collect()
+}
+
+fn twiml() -> Response<Body> {
+    let mut response = Response::new(Body::Text(TWIML_EMPTY.to_owned()));
+    response.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static("application/xml"),
+    );
+    response
+}
+
+impl TwilioWebhook {
+    /// # Errors
+    /// When `TABLE_NAME` is missing, the secret cannot be read or the number map is malformed.
+    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        Ok(Self {
+            sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            auth_token: env.secret("TWILIO_AUTH_TOKEN", &aws.secrets).await?,
+            public_url: env.optional("TWILIO_WEBHOOK_URL"),
+            number_orgs: parse_number_orgs(
+                &env.optional("TWILIO_NUMBER_ORGS").unwrap_or_default(),
+            )?,
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        http::respond("twilio-webhook", &request, || self.receive(&request)).await
+    }
+
+    async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        if request.method() != lambda_http::http::Method::POST {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let body = http::body_bytes(request);
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(
+                "webhook bodies are limited to 1 MiB".to_owned(),
+            ));
+        }
+        let (Some(token), Some(url)) = (&self.auth_token, &self.public_url) else {
+            // Without the token and URL nothing can be verified: refuse rather than trust.
+            return Err(ApiError::ProviderNotConfigured(
+                "the Twilio webhook (TWILIO_AUTH_TOKEN and TWILIO_WEBHOOK_URL)",
+            ));
+        };
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let signature = request
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !verify(token.expose_secret(), url, &params, signature) {
+            tracing::warn!("rejected Twilio webhook: bad or missing signature");
+            return Err(ApiError::Forbidden("invalid X-Twilio-Signature".to_owned()));
+        }
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(sid) = param("MessageSid").or_else(|| param("SmsSid")) else {
+            return Err(ApiError::field("MessageSid", "is required"));
+        };
+        if let Some(status) = param("MessageStatus").or_else(|| param("SmsStatus")) {
+            if matches!(status, "received" | "receiving") {
+                return self.inbound(sid, &param).await;
+            }
+            let error_code = param("ErrorCode").and_then(|c| c.parse().ok());
+            return self.status(sid, status, error_code).await;
+        }
+        self.inbound(sid, &param).await
+    }
+
+    async fn status(
+        &self,
+        sid: &str,
+        status: &str,
+        error_code: Option<i64>,
+    ) -> Result<Response<Body>, ApiError> {
+        let Some((org, id)) = self.sms.find_sid(sid).await? else {
+            tracing::warn!(sid, status, "status callback for an unknown message");
+            return Ok(twiml());
+        };
+        let key = format!("callback:{status}:{}", error_code.unwrap_or(0));
+        let applied = match self
+            .sms
+            .apply_status(&org, &id, status, error_code, &key, chrono::Utc::now())
+            .await
+        {
+            Ok(applied) => applied,
+            Err(StoreError::NotFound) => return Ok(twiml()), // deleted since
+            Err(other) => return Err(other.into()),
+        };
+        if applied == StatusApplied::Duplicate {
+            tracing::info!(sid, status, "repeated status callback ignored");
+            return Ok(twiml());
+        }
+        let mut events = vec![
+            Event {
+                resource: Some(format!("sms/{id}")),
+                channel: Some("sms".to_owned()),
+                status: Some(status.to_owned()),
+                ..Event::new(&org, EventKind::Webhook, "sms.status")
+            }
+            .with_detail(json!({"sid": sid, "error_code": error_code})),
+        ];
+        if let StatusApplied::Recorded(Some(new_status)) = applied {
+            events.push(Event::delivery(
+                &org,
+                "sms",
+                format!("sms/{id}"),
+                new_status.as_str(),
+            ));
+        }
+        self.events.publish(events).await;
+        tracing::info!(sid, status, "status callback applied");
+        Ok(twiml())
+    }
+
+    async fn inbound<'a>(
+        &self,
+        sid: &str,
+        param: &impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Response<Body>, ApiError> {
+        let (Some(from), Some(to)) = (param("From"), param("To")) else {
+            return Err(ApiError::field("From", "From and To are required"));
+        };
+        let body = param("Body").unwrap_or_default();
+        let from_number = PhoneNumber::parse(from).ok();
+        let to_key = PhoneNumber::parse(to)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| to.to_owned());
+        let org = match self.number_orgs.get(&to_key) {
+            Some(org) => Some(org.clone()),
+            None => match &from_number {
+                Some(number) => self.sms.peer_org(number).await?,
+                None => None,
+            },
+        };
+        let Some(org) = org else {
+            tracing::warn!(sid, "inbound SMS for no known organization acknowledged");
+            return Ok(twiml());
+        };
+        let keyword = Keyword::of(body);
+        let entry = InboundSms {
+            id: shared::domain::RecordId::new().to_string(),
+            message_sid: sid.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            body: body.to_owned(),
+            keyword: keyword.map(|_| body.trim().to_ascii_uppercase()),
+            received_at: chrono::Utc::now(),
+        };
+        if !self.sms.record_inbound(&org, &entry).await? {
+            tracing::info!(sid, "repeated inbound SMS ignored");
+            return Ok(twiml());
+        }
+        let mut events = vec![
+            Event {
+                resource: Some(format!("sms/inbound/{sid}")),
+                channel: Some("sms".to_owned()),
+                status: Some("received".to_owned()),
+                ..Event::new(&org, EventKind::Webhook, "sms.inbound")
+            }
+            .with_detail(json!({"from": from, "to": to, "keyword": entry.keyword})),
+        ];
+        if let (Some(keyword), Some(number)) = (keyword, &from_number) {
+            let opted_out = keyword == Keyword::OptOut;
+            self.sms
+                .set_opted_out(&org, number, opted_out, &entry.body, chrono::Utc::now())
+                .await?;
+            let action = if opted_out {
+                "sms.opt_out"
+            } else {
+                "sms.opt_in"
+            };
+            events.push(Event {
+                actor: Some(number.to_string()),
+                resource: Some(format!("sms/opt-out/{number}")),
+                channel: Some("sms".to_owned()),
+                ..Event::new(&org, EventKind::Audit, action)
+            });
+            tracing::info!(org = org.as_str(), action, "SMS opt-out list changed");
+        }
+        self.events.publish(events).await;
+        Ok(twiml())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_map() {
+        let map = parse_number_orgs("+1 415 555 2671=acme, +442079460958=globex").unwrap();
+        assert_eq!(map["+14155552671"].as_str(), "acme");
+        assert_eq!(map["+442079460958"].as_str(), "globex");
+        assert!(parse_number_orgs("").unwrap().is_empty());
+        assert!(parse_number_orgs("+14155552671").is_err());
+        assert!(parse_number_orgs("12=acme").is_err());
+    }
+
+    /// The sample events are signed with token `sample-auth-token` for the function URL
+    /// `https://abcdefg.lambda-url.eu-west-1.on.aws/` (base64 bodies, as function URLs send).
+    #[test]
+    fn sample_events_carry_valid_signatures() {
+        for name in ["inbound-stop", "status-delivered"] {
+            let path = format!(
+                "{}/../events/twilio-webhook/{name}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let request =
+                lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let params: Vec<(String, String)> =
+                url::form_urlencoded::parse(http::body_bytes(&request))
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+            let signature = request.headers()[SIGNATURE_HEADER].to_str().unwrap();
+            let url = "https://abcdefg.lambda-url.eu-west-1.on.aws/";
+            assert!(
+                verify("sample-auth-token", url, &params, signature),
+                "{name}"
+            );
+            assert!(!verify("another-token", url, &params, signature), "{name}");
+        }
+    }
+}

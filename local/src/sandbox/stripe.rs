@@ -1,0 +1,752 @@
+//! A Stripe stand-in: the REST calls Herald makes (customers, subscriptions with prices,
+//! payment intents with create/confirm/retrieve/list, refunds, invoices), form-encoded with
+//! bracket nesting, answered in Stripe's JSON shapes with `has_more` paging, `Idempotency-Key`
+//! replaying the first response, and webhook events signed like Stripe's
+//! (`Stripe-Signature: t=…,v1=…`) posted back to Herald.
+//!
+//! - A confirmed PaymentIntent answers `processing`, then succeeds shortly after and posts
+//!   `payment_intent.succeeded`. The test cards `pm_card_chargeDeclined` (and
+//!   `pm_card_chargeDeclinedInsufficientFunds`) are declined with a 402 card error and
+//!   `payment_intent.payment_failed`.
+//! - A subscription is charged at once: a paid invoice (`invoice.paid`) with its own
+//!   PaymentIntent; its PDF is served at the invoice's `invoice_pdf`.
+//! - Refunds post `charge.refunded`.
+//!
+//! Test hooks under `/sandbox/stripe/_…`: `_faults` (`{"status": 503, "count": 2}` or
+//! `{"delay_ms": 5000}`), `_events` (what was sent), `_events/hold` (`{"hold": true}`
+//! queues events instead of posting them), `_events/release` (`{"order": "reverse",
+//! "duplicate": true}` posts the queued ones, reordered or twice; `{"drop": true}` discards
+//! them), `_events/{id}/replay` (posts one again).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::providers::stripe::{API_VERSION, SIGNATURE_HEADER, form, sign};
+
+/// Prices the sandbox knows by name (others cost 15.00 USD a month).
+const PRICES: &[(&str, i64)] = &[("price_basic_monthly", 1000), ("price_pro_monthly", 5000)];
+
+pub struct StripeSandbox {
+    secret_key: String,
+    webhook_secret: String,
+    /// A second configured secret, as during a rotation; the sandbox signs with the first.
+    retired_secret: String,
+    webhook_url: String,
+    public_url: String,
+    http: reqwest::Client,
+    state: Mutex<SandboxState>,
+}
+
+#[derive(Default)]
+struct SandboxState {
+    objects: HashMap<String, Value>,
+    /// Ids by list path (`customers`, …), oldest first.
+    lists: HashMap<&'static str, Vec<String>>,
+    idempotency: HashMap<String, (String, u16, Value)>,
+    faults: VecDeque<Fault>,
+    events: Vec<Value>,
+    held: Option<Vec<Value>>,
+    calls: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Fault {
+    status: Option<u16>,
+    delay_ms: Option<u64>,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Release {
+    #[serde(default)]
+    order: Option<String>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    drop: bool,
+}
+
+type Reply = (StatusCode, Value);
+
+fn stripe_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Reply {
+    (
+        status,
+        json!({"error": {"type": kind, "code": code, "message": message}}),
+    )
+}
+
+fn invalid(message: &str) -> Reply {
+    stripe_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        None,
+        message,
+    )
+}
+
+fn missing(id: &str) -> Reply {
+    stripe_error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("resource_missing"),
+        &format!("No such object: '{id}'"),
+    )
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn text(params: &Value, name: &str) -> Option<String> {
+    params[name].as_str().map(str::to_owned)
+}
+
+impl StripeSandbox {
+    /// `public_url` is the runner's base URL (for invoice PDF links).
+    pub fn new(webhook_url: String, public_url: String) -> Arc<Self> {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        Arc::new(Self {
+            secret_key: format!("sk_test_sandbox_{tag}"),
+            webhook_secret: format!("whsec_sandbox_{tag}"),
+            retired_secret: format!("whsec_retired_{tag}"),
+            webhook_url,
+            public_url,
+            http: reqwest::Client::new(),
+            state: Mutex::new(SandboxState::default()),
+        })
+    }
+
+    /// What Herald's Stripe secret holds in sandbox mode.
+    pub fn secret_values(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("STRIPE_SECRET_KEY".to_owned(), self.secret_key.clone()),
+            (
+                "STRIPE_WEBHOOK_SECRETS".to_owned(),
+                format!("{},{}", self.retired_secret, self.webhook_secret),
+            ),
+        ])
+    }
+
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    /// The `Stripe-Signature` of `body` now, with the endpoint secret (or the retired one).
+    pub fn sign(&self, body: &[u8], retired: bool, timestamp: i64) -> String {
+        let secret = if retired {
+            &self.retired_secret
+        } else {
+            &self.webhook_secret
+        };
+        sign(secret, timestamp, body)
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.state.lock().map(|s| s.calls).unwrap_or(0)
+    }
+
+    /// Every event the sandbox made, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        self.state
+            .lock()
+            .map(|s| s.events.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/sandbox/stripe/v1/{*path}", any(api))
+            .route("/sandbox/stripe/invoices/{id}/pdf", get(invoice_pdf))
+            .route("/sandbox/stripe/_faults", post(add_fault))
+            .route("/sandbox/stripe/_events", get(list_events))
+            .route("/sandbox/stripe/_events/hold", post(hold_events))
+            .route("/sandbox/stripe/_events/release", post(release_events))
+            .route("/sandbox/stripe/_events/{id}/replay", post(replay_event))
+            .with_state(Arc::clone(self))
+    }
+
+    /// Signs and posts one event to Herald's webhook, retrying a few times like Stripe.
+    pub async fn post_event(&self, event: &Value) {
+        let body = serde_json::to_vec(event).unwrap_or_default();
+        for attempt in 0..5u32 {
+            let result = self
+                .http
+                .post(&self.webhook_url)
+                .header("content-type", "application/json; charset=utf-8")
+                .header(SIGNATURE_HEADER, self.sign(&body, false, now()))
+                .body(body.clone())
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => return,
+                Ok(response) => tracing::warn!(
+                    status = response.status().as_u16(),
+                    attempt,
+                    "webhook refused a sandbox Stripe event"
+                ),
+                Err(error) => tracing::warn!(%error, attempt, "webhook unreachable"),
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+    }
+
+    /// Records an event about `object` and posts it after `delay` (unless events are held).
+    fn emit(self: &Arc<Self>, state: &mut SandboxState, kind: &str, object: &Value, delay: u64) {
+        let event = json!({
+            "id": new_id("evt"), "object": "event", "api_version": API_VERSION,
+            "created": now(), "livemode": false, "type": kind,
+            "data": {"object": object}, "pending_webhooks": 1,
+        });
+        state.events.push(event.clone());
+        if let Some(held) = &mut state.held {
+            held.push(event);
+            return;
+        }
+        let sandbox = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            sandbox.post_event(&event).await;
+        });
+    }
+
+    fn store(state: &mut SandboxState, list: &'static str, object: Value) -> Value {
+        let id = object["id"].as_str().unwrap_or_default().to_owned();
+        state.lists.entry(list).or_default().push(id.clone());
+        state.objects.insert(id, object.clone());
+        object
+    }
+
+    fn create_customer(self: &Arc<Self>, state: &mut SandboxState, params: &Value) -> Reply {
+        let customer = json!({
+            "id": new_id("cus"), "object": "customer", "created": now(),
+            "email": params["email"], "name": params["name"], "description": params["description"],
+            "metadata": params.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            "livemode": false,
+        });
+        let customer = Self::store(state, "customers", customer);
+        self.emit(state, "customer.created", &customer, 50);
+        (StatusCode::OK, customer)
+    }
+
+    fn create_intent(self: &Arc<Self>, state: &mut SandboxState, params: &Value) -> Reply {
+        let Some(amount) = text(params, "amount").and_then(|a| a.parse::<i64>().ok()) else {
+            return invalid("Invalid integer: amount");
+        };
+        if amount < 1 {
+            return invalid("Amount must be at least 1");
+        }
+        let Some(currency) = text(params, "currency").filter(|c| c.len() == 3) else {
+            return invalid("Invalid currency");
+        };
+        if let Some(customer) = text(params, "customer")
+            && !state.objects.contains_key(&customer)
+        {
+            return missing(&customer);
+        }
+        let intent = json!({
+            "id": new_id("pi"), "object": "payment_intent", "amount": amount, "amount_received": 0,
+            "currency": currency, "customer": params["customer"], "description": params["description"],
+            "payment_method": params["payment_method"], "status": "requires_confirmation",
+            "metadata": params.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            "created": now(), "latest_charge": null, "last_payment_error": null, "invoice": null,
+            "livemode": false,
+        });
+        let intent = Self::store(state, "payment_intents", intent);
+        if params["confirm"] == "true" {
+            return self.confirm(state, intent["id"].as_str().unwrap_or_default());
+        }
+        (StatusCode::OK, intent)
+    }
+
+    fn confirm(self: &Arc<Self>, state: &mut SandboxState, id: &str) -> Reply {
+        let Some(mut intent) = state.objects.get(id).cloned() else {
+            return missing(id);
+        };
+        if intent["status"] == "succeeded" || intent["status"] == "processing" {
+            return invalid("This PaymentIntent's status does not allow confirmation");
+        }
+        let method = intent["payment_method"].as_str().unwrap_or("pm_card_visa");
+        if method.contains("chargeDeclined") {
+            let decline = if method.ends_with("InsufficientFunds") {
+                "insufficient_funds"
+            } else {
+                "generic_decline"
+            };
+            let error = json!({"type": "card_error", "code": "card_declined", "decline_code": decline,
+                "message": "Your card was declined."});
+            intent["status"] = json!("requires_payment_method");
+            intent["last_payment_error"] = error.clone();
+            state.objects.insert(id.to_owned(), intent.clone());
+            self.emit(state, "payment_intent.payment_failed", &intent, 100);
+            let mut error = error;
+            error["payment_intent"] = intent;
+            return (StatusCode::PAYMENT_REQUIRED, json!({"error": error}));
+        }
+        intent["status"] = json!("processing");
+        state.objects.insert(id.to_owned(), intent.clone());
+        // The card network answers a moment later.
+        let sandbox = Arc::clone(self);
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let Ok(mut state) = sandbox.state.lock() else {
+                return;
+            };
+            let Some(mut intent) = state.objects.get(&id).cloned() else {
+                return;
+            };
+            let charge = Self::charge_for(&mut state, &intent);
+            intent["status"] = json!("succeeded");
+            intent["amount_received"] = intent["amount"].clone();
+            intent["latest_charge"] = charge["id"].clone();
+            state.objects.insert(id, intent.clone());
+            sandbox.emit(&mut state, "payment_intent.succeeded", &intent, 0);
+        });
+        (StatusCode::OK, intent)
+    }
+
+    /// The succeeded charge of an intent (charges copy their intent's metadata).
+    fn charge_for(state: &mut SandboxState, intent: &Value) -> Value {
+        let charge = json!({
+            "id": new_id("ch"), "object": "charge", "amount": intent["amount"],
+            "amount_refunded": 0, "refunded": false, "currency": intent["currency"],
+            "customer": intent["customer"], "payment_intent": intent["id"], "status": "succeeded",
+            "paid": true, "metadata": intent["metadata"], "created": now(),
+            "receipt_url": null, "livemode": false,
+        });
+        Self::store(state, "charges", charge)
+    }
+
+    fn refund(self: &Arc<Self>, state: &mut SandboxState, params: &Value) -> Reply {
+        let intent_id = text(params, "payment_intent").unwrap_or_default();
+        let Some(intent) = state.objects.get(&intent_id).cloned() else {
+            return missing(&intent_id);
+        };
+        let Some(charge_id) = intent["latest_charge"].as_str().map(str::to_owned) else {
+            return invalid("This PaymentIntent does not have a successful charge to refund.");
+        };
+        let Some(mut charge) = state.objects.get(&charge_id).cloned() else {
+            return missing(&charge_id);
+        };
+        let total = charge["amount"].as_i64().unwrap_or(0);
+        let refunded = charge["amount_refunded"].as_i64().unwrap_or(0);
+        let amount = match text(params, "amount") {
+            Some(a) => match a.parse::<i64>() {
+                Ok(a) if a >= 1 => a,
+                _ => return invalid("Invalid integer: amount"),
+            },
+            None => total - refunded,
+        };
+        if amount > total - refunded {
+            return stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("amount_too_large"),
+                "Refund amount is greater than unrefunded amount on charge",
+            );
+        }
+        charge["amount_refunded"] = json!(refunded + amount);
+        charge["refunded"] = json!(refunded + amount == total);
+        state.objects.insert(charge_id.clone(), charge.clone());
+        let refund = json!({
+            "id": new_id("re"), "object": "refund", "amount": amount, "charge": charge_id,
+            "payment_intent": intent_id, "currency": charge["currency"], "status": "succeeded",
+            "reason": params["reason"], "metadata": params.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            "created": now(),
+        });
+        let refund = Self::store(state, "refunds", refund);
+        self.emit(state, "charge.refunded", &charge, 100);
+        (StatusCode::OK, refund)
+    }
+
+    fn create_subscription(self: &Arc<Self>, state: &mut SandboxState, params: &Value) -> Reply {
+        let customer = text(params, "customer").unwrap_or_default();
+        if !state.objects.contains_key(&customer) {
+            return missing(&customer);
+        }
+        let Some(items) = params["items"].as_array().filter(|i| !i.is_empty()) else {
+            return invalid("Missing required param: items.");
+        };
+        let created = now();
+        let mut total = 0;
+        let mut data = Vec::new();
+        for item in items {
+            let Some(price) = item["price"].as_str() else {
+                return invalid("Missing required param: items[0][price].");
+            };
+            if !price.starts_with("price_") {
+                return missing(price);
+            }
+            let quantity = item["quantity"]
+                .as_str()
+                .and_then(|q| q.parse::<i64>().ok())
+                .unwrap_or(1);
+            let unit = PRICES
+                .iter()
+                .find(|(id, _)| *id == price)
+                .map_or(1500, |(_, amount)| *amount);
+            total += unit * quantity;
+            data.push(
+                json!({"id": new_id("si"), "object": "subscription_item", "quantity": quantity,
+                "price": {"id": price, "object": "price", "unit_amount": unit, "currency": "usd",
+                          "recurring": {"interval": "month", "interval_count": 1}}}),
+            );
+        }
+        let metadata = params.get("metadata").cloned().unwrap_or_else(|| json!({}));
+        let declined = params["default_payment_method"]
+            .as_str()
+            .is_some_and(|m| m.contains("chargeDeclined"));
+        let subscription = json!({
+            "id": new_id("sub"), "object": "subscription", "customer": customer,
+            "status": if declined { "incomplete" } else { "active" },
+            "items": {"object": "list", "data": data, "has_more": false},
+            "current_period_start": created, "current_period_end": created + 30 * 86_400,
+            "canceled_at": null, "cancel_at_period_end": false, "metadata": metadata,
+            "created": created, "livemode": false,
+        });
+        let subscription = Self::store(state, "subscriptions", subscription);
+        // The first invoice is charged at once, through an intent of Stripe's own (no
+        // Herald metadata: the invoice carries the subscription's in subscription_details).
+        let intent = json!({
+            "id": new_id("pi"), "object": "payment_intent", "amount": total,
+            "amount_received": if declined { 0 } else { total }, "currency": "usd",
+            "customer": customer, "status": if declined { "requires_payment_method" } else { "succeeded" },
+            "metadata": {}, "created": created, "latest_charge": null, "last_payment_error": null,
+            "livemode": false,
+        });
+        let mut intent = Self::store(state, "payment_intents", intent);
+        let invoice_id = new_id("in");
+        if !declined {
+            let charge = Self::charge_for(state, &intent);
+            intent["latest_charge"] = charge["id"].clone();
+        }
+        intent["invoice"] = json!(invoice_id);
+        state.objects.insert(
+            intent["id"].as_str().unwrap_or_default().to_owned(),
+            intent.clone(),
+        );
+        let number = format!(
+            "SBX-{:04}",
+            state.lists.get("invoices").map_or(0, Vec::len) + 1
+        );
+        let invoice = json!({
+            "id": invoice_id, "object": "invoice", "customer": customer,
+            "subscription": subscription["id"], "status": if declined { "open" } else { "paid" },
+            "amount_due": total, "amount_paid": if declined { 0 } else { total },
+            "currency": "usd", "number": number, "payment_intent": intent["id"],
+            "invoice_pdf": format!("{}/sandbox/stripe/invoices/{invoice_id}/pdf", self.public_url),
+            "hosted_invoice_url": format!("{}/sandbox/stripe/invoices/{invoice_id}", self.public_url),
+            "subscription_details": {"metadata": subscription["metadata"]},
+            "metadata": {}, "created": created, "livemode": false,
+        });
+        let invoice = Self::store(state, "invoices", invoice);
+        self.emit(state, "customer.subscription.created", &subscription, 50);
+        self.emit(
+            state,
+            if declined {
+                "invoice.payment_failed"
+            } else {
+                "invoice.paid"
+            },
+            &invoice,
+            150,
+        );
+        (StatusCode::OK, subscription)
+    }
+
+    fn cancel_subscription(self: &Arc<Self>, state: &mut SandboxState, id: &str) -> Reply {
+        let Some(mut subscription) = state.objects.get(id).cloned() else {
+            return missing(id);
+        };
+        subscription["status"] = json!("canceled");
+        subscription["canceled_at"] = json!(now());
+        state.objects.insert(id.to_owned(), subscription.clone());
+        self.emit(state, "customer.subscription.deleted", &subscription, 50);
+        (StatusCode::OK, subscription)
+    }
+
+    fn list(state: &SandboxState, list: &'static str, query: &Value) -> Reply {
+        let limit = text(query, "limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(10);
+        if !(1..=100).contains(&limit) {
+            return invalid("limit must be between 1 and 100");
+        }
+        let gte = text(&query["created"], "gte").and_then(|g| g.parse::<i64>().ok());
+        let status = text(query, "status");
+        let after = text(query, "starting_after");
+        let ids = state.lists.get(list).cloned().unwrap_or_default();
+        let mut newest_first = ids.iter().rev().filter_map(|id| state.objects.get(id));
+        if let Some(after) = &after {
+            if !ids.contains(after) {
+                return missing(after);
+            }
+            for object in newest_first.by_ref() {
+                if object["id"] == after.as_str() {
+                    break;
+                }
+            }
+        }
+        let matching: Vec<&Value> = newest_first
+            .filter(|o| gte.is_none_or(|g| o["created"].as_i64().unwrap_or(0) >= g))
+            .filter(|o| match (list, status.as_deref()) {
+                ("subscriptions", None) => o["status"] != "canceled",
+                (_, None | Some("all")) => true,
+                (_, Some(status)) => o["status"] == status,
+            })
+            .filter(|o| text(query, "customer").is_none_or(|c| o["customer"] == c.as_str()))
+            .collect();
+        let page: Vec<Value> = matching.iter().take(limit).map(|o| (*o).clone()).collect();
+        (
+            StatusCode::OK,
+            json!({"object": "list", "url": format!("/v1/{list}"), "has_more": matching.len() > limit, "data": page}),
+        )
+    }
+
+    fn route(
+        self: &Arc<Self>,
+        state: &mut SandboxState,
+        method: &Method,
+        path: &str,
+        params: &Value,
+    ) -> Reply {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let retrieve = |state: &SandboxState, id: &str| match state.objects.get(id) {
+            Some(object) => (StatusCode::OK, object.clone()),
+            None => missing(id),
+        };
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", ["customers"]) => self.create_customer(state, params),
+            ("GET", ["customers"]) => Self::list(state, "customers", params),
+            ("POST", ["payment_intents"]) => self.create_intent(state, params),
+            ("GET", ["payment_intents"]) => Self::list(state, "payment_intents", params),
+            ("POST", ["payment_intents", id, "confirm"]) => self.confirm(state, id),
+            ("POST", ["refunds"]) => self.refund(state, params),
+            ("POST", ["subscriptions"]) => self.create_subscription(state, params),
+            ("GET", ["subscriptions"]) => Self::list(state, "subscriptions", params),
+            ("DELETE", ["subscriptions", id]) => self.cancel_subscription(state, id),
+            ("GET", ["invoices"]) => Self::list(state, "invoices", params),
+            (
+                "GET",
+                [
+                    "customers" | "payment_intents" | "subscriptions" | "invoices" | "charges"
+                    | "refunds",
+                    id,
+                ],
+            ) => retrieve(state, id),
+            _ => stripe_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                None,
+                &format!("Unrecognized request URL ({method}: /v1/{path})."),
+            ),
+        }
+    }
+}
+
+async fn api(
+    State(sandbox): State<Arc<StripeSandbox>>,
+    method: Method,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("authorization") != Some(&format!("Bearer {}", sandbox.secret_key)) {
+        let (status, body) = stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            "Invalid API Key provided",
+        );
+        return (status, Json(body)).into_response();
+    }
+    let fault = sandbox.state.lock().ok().and_then(|mut state| {
+        state.calls += 1;
+        let fault = state.faults.front_mut()?;
+        fault.count = fault.count.saturating_sub(1);
+        let taken = fault.clone();
+        if fault.count == 0 {
+            state.faults.pop_front();
+        }
+        Some(taken)
+    });
+    if let Some(fault) = fault {
+        if let Some(delay) = fault.delay_ms {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if let Some(status) = fault.status {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (
+                status,
+                Json(json!({"error": {"type": "api_error", "message": "sandbox fault"}})),
+            )
+                .into_response();
+        }
+    }
+    let params = if method == Method::GET {
+        form::decode(query.as_deref().unwrap_or_default())
+    } else {
+        form::decode(&String::from_utf8_lossy(&body))
+    };
+    let idempotency = header("idempotency-key")
+        .filter(|_| method == Method::POST)
+        .map(|key| {
+            (
+                format!("{path}#{key}"),
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        });
+    let Ok(mut state) = sandbox.state.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if let Some((key, request)) = &idempotency
+        && let Some((first, status, body)) = state.idempotency.get(key)
+    {
+        if first != request {
+            let (status, body) = stripe_error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_error",
+                None,
+                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+            );
+            return (status, Json(body)).into_response();
+        }
+        let mut response = (
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+            Json(body.clone()),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        return response;
+    }
+    let (status, reply) = sandbox.route(&mut state, &method, &path, &params);
+    // Stripe keeps the outcome of a key unless the request never ran (a 5xx of its own).
+    if let Some((key, request)) = idempotency
+        && !status.is_server_error()
+    {
+        state
+            .idempotency
+            .insert(key, (request, status.as_u16(), reply.clone()));
+    }
+    (status, Json(reply)).into_response()
+}
+
+/// A one-page PDF standing in for Stripe's hosted invoice PDF.
+async fn invoice_pdf(
+    State(sandbox): State<Arc<StripeSandbox>>,
+    Path(id): Path<String>,
+) -> Response {
+    let known = sandbox
+        .state
+        .lock()
+        .map(|s| s.objects.contains_key(&id))
+        .unwrap_or(false);
+    if !known {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let pdf = format!(
+        "%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%% sandbox invoice {id}\n%%EOF\n"
+    );
+    ([("content-type", "application/pdf")], pdf).into_response()
+}
+
+async fn add_fault(
+    State(sandbox): State<Arc<StripeSandbox>>,
+    Json(fault): Json<Fault>,
+) -> Response {
+    if let Ok(mut state) = sandbox.state.lock() {
+        state.faults.push_back(fault);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn list_events(State(sandbox): State<Arc<StripeSandbox>>) -> Response {
+    Json(json!({"events": sandbox.events()})).into_response()
+}
+
+async fn hold_events(
+    State(sandbox): State<Arc<StripeSandbox>>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Ok(mut state) = sandbox.state.lock() {
+        if body["hold"].as_bool().unwrap_or(true) {
+            state.held.get_or_insert_with(Vec::new);
+        } else if let Some(held) = state.held.take() {
+            let sandbox = Arc::clone(&sandbox);
+            tokio::spawn(async move {
+                for event in held {
+                    sandbox.post_event(&event).await;
+                }
+            });
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Posts the held events (in order, reversed, or each twice) and stops holding; waits
+/// until they are delivered, so a test can look at the effect right after.
+async fn release_events(
+    State(sandbox): State<Arc<StripeSandbox>>,
+    body: Option<Json<Release>>,
+) -> Response {
+    let release = body.map(|Json(r)| r).unwrap_or_default();
+    let held = sandbox
+        .state
+        .lock()
+        .ok()
+        .and_then(|mut s| s.held.take())
+        .unwrap_or_default();
+    if release.drop {
+        return Json(json!({"dropped": held.len()})).into_response();
+    }
+    let mut events = held;
+    if release.order.as_deref() == Some("reverse") {
+        events.reverse();
+    }
+    for event in &events {
+        sandbox.post_event(event).await;
+        if release.duplicate {
+            sandbox.post_event(event).await;
+        }
+    }
+    Json(json!({"posted": events.len()})).into_response()
+}
+
+async fn replay_event(
+    State(sandbox): State<Arc<StripeSandbox>>,
+    Path(id): Path<String>,
+) -> Response {
+    let event = sandbox
+        .events()
+        .into_iter()
+        .find(|e| e["id"] == id.as_str());
+    match event {
+        Some(event) => {
+            sandbox.post_event(&event).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}

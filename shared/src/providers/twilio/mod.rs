@@ -1,0 +1,14 @@
+//! Twilio: SMS delivery.
+//!
+//! - [`client`]: the Messages API (create, fetch) and the account balance, with errors that
+//!   say whether a retry can help ([`TwilioError::is_retryable`]).
+//! - [`signature`]: `X-Twilio-Signature` (HMAC-SHA1 over the URL and the sorted form
+//!   parameters), to verify webhooks and, in the local sandbox, to sign them.
+
+pub mod client;
+pub mod signature;
+
+pub use client::{
+    Balance, BuildError, MessageResource, OutboundSms, Sender, TwilioClient, TwilioError,
+};
+pub use signature::{SIGNATURE_HEADER, sign, verify};

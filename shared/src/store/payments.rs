@@ -1,0 +1,378 @@
+//! Payment records (customers, subscriptions, payments, invoices), webhook dedupe marks and
+//! the Stripe sync checkpoint.
+//!
+//! | item | `pk` / `sk` | indexes |
+//! |---|---|---|
+//! | customer | `ORG#<org>` / `CUSTOMER#<ulid>` | `GSI1` `STRIPE#<cus_…>` / `CUSTOMER#<org>#<ulid>` |
+//! | subscription | `ORG#<org>` / `SUBSCRIPTION#<ulid>` | `GSI1` `STRIPE#<sub_…>` / … |
+//! | payment | `ORG#<org>` / `PAYMENT#<ulid>` | `GSI1` `STRIPE#<pi_…>` / … |
+//! | invoice | `ORG#<org>` / `INVOICE#<ulid>` | `GSI1` `STRIPE#<in_…>` / … |
+//! | webhook event seen | `STRIPE_EVENT#<evt_…>` / `EVENT` (TTL 30 days) | |
+//! | sync checkpoint | `STRIPE_SYNC` / `CHECKPOINT` | |
+//!
+//! `GSI1` finds a record from a Stripe id (webhook events and the sync); its sort key names
+//! the organization, which the caller checks against the object's `metadata.org_id`.
+//! Writes are conditional on the `version` the writer read, so a webhook and the sync
+//! racing on one record cannot lose either's change.
+
+use anyhow::Context;
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Item, PartitionKey, StoreError, paged_query, s};
+use crate::domain::{OrgId, RecordId};
+use crate::http::{Cursor, PageRequest};
+use crate::payments::records::{CustomerRecord, InvoiceRecord, PaymentRecord, SubscriptionRecord};
+
+/// How long a webhook event id is remembered: Stripe retries for three days.
+const EVENT_MEMORY_DAYS: i64 = 30;
+
+/// A record kind of the payments store.
+pub trait PaymentEntity: Serialize + DeserializeOwned + Send + Sync {
+    const PREFIX: &'static str;
+    fn id(&self) -> &str;
+    fn org(&self) -> &OrgId;
+    fn stripe_id(&self) -> Option<&str>;
+    fn version(&self) -> u64;
+    fn set_version(&mut self, version: u64);
+}
+
+macro_rules! entity {
+    ($type:ty, $prefix:literal, |$record:ident| $stripe:expr) => {
+        impl PaymentEntity for $type {
+            const PREFIX: &'static str = $prefix;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn org(&self) -> &OrgId {
+                &self.org_id
+            }
+            fn stripe_id(&self) -> Option<&str> {
+                let $record = self;
+                $stripe
+            }
+            fn version(&self) -> u64 {
+                self.version
+            }
+            fn set_version(&mut self, version: u64) {
+                self.version = version;
+            }
+        }
+    };
+}
+
+entity!(CustomerRecord, "CUSTOMER", |r| r.stripe_id.as_deref());
+entity!(SubscriptionRecord, "SUBSCRIPTION", |r| r
+    .stripe_id
+    .as_deref());
+entity!(PaymentRecord, "PAYMENT", |r| r.stripe_id.as_deref());
+entity!(InvoiceRecord, "INVOICE", |r| Some(r.stripe_id.as_str()));
+
+/// Where the Stripe sync stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncCheckpoint {
+    /// `created[gte]` of the run in progress (unix seconds); 0 reads everything.
+    pub since: i64,
+    /// When the run in progress started; becomes the next run's base once it completes.
+    pub run_started: i64,
+    /// Index into the synced resources of the one being read.
+    pub resource: usize,
+    /// The last object id read of that resource (`starting_after`).
+    pub after: Option<String>,
+    /// Whether a run is in progress (else the next run starts afresh).
+    pub in_progress: bool,
+    /// When the last complete run started.
+    pub last_complete: Option<i64>,
+    #[serde(default)]
+    pub version: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentStore {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn org_pk(org: &OrgId) -> String {
+    format!("ORG#{org}")
+}
+
+fn sk<T: PaymentEntity>(id: &str) -> String {
+    format!("{}#{id}", T::PREFIX)
+}
+
+fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error: &E) -> bool {
+    error.code() == Some("ConditionalCheckFailedException")
+}
+
+impl PaymentStore {
+    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            dynamodb,
+            table: table.into(),
+        }
+    }
+
+    fn item_of<T: PaymentEntity>(record: &T) -> Result<Item, StoreError> {
+        let mut item: Item = serde_dynamo::to_item(record).context("encoding payment record")?;
+        item.insert("pk".into(), s(org_pk(record.org())));
+        item.insert("sk".into(), s(sk::<T>(record.id())));
+        item.insert("entity".into(), s(T::PREFIX.to_ascii_lowercase()));
+        if let Some(stripe) = record.stripe_id() {
+            item.insert("gsi1pk".into(), s(format!("STRIPE#{stripe}")));
+            item.insert(
+                "gsi1sk".into(),
+                s(format!("{}#{}#{}", T::PREFIX, record.org(), record.id())),
+            );
+        }
+        Ok(item)
+    }
+
+    /// Stores `record` if its `version` is still the stored one (0: it must be new), and
+    /// bumps the version.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when someone else wrote it first.
+    pub async fn save<T: PaymentEntity>(&self, record: &mut T) -> Result<(), StoreError> {
+        let expected = record.version();
+        record.set_version(expected + 1);
+        let item = Self::item_of(record)?;
+        let mut request = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        request = if expected == 0 {
+            request.condition_expression("attribute_not_exists(pk)")
+        } else {
+            request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                record.set_version(expected);
+                if error.as_service_error().is_some_and(is_condition_failure) {
+                    Err(StoreError::Conflict(
+                        "the record changed concurrently".to_owned(),
+                    ))
+                } else {
+                    Err(anyhow::Error::new(error)
+                        .context("PutItem payment record")
+                        .into())
+                }
+            }
+        }
+    }
+
+    /// # Errors
+    /// [`StoreError::NotFound`] when missing or another organization's.
+    pub async fn get<T: PaymentEntity>(&self, org: &OrgId, id: &str) -> Result<T, StoreError> {
+        if RecordId::parse(id).is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(sk::<T>(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("GetItem payment record")?
+            .item
+            .ok_or(StoreError::NotFound)?;
+        Ok(serde_dynamo::from_item(item).context("malformed payment record")?)
+    }
+
+    /// The record of `org` mirroring the Stripe object `stripe_id`, if Herald has one.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn find_by_stripe<T: PaymentEntity>(
+        &self,
+        org: &OrgId,
+        stripe_id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let output = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .index_name("GSI1")
+            .key_condition_expression("gsi1pk = :pk AND begins_with(gsi1sk, :prefix)")
+            .expression_attribute_values(":pk", s(format!("STRIPE#{stripe_id}")))
+            .expression_attribute_values(":prefix", s(format!("{}#{org}#", T::PREFIX)))
+            .send()
+            .await
+            .context("Query GSI1 by Stripe id")?;
+        let Some(item) = output.items.unwrap_or_default().into_iter().next() else {
+            return Ok(None);
+        };
+        // The index is eventually consistent: read the item itself.
+        let id = match item.get("id") {
+            Some(AttributeValue::S(id)) => id.clone(),
+            _ => return Ok(None),
+        };
+        match self.get::<T>(org, &id).await {
+            Ok(record) => Ok(Some(record)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Lists an organization's records newest first; `filters` are attribute = value.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    pub async fn list<T: PaymentEntity>(
+        &self,
+        org: &OrgId,
+        filters: &[(&str, String)],
+        page: &PageRequest,
+    ) -> Result<(Vec<T>, Option<Cursor>), StoreError> {
+        let partition = org_pk(org);
+        let mut request = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(&partition))
+            .expression_attribute_values(":lo", s(format!("{}#0", T::PREFIX)))
+            .expression_attribute_values(":hi", s(format!("{}#~", T::PREFIX)))
+            .scan_index_forward(false);
+        let mut conditions = Vec::new();
+        for (index, (attribute, value)) in filters.iter().enumerate() {
+            conditions.push(format!("#f{index} = :f{index}"));
+            request = request
+                .expression_attribute_names(format!("#f{index}"), *attribute)
+                .expression_attribute_values(format!(":f{index}"), s(value));
+        }
+        if !conditions.is_empty() {
+            request = request.filter_expression(conditions.join(" AND "));
+        }
+        let (items, next) = paged_query(
+            request,
+            page,
+            PartitionKey {
+                attribute: "pk",
+                value: &partition,
+            },
+            &["pk", "sk"],
+        )
+        .await?;
+        let records = items
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).context("malformed payment record"))
+            .collect::<Result<Vec<T>, _>>()?;
+        Ok((records, next))
+    }
+
+    /// Whether the webhook already applied the event `event_id`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn event_seen(&self, event_id: &str) -> Result<bool, StoreError> {
+        let output = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("STRIPE_EVENT#{event_id}")))
+            .key("sk", s("EVENT"))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("GetItem Stripe event")?;
+        Ok(output.item.is_some())
+    }
+
+    /// Remembers that `event_id` was applied. `false` when it already was.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn mark_event(
+        &self,
+        event_id: &str,
+        kind: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let expires = now + chrono::Duration::days(EVENT_MEMORY_DAYS);
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("STRIPE_EVENT#{event_id}")))
+            .item("sk", s("EVENT"))
+            .item("entity", s("stripe_event"))
+            .item("type", s(kind))
+            .item("received_at", s(now.to_rfc3339()))
+            .item(
+                "expires_at",
+                AttributeValue::N(expires.timestamp().to_string()),
+            )
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(false),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("PutItem Stripe event")
+                .into()),
+        }
+    }
+
+    /// # Errors
+    /// Storage failures.
+    pub async fn checkpoint(&self) -> Result<SyncCheckpoint, StoreError> {
+        let output = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s("STRIPE_SYNC"))
+            .key("sk", s("CHECKPOINT"))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("GetItem sync checkpoint")?;
+        match output.item {
+            Some(item) => Ok(serde_dynamo::from_item(item).context("malformed checkpoint")?),
+            None => Ok(SyncCheckpoint::default()),
+        }
+    }
+
+    /// Saves the checkpoint if nobody else moved it since it was read.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when another run saved one in between.
+    pub async fn save_checkpoint(&self, checkpoint: &mut SyncCheckpoint) -> Result<(), StoreError> {
+        let expected = checkpoint.version;
+        checkpoint.version += 1;
+        let mut item: Item = serde_dynamo::to_item(&*checkpoint).context("encoding checkpoint")?;
+        item.insert("pk".into(), s("STRIPE_SYNC"));
+        item.insert("sk".into(), s("CHECKPOINT"));
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR version = :v")
+            .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => {
+                checkpoint.version = expected;
+                Err(StoreError::Conflict(
+                    "another sync run moved the checkpoint".to_owned(),
+                ))
+            }
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("PutItem checkpoint")
+                .into()),
+        }
+    }
+}

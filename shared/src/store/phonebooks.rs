@@ -1,0 +1,312 @@
+//! Phonebooks and their contacts (SPEC §4 "SMS").
+//!
+//! | item | `pk` / `sk` |
+//! |---|---|
+//! | phonebook | `ORG#<org>` / `PB#<ulid>` |
+//! | contact | `ORG#<org>` / `PBC#<phonebook ulid>#<e164>` (one per number: a re-import updates it) |
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use aws_sdk_dynamodb::types::{AttributeValue, Select};
+use chrono::{DateTime, Utc};
+
+use super::sms::put_all;
+use super::{Item, PartitionKey, StoreError, paged_query, s};
+use crate::domain::OrgId;
+use crate::domain::sms_message::PhoneNumber;
+use crate::http::{Cursor, PageRequest};
+
+#[derive(Debug, Clone)]
+pub struct PhonebookStore {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Phonebook {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub contact_count: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contact {
+    pub phone: PhoneNumber,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Further columns of the import, usable as template variables.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn org_pk(org: &OrgId) -> String {
+    format!("ORG#{org}")
+}
+
+fn contact_prefix(phonebook: &str) -> String {
+    format!("PBC#{phonebook}#")
+}
+
+impl PhonebookStore {
+    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            dynamodb,
+            table: table.into(),
+        }
+    }
+
+    /// # Errors
+    /// Storage failures only.
+    pub async fn create(&self, org: &OrgId, phonebook: &Phonebook) -> Result<(), StoreError> {
+        let mut item: Item = serde_dynamo::to_item(phonebook).context("encoding phonebook")?;
+        item.insert("pk".into(), s(org_pk(org)));
+        item.insert("sk".into(), s(format!("PB#{}", phonebook.id)));
+        item.insert("entity".into(), s("phonebook"));
+        self.dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .context("PutItem phonebook")?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// [`StoreError::NotFound`] when missing, deleted or another organization's.
+    pub async fn get(&self, org: &OrgId, id: &str) -> Result<Phonebook, StoreError> {
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("PB#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("GetItem phonebook")?
+            .item
+            .ok_or(StoreError::NotFound)?;
+        if item.contains_key("deleted_at") {
+            return Err(StoreError::NotFound);
+        }
+        Ok(serde_dynamo::from_item(item).context("malformed phonebook")?)
+    }
+
+    /// An organization's phonebooks, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    pub async fn list(
+        &self,
+        org: &OrgId,
+        page: &PageRequest,
+    ) -> Result<(Vec<Phonebook>, Option<Cursor>), StoreError> {
+        let partition = org_pk(org);
+        let request = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .filter_expression("attribute_not_exists(deleted_at)")
+            .expression_attribute_values(":pk", s(&partition))
+            .expression_attribute_values(":prefix", s("PB#"))
+            .scan_index_forward(false);
+        let (items, next) = paged_query(
+            request,
+            page,
+            PartitionKey {
+                attribute: "pk",
+                value: &partition,
+            },
+            &["pk", "sk"],
+        )
+        .await?;
+        let books = items
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).context("malformed phonebook"))
+            .collect::<Result<_, _>>()?;
+        Ok((books, next))
+    }
+
+    /// Soft-deletes a phonebook; its contacts become unreachable with it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when missing, deleted or another organization's.
+    pub async fn delete(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("PB#{id}")))
+            .update_expression("SET deleted_at = :now")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::NotFound)
+            }
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem phonebook")
+                .into()),
+        }
+    }
+
+    /// Adds or updates contacts (one per number), then stores the phonebook's new count.
+    /// Returns the count.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn put_contacts(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        contacts: &[Contact],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let items = contacts
+            .iter()
+            .map(|contact| {
+                let mut item: Item = serde_dynamo::to_item(contact).context("encoding contact")?;
+                item.insert("pk".into(), s(org_pk(org)));
+                item.insert(
+                    "sk".into(),
+                    s(format!("{}{}", contact_prefix(phonebook), contact.phone)),
+                );
+                item.insert("entity".into(), s("contact"));
+                Ok(item)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        put_all(&self.dynamodb, &self.table, items).await?;
+        let count = self.count_contacts(org, phonebook).await?;
+        self.dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("PB#{phonebook}")))
+            .update_expression("SET contact_count = :count, updated_at = :now")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":count", AttributeValue::N(count.to_string()))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .send()
+            .await
+            .context("UpdateItem phonebook count")?;
+        Ok(count)
+    }
+
+    async fn count_contacts(&self, org: &OrgId, phonebook: &str) -> Result<u64, StoreError> {
+        let mut count = 0u64;
+        let mut start = None;
+        loop {
+            let output = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(org_pk(org)))
+                .expression_attribute_values(":prefix", s(contact_prefix(phonebook)))
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .context("Query contact count")?;
+            count += u64::try_from(output.count).unwrap_or(0);
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(count);
+            }
+        }
+    }
+
+    /// One page of a phonebook's contacts, by number.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    pub async fn list_contacts(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        page: &PageRequest,
+    ) -> Result<(Vec<Contact>, Option<Cursor>), StoreError> {
+        let partition = org_pk(org);
+        let request = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(&partition))
+            .expression_attribute_values(":prefix", s(contact_prefix(phonebook)));
+        let (items, next) = paged_query(
+            request,
+            page,
+            PartitionKey {
+                attribute: "pk",
+                value: &partition,
+            },
+            &["pk", "sk"],
+        )
+        .await?;
+        let contacts = items
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).context("malformed contact"))
+            .collect::<Result<_, _>>()?;
+        Ok((contacts, next))
+    }
+
+    /// Every contact of a phonebook, up to `max` (a bulk send's recipients).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn all_contacts(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        max: usize,
+    ) -> Result<Vec<Contact>, StoreError> {
+        let mut contacts = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(org_pk(org)))
+                .expression_attribute_values(":prefix", s(contact_prefix(phonebook)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .context("Query contacts")?;
+            for item in output.items.unwrap_or_default() {
+                contacts.push(serde_dynamo::from_item(item).context("malformed contact")?);
+                if contacts.len() >= max {
+                    return Ok(contacts);
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(contacts);
+            }
+        }
+    }
+}
