@@ -301,21 +301,26 @@ impl PaymentsApi {
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
         caller.require(Role::Member)?;
-        let once = |scope: &'static str| (scope, &caller);
         match (found.route.method, found.route.pattern) {
             ("POST", "/services/payments") => {
-                let (scope, caller) = once("POST /services/payments");
-                run_once(&self.idempotency, &caller.org, scope, request, || {
-                    self.charge(request, caller)
-                })
+                run_once(
+                    &self.idempotency,
+                    &caller.org,
+                    "POST /services/payments",
+                    request,
+                    || self.charge(request, &caller),
+                )
                 .await
             }
             ("GET", "/services/payments") => self.list_payments(request, &caller).await,
             ("POST", "/services/payments/customers") => {
-                let (scope, caller) = once("POST /services/payments/customers");
-                run_once(&self.idempotency, &caller.org, scope, request, || {
-                    self.create_customer(request, caller)
-                })
+                run_once(
+                    &self.idempotency,
+                    &caller.org,
+                    "POST /services/payments/customers",
+                    request,
+                    || self.create_customer(request, &caller),
+                )
                 .await
             }
             ("GET", "/services/payments/customers") => self.list_customers(request, &caller).await,
@@ -324,10 +329,13 @@ impl PaymentsApi {
                 http::json(200, &record.to_json())
             }
             ("POST", "/services/payments/subscriptions") => {
-                let (scope, caller) = once("POST /services/payments/subscriptions");
-                run_once(&self.idempotency, &caller.org, scope, request, || {
-                    self.create_subscription(request, caller)
-                })
+                run_once(
+                    &self.idempotency,
+                    &caller.org,
+                    "POST /services/payments/subscriptions",
+                    request,
+                    || self.create_subscription(request, &caller),
+                )
                 .await
             }
             ("GET", "/services/payments/subscriptions") => {
