@@ -30,6 +30,8 @@ const state = {
   // The cursor of every page seen so far; the last one is the page on screen (null: first).
   cursors: [null],
   nextCursor: null,
+  // The query (without cursor) of the page on screen.
+  filters: null,
   listSeq: 0,
   // The open form: { kind, id (null while creating), dirty }.
   editor: null,
@@ -207,8 +209,6 @@ function listQuery() {
   }
   if (filterValue('created_after')) params.set('created_after', dayBound(filterValue('created_after'), false));
   if (filterValue('created_before')) params.set('created_before', dayBound(filterValue('created_before'), true));
-  const cursor = state.cursors[state.cursors.length - 1];
-  if (cursor) params.set('cursor', cursor);
   return params;
 }
 
@@ -259,9 +259,14 @@ function renderPager() {
   $('#next-page').disabled = !state.nextCursor;
 }
 
-async function loadList() {
+// `filters` are the query of the page on screen when paging (a cursor is bound to the query
+// that made it; the inputs may have changed since), fresh from the inputs otherwise.
+async function loadList(filters = listQuery()) {
   // Only the newest request may draw: a slow answer to an older filter must not win.
   const seq = ++state.listSeq;
+  const query = new URLSearchParams(filters);
+  const cursor = state.cursors[state.cursors.length - 1];
+  if (cursor) query.set('cursor', cursor);
   const table = $('#templates');
   table.setAttribute('aria-busy', 'true');
   renderHead();
@@ -273,8 +278,9 @@ async function loadList() {
     notice('Paste a token above to see templates.', 'info');
     return;
   }
-  const result = await api('GET', `${API}/${state.kind}/?${listQuery()}`);
+  const result = await api('GET', `${API}/${state.kind}/?${query}`);
   if (seq !== state.listSeq) return;
+  state.filters = filters;
   table.setAttribute('aria-busy', 'false');
   if (!result.ok) {
     renderRows([]);
@@ -618,12 +624,12 @@ function init() {
   $('#first-page').addEventListener('click', () => reloadFromFirstPage());
   $('#prev-page').addEventListener('click', () => {
     if (state.cursors.length > 1) state.cursors.pop();
-    loadList();
+    loadList(state.filters || listQuery());
   });
   $('#next-page').addEventListener('click', () => {
     if (!state.nextCursor) return;
     state.cursors.push(state.nextCursor);
-    loadList();
+    loadList(state.filters || listQuery());
   });
 
   const form = $('#editor-form');
