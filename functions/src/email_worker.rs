@@ -219,7 +219,8 @@ impl EmailWorker {
         outcome: &SendOutcome,
     ) -> Result<(), Retry> {
         let ids: Vec<String> = ids.map(str::to_owned).collect();
-        self.emails
+        let written = self
+            .emails
             .finish_all(org, &ids, outcome, chrono::Utc::now())
             .await
             // The claim lease runs out and a retry picks the emails up again.
@@ -230,7 +231,8 @@ impl EmailWorker {
             SendOutcome::Suppressed => "suppressed",
             SendOutcome::Retry { .. } => return Ok(()),
         };
-        let events = ids
+        // Only the changes this wrote: where a webhook got there first, it reported its own.
+        let events = written
             .iter()
             .map(|id| Event::delivery(org, "email", format!("email/{id}"), status))
             .collect();

@@ -393,7 +393,8 @@ impl EmailStore {
 
     /// Moves claimed emails on from `sending`: to `sent` (with the provider's message id),
     /// back to `queued` for a retry, or to a final status. An email that already moved on (a
-    /// fast webhook beat the worker) is left alone but keeps the provider id.
+    /// fast webhook beat the worker) is left alone but keeps the provider id. Returns the ids
+    /// whose status this wrote (the others' status change was the webhook's to report).
     ///
     /// # Errors
     /// Storage failures only.
@@ -403,7 +404,7 @@ impl EmailStore {
         ids: &[String],
         outcome: &SendOutcome,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let updates = ids
             .iter()
             .map(|id| finish_update(org, id, outcome, now))
@@ -434,7 +435,12 @@ impl EmailStore {
                 .collect();
             self.send_updates(late).await?;
         }
-        Ok(())
+        Ok(ids
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_some())
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     /// Applies one email's provider events exactly once. The ids of the events applied are
