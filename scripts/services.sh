@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops Herald's local services on loopback, without Docker:
 #   moto (AWS: DynamoDB, SQS, S3, Secrets Manager, Scheduler)  port $HERALD_MOTO_PORT  (4566)
+#   (moto runs through scripts/moto_server.py, which makes DynamoDB item writes atomic as the real service does)
 #   SecantusDB (MongoDB wire protocol)                         port $HERALD_MONGO_PORT (27018)
 # State (pids, logs, data) lives in $HERALD_STATE_DIR (.local/services).
 #
@@ -47,7 +48,7 @@ case "${1:-}" in
   start)
     scripts/setup.sh
     mkdir -p "$STATE/mongo-data"
-    start_one moto "$MOTO_PORT" .venv/bin/moto_server -H 127.0.0.1 -p "$MOTO_PORT"
+    start_one moto "$MOTO_PORT" .venv/bin/python scripts/moto_server.py -H 127.0.0.1 -p "$MOTO_PORT"
     start_one mongo "$MONGO_PORT" .venv/bin/secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$STATE/mongo-data"
     ;;
   stop)
