@@ -16,7 +16,7 @@ use tracing::Instrument;
 use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::domain::OrgId;
-use shared::domain::email::{EmailRecord, FailureKind};
+use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::sendgrid::{
     Address, Content, MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, MailSend, Personalization,
@@ -29,7 +29,8 @@ use crate::registry::{BoxFuture, SqsFunction, batch_response};
 
 /// How long a claim holds before another delivery may take the email over; longer than
 /// one SendGrid call with its timeout, shorter than the queue's visibility timeout.
-const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
+/// `EMAIL_CLAIM_LEASE_SECONDS` overrides it (the fault-injection run shortens both).
+const CLAIM_LEASE_SECONDS: i64 = 60;
 const HTML_TOKEN: &str = "%herald_html%";
 const TEXT_TOKEN: &str = "%herald_text%";
 
@@ -39,6 +40,7 @@ pub struct EmailWorker {
     retry: RetryDelay,
     events: EventPublisher,
     max_receives: u32,
+    claim_lease: chrono::Duration,
 }
 
 impl SqsFunction for EmailWorker {
@@ -77,6 +79,11 @@ impl EmailWorker {
                 .optional("MAX_RECEIVES")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(3),
+            claim_lease: chrono::Duration::seconds(
+                env.optional("EMAIL_CLAIM_LEASE_SECONDS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(CLAIM_LEASE_SECONDS),
+            ),
         })
     }
 
@@ -119,12 +126,39 @@ impl EmailWorker {
             .map_err(|e| Retry(format!("{e:#}")))?;
         let claimed = self
             .emails
-            .claim_all(&records, now, CLAIM_LEASE)
+            .claim_all(&records, now, self.claim_lease)
             .await
             .map_err(|e| Retry(format!("{e:#}")))?;
+        // Emails another delivery holds a live claim on: if that invocation dies before
+        // recording its outcome, only this message is left to bring them back, so it
+        // returns once the claim has run out rather than being deleted.
+        let held_elsewhere = records
+            .iter()
+            .filter(|r| matches!(r.status, EmailStatus::Queued | EmailStatus::Sending))
+            .filter(|r| !claimed.iter().any(|c| c.id == r.id))
+            .count();
+        let result = self.send_claimed(&org, claimed, last_attempt, message).await;
+        if held_elsewhere > 0 && result.is_ok() {
+            self.retry.delay(message).await;
+            return Err(Retry(format!(
+                "{held_elsewhere} emails are claimed by another delivery"
+            )));
+        }
+        result
+    }
+
+    /// Sends what this delivery claimed, recording each email's outcome.
+    async fn send_claimed(
+        &self,
+        org: &OrgId,
+        claimed: Vec<EmailRecord>,
+        last_attempt: bool,
+        message: &SqsMessage,
+    ) -> Result<(), Retry> {
         if claimed.is_empty() {
             return Ok(()); // a duplicate delivery, or everything already moved on
         }
+        let org = org.clone();
 
         let addresses: Vec<_> = claimed.iter().map(|r| &r.to).collect();
         let suppressed = match self.emails.suppressed(&org, &addresses).await {

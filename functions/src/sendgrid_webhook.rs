@@ -58,7 +58,7 @@ pub fn effect_of(event: &SendGridEvent, current: &EmailRecord) -> EventEffect {
         }
         EventKind::GroupResubscribe | EventKind::Other(_) => (None, None),
     };
-    let status = status.filter(|next| current.status.can_become(*next));
+    let status = status.filter(|next| current.accepts_provider_status(*next));
     let failure_reason = matches!(status, Some(EmailStatus::Bounced | EmailStatus::Dropped))
         .then(|| detail.clone())
         .flatten();

@@ -2,6 +2,7 @@
 //! their wire formats and sending correctly signed webhooks back, so a local send goes all
 //! the way to `delivered`. Real provider keys in the environment switch them off.
 
+pub mod faults;
 pub mod sendgrid;
 pub mod stripe;
 pub mod twilio;

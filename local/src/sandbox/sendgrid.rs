@@ -4,8 +4,9 @@
 //! `@drop.test` recipients) back to Herald, signed with ECDSA P-256 like SendGrid.
 //!
 //! Test hooks: `GET /sandbox/sendgrid/_inbox` lists what was "sent";
-//! `POST /sandbox/sendgrid/_faults` makes the next calls fail (`{"status": 429, "count": 2}`,
-//! or `{"delay_ms": 5000}` for a timeout).
+//! `POST /sandbox/sendgrid/_faults` makes the next calls fail (see [`super::faults`]:
+//! `{"status": 429, "count": 2}`, `{"delay_ms": 5000}`, `{"connection": "accept_then_drop"}`,
+//! `{"chaos": {"share": 0.3, "seed": 7}}`); `GET` on it reports what was injected.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::providers::sendgrid::{MailSend, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSigner};
+
+use super::faults::{self, ConnectionFault, Fault, Faults};
 
 /// Messages kept for inspection; older ones are forgotten.
 const INBOX_LIMIT: usize = 20_000;
@@ -36,23 +38,12 @@ struct SandboxState {
     calls: u64,
     inbox: VecDeque<Value>,
     statuses: HashMap<String, &'static str>,
-    faults: VecDeque<Fault>,
+    faults: Faults,
+    /// Recipients of sends that were carried out but never answered (the caller cannot
+    /// know they went out): the bound on duplicates a retry may cause.
+    unanswered_recipients: u64,
     /// Off: accept sends but never post events (a lost webhook, for the status check).
     webhooks_off: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Fault {
-    status: Option<u16>,
-    delay_ms: Option<u64>,
-    #[serde(default = "one")]
-    count: u32,
-    /// `{"webhooks": false}` stops event posting; `true` resumes it.
-    webhooks: Option<bool>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 impl SendGridSandbox {
@@ -81,6 +72,20 @@ impl SendGridSandbox {
         self.state.lock().map(|s| s.calls).unwrap_or(0)
     }
 
+    /// The faults injected so far by kind, and the recipients of sends carried out but never
+    /// answered (`unanswered_recipients`).
+    pub fn fault_report(&self) -> Value {
+        self.state
+            .lock()
+            .map(|s| {
+                json!({
+                    "injected": s.faults.injected(),
+                    "unanswered_recipients": s.unanswered_recipients,
+                })
+            })
+            .unwrap_or_default()
+    }
+
     /// Signs a body as SendGrid would at `timestamp` (for tests of the webhook itself).
     pub fn sign(&self, timestamp: &str, body: &[u8]) -> String {
         self.signer.sign(timestamp, body)
@@ -99,7 +104,7 @@ impl SendGridSandbox {
             .route("/sandbox/sendgrid/v3/mail/send", post(mail_send))
             .route("/sandbox/sendgrid/v3/messages/{id}", get(activity))
             .route("/sandbox/sendgrid/_inbox", get(inbox))
-            .route("/sandbox/sendgrid/_faults", post(add_fault))
+            .route("/sandbox/sendgrid/_faults", post(add_fault).get(injected_faults))
             .with_state(Arc::clone(self))
     }
 
@@ -165,29 +170,27 @@ async fn mail_send(
             "The provided authorization grant is invalid, expired, or revoked",
         );
     }
-    let fault = sandbox.state.lock().ok().and_then(|mut state| {
-        let fault = state.faults.front_mut()?;
-        fault.count = fault.count.saturating_sub(1);
-        let taken = fault.clone();
-        if fault.count == 0 {
-            state.faults.pop_front();
+    let fault = sandbox
+        .state
+        .lock()
+        .ok()
+        .and_then(|mut state| state.faults.next())
+        .unwrap_or_default();
+    if let Some(delay) = fault.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(status) = fault.status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = error(status, "sandbox fault");
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }
-        Some(taken)
-    });
-    if let Some(fault) = fault {
-        if let Some(delay) = fault.delay_ms {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        if let Some(status) = fault.status {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = error(status, "sandbox fault");
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                response
-                    .headers_mut()
-                    .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            }
-            return response;
-        }
+        return response;
+    }
+    if fault.connection == Some(ConnectionFault::Drop) {
+        faults::drop_connection();
     }
     let mail: MailSend = match serde_json::from_slice(&body) {
         Ok(mail) => mail,
@@ -210,6 +213,11 @@ async fn mail_send(
     }
     let message_id = ulid::Ulid::new().to_string().to_lowercase();
     let now = chrono::Utc::now().timestamp();
+    let recipients: u64 = mail
+        .personalizations
+        .iter()
+        .map(|p| u64::try_from(p.to.len()).unwrap_or(u64::MAX))
+        .sum();
     let mut events = Vec::new();
     {
         let Ok(mut state) = sandbox.state.lock() else {
@@ -288,6 +296,15 @@ async fn mail_send(
         tokio::time::sleep(Duration::from_millis(50)).await;
         poster.post_events(&events).await;
     });
+    if let Some(connection) = fault.connection {
+        if let Ok(mut state) = sandbox.state.lock() {
+            state.unanswered_recipients += recipients;
+        }
+        match connection {
+            ConnectionFault::AcceptThenHold => faults::hold_forever().await,
+            ConnectionFault::AcceptThenDrop | ConnectionFault::Drop => faults::drop_connection(),
+        }
+    }
     let mut response = StatusCode::ACCEPTED.into_response();
     if let Ok(value) = axum::http::HeaderValue::from_str(&message_id) {
         response.headers_mut().insert("x-message-id", value);
@@ -322,8 +339,12 @@ async fn add_fault(
     if let Ok(mut state) = sandbox.state.lock() {
         match fault.webhooks {
             Some(on) => state.webhooks_off = !on,
-            None => state.faults.push_back(fault),
+            None => state.faults.add(fault),
         }
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn injected_faults(State(sandbox): State<Arc<SendGridSandbox>>) -> Response {
+    Json(sandbox.fault_report()).into_response()
 }

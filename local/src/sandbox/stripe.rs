@@ -18,7 +18,7 @@
 //! "duplicate": true}` posts the queued ones, reordered or twice; `{"drop": true}` discards
 //! them), `_events/{id}/replay` (posts one again).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ use axum::routing::{any, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::providers::stripe::{API_VERSION, SIGNATURE_HEADER, form, sign};
+
+use super::faults::{Fault, Faults};
 
 /// Prices the sandbox knows by name (others cost 15.00 USD a month).
 const PRICES: &[(&str, i64)] = &[("price_basic_monthly", 1000), ("price_pro_monthly", 5000)];
@@ -51,22 +53,10 @@ struct SandboxState {
     /// Ids by list path (`customers`, …), oldest first.
     lists: HashMap<&'static str, Vec<String>>,
     idempotency: HashMap<String, (String, u16, Value)>,
-    faults: VecDeque<Fault>,
+    faults: Faults,
     events: Vec<Value>,
     held: Option<Vec<Value>>,
     calls: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Fault {
-    status: Option<u16>,
-    delay_ms: Option<u64>,
-    #[serde(default = "one")]
-    count: u32,
-}
-
-fn one() -> u32 {
-    1
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -581,13 +571,7 @@ async fn api(
     }
     let fault = sandbox.state.lock().ok().and_then(|mut state| {
         state.calls += 1;
-        let fault = state.faults.front_mut()?;
-        fault.count = fault.count.saturating_sub(1);
-        let taken = fault.clone();
-        if fault.count == 0 {
-            state.faults.pop_front();
-        }
-        Some(taken)
+        state.faults.next()
     });
     if let Some(fault) = fault {
         if let Some(delay) = fault.delay_ms {
@@ -677,7 +661,7 @@ async fn add_fault(
     Json(fault): Json<Fault>,
 ) -> Response {
     if let Ok(mut state) = sandbox.state.lock() {
-        state.faults.push_back(fault);
+        state.faults.add(fault);
     }
     StatusCode::NO_CONTENT.into_response()
 }

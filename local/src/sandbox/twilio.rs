@@ -25,6 +25,8 @@ use shared::domain::sms::measure;
 use shared::domain::sms_message::PhoneNumber;
 use shared::providers::twilio::{SIGNATURE_HEADER, sign};
 
+use super::faults::{Fault, Faults};
+
 const INBOX_LIMIT: usize = 20_000;
 /// The sandbox's own number: the default sender, and where inbound messages arrive.
 pub const SANDBOX_NUMBER: &str = "+15005550006";
@@ -42,23 +44,8 @@ struct SandboxState {
     calls: u64,
     inbox: VecDeque<Value>,
     statuses: HashMap<String, &'static str>,
-    faults: VecDeque<Fault>,
+    faults: Faults,
     webhooks_off: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Fault {
-    status: Option<u16>,
-    /// The Twilio error code in the error body (e.g. 21211, 21610, 20429).
-    code: Option<i64>,
-    delay_ms: Option<u64>,
-    #[serde(default = "one")]
-    count: u32,
-    webhooks: Option<bool>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,13 +178,7 @@ async fn create_message(
         return unauthorized();
     }
     let fault = sandbox.state.lock().ok().and_then(|mut state| {
-        let fault = state.faults.front_mut()?;
-        fault.count = fault.count.saturating_sub(1);
-        let taken = fault.clone();
-        if fault.count == 0 {
-            state.faults.pop_front();
-        }
-        Some(taken)
+        state.faults.next()
     });
     if let Some(fault) = fault {
         if let Some(delay) = fault.delay_ms {
@@ -357,7 +338,7 @@ async fn add_fault(
     if let Ok(mut state) = sandbox.state.lock() {
         match fault.webhooks {
             Some(on) => state.webhooks_off = !on,
-            None => state.faults.push_back(fault),
+            None => state.faults.add(fault),
         }
     }
     StatusCode::NO_CONTENT.into_response()

@@ -184,6 +184,27 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn the_providers_word_overrides_only_a_transient_give_up() {
+        let failed = |kind| {
+            let mut record: EmailRecord = serde_json::from_value(serde_json::json!({
+                "id": "01JDZ3Q6W6K8M0000000000001", "org_id": "acme", "to": "a@example.com",
+                "from": "n@acme.test", "subject": "Hi", "status": "failed",
+                "created_at": "2026-11-24T10:00:00Z", "updated_at": "2026-11-24T10:00:00Z",
+            }))
+            .unwrap();
+            record.failure_kind = Some(kind);
+            record
+        };
+        let gave_up = failed(FailureKind::Transient);
+        assert!(gave_up.accepts_provider_status(EmailStatus::Delivered));
+        assert!(gave_up.accepts_provider_status(EmailStatus::Bounced));
+        assert!(!gave_up.accepts_provider_status(EmailStatus::Failed));
+        assert!(!gave_up.accepts_provider_status(EmailStatus::Queued));
+        let refused = failed(FailureKind::Permanent);
+        assert!(!refused.accepts_provider_status(EmailStatus::Delivered));
+    }
+
+    #[test]
     fn addresses() {
         assert_eq!(
             EmailAddress::parse(" Ann@Example.COM ").unwrap().as_str(),
@@ -309,6 +330,18 @@ pub struct EmailRecord {
 }
 
 impl EmailRecord {
+    /// Whether the provider's word may move this email to `next`: forward-only, except that
+    /// the provider saying a message went out overrides Herald's own give-up after transient
+    /// failures — a call that timed out or lost its connection may still have been carried
+    /// out, and the email must not stay `failed` (or be resent) when it was in fact sent.
+    pub fn accepts_provider_status(&self, next: EmailStatus) -> bool {
+        self.status.can_become(next)
+            || (self.status == EmailStatus::Failed
+                && self.failure_kind == Some(FailureKind::Transient)
+                && next != EmailStatus::Failed
+                && next.rank() >= EmailStatus::Sent.rank())
+    }
+
     /// The API representation; `with_content` adds the bodies and the timeline (detail view).
     pub fn to_json(&self, with_content: bool) -> serde_json::Value {
         let mut view = serde_json::json!({

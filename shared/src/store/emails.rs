@@ -100,7 +100,15 @@ fn timeline_value(entries: &[TimelineEntry]) -> Result<AttributeValue, StoreErro
 
 /// Applies an effect to a record in memory, forward-only.
 fn apply_in_memory(record: &mut EmailRecord, effect: &EventEffect) {
-    if let Some(status) = effect.status.filter(|next| record.status.can_become(*next)) {
+    if let Some(status) = effect
+        .status
+        .filter(|next| record.accepts_provider_status(*next))
+    {
+        if record.status == EmailStatus::Failed {
+            // The give-up is overridden: its reason stays in the timeline only.
+            record.failure_kind = None;
+            record.failure_reason = None;
+        }
         record.status = status;
         if let Some(reason) = &effect.failure_reason {
             record.failure_reason = Some(reason.clone());
@@ -956,11 +964,17 @@ fn change_update(
             removes.push("gsi1sk");
         }
     }
-    if after.failure_reason != before.failure_reason
-        && let Some(reason) = &after.failure_reason
-    {
-        sets.push("failure_reason = :reason".to_owned());
-        values.push((":reason".into(), s(reason)));
+    if after.failure_reason != before.failure_reason {
+        match &after.failure_reason {
+            Some(reason) => {
+                sets.push("failure_reason = :reason".to_owned());
+                values.push((":reason".into(), s(reason)));
+            }
+            None => removes.push("failure_reason"),
+        }
+    }
+    if after.failure_kind.is_none() && before.failure_kind.is_some() {
+        removes.push("failure_kind");
     }
     if after.engagement != before.engagement {
         sets.push("engagement = :engagement".to_owned());
