@@ -137,7 +137,9 @@ impl EmailWorker {
             .filter(|r| matches!(r.status, EmailStatus::Queued | EmailStatus::Sending))
             .filter(|r| !claimed.iter().any(|c| c.id == r.id))
             .count();
-        let result = self.send_claimed(&org, claimed, last_attempt, message).await;
+        let result = self
+            .send_claimed(&org, claimed, last_attempt, message)
+            .await;
         if held_elsewhere > 0 && result.is_ok() {
             self.retry.delay(message).await;
             return Err(Retry(format!(

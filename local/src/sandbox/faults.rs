@@ -59,14 +59,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 /// The kinds chaos draws from, evenly.
-const CHAOS_KINDS: [&str; 6] = [
-    "500",
-    "503",
-    "429",
-    "timeout",
-    "drop",
-    "accept_then_drop",
-];
+const CHAOS_KINDS: [&str; 6] = ["500", "503", "429", "timeout", "drop", "accept_then_drop"];
 
 #[derive(Debug, Default)]
 pub struct Faults {

@@ -104,7 +104,10 @@ impl SendGridSandbox {
             .route("/sandbox/sendgrid/v3/mail/send", post(mail_send))
             .route("/sandbox/sendgrid/v3/messages/{id}", get(activity))
             .route("/sandbox/sendgrid/_inbox", get(inbox))
-            .route("/sandbox/sendgrid/_faults", post(add_fault).get(injected_faults))
+            .route(
+                "/sandbox/sendgrid/_faults",
+                post(add_fault).get(injected_faults),
+            )
             .with_state(Arc::clone(self))
     }
 

@@ -177,9 +177,11 @@ async fn create_message(
     if !sandbox.authorized(&headers, &account) {
         return unauthorized();
     }
-    let fault = sandbox.state.lock().ok().and_then(|mut state| {
-        state.faults.next()
-    });
+    let fault = sandbox
+        .state
+        .lock()
+        .ok()
+        .and_then(|mut state| state.faults.next());
     if let Some(fault) = fault {
         if let Some(delay) = fault.delay_ms {
             tokio::time::sleep(Duration::from_millis(delay)).await;

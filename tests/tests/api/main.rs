@@ -7,6 +7,7 @@ mod audit;
 mod bundle_shape;
 mod email;
 mod events;
+mod faults;
 mod helpers;
 mod isolation;
 mod openapi;

@@ -1,0 +1,419 @@
+//! Fault injection with an accounting check (issue 9; figures in docs/RELIABILITY.md).
+//!
+//! The test plays Lambda's part for the workers (its own poll loops, two concurrent email
+//! invocations), so it can kill one invocation while SendGrid is carrying out its call:
+//! SQS then brings the message back after its visibility timeout, as it would after a
+//! crashed Lambda. The SendGrid sandbox meanwhile fails a seeded share of calls with 5xx,
+//! 429, timeouts, dropped connections and sends carried out but never answered. Afterwards
+//! every accepted email must be in exactly one final state or have its job in the DLQ, none
+//! may be lost or reported sent without SendGrid having it, and the duplicates SendGrid saw
+//! (it has no idempotency keys) are counted and bounded by the recipients of the calls
+//! whose outcome the worker could not know.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use local::sources::QueuePoller;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestBundle, eventually, spawn_bundle_with, workspace_root};
+
+const SINGLE_SENDS: usize = 100;
+const BULK_RECIPIENTS: usize = 1_500;
+const CAMPAIGN: &str = "faults";
+
+fn poller(app: &TestBundle, function: &str) -> Arc<QueuePoller> {
+    app.bundle
+        .pollers
+        .iter()
+        .find(|p| p.function == function)
+        .cloned()
+        .unwrap()
+}
+
+/// Lambda's event source mappings for the email pipeline: the bulk fan-out and two
+/// concurrent send-worker invocations, polling until aborted.
+fn run_workers(app: &TestBundle) -> tokio::task::JoinHandle<()> {
+    let bulk = poller(app, "bulk-worker");
+    let send = poller(app, "email-worker");
+    tokio::spawn(async move {
+        loop {
+            let (a, b, c) = tokio::join!(bulk.poll_once(), send.poll_once(), send.poll_once());
+            for result in [a, b, c] {
+                if let Err(error) = result {
+                    eprintln!("poll failed: {error:#}");
+                }
+            }
+        }
+    })
+}
+
+async fn set_visibility_timeout(app: &TestBundle, queue: &str, seconds: u32) {
+    app.bundle
+        .aws
+        .sqs
+        .set_queue_attributes()
+        .queue_url(app.bundle.resource(queue))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            seconds.to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Every email of the campaign: id → the API's view.
+async fn campaign_emails(app: &TestBundle, token: &str) -> HashMap<String, Value> {
+    let mut emails = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/services/email/?campaign={CAMPAIGN}&limit=100");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = app.get(&path, token).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for item in page.body["items"].as_array().unwrap() {
+            emails.insert(item["id"].as_str().unwrap().to_owned(), item.clone());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return emails,
+        }
+    }
+}
+
+/// The email ids of the jobs in a queue (received and left there).
+async fn job_ids_in(app: &TestBundle, queue: &str) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for _ in 0..5 {
+        let output = app
+            .bundle
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(app.bundle.resource(queue))
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .send()
+            .await
+            .unwrap();
+        for message in output.messages() {
+            let job: Value = serde_json::from_str(message.body().unwrap_or_default()).unwrap();
+            for id in job["ids"].as_array().into_iter().flatten() {
+                ids.insert(id.as_str().unwrap().to_owned());
+            }
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn every_email_ends_in_one_final_state_or_the_dlq_under_provider_faults_and_a_killed_worker()
+{
+    let app = spawn_bundle_with(|options| {
+        options.poll_queues = false;
+        for (name, value) in [
+            ("SENDGRID_TIMEOUT_MS", "2000"),
+            ("EMAIL_CLAIM_LEASE_SECONDS", "3"),
+            ("EMAIL_STUCK_AFTER_MINUTES", "0"),
+        ] {
+            options.overrides.insert(name.to_owned(), value.to_owned());
+        }
+    })
+    .await;
+    // A killed invocation's message returns after this (the template's 360 s is Lambda's).
+    set_visibility_timeout(&app, "EmailSendQueue", 6).await;
+    let token = app.token("acme", "member");
+    let sandbox = app.sandbox();
+    // The first call is carried out and never answered (the invocation making it is killed);
+    // after it, 30 % of calls fail in every way chaos knows, reproducibly (seed).
+    app.sendgrid_fault(json!({"connection": "accept_then_hold"}))
+        .await;
+    app.sendgrid_fault(json!({"chaos": {"share": 0.3, "seed": 20261125, "timeout_ms": 2500}}))
+        .await;
+
+    let mut accepted: HashSet<String> = HashSet::new();
+    for n in 0..SINGLE_SENDS {
+        let reply = app
+            .post(
+                "/services/email/",
+                &token,
+                json!({"to": format!("single{n}@example.com"), "subject": "Receipt", "text": "Thanks", "campaign": CAMPAIGN}),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        accepted.insert(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    let recipients: Vec<Value> = (0..BULK_RECIPIENTS)
+        .map(|n| json!({"to": format!("bulk{n}@example.com")}))
+        .collect();
+    let reply = app
+        .post(
+            "/services/email/",
+            &token,
+            json!({"subject": "News", "text": "Hello", "campaign": CAMPAIGN, "recipients": recipients}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    for id in reply.body["ids"].as_array().unwrap() {
+        accepted.insert(id.as_str().unwrap().to_owned());
+    }
+    assert_eq!(accepted.len(), SINGLE_SENDS + BULK_RECIPIENTS);
+
+    // Kill the invocation whose SendGrid call is being carried out, as a Lambda timeout or
+    // crash would, between the provider call and the state update.
+    let workers = run_workers(&app);
+    eventually(60, "the held SendGrid call", || async {
+        (sandbox.fault_report()["injected"]["accept_then_hold"] == 1).then_some(())
+    })
+    .await;
+    workers.abort();
+    let killed = workers.await.unwrap_err();
+    assert!(killed.is_cancelled());
+    let workers = run_workers(&app);
+
+    // Run until both queues are drained and nothing is on its way.
+    eventually(400, "the queues drained", || async {
+        let depth =
+            app.queue_depth("EmailSendQueue").await + app.queue_depth("EmailBulkQueue").await;
+        (depth == 0).then_some(())
+    })
+    .await;
+    workers.abort();
+    // Webhook events lost to faults of their own are what the status check is for; run it
+    // as its schedule would, then give the sandbox's last events a moment.
+    let response = app
+        .http
+        .post(app.bundle.url("/local/schedules/email-status-check"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let emails = eventually(60, "every email final", || async {
+        let emails = campaign_emails(&app, &token).await;
+        emails
+            .values()
+            .all(|e| matches!(e["status"].as_str(), Some("delivered" | "failed")))
+            .then_some(emails)
+    })
+    .await;
+
+    // The accounting.
+    let listed: HashSet<String> = emails.keys().cloned().collect();
+    assert_eq!(
+        listed, accepted,
+        "every accepted email is there, and only those"
+    );
+    let mut at_sendgrid: HashMap<String, usize> = HashMap::new();
+    for message in sandbox.inbox() {
+        let id = message["custom_args"]["email_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        *at_sendgrid.entry(id).or_default() += 1;
+    }
+    let in_dlq = job_ids_in(&app, "EmailSendDLQ").await;
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, email) in &emails {
+        let status = email["status"].as_str().unwrap();
+        *by_status.entry(status).or_default() += 1;
+        match status {
+            "delivered" => assert!(
+                at_sendgrid.contains_key(id),
+                "{id} reported delivered without reaching SendGrid"
+            ),
+            _ => {
+                assert!(!at_sendgrid.contains_key(id), "{id} failed but was sent");
+                assert!(
+                    in_dlq.contains(id),
+                    "{id} failed and its job is not in the DLQ"
+                );
+            }
+        }
+    }
+    let duplicates: usize = at_sendgrid.values().map(|n| n - 1).sum();
+    let report = sandbox.fault_report();
+    let unanswered = usize::try_from(report["unanswered_recipients"].as_u64().unwrap()).unwrap();
+    eprintln!(
+        "faults: {} accepted, {by_status:?}, {} SendGrid calls, injected {}, duplicates {duplicates} (bound {unanswered}), DLQ jobs' emails {}",
+        accepted.len(),
+        sandbox.calls(),
+        report["injected"],
+        in_dlq.len()
+    );
+    assert!(
+        duplicates <= unanswered,
+        "duplicates at SendGrid ({duplicates}) exceed the recipients of unanswered calls ({unanswered})"
+    );
+    let injected: u64 = report["injected"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(injected >= 10, "the run injected faults: {report}");
+}
+
+/// A SecantusDB server of the test's own, so it can be stopped and started without
+/// disturbing the other tests' database.
+struct OwnMongo {
+    port: u16,
+    storage: PathBuf,
+    process: Option<std::process::Child>,
+}
+
+impl OwnMongo {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut mongo = Self {
+            port,
+            storage: std::env::temp_dir()
+                .join(format!("herald-mongo-{}", uuid::Uuid::new_v4().simple())),
+            process: None,
+        };
+        mongo.restart();
+        mongo
+    }
+
+    fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let server: PathBuf = workspace_root().join(".venv/bin/secantusd-py");
+        let child = std::process::Command::new(server)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(&self.storage)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("SecantusDB starts (scripts/setup.sh installs it)");
+        self.process = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("SecantusDB did not start on {}", self.port);
+    }
+
+    /// Stops the server the way an operator or a failover would (SIGTERM).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnMongo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.storage);
+    }
+}
+
+#[tokio::test]
+async fn events_published_while_mongodb_is_down_are_recorded_once_it_is_back() {
+    let mut mongo = OwnMongo::start();
+    let uri = mongo.uri();
+    let app = spawn_bundle_with(|options| {
+        options.env.insert("MONGODB_URI".to_owned(), uri.clone());
+        // Backoff long enough to outlast the outage below within the five receives.
+        options
+            .overrides
+            .insert("RETRY_BASE_SECONDS".to_owned(), "2".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    let create = |n: usize| {
+        let token = token.clone();
+        let app = &app;
+        async move {
+            let reply = app
+                .post(
+                    "/services/templates/sms/",
+                    &token,
+                    json!({"name": format!("outage-{n}"), "body": "Code {{c}}"}),
+                )
+                .await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            reply.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut created = Vec::new();
+    for n in 0..20 {
+        created.push(create(n).await);
+    }
+    mongo.stop();
+    for n in 20..80 {
+        created.push(create(n).await);
+    }
+    // Down long enough for the recorder to fail batches and back off.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = app.get("/services/audit-logs/?limit=10", &token).await;
+    assert!(
+        during.status >= 500 || during.status == 200,
+        "the audit API answers a problem, not a hang: {}",
+        during.status
+    );
+    mongo.restart();
+    for n in 80..100 {
+        created.push(create(n).await);
+    }
+
+    // Every template's creation is recorded exactly once (event ids are the documents'
+    // `_id`; redelivered batches cannot duplicate them), or its message sits in the DLQ.
+    let recorded = eventually(120, "every event recorded", || async {
+        let listed = app
+            .get(
+                "/services/audit-logs/?action=template.create&limit=100",
+                &token,
+            )
+            .await;
+        if listed.status != 200 {
+            return None;
+        }
+        let items = listed.body["items"].as_array()?.clone();
+        let in_dlq = app.queue_depth("EventsDLQ").await;
+        (items.len() + in_dlq >= created.len()).then_some((items, in_dlq))
+    })
+    .await;
+    let (items, in_dlq) = recorded;
+    let mut per_template: HashMap<String, usize> = HashMap::new();
+    for item in &items {
+        let resource = item["resource"].as_str().unwrap_or_default();
+        if let Some(id) = resource.strip_prefix("template/sms/") {
+            *per_template.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    eprintln!(
+        "mongodb outage: {} events published, {} recorded, {in_dlq} in the DLQ",
+        created.len(),
+        items.len()
+    );
+    assert!(per_template.values().all(|n| *n == 1), "{per_template:?}");
+    assert_eq!(in_dlq, 0, "the backoff outlasted the outage");
+    for id in &created {
+        assert_eq!(
+            per_template.get(id),
+            Some(&1),
+            "template {id} recorded once"
+        );
+    }
+}
