@@ -82,7 +82,7 @@ impl Faults {
     }
 
     /// The fault for this call, if any: queued faults first, then a chaos draw.
-    pub fn next(&mut self) -> Option<Fault> {
+    pub fn for_this_call(&mut self) -> Option<Fault> {
         let fault = self.take_queued().or_else(|| self.draw())?;
         *self.injected.entry(kind_of(&fault)).or_default() += 1;
         Some(fault)
@@ -190,9 +190,9 @@ mod tests {
             count: 2,
             ..Fault::default()
         });
-        assert_eq!(faults.next().and_then(|f| f.status), Some(503));
-        assert_eq!(faults.next().and_then(|f| f.status), Some(503));
-        assert!(faults.next().is_none());
+        assert_eq!(faults.for_this_call().and_then(|f| f.status), Some(503));
+        assert_eq!(faults.for_this_call().and_then(|f| f.status), Some(503));
+        assert!(faults.for_this_call().is_none());
         assert_eq!(faults.injected()["503"], 2);
     }
 
@@ -208,7 +208,9 @@ mod tests {
                 }),
                 ..Fault::default()
             });
-            let failed = (0..10_000).filter(|_| faults.next().is_some()).count();
+            let failed = (0..10_000)
+                .filter(|_| faults.for_this_call().is_some())
+                .count();
             (failed, faults.injected())
         };
         let (failed, kinds) = run(7);

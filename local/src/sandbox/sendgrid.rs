@@ -177,7 +177,7 @@ async fn mail_send(
         .state
         .lock()
         .ok()
-        .and_then(|mut state| state.faults.next())
+        .and_then(|mut state| state.faults.for_this_call())
         .unwrap_or_default();
     if let Some(delay) = fault.delay_ms {
         tokio::time::sleep(Duration::from_millis(delay)).await;

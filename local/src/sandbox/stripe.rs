@@ -571,7 +571,7 @@ async fn api(
     }
     let fault = sandbox.state.lock().ok().and_then(|mut state| {
         state.calls += 1;
-        state.faults.next()
+        state.faults.for_this_call()
     });
     if let Some(fault) = fault {
         if let Some(delay) = fault.delay_ms {

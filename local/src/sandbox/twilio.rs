@@ -181,7 +181,7 @@ async fn create_message(
         .state
         .lock()
         .ok()
-        .and_then(|mut state| state.faults.next());
+        .and_then(|mut state| state.faults.for_this_call());
     if let Some(fault) = fault {
         if let Some(delay) = fault.delay_ms {
             tokio::time::sleep(Duration::from_millis(delay)).await;
