@@ -1,5 +1,7 @@
 //! Criterion benches for Herald's hot paths (issue 10): what a webhook invocation does per
-//! batch, what rendering and SMS measurement cost per message. `cargo bench -p herald-functions`.
+//! batch or callback (SendGrid, Twilio and Stripe signature checks and parses), what rendering
+//! and SMS measurement cost per message. `cargo bench -p herald-functions --bench hot_paths`.
+//! The report files (CSV, PDF) with their peak memory are in `reports.rs`.
 //! Figures and targets are in docs/PERFORMANCE.md.
 
 // Benches are test code: a broken fixture should stop the run loudly.
@@ -11,6 +13,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use functions::sendgrid_webhook::{effect_of, group_by_email, suppression_reason};
 use shared::domain::email::{EmailAddress, EmailRecord};
 use shared::providers::sendgrid::{DEFAULT_TOLERANCE, WebhookSigner, parse_batch};
+use shared::providers::{stripe, twilio};
 use shared::render::{Escape, render};
 use shared::store::EventInput;
 
@@ -129,10 +132,195 @@ fn sms_segments(c: &mut Criterion) {
     });
 }
 
+/// The webhook's public URL, as `TWILIO_WEBHOOK_URL` configures it.
+const TWILIO_WEBHOOK_URL: &str = "https://abcdefghijklmnop.lambda-url.eu-west-1.on.aws/";
+
+/// A status callback as Twilio posts it for an undelivered message (form-encoded, the
+/// parameters of a Messaging Service send with an error code).
+const TWILIO_STATUS_CALLBACK: &str = "ErrorCode=30003&SmsSid=SM0123456789abcdef0123456789abcdef\
+&SmsStatus=undelivered&MessageStatus=undelivered&To=%2B14155552671\
+&MessagingServiceSid=MG0123456789abcdef0123456789abcdef\
+&MessageSid=SM0123456789abcdef0123456789abcdef\
+&AccountSid=AC0123456789abcdef0123456789abcdef&From=%2B15005550006\
+&ApiVersion=2010-04-01&RawDlrDoneDate=2611241900&ChannelToAddress=%2B1415555XXXX";
+
+/// `X-Twilio-Signature` over the configured URL and the sorted form parameters (HMAC-SHA1),
+/// alone and with the form parse the webhook does first.
+fn twilio_signature(c: &mut Criterion) {
+    let token = "9f2c4e8a1b3d5f7092c4e6a8b0d2f4e6";
+    let body = TWILIO_STATUS_CALLBACK.as_bytes();
+    let parse = |body: &[u8]| -> Vec<(String, String)> {
+        url::form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    };
+    let params = parse(body);
+    assert_eq!(params.len(), 12);
+    let signature = twilio::sign(token, TWILIO_WEBHOOK_URL, &params);
+    let mut group = c.benchmark_group("twilio_webhook");
+    group.bench_function("status_callback_verify", |b| {
+        b.iter(|| {
+            assert!(twilio::verify(
+                token,
+                TWILIO_WEBHOOK_URL,
+                black_box(&params),
+                &signature
+            ));
+        });
+    });
+    group.bench_function("status_callback_parse_verify", |b| {
+        b.iter(|| {
+            let params = parse(black_box(body));
+            assert!(twilio::verify(
+                token,
+                TWILIO_WEBHOOK_URL,
+                &params,
+                &signature
+            ));
+        });
+    });
+    group.finish();
+}
+
+/// A `payment_intent.succeeded` event as Stripe sends it (API version 2024-06-20, pretty
+/// printed as Stripe does), about 2 KB: the envelope and the full PaymentIntent with Herald's
+/// metadata.
+const STRIPE_EVENT: &str = r#"{
+  "id": "evt_3QAbCdEfGhIjKlMn0a1b2c3d",
+  "object": "event",
+  "api_version": "2024-06-20",
+  "created": 1795546802,
+  "data": {
+    "object": {
+      "id": "pi_3QAbCdEfGhIjKlMn0x9y8z7w",
+      "object": "payment_intent",
+      "amount": 1999,
+      "amount_capturable": 0,
+      "amount_details": {
+        "tip": {}
+      },
+      "amount_received": 1999,
+      "application": null,
+      "application_fee_amount": null,
+      "automatic_payment_methods": {
+        "allow_redirects": "always",
+        "enabled": true
+      },
+      "canceled_at": null,
+      "cancellation_reason": null,
+      "capture_method": "automatic_async",
+      "client_secret": "pi_3QAbCdEfGhIjKlMn0x9y8z7w_secret_Qr5tUv7wXy9zAb1cDe3fGh5iJ",
+      "confirmation_method": "automatic",
+      "created": 1795546800,
+      "currency": "usd",
+      "customer": "cus_R1a2b3c4d5e6f7",
+      "description": "Herald order A-1042",
+      "invoice": null,
+      "last_payment_error": null,
+      "latest_charge": "ch_3QAbCdEfGhIjKlMn0q1w2e3r",
+      "livemode": false,
+      "metadata": {
+        "herald_id": "01JD5Z3Q0000000000000000PA",
+        "org_id": "acme"
+      },
+      "next_action": null,
+      "on_behalf_of": null,
+      "payment_method": "pm_1QAbCdEfGhIjKlMnOpQrStUv",
+      "payment_method_configuration_details": {
+        "id": "pmc_1PqRsTuVwXyZaBcDeFgHiJkL",
+        "parent": null
+      },
+      "payment_method_options": {
+        "card": {
+          "installments": null,
+          "mandate_options": null,
+          "network": null,
+          "request_three_d_secure": "automatic"
+        },
+        "link": {
+          "persistent_token": null
+        }
+      },
+      "payment_method_types": [
+        "card",
+        "link"
+      ],
+      "processing": null,
+      "receipt_email": "billing@acme.example",
+      "review": null,
+      "setup_future_usage": null,
+      "source": null,
+      "statement_descriptor": null,
+      "statement_descriptor_suffix": "HERALD",
+      "status": "succeeded",
+      "transfer_data": null,
+      "transfer_group": null
+    }
+  },
+  "livemode": false,
+  "pending_webhooks": 2,
+  "request": {
+    "id": "req_Ab3dEf6hIj9kLm",
+    "idempotency_key": "herald-01JD5Z3Q000000000000000PA"
+  },
+  "type": "payment_intent.succeeded"
+}"#;
+
+fn stripe_event() -> Vec<u8> {
+    let body = STRIPE_EVENT.as_bytes().to_vec();
+    assert!(
+        (1_800..=2_600).contains(&body.len()),
+        "{} bytes",
+        body.len()
+    );
+    body
+}
+
+/// `Stripe-Signature` v1 (HMAC-SHA256 of `"{t}.{body}"`) against three configured secrets,
+/// the matching one last, so a valid request costs the most MACs it can; and the parse of
+/// the event that follows it.
+fn stripe_signature(c: &mut Criterion) {
+    let body = stripe_event();
+    let verifier = stripe::WebhookVerifier::from_list(
+        "whsec_rotatedOutLastQuarter0000000000000,whsec_stagingEndpoint000000000000000000,\
+         whsec_currentEndpoint11111111111111111111",
+    )
+    .unwrap();
+    let now = chrono::Utc::now();
+    let header = stripe::sign(
+        "whsec_currentEndpoint11111111111111111111",
+        now.timestamp() - 2,
+        &body,
+    );
+    let mut group = c.benchmark_group("stripe_webhook");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("verify_2kb_3_secrets", |b| {
+        b.iter(|| {
+            verifier
+                .verify(
+                    Some(&header),
+                    black_box(&body),
+                    now,
+                    stripe::DEFAULT_TOLERANCE,
+                )
+                .unwrap();
+        });
+    });
+    group.bench_function("parse_event_2kb", |b| {
+        b.iter(|| {
+            let event = stripe::StripeEvent::parse(black_box(&body)).unwrap();
+            assert_eq!(event.kind, "payment_intent.succeeded");
+        });
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     sendgrid_webhook_batch,
     template_rendering,
-    sms_segments
+    sms_segments,
+    twilio_signature,
+    stripe_signature
 );
 criterion_main!(benches);
