@@ -142,6 +142,7 @@ impl SendGridWebhook {
         if request.method() != lambda_http::http::Method::POST {
             return Err(ApiError::MethodNotAllowed);
         }
+        http::require_content_type(request, "application/json")?;
         let body = http::body_bytes(request);
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge(

@@ -86,6 +86,7 @@ impl StripeWebhook {
         if request.method() != lambda_http::http::Method::POST {
             return Err(ApiError::MethodNotAllowed);
         }
+        http::require_content_type(request, "application/json")?;
         // `lambda_http` has already decoded a base64 body (`isBase64Encoded`): these are the
         // bytes Stripe signed.
         let body = http::body_bytes(request);

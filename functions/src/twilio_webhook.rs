@@ -101,6 +101,7 @@ impl TwilioWebhook {
         if request.method() != lambda_http::http::Method::POST {
             return Err(ApiError::MethodNotAllowed);
         }
+        http::require_content_type(request, "application/x-www-form-urlencoded")?;
         let body = http::body_bytes(request);
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge(

@@ -74,6 +74,28 @@ pub fn body_bytes(request: &Request) -> &[u8] {
     }
 }
 
+/// 415 unless the request says its body is of the media type `expected` (parameters such as
+/// `charset` aside). Webhooks use it: a provider always names its own format, so any other
+/// content type is not the provider talking.
+///
+/// # Errors
+/// [`ApiError::UnsupportedMediaType`] for a missing or different content type.
+pub fn require_content_type(request: &Request, expected: &str) -> Result<(), ApiError> {
+    let media_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if media_type.as_deref() == Some(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be {expected}"
+        )))
+    }
+}
+
 /// Parses a JSON body into `T`, answering 415 for another content type and 400 with the
 /// failing field for malformed or mistyped JSON.
 pub fn parse_json<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {

@@ -16,3 +16,4 @@ mod reports;
 mod secrets;
 mod sms;
 mod templates;
+mod webhook_abuse;
