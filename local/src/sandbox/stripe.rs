@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::providers::stripe::{API_VERSION, SIGNATURE_HEADER, form, sign};
 
-use super::faults::{Fault, Faults};
+use super::faults::{self, ConnectionFault, Fault, Faults};
 
 /// Prices the sandbox knows by name (others cost 15.00 USD a month).
 const PRICES: &[(&str, i64)] = &[("price_basic_monthly", 1000), ("price_pro_monthly", 5000)];
@@ -573,18 +573,20 @@ async fn api(
         state.calls += 1;
         state.faults.for_this_call()
     });
-    if let Some(fault) = fault {
-        if let Some(delay) = fault.delay_ms {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        if let Some(status) = fault.status {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (
-                status,
-                Json(json!({"error": {"type": "api_error", "message": "sandbox fault"}})),
-            )
-                .into_response();
-        }
+    let fault = fault.unwrap_or_default();
+    if let Some(delay) = fault.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(status) = fault.status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (
+            status,
+            Json(json!({"error": {"type": "api_error", "message": "sandbox fault"}})),
+        )
+            .into_response();
+    }
+    if fault.connection == Some(ConnectionFault::Drop) {
+        faults::drop_connection();
     }
     let params = if method == Method::GET {
         form::decode(query.as_deref().unwrap_or_default())
@@ -599,40 +601,48 @@ async fn api(
                 String::from_utf8_lossy(&body).into_owned(),
             )
         });
-    let Ok(mut state) = sandbox.state.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    if let Some((key, request)) = &idempotency
-        && let Some((first, status, body)) = state.idempotency.get(key)
-    {
-        if first != request {
-            let (status, body) = stripe_error(
-                StatusCode::BAD_REQUEST,
-                "idempotency_error",
-                None,
-                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+    let (status, reply) = {
+        let Ok(mut state) = sandbox.state.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        if let Some((key, request)) = &idempotency
+            && let Some((first, status, body)) = state.idempotency.get(key)
+        {
+            if first != request {
+                let (status, body) = stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "idempotency_error",
+                    None,
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                );
+                return (status, Json(body)).into_response();
+            }
+            let mut response = (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                Json(body.clone()),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                "idempotent-replayed",
+                axum::http::HeaderValue::from_static("true"),
             );
-            return (status, Json(body)).into_response();
+            return response;
         }
-        let mut response = (
-            StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
-            Json(body.clone()),
-        )
-            .into_response();
-        response.headers_mut().insert(
-            "idempotent-replayed",
-            axum::http::HeaderValue::from_static("true"),
-        );
-        return response;
-    }
-    let (status, reply) = sandbox.route(&mut state, &method, &path, &params);
-    // Stripe keeps the outcome of a key unless the request never ran (a 5xx of its own).
-    if let Some((key, request)) = idempotency
-        && !status.is_server_error()
-    {
-        state
-            .idempotency
-            .insert(key, (request, status.as_u16(), reply.clone()));
+        let (status, reply) = sandbox.route(&mut state, &method, &path, &params);
+        // Stripe keeps the outcome of a key unless the request never ran (a 5xx of its own).
+        if let Some((key, request)) = idempotency
+            && !status.is_server_error()
+        {
+            state
+                .idempotency
+                .insert(key, (request, status.as_u16(), reply.clone()));
+        }
+        (status, reply)
+    };
+    match fault.connection {
+        Some(ConnectionFault::AcceptThenHold) => faults::hold_forever().await,
+        Some(ConnectionFault::AcceptThenDrop) => faults::drop_connection(),
+        _ => {}
     }
     (status, Json(reply)).into_response()
 }

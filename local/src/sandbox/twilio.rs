@@ -5,8 +5,9 @@
 //!
 //! Test hooks: `GET /sandbox/twilio/_inbox` lists what was "sent" (with the time each
 //! request arrived); `POST /sandbox/twilio/_faults` makes the next calls fail
-//! (`{"status": 429, "count": 2}`, `{"status": 400, "code": 21610}`, `{"delay_ms": 5000}`
-//! for a timeout, `{"webhooks": false}` to stop callbacks); `POST /sandbox/twilio/_inbound`
+//! (see [`super::faults`]: `{"status": 429, "count": 2}`, `{"status": 400, "code": 21610}`,
+//! `{"delay_ms": 5000}` for a timeout, `{"connection": "accept_then_drop"}`, chaos;
+//! `{"webhooks": false}` stops callbacks); `POST /sandbox/twilio/_inbound`
 //! with `{"from", "to", "body"}` posts a signed inbound message to the Twilio webhook.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -25,7 +26,7 @@ use shared::domain::sms::measure;
 use shared::domain::sms_message::PhoneNumber;
 use shared::providers::twilio::{SIGNATURE_HEADER, sign};
 
-use super::faults::{Fault, Faults};
+use super::faults::{self, ConnectionFault, Fault, Faults};
 
 const INBOX_LIMIT: usize = 20_000;
 /// The sandbox's own number: the default sender, and where inbound messages arrive.
@@ -182,21 +183,23 @@ async fn create_message(
         .lock()
         .ok()
         .and_then(|mut state| state.faults.for_this_call());
-    if let Some(fault) = fault {
-        if let Some(delay) = fault.delay_ms {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        if let Some(status) = fault.status {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let code = fault
-                .code
-                .unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
-                    20429
-                } else {
-                    20500
-                });
-            return twilio_error(status, code, "sandbox fault");
-        }
+    let fault = fault.unwrap_or_default();
+    if let Some(delay) = fault.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(status) = fault.status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = fault
+            .code
+            .unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
+                20429
+            } else {
+                20500
+            });
+        return twilio_error(status, code, "sandbox fault");
+    }
+    if fault.connection == Some(ConnectionFault::Drop) {
+        faults::drop_connection();
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -274,6 +277,11 @@ async fn create_message(
                 }
             }
         });
+    }
+    match fault.connection {
+        Some(ConnectionFault::AcceptThenHold) => faults::hold_forever().await,
+        Some(ConnectionFault::AcceptThenDrop) => faults::drop_connection(),
+        _ => {}
     }
     let now = received_at.to_rfc2822();
     (

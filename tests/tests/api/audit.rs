@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use shared::store::EventStore;
 
 use crate::helpers::{
-    TestBundle, eventually, mongodb_uri, spawn_bundle, spawn_bundle_with, workspace_root,
+    PrivateMongo, TestBundle, eventually, mongodb_uri, spawn_bundle, spawn_bundle_with,
 };
 
 async fn audit_items(app: &TestBundle, token: &str, query: &str) -> Value {
@@ -246,75 +246,9 @@ async fn events_delivered_twice_are_recorded_once_and_retention_is_indexed() {
     }));
 }
 
-/// A private MongoDB-compatible server this test may stop and restart.
-struct PrivateMongo {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateMongo {
-    fn start(port: u16, dir: std::path::PathBuf) -> Self {
-        let mut server = Self {
-            port,
-            dir,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    fn restart(&mut self) {
-        let child = std::process::Command::new(workspace_root().join(".venv/bin/secantusd-py"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--storage-path",
-            ])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("secantusd-py starts (scripts/setup.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..150 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("the private MongoDB server did not start");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateMongo {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn with_mongodb_down_events_wait_and_all_arrive_after_it_returns() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("herald-mongo-{port}"));
-    let mut mongo = PrivateMongo::start(port, dir.clone());
+    let mut mongo = PrivateMongo::start();
     let uri = mongo.uri();
     let app = spawn_bundle_with(|options| {
         options.poll_queues = false;
@@ -370,5 +304,4 @@ async fn with_mongodb_down_events_wait_and_all_arrive_after_it_returns() {
         log.body
     );
     drop(mongo);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -11,14 +11,13 @@
 //! whose outcome the worker could not know.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use local::sources::QueuePoller;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestBundle, eventually, spawn_bundle_with, workspace_root};
+use crate::helpers::{PrivateMongo, TestBundle, eventually, spawn_bundle_with};
 
 const SINGLE_SENDS: usize = 100;
 const BULK_RECIPIENTS: usize = 1_500;
@@ -258,79 +257,9 @@ async fn every_email_ends_in_one_final_state_or_the_dlq_under_provider_faults_an
     assert!(injected >= 10, "the run injected faults: {report}");
 }
 
-/// A SecantusDB server of the test's own, so it can be stopped and started without
-/// disturbing the other tests' database.
-struct OwnMongo {
-    port: u16,
-    storage: PathBuf,
-    process: Option<std::process::Child>,
-}
-
-impl OwnMongo {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut mongo = Self {
-            port,
-            storage: std::env::temp_dir()
-                .join(format!("herald-mongo-{}", uuid::Uuid::new_v4().simple())),
-            process: None,
-        };
-        mongo.restart();
-        mongo
-    }
-
-    fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let server: PathBuf = workspace_root().join(".venv/bin/secantusd-py");
-        let child = std::process::Command::new(server)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .arg("--storage-path")
-            .arg(&self.storage)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("SecantusDB starts (scripts/setup.sh installs it)");
-        self.process = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("SecantusDB did not start on {}", self.port);
-    }
-
-    /// Stops the server the way an operator or a failover would (SIGTERM).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = std::process::Command::new("kill")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnMongo {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.storage);
-    }
-}
-
 #[tokio::test]
 async fn events_published_while_mongodb_is_down_are_recorded_once_it_is_back() {
-    let mut mongo = OwnMongo::start();
+    let mut mongo = PrivateMongo::start();
     let uri = mongo.uri();
     let app = spawn_bundle_with(|options| {
         options.env.insert("MONGODB_URI".to_owned(), uri.clone());

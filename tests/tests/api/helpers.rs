@@ -234,3 +234,67 @@ impl TestBundle {
             .unwrap_or(0)
     }
 }
+
+/// A MongoDB-compatible server of a test's own, on a free port with its own storage, so the
+/// test can stop and restart it without disturbing the other tests' database.
+pub struct PrivateMongo {
+    port: u16,
+    storage: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateMongo {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            port,
+            storage: std::env::temp_dir().join(format!("herald-mongo-{port}")),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port and storage.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new(workspace_root().join(".venv/bin/secantusd-py"))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(&self.storage)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("secantusd-py starts (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..150 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the private MongoDB server did not start");
+    }
+
+    /// Stops the server abruptly, as a crash or a lost host would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateMongo {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.storage);
+    }
+}
