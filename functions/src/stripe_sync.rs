@@ -93,7 +93,8 @@ impl StripeSync {
     /// Runs until every resource is read or the budget is spent.
     ///
     /// # Errors
-    /// Stripe or storage failures (the checkpoint keeps the progress made).
+    /// Stripe or storage failures, or a Stripe key that cannot be read (the checkpoint keeps
+    /// the progress made).
     pub async fn run(&self, started: Instant) -> anyhow::Result<Value> {
         let Some(stripe) = self.stripe.get().await? else {
             tracing::warn!("Stripe is not configured; nothing to sync");

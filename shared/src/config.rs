@@ -203,7 +203,7 @@ mod tests {
         })
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_first_calls_share_one_build() {
         let builds = Arc::new(AtomicUsize::new(0));
         let value = Arc::new(counting(&builds, false));
