@@ -7,7 +7,7 @@ use serde_json::json;
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::http::{self, ApiError, Cursor, PageRequest, Route, Router};
 use shared::store::{AuditQuery, EventStore};
@@ -29,7 +29,7 @@ const ROUTER: Router = Router::new(ROUTES);
 const MAX_RANGE_DAYS: i64 = 366;
 
 pub struct AuditApi {
-    store: EventStore,
+    store: OnFirstUse<EventStore>,
     claims: ClaimNames,
 }
 
@@ -40,17 +40,23 @@ impl HttpFunction for AuditApi {
 }
 
 impl AuditApi {
-    /// # Errors
-    /// When the MongoDB settings are missing or unusable.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
-        Ok(Self {
-            store: EventStore::from_env(aws, env).await?,
+    /// No I/O: the MongoDB URI is read on first use, and a failure to read or use it
+    /// answers 500 for that request.
+    pub fn new(aws: &AwsClients, env: &Env) -> Self {
+        Self {
+            store: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                EventStore::from_env(&env, &secrets).await
+            }),
             claims: ClaimNames::from_env(env),
-        })
+        }
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
         http::respond("audit-api", &request, || self.dispatch(&request)).await
+    }
+
+    async fn store(&self) -> Result<&EventStore, ApiError> {
+        self.store.get().await.map_err(ApiError::internal)
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
@@ -86,7 +92,11 @@ impl AuditApi {
                     )),
                     None => None,
                 };
-                let mut items = self.store.audit_page(&query, after, page.limit + 1).await?;
+                let mut items = self
+                    .store()
+                    .await?
+                    .audit_page(&query, after, page.limit + 1)
+                    .await?;
                 let next = if items.len() > page.limit {
                     items.truncate(page.limit);
                     items.last().map(|last| {
@@ -125,7 +135,8 @@ impl AuditApi {
                 }
                 let channel = params.get("channel").map(String::as_str);
                 let series = self
-                    .store
+                    .store()
+                    .await?
                     .series(org.as_ref(), granularity, from, to, channel)
                     .await?;
                 http::json(

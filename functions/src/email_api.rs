@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::template::{TemplateContent, TemplateKind};
@@ -70,7 +70,8 @@ pub struct EmailApi {
     send_queue: String,
     bulk_queue: String,
     default_from: Option<String>,
-    provider_configured: bool,
+    /// Whether a SendGrid key is configured, read on first use.
+    provider_configured: OnFirstUse<bool>,
     claims: ClaimNames,
 }
 
@@ -140,11 +141,12 @@ impl Errors {
 }
 
 impl EmailApi {
+    /// No I/O: whether SendGrid is configured is read by the first request that sends.
+    ///
     /// # Errors
-    /// When a required variable is missing or the SendGrid secret cannot be read.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
-        let key = env.secret("SENDGRID_API_KEY", &aws.secrets).await?;
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), &table),
             templates: TemplateStore::new(aws.dynamodb.clone(), &table),
@@ -153,7 +155,9 @@ impl EmailApi {
             send_queue: env.required("EMAIL_SEND_QUEUE_URL")?,
             bulk_queue: env.required("EMAIL_BULK_QUEUE_URL")?,
             default_from: env.optional("EMAIL_DEFAULT_FROM"),
-            provider_configured: key.is_some(),
+            provider_configured: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                Ok(env.secret("SENDGRID_API_KEY", &secrets).await?.is_some())
+            }),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             claims: ClaimNames::from_env(env),
         })
@@ -235,11 +239,23 @@ impl EmailApi {
         }
     }
 
-    async fn send(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        // Checked before anything is stored: a send that cannot happen is never recorded.
-        if !self.provider_configured {
-            return Err(ApiError::ProviderNotConfigured("SendGrid"));
+    /// Checked before anything is stored: a send that cannot happen is never recorded. A key
+    /// that cannot be read answers 500 (and is read again by the next request).
+    async fn require_provider(&self) -> Result<(), ApiError> {
+        if *self
+            .provider_configured
+            .get()
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::ProviderNotConfigured("SendGrid"))
         }
+    }
+
+    async fn send(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+        self.require_provider().await?;
         let body: SendRequest = http::parse_json(request)?;
         let now = chrono::Utc::now();
         let mut errors = Errors(FieldErrors::new());
@@ -617,9 +633,7 @@ impl EmailApi {
         } else {
             http::parse_json(request)?
         };
-        if !self.provider_configured {
-            return Err(ApiError::ProviderNotConfigured("SendGrid"));
-        }
+        self.require_provider().await?;
         let query = EmailListQuery {
             campaign: filters.campaign,
             created_after: filters.created_after,

@@ -8,7 +8,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::email::{EmailStatus, TimelineEntry};
 use shared::events::{Event, EventPublisher};
 use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
@@ -22,7 +22,8 @@ const MAX_PER_RUN: usize = 500;
 pub struct EmailStatusCheck {
     emails: EmailStore,
     events: EventPublisher,
-    sendgrid: Option<SendGridClient>,
+    /// `None` when SendGrid is not configured.
+    sendgrid: OnFirstUse<Option<SendGridClient>>,
     stuck_after: chrono::Duration,
 }
 
@@ -33,9 +34,11 @@ impl ScheduledFunction for EmailStatusCheck {
 }
 
 impl EmailStatusCheck {
+    /// No I/O: the SendGrid key is read by the first run.
+    ///
     /// # Errors
-    /// When a required variable is missing or the SendGrid settings are unusable.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let minutes = env
             .optional("EMAIL_STUCK_AFTER_MINUTES")
             .and_then(|v| v.parse().ok())
@@ -43,17 +46,18 @@ impl EmailStatusCheck {
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            sendgrid: crate::email_worker::sendgrid_client(aws, env).await?,
+            sendgrid: crate::email_worker::sendgrid_on_first_use(aws, env),
             stuck_after: chrono::Duration::minutes(minutes),
         })
     }
 
     /// # Errors
-    /// When the stuck emails cannot be listed (a lookup that fails is skipped until next run).
+    /// When the SendGrid settings cannot be read or the stuck emails cannot be listed (a
+    /// lookup that fails is skipped until the next run).
     pub async fn handle(&self, _event: EventBridgeEvent) -> Result<serde_json::Value, String> {
         let span = shared::logging::invocation_span("email-status-check", "");
         async {
-            let Some(sendgrid) = &self.sendgrid else {
+            let Some(sendgrid) = self.sendgrid.get().await.map_err(|e| format!("{e:#}"))? else {
                 tracing::warn!("SendGrid is not configured; nothing to check");
                 return Ok(json!({"checked": 0, "updated": 0}));
             };

@@ -14,7 +14,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse, SecretsClient};
 use shared::domain::OrgId;
 use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
 use shared::events::{Event, EventKind, EventPublisher};
@@ -36,7 +36,8 @@ const TEXT_TOKEN: &str = "%herald_text%";
 
 pub struct EmailWorker {
     emails: EmailStore,
-    sendgrid: Option<SendGridClient>,
+    /// `None` when SendGrid is not configured.
+    sendgrid: OnFirstUse<Option<SendGridClient>>,
     retry: RetryDelay,
     events: EventPublisher,
     max_receives: u32,
@@ -61,14 +62,15 @@ pub struct PlannedMail {
 struct Retry(String);
 
 impl EmailWorker {
+    /// No I/O: the SendGrid key is read by the first job that sends.
+    ///
     /// # Errors
-    /// When a required variable is missing or the SendGrid settings are unusable.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
-        let sendgrid = sendgrid_client(aws, env).await?;
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), table),
-            sendgrid,
+            sendgrid: sendgrid_on_first_use(aws, env),
             retry: RetryDelay::from_env(
                 aws.sqs.clone(),
                 env.required("EMAIL_SEND_QUEUE_URL")?,
@@ -184,16 +186,20 @@ impl EmailWorker {
             return Ok(());
         }
 
-        let Some(sendgrid) = &self.sendgrid else {
-            return self
-                .settle(
-                    &org,
-                    &to_send,
-                    last_attempt,
-                    "SendGrid is not configured".to_owned(),
-                    message,
-                )
-                .await;
+        let sendgrid = match self.sendgrid.get().await {
+            Ok(Some(sendgrid)) => sendgrid,
+            unusable => {
+                let reason = match unusable {
+                    Err(error) => {
+                        tracing::error!(error = format!("{error:#}"), "SendGrid settings");
+                        "the SendGrid settings could not be read"
+                    }
+                    Ok(_) => "SendGrid is not configured",
+                };
+                return self
+                    .settle(&org, &to_send, last_attempt, reason.to_owned(), message)
+                    .await;
+            }
         };
         let mut retry = None;
         for planned in plan_mails(&to_send) {
@@ -277,16 +283,23 @@ impl EmailWorker {
     }
 }
 
+/// The SendGrid client, built on first use by [`sendgrid_client`].
+pub fn sendgrid_on_first_use(aws: &AwsClients, env: &Env) -> OnFirstUse<Option<SendGridClient>> {
+    env.on_first_use(&aws.secrets, |env, secrets| async move {
+        sendgrid_client(&env, &secrets).await
+    })
+}
+
 /// Builds the SendGrid client from `SENDGRID_API_KEY` (secret) and `SENDGRID_BASE_URL`;
 /// `None` when no key is configured.
 ///
 /// # Errors
 /// When the secret cannot be read or the base URL is unusable.
 pub async fn sendgrid_client(
-    aws: &AwsClients,
     env: &Env,
+    secrets: &SecretsClient,
 ) -> anyhow::Result<Option<SendGridClient>> {
-    let Some(key) = env.secret("SENDGRID_API_KEY", &aws.secrets).await? else {
+    let Some(key) = env.secret("SENDGRID_API_KEY", secrets).await? else {
         return Ok(None);
     };
     let base = env

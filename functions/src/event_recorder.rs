@@ -6,11 +6,10 @@
 use std::collections::HashSet;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, parse_message};
 use shared::queue::RetryDelay;
 use shared::store::EventStore;
@@ -18,8 +17,9 @@ use shared::store::EventStore;
 use crate::registry::{BoxFuture, SqsFunction, batch_response};
 
 pub struct EventRecorder {
-    store: EventStore,
-    indexes: OnceCell<()>,
+    /// Connected and indexed by the first batch: its URI is a secret, its indexes need
+    /// MongoDB up. Until that succeeds every batch fails and waits in the queue.
+    store: OnFirstUse<EventStore>,
     retry: RetryDelay,
 }
 
@@ -30,12 +30,17 @@ impl SqsFunction for EventRecorder {
 }
 
 impl EventRecorder {
+    /// No I/O: the store is made ready by the first batch.
+    ///
     /// # Errors
     /// When a required variable is missing.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
-            store: EventStore::from_env(aws, env).await?,
-            indexes: OnceCell::new(),
+            store: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                let store = EventStore::from_env(&env, &secrets).await?;
+                store.ensure_indexes().await?;
+                Ok(store)
+            }),
             retry: RetryDelay::from_env(aws.sqs.clone(), env.required("EVENTS_QUEUE_URL")?, env),
         })
     }
@@ -58,14 +63,9 @@ impl EventRecorder {
                     }
                 }
             }
-            let ready = self
-                .indexes
-                .get_or_try_init(|| async { self.store.ensure_indexes().await.map(|_| ()) })
-                .await;
-            let failed_ids: Result<HashSet<String>, String> = match ready {
+            let failed_ids: Result<HashSet<String>, String> = match self.store.get().await {
                 Err(error) => Err(format!("{error:#}")),
-                Ok(()) => self
-                    .store
+                Ok(store) => store
                     .record(&batch)
                     .await
                     .map(|ids| ids.into_iter().collect())

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::email::EmailAddress;
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventKind, EventPublisher};
@@ -109,7 +109,8 @@ pub struct PaymentsApi {
     reconciler: Reconciler,
     idempotency: IdempotencyStore,
     events: EventPublisher,
-    stripe: Option<StripeClient>,
+    /// `None` when Stripe is not configured.
+    stripe: OnFirstUse<Option<StripeClient>>,
     s3: aws_sdk_s3::Client,
     bucket: String,
     claims: ClaimNames,
@@ -268,9 +269,11 @@ fn stripe_problem(error: &StripeError) -> ApiError {
 }
 
 impl PaymentsApi {
+    /// No I/O: the Stripe key is read by the first request that needs it.
+    ///
     /// # Errors
-    /// When a required variable is missing or the Stripe secret cannot be read.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
         let store = PaymentStore::new(aws.dynamodb.clone(), &table);
         Ok(Self {
@@ -278,7 +281,9 @@ impl PaymentsApi {
             store,
             idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            stripe: StripeClient::from_env(env, &aws.secrets).await?,
+            stripe: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                StripeClient::from_env(&env, &secrets).await
+            }),
             s3: aws.s3.clone(),
             bucket: env.required("BUCKET_NAME")?,
             claims: ClaimNames::from_env(env),
@@ -289,9 +294,13 @@ impl PaymentsApi {
         http::respond("payments-api", &request, || self.dispatch(&request)).await
     }
 
-    fn stripe(&self) -> Result<&StripeClient, ApiError> {
+    async fn stripe(&self) -> Result<&StripeClient, ApiError> {
         // Checked before anything is stored: nothing is recorded for a charge that cannot happen.
+        // A key that cannot be read answers 500, and the next request reads it again.
         self.stripe
+            .get()
+            .await
+            .map_err(ApiError::internal)?
             .as_ref()
             .ok_or(ApiError::ProviderNotConfigured("Stripe"))
     }
@@ -385,11 +394,14 @@ impl PaymentsApi {
         params: &Value,
         idempotency_key: &str,
     ) -> Result<Value, StripeError> {
-        let stripe = self.stripe.as_ref().ok_or_else(|| StripeError::Rejected {
-            status: 0,
-            code: None,
-            message: "Stripe is not configured".to_owned(),
-        })?;
+        // Every caller has checked `self.stripe()` first: the client is built by now.
+        let Ok(Some(stripe)) = self.stripe.get().await else {
+            return Err(StripeError::Rejected {
+                status: 0,
+                code: None,
+                message: "Stripe is not configured".to_owned(),
+            });
+        };
         let mut attempt = 1;
         let result = loop {
             let result = stripe.post(path, params, Some(idempotency_key)).await;
@@ -467,7 +479,7 @@ impl PaymentsApi {
         request: &Request,
         caller: &Caller,
     ) -> Result<Response<Body>, ApiError> {
-        self.stripe()?;
+        self.stripe().await?;
         let body: CustomerRequest = http::parse_json(request)?;
         let mut errors = FieldErrors::new();
         let email = body.email.as_deref().and_then(|e| {
@@ -521,7 +533,7 @@ impl PaymentsApi {
         request: &Request,
         caller: &Caller,
     ) -> Result<Response<Body>, ApiError> {
-        self.stripe()?;
+        self.stripe().await?;
         let body: SubscriptionRequest = http::parse_json(request)?;
         let mut errors = FieldErrors::new();
         let items: Vec<(String, u32)> = match (&body.price, &body.items) {
@@ -625,7 +637,7 @@ impl PaymentsApi {
         if record.status == "canceled" {
             return http::json(200, &record.to_json());
         }
-        let stripe = self.stripe()?;
+        let stripe = self.stripe().await?;
         let Some(stripe_id) = &record.stripe_id else {
             return Err(ApiError::Conflict(
                 "the subscription was never created at Stripe".to_owned(),
@@ -663,7 +675,7 @@ impl PaymentsApi {
     }
 
     async fn charge(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        self.stripe()?;
+        self.stripe().await?;
         let body: ChargeRequest = http::parse_json(request)?;
         let mut errors = FieldErrors::new();
         let currency = Currency::parse(&body.currency)
@@ -859,7 +871,7 @@ impl PaymentsApi {
             http::parse_json(request)?
         };
         let record: PaymentRecord = self.store.get(&caller.org, id).await?;
-        self.stripe()?;
+        self.stripe().await?;
         if !matches!(
             record.status,
             PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
@@ -963,7 +975,7 @@ impl PaymentsApi {
                 .await?;
             let pdf = match stored.and_then(|i| i.invoice_pdf) {
                 Some(pdf) => Some(pdf),
-                None => match &self.stripe {
+                None => match self.stripe.get().await.map_err(ApiError::internal)? {
                     Some(stripe) => stripe
                         .get(&format!("/v1/invoices/{invoice_id}"), &json!({}))
                         .await

@@ -148,47 +148,41 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         "templates-api" => {
             Handler::Http(Arc::new(crate::templates_api::TemplatesApi::new(aws, env)?))
         }
-        "email-api" => Handler::Http(Arc::new(crate::email_api::EmailApi::new(aws, env).await?)),
-        "email-worker" => Handler::Sqs(Arc::new(
-            crate::email_worker::EmailWorker::new(aws, env).await?,
-        )),
+        "email-api" => Handler::Http(Arc::new(crate::email_api::EmailApi::new(aws, env)?)),
+        "email-worker" => Handler::Sqs(Arc::new(crate::email_worker::EmailWorker::new(aws, env)?)),
         "bulk-worker" => Handler::Sqs(Arc::new(crate::bulk_worker::BulkWorker::new(aws, env)?)),
         "sendgrid-webhook" => Handler::Http(Arc::new(
-            crate::sendgrid_webhook::SendGridWebhook::new(aws, env).await?,
+            crate::sendgrid_webhook::SendGridWebhook::new(aws, env)?,
         )),
         "email-status-check" => Handler::Scheduled(Arc::new(
-            crate::email_status_check::EmailStatusCheck::new(aws, env).await?,
+            crate::email_status_check::EmailStatusCheck::new(aws, env)?,
         )),
-        "event-recorder" => Handler::Sqs(Arc::new(
-            crate::event_recorder::EventRecorder::new(aws, env).await?,
-        )),
-        "audit-api" => Handler::Http(Arc::new(crate::audit_api::AuditApi::new(aws, env).await?)),
+        "event-recorder" => Handler::Sqs(Arc::new(crate::event_recorder::EventRecorder::new(
+            aws, env,
+        )?)),
+        "audit-api" => Handler::Http(Arc::new(crate::audit_api::AuditApi::new(aws, env))),
         "admin-page" => Handler::Http(Arc::new(crate::admin_page::AdminPage::new())),
-        "reports-api" => Handler::Http(Arc::new(
-            crate::reports_api::ReportsApi::new(aws, env).await?,
-        )),
-        "report-worker" => Handler::Sqs(Arc::new(
-            crate::report_worker::ReportWorker::new(aws, env).await?,
-        )),
+        "reports-api" => Handler::Http(Arc::new(crate::reports_api::ReportsApi::new(aws, env)?)),
+        "report-worker" => {
+            Handler::Sqs(Arc::new(crate::report_worker::ReportWorker::new(aws, env)?))
+        }
         "report-cleanup" => Handler::Scheduled(Arc::new(
             crate::report_cleanup::ReportCleanup::new(aws, env)?,
         )),
-        "payments-api" => Handler::Http(Arc::new(
-            crate::payments_api::PaymentsApi::new(aws, env).await?,
-        )),
-        "stripe-webhook" => Handler::Http(Arc::new(
-            crate::stripe_webhook::StripeWebhook::new(aws, env).await?,
-        )),
-        "stripe-sync" => Handler::Scheduled(Arc::new(
-            crate::stripe_sync::StripeSync::new(aws, env).await?,
-        )),
-        "sms-api" => Handler::Http(Arc::new(crate::sms_api::SmsApi::new(aws, env).await?)),
-        "sms-worker" => Handler::Sqs(Arc::new(crate::sms_worker::SmsWorker::new(aws, env).await?)),
-        "twilio-webhook" => Handler::Http(Arc::new(
-            crate::twilio_webhook::TwilioWebhook::new(aws, env).await?,
-        )),
+        "payments-api" => Handler::Http(Arc::new(crate::payments_api::PaymentsApi::new(aws, env)?)),
+        "stripe-webhook" => Handler::Http(Arc::new(crate::stripe_webhook::StripeWebhook::new(
+            aws, env,
+        )?)),
+        "stripe-sync" => {
+            Handler::Scheduled(Arc::new(crate::stripe_sync::StripeSync::new(aws, env)?))
+        }
+        "sms-api" => Handler::Http(Arc::new(crate::sms_api::SmsApi::new(aws, env)?)),
+        "sms-worker" => Handler::Sqs(Arc::new(crate::sms_worker::SmsWorker::new(aws, env)?)),
+        "twilio-webhook" => Handler::Http(Arc::new(crate::twilio_webhook::TwilioWebhook::new(
+            aws, env,
+        )?)),
         "sms-status-check" => Handler::Scheduled(Arc::new(
-            crate::sms_status_check::SmsStatusCheck::new(aws, env).await?,
+            crate::sms_status_check::SmsStatusCheck::new(aws, env)?,
         )),
         other => anyhow::bail!("no function binary named {other}"),
     })

@@ -22,7 +22,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
@@ -39,7 +39,7 @@ const CLAIM_LEASE: chrono::Duration = chrono::Duration::minutes(16);
 pub struct ReportWorker {
     reports: ReportStore,
     emails: EmailStore,
-    event_store: EventStore,
+    event_store: OnFirstUse<EventStore>,
     queue: QueuePublisher,
     events: EventPublisher,
     s3: aws_sdk_s3::Client,
@@ -68,8 +68,9 @@ fn max_receives(env: &Env, name: &str, default: u32) -> u32 {
 
 impl ReportWorker {
     /// # Errors
-    /// When a required variable is missing or MongoDB is not configured.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing. MongoDB's URI is read on first use (no I/O here):
+    /// a report that cannot reach it fails and is retried.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
         let generate_queue = env.required("REPORT_GENERATE_QUEUE_URL")?;
         let export_queue = env.required("REPORT_EXPORT_QUEUE_URL")?;
@@ -80,7 +81,9 @@ impl ReportWorker {
         Ok(Self {
             reports: ReportStore::new(aws.dynamodb.clone(), &table),
             emails: EmailStore::new(aws.dynamodb.clone(), &table),
-            event_store: EventStore::from_env(aws, env).await?,
+            event_store: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                EventStore::from_env(&env, &secrets).await
+            }),
             queue: QueuePublisher::new(aws.sqs.clone()),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             s3: aws.s3.clone(),
@@ -264,7 +267,8 @@ impl ReportWorker {
             return Ok(());
         };
         let written = async {
-            let content = content::build(&report, &self.emails, &self.event_store).await?;
+            let event_store = self.event_store.get().await?;
+            let content = content::build(&report, &self.emails, event_store).await?;
             file::upload(&self.s3, &self.bucket, &report, &content).await
         }
         .await;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
 use shared::domain::email::EmailAddress;
 use shared::events::{Event, EventPublisher};
@@ -77,7 +77,8 @@ pub struct ReportsApi {
     generate_queue_arn: String,
     schedule_role_arn: String,
     schedule_group: String,
-    email_configured: bool,
+    /// Whether a SendGrid key is configured, read on first use.
+    email_configured: OnFirstUse<bool>,
     claims: ClaimNames,
 }
 
@@ -147,11 +148,12 @@ fn parse_format(value: &str, errors: &mut FieldErrors) -> Option<ReportFormat> {
 }
 
 impl ReportsApi {
+    /// No I/O: whether SendGrid is configured is read by the first schedule request.
+    ///
     /// # Errors
-    /// When a required variable is missing or the SendGrid secret cannot be read.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
-        let key = env.secret("SENDGRID_API_KEY", &aws.secrets).await?;
         Ok(Self {
             reports: ReportStore::new(aws.dynamodb.clone(), &table),
             idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
@@ -164,7 +166,9 @@ impl ReportsApi {
             generate_queue_arn: env.required("REPORT_GENERATE_QUEUE_ARN")?,
             schedule_role_arn: env.required("REPORT_SCHEDULE_ROLE_ARN")?,
             schedule_group: env.required("REPORT_SCHEDULE_GROUP")?,
-            email_configured: key.is_some(),
+            email_configured: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                Ok(env.secret("SENDGRID_API_KEY", &secrets).await?.is_some())
+            }),
             claims: ClaimNames::from_env(env),
         })
     }
@@ -408,7 +412,12 @@ impl ReportsApi {
             return Err(ApiError::invalid(errors));
         }
         // Every run emails its link: without an email provider a schedule cannot work.
-        if !self.email_configured {
+        if !*self
+            .email_configured
+            .get()
+            .await
+            .map_err(ApiError::internal)?
+        {
             return Err(ApiError::ProviderNotConfigured("SendGrid"));
         }
         let id = RecordId::new().to_string();

@@ -1,5 +1,11 @@
 //! What every function's `main` does: start logging, read the environment, build the AWS
 //! clients once, then hand the handler to the Lambda runtime for its event type.
+//!
+//! Init does no network I/O, so a cold start reaches its first poll without a round trip
+//! (issue 10): building a client does not connect, the region comes from `AWS_REGION`
+//! (always set in Lambda), and every constructor is a plain `fn` — secrets, and the
+//! clients and stores built from them, are read by the first invocation that needs them
+//! (`shared::config::OnFirstUse`).
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::SqsEvent;

@@ -10,7 +10,7 @@ use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, Engagement, TimelineEntry};
 use shared::events::{Event, EventKind as LogKind, EventPublisher};
@@ -26,7 +26,8 @@ use crate::registry::{BoxFuture, HttpFunction};
 pub struct SendGridWebhook {
     emails: EmailStore,
     events: EventPublisher,
-    verifier: Option<WebhookVerifier>,
+    /// `None` when no verification key is configured.
+    verifier: OnFirstUse<Option<WebhookVerifier>>,
 }
 
 impl HttpFunction for SendGridWebhook {
@@ -115,18 +116,20 @@ pub fn group_by_email(
 }
 
 impl SendGridWebhook {
+    /// No I/O: the verification key is read and parsed by the first request. A key that
+    /// cannot be read, or is not a P-256 key, answers 500 until it is fixed.
+    ///
     /// # Errors
-    /// When `TABLE_NAME` is missing, the key secret cannot be read or is not a P-256 key.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
-        let verifier = match env
-            .secret("SENDGRID_WEBHOOK_PUBLIC_KEY", &aws.secrets)
-            .await?
-        {
-            Some(key) => Some(WebhookVerifier::from_base64_spki(
-                secrecy::ExposeSecret::expose_secret(&key),
-            )?),
-            None => None,
-        };
+    /// When `TABLE_NAME` is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let verifier = env.on_first_use(&aws.secrets, |env, secrets| async move {
+            match env.secret("SENDGRID_WEBHOOK_PUBLIC_KEY", &secrets).await? {
+                Some(key) => Ok(Some(WebhookVerifier::from_base64_spki(
+                    secrecy::ExposeSecret::expose_secret(&key),
+                )?)),
+                None => Ok(None),
+            }
+        });
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
@@ -149,7 +152,7 @@ impl SendGridWebhook {
                 "webhook bodies are limited to 1 MiB".to_owned(),
             ));
         }
-        let Some(verifier) = &self.verifier else {
+        let Some(verifier) = self.verifier.get().await.map_err(ApiError::internal)? else {
             // Without a key nothing can be trusted: refuse rather than accept unsigned events.
             return Err(ApiError::ProviderNotConfigured(
                 "the SendGrid webhook verification key",

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
 use shared::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
 use shared::domain::template::{TemplateContent, TemplateKind};
@@ -26,7 +26,7 @@ use shared::store::{
 };
 
 use crate::registry::{BoxFuture, HttpFunction};
-use crate::sms_worker::{TwilioSettings, twilio_settings};
+use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
 
 pub const ROUTES: &[Route] = &[
     Route {
@@ -98,7 +98,8 @@ pub struct SmsApi {
     events: EventPublisher,
     send_queue: String,
     bulk_queue: String,
-    twilio: Option<TwilioSettings>,
+    /// `None` when Twilio is not configured.
+    twilio: OnFirstUse<Option<TwilioSettings>>,
     claims: ClaimNames,
 }
 
@@ -329,9 +330,11 @@ fn contact_variables(contact: &Contact) -> Value {
 }
 
 impl SmsApi {
+    /// No I/O: the Twilio credentials are read by the first request that needs them.
+    ///
     /// # Errors
-    /// When a required variable is missing or the Twilio secret cannot be read.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), &table),
@@ -342,7 +345,7 @@ impl SmsApi {
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             send_queue: env.required("SMS_SEND_QUEUE_URL")?,
             bulk_queue: env.required("SMS_BULK_QUEUE_URL")?,
-            twilio: twilio_settings(aws, env).await?,
+            twilio: twilio_on_first_use(aws, env),
             claims: ClaimNames::from_env(env),
         })
     }
@@ -482,11 +485,20 @@ impl SmsApi {
         }
     }
 
+    /// Twilio as configured. Checked before anything is stored: a send that cannot happen is
+    /// never recorded. Credentials that cannot be read answer 500 (and are read again by the
+    /// next request).
+    async fn twilio(&self) -> Result<&TwilioSettings, ApiError> {
+        self.twilio
+            .get()
+            .await
+            .map_err(ApiError::internal)?
+            .as_ref()
+            .ok_or(ApiError::ProviderNotConfigured("Twilio"))
+    }
+
     async fn send(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        // Checked before anything is stored: a send that cannot happen is never recorded.
-        let Some(twilio) = &self.twilio else {
-            return Err(ApiError::ProviderNotConfigured("Twilio"));
-        };
+        let twilio = self.twilio().await?;
         let body: SendRequest = http::parse_json(request)?;
         let now = chrono::Utc::now();
         let mut errors = Errors(FieldErrors::new());
@@ -801,9 +813,7 @@ impl SmsApi {
     }
 
     async fn balance(&self, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        let Some(twilio) = &self.twilio else {
-            return Err(ApiError::ProviderNotConfigured("Twilio"));
-        };
+        let twilio = self.twilio().await?;
         let result = twilio.client.balance().await;
         let call = Event::new(&caller.org, EventKind::Provider, "twilio.balance").with_detail(
             json!({"outcome": match &result { Ok(_) => "ok".to_owned(), Err(e) => e.to_string() }}),

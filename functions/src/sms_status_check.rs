@@ -7,19 +7,20 @@ use serde_json::json;
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::store::{SmsStore, StatusApplied};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
-use crate::sms_worker::{TwilioSettings, twilio_settings};
+use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
 
 /// Messages looked up per run; the rest wait for the next run.
 const MAX_PER_RUN: usize = 2_000;
 
 pub struct SmsStatusCheck {
     sms: SmsStore,
-    twilio: Option<TwilioSettings>,
+    /// `None` when Twilio is not configured.
+    twilio: OnFirstUse<Option<TwilioSettings>>,
     events: EventPublisher,
     min_age: chrono::Duration,
 }
@@ -37,12 +38,14 @@ impl ScheduledFunction for SmsStatusCheck {
 }
 
 impl SmsStatusCheck {
+    /// No I/O: the Twilio credentials are read by the first run.
+    ///
     /// # Errors
-    /// When a required variable is missing or the Twilio settings are unusable.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            twilio: twilio_settings(aws, env).await?,
+            twilio: twilio_on_first_use(aws, env),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             // Younger messages still have their callbacks on the way.
             min_age: chrono::Duration::seconds(
@@ -54,9 +57,10 @@ impl SmsStatusCheck {
     }
 
     /// # Errors
-    /// When the records cannot be read; single lookups that fail are counted and skipped.
+    /// When the Twilio settings or the records cannot be read; single lookups that fail are
+    /// counted and skipped.
     pub async fn run(&self) -> anyhow::Result<serde_json::Value> {
-        let Some(twilio) = &self.twilio else {
+        let Some(twilio) = self.twilio.get().await? else {
             tracing::warn!("Twilio is not configured: nothing to check");
             return Ok(json!({"checked": 0, "updated": 0, "skipped": "Twilio is not configured"}));
         };

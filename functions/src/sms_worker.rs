@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse, SecretsClient};
 use shared::domain::OrgId;
 use shared::domain::email::FailureKind;
 use shared::domain::sms_message::{SmsRecord, SmsStatus};
@@ -42,22 +42,29 @@ pub struct TwilioSettings {
     pub default_from: Option<String>,
 }
 
+/// The Twilio settings, built on first use by [`twilio_settings`].
+pub fn twilio_on_first_use(aws: &AwsClients, env: &Env) -> OnFirstUse<Option<TwilioSettings>> {
+    env.on_first_use(&aws.secrets, |env, secrets| async move {
+        twilio_settings(&env, &secrets).await
+    })
+}
+
 /// Builds the Twilio client from `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN` and the optional
 /// `TWILIO_FROM` (secrets) and `TWILIO_BASE_URL`; `None` when the credentials are not set.
 ///
 /// # Errors
 /// When the secret cannot be read or the base URL is unusable.
 pub async fn twilio_settings(
-    aws: &AwsClients,
     env: &Env,
+    secrets: &SecretsClient,
 ) -> anyhow::Result<Option<TwilioSettings>> {
-    let sid = env.secret("TWILIO_ACCOUNT_SID", &aws.secrets).await?;
-    let token = env.secret("TWILIO_AUTH_TOKEN", &aws.secrets).await?;
+    let sid = env.secret("TWILIO_ACCOUNT_SID", secrets).await?;
+    let token = env.secret("TWILIO_AUTH_TOKEN", secrets).await?;
     let (Some(sid), Some(token)) = (sid, token) else {
         return Ok(None);
     };
     let default_from = env
-        .secret("TWILIO_FROM", &aws.secrets)
+        .secret("TWILIO_FROM", secrets)
         .await?
         .map(|f| f.expose_secret().to_owned());
     let base = env
@@ -76,7 +83,8 @@ pub async fn twilio_settings(
 
 pub struct SmsWorker {
     sms: SmsStore,
-    twilio: Option<TwilioSettings>,
+    /// `None` when Twilio is not configured.
+    twilio: OnFirstUse<Option<TwilioSettings>>,
     retry: RetryDelay,
     events: EventPublisher,
     sqs: aws_sdk_sqs::Client,
@@ -97,13 +105,15 @@ impl SqsFunction for SmsWorker {
 struct Retry(String);
 
 impl SmsWorker {
+    /// No I/O: the Twilio credentials are read by the first job that sends.
+    ///
     /// # Errors
-    /// When a required variable is missing or the Twilio settings are unusable.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When a required variable is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let send_queue = env.required("SMS_SEND_QUEUE_URL")?;
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            twilio: twilio_settings(aws, env).await?,
+            twilio: twilio_on_first_use(aws, env),
             retry: RetryDelay::from_env(aws.sqs.clone(), &send_queue, env),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             sqs: aws.sqs.clone(),
@@ -160,6 +170,8 @@ impl SmsWorker {
             .get_many(&org, &ids)
             .await
             .map_err(|e| Retry(format!("{e:#}")))?;
+        // Once per job, not per record: an unreadable secret is one failed read, not hundreds.
+        let twilio = self.twilio().await;
         let deadline = tokio::time::Instant::now() + self.rate_wait;
         let mut retry = None;
         for (index, record) in records.iter().enumerate() {
@@ -178,14 +190,17 @@ impl SmsWorker {
                 }
                 continue;
             }
-            let Some(twilio) = &self.twilio else {
-                if self.claim(&org, record).await?.is_some() {
-                    let reason = "Twilio is not configured".to_owned();
-                    retry.get_or_insert(reason.clone());
-                    let outcome = SendOutcome::transient(reason, last_attempt);
-                    self.finish(&org, record, &outcome, None, None).await?;
+            let twilio = match twilio {
+                Ok(twilio) => twilio,
+                Err(reason) => {
+                    if self.claim(&org, record).await?.is_some() {
+                        let reason = reason.to_owned();
+                        retry.get_or_insert(reason.clone());
+                        let outcome = SendOutcome::transient(reason, last_attempt);
+                        self.finish(&org, record, &outcome, None, None).await?;
+                    }
+                    continue;
                 }
-                continue;
             };
             if !self.wait_for_slot(&org, deadline).await? {
                 let rest: Vec<String> = records[index..].iter().map(|r| r.id.clone()).collect();
@@ -203,6 +218,18 @@ impl SmsWorker {
             Some(reason) => {
                 self.retry.delay(message).await;
                 Err(Retry(reason))
+            }
+        }
+    }
+
+    /// The Twilio settings, or why there are none (the records wait for a retry).
+    async fn twilio(&self) -> Result<&TwilioSettings, &'static str> {
+        match self.twilio.get().await {
+            Ok(Some(twilio)) => Ok(twilio),
+            Ok(None) => Err("Twilio is not configured"),
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "Twilio settings");
+                Err("the Twilio settings could not be read")
             }
         }
     }

@@ -12,7 +12,7 @@ use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use serde_json::{Value, json};
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, EventPublisher};
 use shared::payments::reconcile::Reconciler;
 use shared::providers::stripe::{MAX_PAGE_SIZE, StripeClient};
@@ -34,7 +34,8 @@ pub struct StripeSync {
     store: PaymentStore,
     reconciler: Reconciler,
     events: EventPublisher,
-    stripe: Option<StripeClient>,
+    /// `None` when Stripe is not configured.
+    stripe: OnFirstUse<Option<StripeClient>>,
     page_size: u32,
     /// Stop starting pages once this much of the run has passed (the function's timeout
     /// less a margin for the page in flight).
@@ -61,9 +62,11 @@ impl ScheduledFunction for StripeSync {
 }
 
 impl StripeSync {
+    /// No I/O: the Stripe key is read by the first run.
+    ///
     /// # Errors
-    /// When `TABLE_NAME` is missing or the Stripe secret cannot be read.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When `TABLE_NAME` is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let store = PaymentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?);
         let number = |name: &str, default: u64| {
             env.optional(name)
@@ -74,7 +77,9 @@ impl StripeSync {
             reconciler: Reconciler::new(store.clone()),
             store,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            stripe: StripeClient::from_env(env, &aws.secrets).await?,
+            stripe: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                StripeClient::from_env(&env, &secrets).await
+            }),
             page_size: u32::try_from(number("STRIPE_SYNC_PAGE_SIZE", u64::from(MAX_PAGE_SIZE)))
                 .unwrap_or(MAX_PAGE_SIZE)
                 .clamp(1, MAX_PAGE_SIZE),
@@ -88,9 +93,10 @@ impl StripeSync {
     /// Runs until every resource is read or the budget is spent.
     ///
     /// # Errors
-    /// Stripe or storage failures (the checkpoint keeps the progress made).
+    /// Stripe or storage failures, or a Stripe key that cannot be read (the checkpoint keeps
+    /// the progress made).
     pub async fn run(&self, started: Instant) -> anyhow::Result<Value> {
-        let Some(stripe) = &self.stripe else {
+        let Some(stripe) = self.stripe.get().await? else {
             tracing::warn!("Stripe is not configured; nothing to sync");
             return Ok(json!({"complete": false, "configured": false}));
         };

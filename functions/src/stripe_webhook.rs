@@ -8,7 +8,7 @@ use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
 use shared::payments::reconcile::Reconciler;
@@ -50,7 +50,8 @@ pub struct StripeWebhook {
     store: PaymentStore,
     reconciler: Reconciler,
     events: EventPublisher,
-    verifier: Option<WebhookVerifier>,
+    /// `None` when no signing secret is configured.
+    verifier: OnFirstUse<Option<WebhookVerifier>>,
 }
 
 impl HttpFunction for StripeWebhook {
@@ -60,15 +61,19 @@ impl HttpFunction for StripeWebhook {
 }
 
 impl StripeWebhook {
+    /// No I/O: the signing secrets are read by the first request.
+    ///
     /// # Errors
-    /// When `TABLE_NAME` is missing or the secret cannot be read.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
-        let verifier = env
-            .secret("STRIPE_WEBHOOK_SECRETS", &aws.secrets)
-            .await?
-            .and_then(|list| {
-                WebhookVerifier::from_list(secrecy::ExposeSecret::expose_secret(&list))
-            });
+    /// When `TABLE_NAME` is missing.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let verifier = env.on_first_use(&aws.secrets, |env, secrets| async move {
+            Ok(env
+                .secret("STRIPE_WEBHOOK_SECRETS", &secrets)
+                .await?
+                .and_then(|list| {
+                    WebhookVerifier::from_list(secrecy::ExposeSecret::expose_secret(&list))
+                }))
+        });
         let store = PaymentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?);
         Ok(Self {
             reconciler: Reconciler::new(store.clone()),
@@ -95,7 +100,7 @@ impl StripeWebhook {
                 "webhook bodies are limited to 1 MiB".to_owned(),
             ));
         }
-        let Some(verifier) = &self.verifier else {
+        let Some(verifier) = self.verifier.get().await.map_err(ApiError::internal)? else {
             return Err(ApiError::ProviderNotConfigured(
                 "the Stripe webhook signing secret",
             ));

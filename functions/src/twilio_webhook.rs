@@ -23,7 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use shared::aws::AwsClients;
-use shared::config::Env;
+use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::domain::sms_message::{Keyword, PhoneNumber};
 use shared::events::{Event, EventKind, EventPublisher};
@@ -38,7 +38,8 @@ pub const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Respon
 pub struct TwilioWebhook {
     sms: SmsStore,
     events: EventPublisher,
-    auth_token: Option<SecretString>,
+    /// Read on first use; `None` when not configured.
+    auth_token: OnFirstUse<Option<SecretString>>,
     public_url: Option<String>,
     number_orgs: HashMap<String, OrgId>,
 }
@@ -79,13 +80,17 @@ fn twiml() -> Response<Body> {
 }
 
 impl TwilioWebhook {
+    /// No I/O: the auth token is read by the first request.
+    ///
     /// # Errors
-    /// When `TABLE_NAME` is missing, the secret cannot be read or the number map is malformed.
-    pub async fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+    /// When `TABLE_NAME` is missing or the number map is malformed.
+    pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            auth_token: env.secret("TWILIO_AUTH_TOKEN", &aws.secrets).await?,
+            auth_token: env.on_first_use(&aws.secrets, |env, secrets| async move {
+                Ok(env.secret("TWILIO_AUTH_TOKEN", &secrets).await?)
+            }),
             public_url: env.optional("TWILIO_WEBHOOK_URL"),
             number_orgs: parse_number_orgs(
                 &env.optional("TWILIO_NUMBER_ORGS").unwrap_or_default(),
@@ -108,7 +113,8 @@ impl TwilioWebhook {
                 "webhook bodies are limited to 1 MiB".to_owned(),
             ));
         }
-        let (Some(token), Some(url)) = (&self.auth_token, &self.public_url) else {
+        let token = self.auth_token.get().await.map_err(ApiError::internal)?;
+        let (Some(token), Some(url)) = (token, &self.public_url) else {
             // Without the token and URL nothing can be verified: refuse rather than trust.
             return Err(ApiError::ProviderNotConfigured(
                 "the Twilio webhook (TWILIO_AUTH_TOKEN and TWILIO_WEBHOOK_URL)",

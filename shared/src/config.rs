@@ -4,11 +4,21 @@
 //! Secrets Manager when `<NAME>_SECRET_ARN` is set, otherwise from the plain `<NAME>`
 //! variable (local use). The local runner hands each in-process function its own [`Env`]
 //! built from the template, so several functions can share one process.
+//!
+//! Nothing here is read from the network while a function starts: what needs Secrets
+//! Manager (a provider key, the MongoDB URI, or a client built from them) is an
+//! [`OnFirstUse`], read by the first invocation that needs it (issue 10: init does no I/O).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use anyhow::Context;
 use secrecy::SecretString;
+use tokio::sync::OnceCell;
+
+/// The Secrets Manager client, by a name functions can use without depending on the SDK.
+pub use aws_sdk_secretsmanager::Client as SecretsClient;
 
 #[derive(Debug, Clone, Default)]
 pub struct Env {
@@ -77,6 +87,61 @@ impl Env {
         }
         Ok(self.optional(name).map(SecretString::from))
     }
+
+    /// A value `build` makes from this environment and Secrets Manager on first use (see
+    /// [`OnFirstUse`]). `build` gets its own copies, so the value outlives the caller.
+    pub fn on_first_use<T, F, Fut>(&self, secrets: &SecretsClient, build: F) -> OnFirstUse<T>
+    where
+        F: Fn(Env, SecretsClient) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        let (env, secrets) = (self.clone(), secrets.clone());
+        OnFirstUse::new(move || build(env.clone(), secrets.clone()))
+    }
+}
+
+type BuildFuture<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send>>;
+
+/// A value built asynchronously by the first call that needs it, then kept for the life of
+/// the execution environment: how a function reads its secrets (and builds the clients
+/// that hold them) without a network round trip before its first poll.
+///
+/// Concurrent first callers wait for one build. A failed build is not kept: the caller gets
+/// the error (a 5xx, a retried message) and the next call builds again, so a Secrets
+/// Manager outage lasts as long as the outage, not as long as the execution environment.
+pub struct OnFirstUse<T> {
+    value: OnceCell<T>,
+    build: Box<dyn Fn() -> BuildFuture<T> + Send + Sync>,
+}
+
+impl<T> OnFirstUse<T> {
+    pub fn new<F, Fut>(build: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        Self {
+            value: OnceCell::new(),
+            build: Box::new(move || Box::pin(build())),
+        }
+    }
+
+    /// The value, built now if no call has built it yet.
+    ///
+    /// # Errors
+    /// The build's error; the next call tries again.
+    pub async fn get(&self) -> anyhow::Result<&T> {
+        self.value.get_or_try_init(|| (self.build)()).await
+    }
+}
+
+/// Says whether the value is built, never what it is (it may hold a secret).
+impl<T> std::fmt::Debug for OnFirstUse<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnFirstUse")
+            .field("built", &self.value.initialized())
+            .finish_non_exhaustive()
+    }
 }
 
 async fn read_secret(
@@ -106,6 +171,9 @@ async fn read_secret(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -117,5 +185,77 @@ mod tests {
         assert!(env.optional("A").is_none());
         assert!(matches!(env.required("A"), Err(ConfigError::Missing(_))));
         assert_eq!(env.required("B").unwrap(), "b");
+    }
+
+    fn counting(builds: &Arc<AtomicUsize>, fail_first: bool) -> OnFirstUse<usize> {
+        let builds = Arc::clone(builds);
+        OnFirstUse::new(move || {
+            let builds = Arc::clone(&builds);
+            async move {
+                let attempt = builds.fetch_add(1, Ordering::SeqCst) + 1;
+                // Long enough for every concurrent caller to arrive while the build runs.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if fail_first && attempt == 1 {
+                    anyhow::bail!("Secrets Manager is unavailable");
+                }
+                Ok(attempt)
+            }
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_calls_share_one_build() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let value = Arc::new(counting(&builds, false));
+        assert_eq!(
+            builds.load(Ordering::SeqCst),
+            0,
+            "nothing is built up front"
+        );
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let value = Arc::clone(&value);
+                tokio::spawn(async move { *value.get().await.unwrap() })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), 1);
+        }
+        assert_eq!(*value.get().await.unwrap(), 1);
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_is_retried_by_the_next_call() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let value = counting(&builds, true);
+        let error = value.get().await.unwrap_err();
+        assert!(error.to_string().contains("unavailable"), "{error}");
+        assert_eq!(format!("{value:?}"), "OnFirstUse { built: false, .. }");
+        assert_eq!(*value.get().await.unwrap(), 2);
+        assert_eq!(*value.get().await.unwrap(), 2, "kept once built");
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_plain_variable_is_read_on_first_use_without_secrets_manager() {
+        let env = Env::from_map(HashMap::from([("KEY".to_owned(), "k".to_owned())]));
+        // No endpoint is reachable here: a plain variable needs none.
+        let config = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .build();
+        let secrets = aws_sdk_secretsmanager::Client::from_conf(config);
+        let key = env.on_first_use(&secrets, |env, secrets| async move {
+            Ok(env.secret("KEY", &secrets).await?)
+        });
+        let read = key
+            .get()
+            .await
+            .unwrap()
+            .as_ref()
+            .map(|k| secrecy::ExposeSecret::expose_secret(k).to_owned());
+        assert_eq!(read.as_deref(), Some("k"));
     }
 }

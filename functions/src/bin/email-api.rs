@@ -3,6 +3,6 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let (aws, env) = functions::runtime::cold_start().await;
-    let function = functions::email_api::EmailApi::new(&aws, &env).await?;
+    let function = functions::email_api::EmailApi::new(&aws, &env)?;
     functions::runtime::serve_http(function).await
 }

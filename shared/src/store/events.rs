@@ -64,16 +64,17 @@ impl EventStore {
     }
 
     /// The store from `MONGODB_URI` (a secret), `MONGODB_DATABASE` (default `herald`) and
-    /// `EVENT_RETENTION_DAYS` (default 400).
+    /// `EVENT_RETENTION_DAYS` (default 400). Functions build it on first use
+    /// ([`crate::config::OnFirstUse`]): reading the secret is a network call.
     ///
     /// # Errors
-    /// When the URI is not configured or does not parse.
+    /// When the URI is not configured, cannot be read or does not parse.
     pub async fn from_env(
-        aws: &crate::aws::AwsClients,
         env: &crate::config::Env,
+        secrets: &aws_sdk_secretsmanager::Client,
     ) -> anyhow::Result<Self> {
         let uri = env
-            .secret("MONGODB_URI", &aws.secrets)
+            .secret("MONGODB_URI", secrets)
             .await?
             .ok_or_else(|| anyhow::anyhow!("MONGODB_URI is not configured"))?;
         let database = env

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestBundle, eventually, spawn_bundle};
+use crate::helpers::{TestBundle, eventually, spawn_bundle, spawn_bundle_with};
 
 /// Every log line written in this test process (other tests' lines included: more to search).
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
@@ -221,4 +221,43 @@ async fn no_secret_reaches_a_log_line_or_a_response() {
             "a secret is in an answer: {in_answers:?}"
         );
     }
+}
+
+/// Init reads no secret (issue 10): functions whose SendGrid secret does not exist yet still
+/// start; the first send that needs the key answers 500 and records nothing; once the secret
+/// exists the next send reads it (a failed read is not kept) and the email is delivered.
+#[tokio::test]
+async fn a_secret_is_read_on_first_use_and_a_failed_read_is_retried() {
+    let missing = format!("herald-test-later-{}", uuid::Uuid::new_v4().simple());
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("SENDGRID_API_KEY_SECRET_ARN".to_owned(), missing.clone());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    let email = json!({"to": "ann@example.com", "subject": "Hello", "text": "Hi"});
+
+    let reply = app.post("/services/email/", &token, email.clone()).await;
+    assert_eq!(reply.problem(500)["type"], "/problems/internal-error");
+    assert_eq!(
+        app.get("/services/email/", &token).await.body["items"],
+        json!([])
+    );
+    assert_eq!(app.queue_depth("EmailSendQueue").await, 0);
+
+    let sendgrid = app.bundle.sendgrid.as_deref().unwrap();
+    app.bundle
+        .aws
+        .secrets
+        .create_secret()
+        .name(&missing)
+        .secret_string(serde_json::to_string(&sendgrid.secret_values()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let reply = app.post("/services/email/", &token, email).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.body["id"].as_str().unwrap();
+    app.email_reaches(&token, id, "delivered", 30).await;
 }

@@ -146,7 +146,8 @@ impl StripeClient {
 
     /// The platform account's client as the environment configures it: `STRIPE_SECRET_KEY`
     /// (a secret), `STRIPE_BASE_URL` (default the real API), `STRIPE_TIMEOUT_SECONDS`.
-    /// `None` when no key is configured: callers answer 503 and record nothing.
+    /// `None` when no key is configured: callers answer 503 and record nothing. Functions
+    /// build it on first use ([`crate::config::OnFirstUse`]): reading the key is a network call.
     ///
     /// # Errors
     /// When the secret cannot be read or the base URL is invalid.
