@@ -29,9 +29,10 @@ struct Args {
     /// Give up when not every message is final after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
-    #[arg(long, env = "AWS_ENDPOINT_URL", default_value = "http://127.0.0.1:4566")]
+    /// The moto endpoint (`eval "$(scripts/services.sh env)"` sets it, with AWS credentials).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
     aws_endpoint: String,
-    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    #[arg(long, env = "MONGODB_URI")]
     mongodb_uri: String,
     #[arg(long, default_value = "template.yaml")]
     template: PathBuf,
@@ -48,9 +49,6 @@ async fn main() -> anyhow::Result<()> {
     }
     options.env.extend(BTreeMap::from([
         ("AWS_ENDPOINT_URL".to_owned(), args.aws_endpoint),
-        ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
-        ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
         ("MONGODB_URI".to_owned(), args.mongodb_uri),
     ]));
     options.overrides.extend(BTreeMap::from([
