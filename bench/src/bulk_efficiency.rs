@@ -97,7 +97,9 @@ async fn run(
 ) -> anyhow::Result<BulkRun> {
     let org_name = format!("bulk{}", chrono::Utc::now().timestamp_millis());
     let org = OrgId::parse(&org_name).map_err(anyhow::Error::msg)?;
-    let token = bundle.auth.mint("bulk-efficiency", Some(&org_name), &["admin"], 3600)?;
+    let token = bundle
+        .auth
+        .mint("bulk-efficiency", Some(&org_name), &["admin"], 3600)?;
     let path = match channel {
         Channel::Email => "/services/email",
         Channel::Sms => "/services/sms",
@@ -115,7 +117,10 @@ async fn run(
         .context("the bundle answers")?;
     let status = response.status();
     let reply: Value = response.json().await.context("the reply is JSON")?;
-    anyhow::ensure!(status.as_u16() == 202, "bulk send refused ({status}): {reply}");
+    anyhow::ensure!(
+        status.as_u16() == 202,
+        "bulk send refused ({status}): {reply}"
+    );
     let ids: Vec<String> = reply["ids"]
         .as_array()
         .context("the reply lists the ids")?
@@ -265,7 +270,10 @@ impl BulkRun {
         let mut row = |name: String, count: u64| {
             let _ = writeln!(out, "| {name} | {count} | {:.3} |", ratio(count, n));
         };
-        row(format!("{} calls", self.channel.provider()), self.provider_calls);
+        row(
+            format!("{} calls", self.channel.provider()),
+            self.provider_calls,
+        );
         row("SQS messages sent".to_owned(), self.sdk.sqs_messages_sent());
         for (queue, count) in &self.sdk.messages_by_queue {
             let name = self.queue_names.get(queue).unwrap_or(queue);

@@ -44,7 +44,11 @@ async fn main() -> anyhow::Result<()> {
     let prefix = format!("bulk{}", chrono::Utc::now().format("%H%M%S"));
     let mut options = BundleOptions::new(&args.template, &prefix);
     // Counts are measured against the sandboxes, never the real providers.
-    for name in ["SENDGRID_API_KEY", "TWILIO_ACCOUNT_SID", "STRIPE_SECRET_KEY"] {
+    for name in [
+        "SENDGRID_API_KEY",
+        "TWILIO_ACCOUNT_SID",
+        "STRIPE_SECRET_KEY",
+    ] {
         options.env.remove(name);
     }
     options.env.extend(BTreeMap::from([

@@ -60,7 +60,10 @@ async fn bulk_email_keeps_its_call_message_and_write_bounds() {
     // Only one of "outcome write failed" and "webhook write retried" can happen (whichever
     // wrote first, the other adapts), so: 1 + 1 + max(1 + 2, 2 + 1) = 5.
     let writes = run.sdk.dynamodb_items_written();
-    assert!(writes >= 4 * n, "every email written at least 4 times\n{table}");
+    assert!(
+        writes >= 4 * n,
+        "every email written at least 4 times\n{table}"
+    );
     assert!(writes <= 5 * n, "{writes} writes, bound {}\n{table}", 5 * n);
     assert_eq!(
         run.sdk.get("DynamoDB", "BatchWriteItem").items,
