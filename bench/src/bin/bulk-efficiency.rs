@@ -41,6 +41,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The functions' warnings (retries, refused webhooks) explain a slow or stuck run.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let prefix = format!("bulk{}", chrono::Utc::now().format("%H%M%S"));
     let mut options = BundleOptions::new(&args.template, &prefix);
     // Counts are measured against the sandboxes, never the real providers.
