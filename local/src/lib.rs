@@ -11,6 +11,7 @@ pub mod http_api;
 pub mod report_schedules;
 pub mod resources;
 pub mod sandbox;
+pub mod sdk_counters;
 pub mod sources;
 pub mod template;
 
@@ -32,6 +33,7 @@ use crate::resources::ResourceNames;
 use crate::sandbox::sendgrid::SendGridSandbox;
 use crate::sandbox::stripe::StripeSandbox;
 use crate::sandbox::twilio::TwilioSandbox;
+use crate::sdk_counters::SdkCallCounter;
 use crate::sources::{QueuePoller, Schedule};
 use crate::template::{BundleTemplate, resolve};
 
@@ -95,6 +97,8 @@ pub struct RunningBundle {
     /// The Twilio stand-in, unless real Twilio credentials were given.
     pub twilio: Option<Arc<TwilioSandbox>>,
     pub pollers: Vec<Arc<QueuePoller>>,
+    /// The AWS operations the functions made (not the runner's own polling and setup).
+    pub sdk_calls: Arc<SdkCallCounter>,
     pub schedules: Arc<HashMap<String, Schedule>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -232,9 +236,11 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     let mut function_urls = HashMap::new();
     let mut pollers = Vec::new();
     let mut schedules = HashMap::new();
+    let sdk_calls = SdkCallCounter::new();
+    let function_aws = sdk_calls.instrument(&aws);
     for function in &template.functions {
         let vars = function_environment(function, &template, &names, &base_env, &overrides);
-        let handler = registry::load(&function.binary, &aws, &Env::from_map(vars))
+        let handler = registry::load(&function.binary, &function_aws, &Env::from_map(vars))
             .await
             .with_context(|| format!("building {}", function.logical_id))?;
         match handler {
@@ -347,6 +353,7 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         stripe,
         twilio,
         pollers,
+        sdk_calls,
         schedules,
         tasks,
     })

@@ -4,6 +4,7 @@
 //! (its own table), so tests run in parallel.
 
 mod audit;
+mod bulk_efficiency;
 mod bundle_shape;
 mod email;
 mod events;

@@ -1,0 +1,91 @@
+//! `bulk-efficiency`: starts the bundle in-process against local services (moto and a
+//! MongoDB-compatible server, e.g. from `scripts/services.sh start`), sends one bulk email
+//! (and optionally one bulk SMS) through the API and prints what it took: provider calls, SQS
+//! messages, DynamoDB item writes, per message.
+//!
+//! `cargo run -p herald-bench --bin bulk-efficiency -- --recipients 10000`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bench::bulk_efficiency;
+use clap::Parser;
+use local::BundleOptions;
+
+#[derive(Debug, Parser)]
+#[command(about = "Provider calls, SQS messages and DynamoDB writes per bulk send")]
+struct Args {
+    /// Recipients of the bulk send.
+    #[arg(long, default_value_t = 10_000)]
+    recipients: usize,
+    /// Also send a bulk SMS to this many recipients (0: no SMS run).
+    #[arg(long, default_value_t = 0)]
+    sms_recipients: usize,
+    /// The SMS rate per organization and second for the SMS run (the template's default
+    /// paces 10,000 SMS over 17 minutes; the counts do not depend on it).
+    #[arg(long, default_value_t = 200)]
+    sms_rate: u32,
+    /// Give up when not every message is final after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_seconds: u64,
+    /// The moto endpoint (`eval "$(scripts/services.sh env)"` sets it, with AWS credentials).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    aws_endpoint: String,
+    #[arg(long, env = "MONGODB_URI")]
+    mongodb_uri: String,
+    #[arg(long, default_value = "template.yaml")]
+    template: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // The functions' warnings (retries, refused webhooks) explain a slow or stuck run.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let prefix = format!("bulk{}", chrono::Utc::now().format("%H%M%S"));
+    let mut options = BundleOptions::new(&args.template, &prefix);
+    // Counts are measured against the sandboxes, never the real providers.
+    for name in [
+        "SENDGRID_API_KEY",
+        "TWILIO_ACCOUNT_SID",
+        "STRIPE_SECRET_KEY",
+    ] {
+        options.env.remove(name);
+    }
+    options.env.extend(BTreeMap::from([
+        ("AWS_ENDPOINT_URL".to_owned(), args.aws_endpoint),
+        ("MONGODB_URI".to_owned(), args.mongodb_uri),
+    ]));
+    options.overrides.extend(BTreeMap::from([
+        ("MONGODB_DATABASE".to_owned(), prefix.clone()),
+        ("SMS_RATE_PER_SECOND".to_owned(), args.sms_rate.to_string()),
+    ]));
+    options.run_schedules = false;
+    let bundle = local::start(options).await?;
+    let timeout = Duration::from_secs(args.timeout_seconds);
+
+    let machine = format!(
+        "{} {}, {} CPUs",
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!(
+        "bulk-efficiency {} ({machine}), resources prefixed {prefix}\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    let email = bulk_efficiency::bulk_email(&bundle, args.recipients, timeout).await?;
+    println!("{}", email.table());
+    if args.sms_recipients > 0 {
+        let sms = bulk_efficiency::bulk_sms(&bundle, args.sms_recipients, timeout).await?;
+        println!("{}", sms.table());
+    }
+    Ok(())
+}

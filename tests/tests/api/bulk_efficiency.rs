@@ -1,0 +1,112 @@
+//! Bulk efficiency through the local runner: the structural bounds a bulk send must keep,
+//! counted with the runner's SDK interceptor and the provider sandboxes (not timed).
+
+use std::time::Duration;
+
+use bench::bulk_efficiency;
+
+use crate::helpers::{spawn_bundle, spawn_bundle_with};
+
+/// Events per SQS message on the events queue (`shared::events::EVENTS_PER_MESSAGE`).
+const EVENTS_PER_MESSAGE: u64 = shared::events::EVENTS_PER_MESSAGE as u64;
+
+/// 1,001 recipients: two SendGrid calls, one of them a remainder of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_email_keeps_its_call_message_and_write_bounds() {
+    let t = spawn_bundle().await;
+    let n: u64 = 1_001;
+    let run = bulk_efficiency::bulk_email(&t.bundle, 1_001, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let table = run.table();
+    assert_eq!(run.statuses.get("delivered"), Some(&1_001), "{table}");
+
+    // One SendGrid call carries up to 1,000 personalizations.
+    let jobs = n.div_ceil(1_000);
+    assert_eq!(run.provider_calls, jobs, "{table}");
+
+    // SQS: one `email.bulk` message, one `email.send` message per 1,000 emails, and events.
+    // Events per email: `queued` (API), `sent` (worker), and from the webhook its two logged
+    // provider events (processed, delivered) plus one status change — at most 5, packed 100
+    // to a message. Each publish call rounds up once: the API's (1, with its audit event),
+    // the worker's two per job (the provider call, the `sent` changes) and the webhook's one
+    // per posted batch (the sandbox posts at most 1,000 events, i.e. two batches per call).
+    let queue = |logical_id: &str| {
+        let name = t.bundle.resource(logical_id).rsplit('/').next().unwrap();
+        run.sdk.messages_by_queue.get(name).copied().unwrap_or(0)
+    };
+    assert_eq!(queue("EmailBulkQueue"), 1, "{table}");
+    assert_eq!(queue("EmailSendQueue"), jobs, "{table}");
+    let events_bound = (5 * n).div_ceil(EVENTS_PER_MESSAGE) + 1 + 2 * jobs + 2 * jobs;
+    assert!(
+        queue("EventsQueue") <= events_bound,
+        "{} event messages, bound {events_bound}\n{table}",
+        queue("EventsQueue")
+    );
+    assert_eq!(
+        run.sdk.sqs_messages_sent(),
+        1 + jobs + queue("EventsQueue"),
+        "{table}"
+    );
+
+    // DynamoDB item writes per email, from the code:
+    // - the API writes each record once (BatchWriteItem, 25 to a call);
+    // - the worker claims it (conditional UpdateItem) and records the outcome (another);
+    //   where the webhook got there first that outcome write fails its condition and one
+    //   more write keeps the provider message id;
+    // - the webhook applies the email's events of one batch (processed and delivered come
+    //   in one batch here) with one conditional write, read again and written once more if
+    //   the worker's outcome write changed the email after the webhook's read.
+    // Only one of "outcome write failed" and "webhook write retried" can happen (whichever
+    // wrote first, the other adapts), so: 1 + 1 + max(1 + 2, 2 + 1) = 5.
+    let writes = run.sdk.dynamodb_items_written();
+    assert!(
+        writes >= 4 * n,
+        "every email written at least 4 times\n{table}"
+    );
+    assert!(writes <= 5 * n, "{writes} writes, bound {}\n{table}", 5 * n);
+    assert_eq!(
+        run.sdk.get("DynamoDB", "BatchWriteItem").items,
+        n,
+        "each record created once\n{table}"
+    );
+    assert_eq!(
+        run.sdk.get("DynamoDB", "BatchWriteItem").calls,
+        n.div_ceil(25),
+        "{table}"
+    );
+}
+
+/// Twilio takes one message per call, so a bulk SMS makes one call per recipient; the bulk
+/// worker packs 25 SMS per send job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_sms_makes_one_twilio_call_per_message() {
+    // The per-organization SMS rate (10/s by default) only paces the sends; a high rate
+    // keeps the worker from deferring jobs, which would add SQS messages to the count.
+    let t = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("SMS_RATE_PER_SECOND".to_owned(), "1000".to_owned());
+    })
+    .await;
+    // 26: two send jobs, the second a remainder of one. Each job sends one SMS after the
+    // other, so under a loaded moto this takes a while; the timeout only bounds a hang.
+    let n: u64 = 26;
+    let run = bulk_efficiency::bulk_sms(&t.bundle, 26, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let table = run.table();
+    assert_eq!(run.statuses.get("delivered"), Some(&26), "{table}");
+    assert_eq!(run.provider_calls, n, "{table}");
+    let queue = |logical_id: &str| {
+        let name = t.bundle.resource(logical_id).rsplit('/').next().unwrap();
+        run.sdk.messages_by_queue.get(name).copied().unwrap_or(0)
+    };
+    assert_eq!(queue("SmsBulkQueue"), 1, "{table}");
+    assert_eq!(queue("SmsSendQueue"), n.div_ceil(25), "{table}");
+    assert_eq!(
+        run.sdk.get("DynamoDB", "BatchWriteItem").items,
+        n,
+        "each record created once\n{table}"
+    );
+}
