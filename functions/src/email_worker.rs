@@ -143,7 +143,8 @@ impl EmailWorker {
             .send_claimed(&org, claimed, last_attempt, message)
             .await;
         if held_elsewhere > 0 && result.is_ok() {
-            self.retry.delay(message).await;
+            let lease = u64::try_from(self.claim_lease.num_seconds()).unwrap_or(60);
+            self.retry.delay_by(message, lease + 1).await;
             return Err(Retry(format!(
                 "{held_elsewhere} emails are claimed by another delivery"
             )));

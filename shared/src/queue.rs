@@ -160,13 +160,19 @@ impl RetryDelay {
 
     pub async fn delay(&self, message: &aws_lambda_events::event::sqs::SqsMessage) {
         use rand_core::RngCore;
-        let Some(receipt) = &message.receipt_handle else {
-            return;
-        };
         let base = self
             .base_seconds
             .saturating_mul(1 << Self::receives(message).min(6));
         let delay = base / 2 + u64::from(rand_core::OsRng.next_u32()) % (base / 2 + 1);
+        self.delay_by(message, delay).await;
+    }
+
+    /// Brings the message back after exactly `delay` seconds (at most 15 minutes): for a
+    /// retry that waits on something with a known end, such as another delivery's claim.
+    pub async fn delay_by(&self, message: &aws_lambda_events::event::sqs::SqsMessage, delay: u64) {
+        let Some(receipt) = &message.receipt_handle else {
+            return;
+        };
         let result = self
             .sqs
             .change_message_visibility()

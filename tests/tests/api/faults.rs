@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{PrivateMongo, TestBundle, eventually, spawn_bundle_with};
 
-const SINGLE_SENDS: usize = 100;
-const BULK_RECIPIENTS: usize = 1_500;
+const SINGLE_SENDS: usize = 150;
+const BULK_RECIPIENTS: usize = 400;
 const CAMPAIGN: &str = "faults";
 
 fn poller(app: &TestBundle, function: &str) -> Arc<QueuePoller> {
@@ -117,15 +117,16 @@ async fn every_email_ends_in_one_final_state_or_the_dlq_under_provider_faults_an
         options.poll_queues = false;
         for (name, value) in [
             ("SENDGRID_TIMEOUT_MS", "2000"),
-            ("EMAIL_CLAIM_LEASE_SECONDS", "3"),
+            ("EMAIL_CLAIM_LEASE_SECONDS", "15"),
             ("EMAIL_STUCK_AFTER_MINUTES", "0"),
         ] {
             options.overrides.insert(name.to_owned(), value.to_owned());
         }
     })
     .await;
-    // A killed invocation's message returns after this (the template's 360 s is Lambda's).
-    set_visibility_timeout(&app, "EmailSendQueue", 6).await;
+    // A killed invocation's message returns after this (the template's 360 s is Lambda's);
+    // longer than the claim lease, and than a job takes against a busy moto.
+    set_visibility_timeout(&app, "EmailSendQueue", 30).await;
     let token = app.token("acme", "member");
     let sandbox = app.sandbox();
     // The first call is carried out and never answered (the invocation making it is killed);
@@ -192,14 +193,30 @@ async fn every_email_ends_in_one_final_state_or_the_dlq_under_provider_faults_an
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let emails = eventually(60, "every email final", || async {
-        let emails = campaign_emails(&app, &token).await;
-        emails
-            .values()
-            .all(|e| matches!(e["status"].as_str(), Some("delivered" | "failed")))
-            .then_some(emails)
-    })
-    .await;
+    // A job in the DLQ is an accounted end: its emails wait there for an operator's redrive,
+    // whatever status their last processed attempt left (a job whose last receive was
+    // killed before it claimed anything leaves its emails `queued`).
+    let in_dlq = job_ids_in(&app, "EmailSendDLQ").await;
+    let settled = |(id, e): (&String, &Value)| {
+        matches!(e["status"].as_str(), Some("delivered" | "failed")) || in_dlq.contains(id)
+    };
+    let mut emails = campaign_emails(&app, &token).await;
+    for _ in 0..60 {
+        if emails.iter().all(settled) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = campaign_emails(&app, &token).await;
+    }
+    let mut lost = Vec::new();
+    for (id, _) in emails.iter().filter(|e| !settled(*e)).take(5) {
+        lost.push(app.get(&format!("/services/email/{id}"), &token).await.body);
+    }
+    assert!(
+        lost.is_empty(),
+        "{} emails neither final nor in the DLQ, e.g. {lost:#?}",
+        emails.iter().filter(|e| !settled(*e)).count()
+    );
 
     // The accounting.
     let listed: HashSet<String> = emails.keys().cloned().collect();
@@ -215,23 +232,29 @@ async fn every_email_ends_in_one_final_state_or_the_dlq_under_provider_faults_an
             .to_owned();
         *at_sendgrid.entry(id).or_default() += 1;
     }
-    let in_dlq = job_ids_in(&app, "EmailSendDLQ").await;
-    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     for (id, email) in &emails {
         let status = email["status"].as_str().unwrap();
-        *by_status.entry(status).or_default() += 1;
-        match status {
-            "delivered" => assert!(
+        let end = if in_dlq.contains(id) {
+            format!("{status} (job in the DLQ)")
+        } else {
+            status.to_owned()
+        };
+        *by_status.entry(end).or_default() += 1;
+        if status == "delivered" {
+            assert!(
                 at_sendgrid.contains_key(id),
                 "{id} reported delivered without reaching SendGrid"
-            ),
-            _ => {
-                assert!(!at_sendgrid.contains_key(id), "{id} failed but was sent");
-                assert!(
-                    in_dlq.contains(id),
-                    "{id} failed and its job is not in the DLQ"
-                );
-            }
+            );
+        } else {
+            assert!(
+                !at_sendgrid.contains_key(id),
+                "{id} is {status} but SendGrid has it"
+            );
+            assert!(
+                in_dlq.contains(id),
+                "{id} is {status} and its job is not in the DLQ"
+            );
         }
     }
     let duplicates: usize = at_sendgrid.values().map(|n| n - 1).sum();
