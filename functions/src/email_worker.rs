@@ -25,7 +25,7 @@ use shared::providers::sendgrid::{
 use shared::queue::{Envelope, Job, RetryDelay};
 use shared::store::{EmailStore, SendOutcome};
 
-use crate::registry::{BoxFuture, SqsFunction, batch_response};
+use crate::registry::{BoxFuture, SqsFunction, process_batch};
 
 /// How long a claim holds before another delivery may take the email over; longer than
 /// one SendGrid call with its timeout, shorter than the queue's visibility timeout.
@@ -91,20 +91,9 @@ impl EmailWorker {
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let span = shared::logging::invocation_span("email-worker", "");
-        async {
-            let mut failed = Vec::new();
-            for message in &event.records {
-                if let Err(Retry(reason)) = self.process(message).await {
-                    tracing::warn!(
-                        message_id = message.message_id.as_deref().unwrap_or_default(),
-                        reason,
-                        "send job will be retried"
-                    );
-                    failed.push(message.message_id.clone().unwrap_or_default());
-                }
-            }
-            batch_response(failed)
-        }
+        process_batch("email-worker", &event.records, |message| async move {
+            self.process(message).await.map_err(|Retry(reason)| reason)
+        })
         .instrument(span)
         .await
     }

@@ -30,7 +30,7 @@ use shared::providers::twilio::{OutboundSms, Sender, TwilioClient, TwilioError};
 use shared::queue::{Envelope, Job, RetryDelay};
 use shared::store::{SendOutcome, SmsStore};
 
-use crate::registry::{BoxFuture, SqsFunction, batch_response};
+use crate::registry::{BoxFuture, SqsFunction, process_batch};
 
 /// How long a claim holds before another delivery may take the record over.
 const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
@@ -138,20 +138,9 @@ impl SmsWorker {
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let span = shared::logging::invocation_span("sms-worker", "");
-        async {
-            let mut failed = Vec::new();
-            for message in &event.records {
-                if let Err(Retry(reason)) = self.process(message).await {
-                    tracing::warn!(
-                        message_id = message.message_id.as_deref().unwrap_or_default(),
-                        reason,
-                        "SMS job will be retried"
-                    );
-                    failed.push(message.message_id.clone().unwrap_or_default());
-                }
-            }
-            batch_response(failed)
-        }
+        process_batch("sms-worker", &event.records, |message| async move {
+            self.process(message).await.map_err(|Retry(reason)| reason)
+        })
         .instrument(span)
         .await
     }
