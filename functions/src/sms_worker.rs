@@ -163,6 +163,7 @@ impl SmsWorker {
         let twilio = self.twilio().await;
         let deadline = tokio::time::Instant::now() + self.rate_wait;
         let mut retry = None;
+        let mut held_elsewhere = 0usize;
         for (index, record) in records.iter().enumerate() {
             if !matches!(record.status, SmsStatus::Queued | SmsStatus::Sending) {
                 continue; // already sent or final: a duplicate delivery
@@ -196,18 +197,28 @@ impl SmsWorker {
                 return self.hand_back(&org, rest).await;
             }
             let Some(claimed) = self.claim(&org, record).await? else {
-                continue; // another delivery has it
+                held_elsewhere += 1; // another delivery has a live claim on it
+                continue;
             };
             if let Some(reason) = self.send_one(&org, twilio, &claimed, last_attempt).await? {
                 retry.get_or_insert(reason);
             }
         }
         match retry {
-            None => Ok(()),
             Some(reason) => {
                 self.retry.delay(message).await;
                 Err(Retry(reason))
             }
+            // Had the delivery holding those claims died, only this message would be left to
+            // bring its messages back: it returns once the claims have run out.
+            None if held_elsewhere > 0 => {
+                let lease = u64::try_from(CLAIM_LEASE.num_seconds()).unwrap_or(60);
+                self.retry.delay_by(message, lease + 1).await;
+                Err(Retry(format!(
+                    "{held_elsewhere} messages are claimed by another delivery"
+                )))
+            }
+            None => Ok(()),
         }
     }
 
