@@ -2,8 +2,16 @@
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
-//! | email | `ORG#<org>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>` / `<ulid>` (fan-out) |
+//! | email | `ORG#<org>#EMAIL#<shard>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<sent shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
+//!
+//! Emails are write-sharded: `<shard>` is the email id's shard of
+//! [`RECORD_SHARDS`](super::RECORD_SHARDS) (see `shards.rs`), so at 1 million emails an hour
+//! the create, claim, finish and webhook writes of one organization spread over sixteen
+//! partition keys instead of one. Point reads and writes compute the key from `(org, id)`;
+//! the listing and the report aggregation read every shard. Suppressions are written at the
+//! bounce rate and stay on `ORG#<org>`. (Before issue 10 emails were on `ORG#<org>` and the
+//! fan-out key had no shard; no deployment holds such items, so nothing is migrated.)
 //!
 //! Provider events applied to an email are listed on it (`applied_events`), so the dedupe
 //! record is written in the same conditional update as the change it guards. (Not a

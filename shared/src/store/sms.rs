@@ -2,12 +2,19 @@
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
-//! | SMS | `ORG#<org>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `SMSBULK#<org>#<bulk>` / `<ulid>` (fan-out) |
+//! | SMS | `ORG#<org>#SMS#<shard>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `SMSBULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
 //! | Twilio SID → SMS | `SMSSID#<sid>` / `SMSSID` | |
 //! | opt-out | `ORG#<org>` / `OPTOUT#<e164>` | |
 //! | inbound message | `ORG#<org>` / `SMSIN#<ulid>`, and `SMSINSID#<MessageSid>` to dedupe | |
 //! | last sender to a number | `SMSPEER#<e164>` / `SMSPEER` (org of the latest outbound SMS to it) | |
 //! | rate counter | `RATE#SMS#<org>` / `<unix second>` (expires after a minute) | |
+//!
+//! SMS records are write-sharded: `<shard>` is the record id's shard of
+//! [`RECORD_SHARDS`](super::RECORD_SHARDS) (see `shards.rs`), so one organization's claim,
+//! finish and callback writes spread over sixteen partition keys, and listings merge them.
+//! Opt-outs and inbound messages arrive at a human rate and stay on `ORG#<org>`. (Before
+//! issue 10 SMS records were on `ORG#<org>` and the fan-out key had no shard; no deployment
+//! holds such items, so nothing is migrated.)
 //!
 //! Status changes are conditional on the version the writer read, so concurrent callbacks,
 //! the status check and the worker can never move a record backwards; the callback keys
