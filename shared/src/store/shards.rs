@@ -383,7 +383,7 @@ mod tests {
                     "EMAIL#{}",
                     ulid_at(u64::from(n) * 13 % 997 + shard as u64, n)
                 );
-                let matches = n % 3 != 0;
+                let matches = !n.is_multiple_of(3);
                 if matches {
                     expected.push(sk.clone());
                 }
