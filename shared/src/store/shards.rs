@@ -18,7 +18,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::{Stream, StreamExt};
 
 use super::{Item, MAX_QUERY_ROUNDS, StoreError, s};
-use crate::domain::OrgId;
+use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
 
 /// How many partition keys one organization's email (or SMS) records are spread over:
@@ -125,7 +125,7 @@ pub(crate) async fn merged_query(
 ) -> Result<(Vec<Item>, Option<Cursor>), StoreError> {
     let before = match &page.after {
         Some(cursor) => match cursor.get("sk") {
-            Some(sk) if cursor.len() == 1 && sk.starts_with(list.sort_prefix) => Some(sk.clone()),
+            Some(sk) if cursor.len() == 1 && is_sort_key(sk, list.sort_prefix) => Some(sk.clone()),
             _ => return Err(StoreError::InvalidCursor),
         },
         None => None,
@@ -146,38 +146,53 @@ pub(crate) async fn merged_query(
             .expression_attribute_values(":lo", s(&list.lowest))
             .expression_attribute_values(":hi", s(&highest))
             .scan_index_forward(false);
-        read_shard(request, page.limit, before.as_deref())
+        let fetch = move |start: Option<Item>| {
+            let request = request
+                .clone()
+                .set_exclusive_start_key(start)
+                .limit(i32::try_from(page.limit + 1).unwrap_or(101).max(25));
+            async move {
+                let output = request.send().await.context("Query shard")?;
+                Ok((output.items.unwrap_or_default(), output.last_evaluated_key))
+            }
+        };
+        read_shard(fetch, page.limit, before.as_deref())
     });
     let pages = futures::future::try_join_all(reads).await?;
     let (items, next) = merge_newest_first(pages, page.limit);
     Ok((items, next.map(|sk| Cursor::from([("sk".to_owned(), sk)]))))
 }
 
-/// Reads one shard newest first until it has `limit` matches, runs out, or has used its
-/// rounds (so a selective filter cannot make one request read a whole shard).
-async fn read_shard(
-    request: QueryFluentBuilder,
+/// Whether a cursor value is a sort key this listing makes: the prefix and a record id.
+fn is_sort_key(value: &str, prefix: &str) -> bool {
+    value
+        .strip_prefix(prefix)
+        .and_then(RecordId::parse)
+        .is_some_and(|id| value.ends_with(&id.to_string()))
+}
+
+/// Reads one shard newest first, one `fetch` (a query page after the given start key,
+/// returning its items and last evaluated key) at a time, until it has `limit` matches,
+/// runs out, or has used its rounds (so a selective filter cannot make one request read a
+/// whole shard). Items at or above `before` (the cursor's own) are dropped.
+async fn read_shard<F, Fut>(
+    mut fetch: F,
     limit: usize,
     before: Option<&str>,
-) -> Result<ShardPage, StoreError> {
+) -> Result<ShardPage, StoreError>
+where
+    F: FnMut(Option<Item>) -> Fut,
+    Fut: Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
+{
     let mut items: Vec<Item> = Vec::new();
     let mut start: Option<Item> = None;
     for _ in 0..MAX_QUERY_ROUNDS {
-        let output = request
-            .clone()
-            .set_exclusive_start_key(start.take())
-            .limit(i32::try_from(limit + 1).unwrap_or(101).max(25))
-            .send()
-            .await
-            .context("Query shard")?;
+        let (page, last) = fetch(start.take()).await?;
         items.extend(
-            output
-                .items
-                .unwrap_or_default()
-                .into_iter()
+            page.into_iter()
                 .filter(|item| before.is_none_or(|before| sort_key(item) < before)),
         );
-        start = output.last_evaluated_key;
+        start = last;
         if items.len() >= limit {
             if items.len() == limit && start.is_none() {
                 return Ok(ShardPage {
@@ -287,53 +302,38 @@ mod tests {
         ])
     }
 
-    /// An in-memory stand-in for one shard's DynamoDB query: newest first below the
-    /// cursor, `page_size` items examined per round, the filter applied after the limit
-    /// (as DynamoDB does), at most `rounds` rounds.
+    /// [`read_shard`] over an in-memory stand-in for one shard's DynamoDB query: newest
+    /// first, the key condition's upper bound inclusive (so the cursor's own item comes
+    /// back), `page_size` items examined per call, the filter applied after the limit, and
+    /// a last evaluated key whenever the limit was reached (as DynamoDB does).
     fn read_memory_shard(
         shard: &[Item],
         limit: usize,
         before: Option<&str>,
         page_size: usize,
-        rounds: usize,
     ) -> ShardPage {
         let mut newest_first: Vec<&Item> = shard
             .iter()
-            .filter(|item| before.is_none_or(|b| sort_key(item) < b))
+            .filter(|item| before.is_none_or(|b| sort_key(item) <= b))
             .collect();
         newest_first.sort_by(|a, b| sort_key(b).cmp(sort_key(a)));
-        let mut items = Vec::new();
-        let mut examined = 0;
-        for _ in 0..rounds {
-            let chunk = &newest_first[examined..(examined + page_size).min(newest_first.len())];
-            examined += chunk.len();
-            items.extend(
-                chunk
+        let fetch = |start: Option<Item>| {
+            let from = start.map_or(0, |key| {
+                1 + newest_first
                     .iter()
-                    .filter(|item| item["match"] == AttributeValue::Bool(true))
-                    .map(|item| (*item).clone()),
-            );
-            let more = examined < newest_first.len();
-            if items.len() >= limit {
-                if items.len() == limit && !more {
-                    return ShardPage {
-                        items,
-                        frontier: None,
-                    };
-                }
-                items.truncate(limit);
-                let frontier = items.last().map(|i| sort_key(i).to_owned());
-                return ShardPage { items, frontier };
-            }
-            if !more {
-                return ShardPage {
-                    items,
-                    frontier: None,
-                };
-            }
-        }
-        let frontier = Some(sort_key(newest_first[examined - 1]).to_owned());
-        ShardPage { items, frontier }
+                    .position(|item| sort_key(item) == sort_key(&key))
+                    .expect("the start key is an examined item")
+            });
+            let chunk = &newest_first[from..(from + page_size).min(newest_first.len())];
+            let matches = chunk
+                .iter()
+                .filter(|item| item["match"] == AttributeValue::Bool(true))
+                .map(|item| (*item).clone())
+                .collect();
+            let last = (chunk.len() == page_size).then(|| (*chunk[page_size - 1]).clone());
+            std::future::ready(Ok((matches, last)))
+        };
+        futures::executor::block_on(read_shard(fetch, limit, before)).unwrap()
     }
 
     /// Pages through `shards` with the merge until no cursor is left.
@@ -341,7 +341,6 @@ mod tests {
         shards: &[Vec<Item>],
         limit: usize,
         page_size: usize,
-        rounds: usize,
     ) -> (Vec<String>, Vec<usize>) {
         let mut listed = Vec::new();
         let mut before: Option<String> = None;
@@ -350,7 +349,7 @@ mod tests {
             assert!(pages.len() < 10_000, "paging never ends");
             let reads = shards
                 .iter()
-                .map(|shard| read_memory_shard(shard, limit, before.as_deref(), page_size, rounds))
+                .map(|shard| read_memory_shard(shard, limit, before.as_deref(), page_size))
                 .collect();
             let (items, next) = merge_newest_first(reads, limit);
             assert!(items.len() <= limit);
@@ -400,7 +399,7 @@ mod tests {
         let (shards, expected) =
             uneven_shards(&[0, 1, 57, 3, 0, 120, 9, 2, 0, 0, 33, 1, 0, 7, 64, 5]);
         for limit in [1, 2, 7, 20, 100] {
-            let (listed, pages) = page_through(&shards, limit, 25, 10);
+            let (listed, pages) = page_through(&shards, limit, 25);
             assert_eq!(listed, expected, "limit {limit}");
             // Full pages whenever more matches exist: only the last page may be short (or
             // empty, when the last full page could not know nothing older matched).
@@ -415,19 +414,26 @@ mod tests {
 
     #[test]
     fn a_selective_filter_that_runs_out_of_rounds_still_lists_everything_once() {
-        // One match in a shard of 400, found only after several requests' worth of rounds.
+        // Three matches among 400 items: shard 0 holds five old items (one matching) and is
+        // read to its end at once, while the three big shards use up their rounds
+        // (`MAX_QUERY_ROUNDS` pages of 3) far above it; its old match must wait for them.
         let mut shards = vec![Vec::new(); 4];
         let mut expected = Vec::new();
         for n in 0..400u32 {
             let sk = format!("SMS#{}", ulid_at(u64::from(n), n));
-            let matches = n == 3 || n == 395;
+            let matches = matches!(n, 8 | 200 | 395);
             if matches {
                 expected.push(sk.clone());
             }
-            shards[(n % 4) as usize].push(item(&sk, matches));
+            let shard = if n < 40 && n.is_multiple_of(8) {
+                0
+            } else {
+                1 + n % 3
+            };
+            shards[shard as usize].push(item(&sk, matches));
         }
         expected.sort_by(|a, b| b.cmp(a));
-        let (listed, pages) = page_through(&shards, 10, 5, 2);
+        let (listed, pages) = page_through(&shards, 10, 3);
         assert_eq!(listed, expected);
         assert!(
             pages.len() > 1,
@@ -441,7 +447,7 @@ mod tests {
         let limit = expected.len();
         let reads = shards
             .iter()
-            .map(|shard| read_memory_shard(shard, limit, None, 25, 10))
+            .map(|shard| read_memory_shard(shard, limit, None, 25))
             .collect();
         let (items, next) = merge_newest_first(reads, limit);
         assert_eq!(items.len(), limit);
