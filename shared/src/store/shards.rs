@@ -245,19 +245,16 @@ mod tests {
 
     #[test]
     fn shards_are_stable_and_spread_evenly() {
-        // Fixed values: a change here would orphan every stored record.
+        // Fixed values (FNV-1a test vectors and a computed id): a change here would orphan
+        // every stored record.
+        let org = OrgId::parse("acme").unwrap();
         assert_eq!(
-            shard_of("01JDQ0000000000000000000AA"),
-            shard_of("01JDQ0000000000000000000AA")
-        );
-        let known = record_pk(
-            &OrgId::parse("acme").unwrap(),
-            "EMAIL",
-            "01JDQ3Z6KX5N1V8W0E2R4T6Y8A",
+            record_pk(&org, "EMAIL", "01JDQ3Z6KX5N1V8W0E2R4T6Y8A"),
+            "ORG#acme#EMAIL#3"
         );
         assert_eq!(
-            known,
-            format!("ORG#acme#EMAIL#{}", shard_of("01JDQ3Z6KX5N1V8W0E2R4T6Y8A"))
+            bulk_pk("BULK", &org, "b1", "01JDQ3Z6KX5N1V8W0E2R4T6Y8A"),
+            "BULK#acme#b1#3"
         );
         assert_eq!(shard_of(""), 0x811c_9dc5 % RECORD_SHARDS);
         assert_eq!(shard_of("a"), 0xe40c_292c % RECORD_SHARDS);
