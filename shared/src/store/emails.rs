@@ -255,10 +255,10 @@ impl EmailStore {
         decode(item)
     }
 
-    /// Lists an organization's live emails, newest first.
+    /// Lists an organization's live emails, newest first, merged from every shard.
     ///
     /// # Errors
-    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    /// [`StoreError::InvalidCursor`] for a cursor that is not an email sort key.
     pub async fn list(
         &self,
         org: &OrgId,

@@ -223,10 +223,10 @@ impl SmsStore {
         decode(item)
     }
 
-    /// Lists an organization's live SMS records, newest first.
+    /// Lists an organization's live SMS records, newest first, merged from every shard.
     ///
     /// # Errors
-    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    /// [`StoreError::InvalidCursor`] for a cursor that is not an SMS sort key.
     pub async fn list(
         &self,
         org: &OrgId,
