@@ -1,14 +1,15 @@
 //! Report aggregations over email records (SPEC §9): per-campaign delivery and engagement
-//! for one organization and period. The query reads only the organization's partition in
+//! for one organization and period. The queries read only the organization's email shards in
 //! the period's id range (ULIDs sort by creation time) and projects the few attributes it
 //! counts; memory holds one counter per campaign and per day, never the records.
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 
+use super::shards::{pages_of_all, record_partitions};
 use super::{EmailStore, StoreError, s};
 use crate::domain::email::EmailStatus;
 use crate::domain::{OrgId, RecordId};
@@ -46,24 +47,24 @@ impl EmailStore {
         let highest = RecordId::lowest_at(to).to_string();
         let mut campaigns: BTreeMap<String, CampaignStats> = BTreeMap::new();
         let mut daily: BTreeMap<String, i64> = BTreeMap::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-                .filter_expression("attribute_not_exists(deleted_at)")
-                .expression_attribute_values(":pk", s(format!("ORG#{org}")))
-                .expression_attribute_values(":lo", s(format!("EMAIL#{lowest}")))
-                .expression_attribute_values(":hi", s(format!("EMAIL#{highest}")))
-                .projection_expression("campaign, #status, engagement, created_at")
-                .expression_attribute_names("#status", "status")
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .context("Query emails for a report")?;
-            for item in output.items.unwrap_or_default() {
+        let requests = record_partitions(org, "EMAIL")
+            .into_iter()
+            .map(|partition| {
+                self.dynamodb
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                    .filter_expression("attribute_not_exists(deleted_at)")
+                    .expression_attribute_values(":pk", s(partition))
+                    .expression_attribute_values(":lo", s(format!("EMAIL#{lowest}")))
+                    .expression_attribute_values(":hi", s(format!("EMAIL#{highest}")))
+                    .projection_expression("campaign, #status, engagement, created_at")
+                    .expression_attribute_names("#status", "status")
+            })
+            .collect();
+        let mut pages = std::pin::pin!(pages_of_all(requests, "Query emails for a report"));
+        while let Some(items) = pages.try_next().await? {
+            for item in items {
                 let text = |name: &str| match item.get(name) {
                     Some(AttributeValue::S(value)) => Some(value.as_str()),
                     _ => None,
@@ -105,10 +106,7 @@ impl EmailStore {
                 stats.opened += i64::from(engagement.contains(&"opened"));
                 stats.clicked += i64::from(engagement.contains(&"clicked"));
             }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok((campaigns.into_values().collect(), daily));
-            }
         }
+        Ok((campaigns.into_values().collect(), daily))
     }
 }

@@ -2,8 +2,16 @@
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
-//! | email | `ORG#<org>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>` / `<ulid>` (fan-out) |
+//! | email | `ORG#<org>#EMAIL#<shard>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<sent shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
+//!
+//! Emails are write-sharded: `<shard>` is the email id's shard of
+//! [`RECORD_SHARDS`](super::RECORD_SHARDS) (see `shards.rs`), so at 1 million emails an hour
+//! the create, claim, finish and webhook writes of one organization spread over sixteen
+//! partition keys instead of one. Point reads and writes compute the key from `(org, id)`;
+//! the listing and the report aggregation read every shard. Suppressions are written at the
+//! bounce rate and stay on `ORG#<org>`. (Before issue 10 emails were on `ORG#<org>` and the
+//! fan-out key had no shard; no deployment holds such items, so nothing is migrated.)
 //!
 //! Provider events applied to an email are listed on it (`applied_events`), so the dedupe
 //! record is written in the same conditional update as the change it guards. (Not a
@@ -20,6 +28,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use super::shards::{
+    ShardedList, bulk_partitions, bulk_pk, merged_query, pages_of_all, record_partitions, record_pk,
+};
 use super::{Item, PartitionKey, StoreError, batch_get, paged_query, s};
 use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
@@ -63,8 +74,14 @@ pub struct Suppression {
     pub created_at: DateTime<Utc>,
 }
 
+/// The partition of an organization's low-rate items (suppressions).
 fn org_pk(org: &OrgId) -> String {
     format!("ORG#{org}")
+}
+
+/// The partition key of one email: its organization's shard for the id.
+fn email_pk(org: &OrgId, id: &str) -> String {
+    record_pk(org, "EMAIL", id)
 }
 
 fn email_sk(id: &str) -> String {
@@ -152,12 +169,15 @@ impl EmailStore {
 
     fn item_of(record: &EmailRecord) -> Result<Item, StoreError> {
         let mut item: Item = serde_dynamo::to_item(record).context("encoding email")?;
-        item.insert("pk".into(), s(org_pk(&record.org_id)));
+        item.insert("pk".into(), s(email_pk(&record.org_id, &record.id)));
         item.insert("sk".into(), s(email_sk(&record.id)));
         item.insert("entity".into(), s("email"));
         item.insert("status_rank".into(), n(record.status.rank()));
         if let Some(bulk) = &record.bulk_id {
-            item.insert("gsi2pk".into(), s(format!("BULK#{}#{bulk}", record.org_id)));
+            item.insert(
+                "gsi2pk".into(),
+                s(bulk_pk("BULK", &record.org_id, bulk, &record.id)),
+            );
             item.insert("gsi2sk".into(), s(&record.id));
         }
         Ok(item)
@@ -221,7 +241,7 @@ impl EmailStore {
             .dynamodb
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
+            .key("pk", s(email_pk(org, &id.to_string())))
             .key("sk", s(email_sk(&id.to_string())))
             .consistent_read(true)
             .send()
@@ -235,10 +255,10 @@ impl EmailStore {
         decode(item)
     }
 
-    /// Lists an organization's live emails, newest first.
+    /// Lists an organization's live emails, newest first, merged from every shard.
     ///
     /// # Errors
-    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    /// [`StoreError::InvalidCursor`] for a cursor that is not an email sort key.
     pub async fn list(
         &self,
         org: &OrgId,
@@ -246,17 +266,8 @@ impl EmailStore {
         page: &PageRequest,
     ) -> Result<(Vec<EmailRecord>, Option<Cursor>), StoreError> {
         let (lowest, highest) = RecordId::range(query.created_after, query.created_before);
-        let partition = org_pk(org);
         let mut filters = vec!["attribute_not_exists(deleted_at)".to_owned()];
-        let mut request = self
-            .dynamodb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-            .expression_attribute_values(":pk", s(&partition))
-            .expression_attribute_values(":lo", s(email_sk(&lowest)))
-            .expression_attribute_values(":hi", s(email_sk(&highest)))
-            .scan_index_forward(false);
+        let mut request = self.dynamodb.query().table_name(&self.table);
         if let Some(status) = query.status {
             filters.push("#status = :status".to_owned());
             request = request
@@ -274,16 +285,13 @@ impl EmailStore {
             request = request.expression_attribute_values(":campaign", s(campaign));
         }
         request = request.filter_expression(filters.join(" AND "));
-        let (items, next) = paged_query(
-            request,
-            page,
-            PartitionKey {
-                attribute: "pk",
-                value: &partition,
-            },
-            &["pk", "sk"],
-        )
-        .await?;
+        let list = ShardedList {
+            partitions: record_partitions(org, "EMAIL"),
+            lowest: email_sk(&lowest),
+            highest: email_sk(&highest),
+            sort_prefix: "EMAIL#",
+        };
+        let (items, next) = merged_query(request, list, page).await?;
         Ok((
             items.into_iter().map(decode).collect::<Result<_, _>>()?,
             next,
@@ -303,7 +311,7 @@ impl EmailStore {
             .iter()
             .map(|id| {
                 HashMap::from([
-                    ("pk".to_owned(), s(org_pk(org))),
+                    ("pk".to_owned(), s(email_pk(org, id))),
                     ("sk".to_owned(), s(email_sk(id))),
                 ])
             })
@@ -322,7 +330,7 @@ impl EmailStore {
             .dynamodb
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(&update.org)))
+            .key("pk", s(email_pk(&update.org, &update.id)))
             .key("sk", s(email_sk(&update.id)))
             .update_expression(update.expression)
             .condition_expression(update.condition)
@@ -566,7 +574,7 @@ impl EmailStore {
             .dynamodb
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
+            .key("pk", s(email_pk(org, &id.to_string())))
             .key("sk", s(email_sk(&id.to_string())))
             .update_expression("SET deleted_at = :now, version = version + :one REMOVE gsi1pk, gsi1sk, gsi2pk, gsi2sk")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
@@ -618,7 +626,7 @@ impl EmailStore {
                     .dynamodb
                     .update_item()
                     .table_name(&self.table)
-                    .key("pk", s(org_pk(org)))
+                    .key("pk", s(email_pk(org, &record.id)))
                     .key("sk", s(email_sk(&record.id)))
                     .update_expression("SET #status = :queued, status_rank = :rank, updated_at = :now, version = version + :one, timeline = list_append(timeline, :entry) REMOVE failure_kind, failure_reason")
                     .condition_expression("#status = :failed AND attribute_not_exists(deleted_at)")
@@ -648,7 +656,8 @@ impl EmailStore {
         }
     }
 
-    /// The ids of a bulk send's emails still `queued`, in id order.
+    /// The ids of a bulk send's emails still `queued`, in id order (every shard of the
+    /// bulk's fan-out key, read at once).
     ///
     /// # Errors
     /// Storage failures only.
@@ -657,34 +666,31 @@ impl EmailStore {
         org: &OrgId,
         bulk_id: &str,
     ) -> Result<Vec<String>, StoreError> {
+        let requests = bulk_partitions("BULK", org, bulk_id)
+            .into_iter()
+            .map(|partition| {
+                self.dynamodb
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("GSI2")
+                    .key_condition_expression("gsi2pk = :pk")
+                    .filter_expression("#status = :queued")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":pk", s(partition))
+                    .expression_attribute_values(":queued", s("queued"))
+                    .projection_expression("id")
+            })
+            .collect();
+        let mut pages = std::pin::pin!(pages_of_all(requests, "Query bulk emails"));
         let mut ids = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .index_name("GSI2")
-                .key_condition_expression("gsi2pk = :pk")
-                .filter_expression("#status = :queued")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":pk", s(format!("BULK#{org}#{bulk_id}")))
-                .expression_attribute_values(":queued", s("queued"))
-                .projection_expression("id")
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .context("Query bulk emails")?;
-            for item in output.items.unwrap_or_default() {
-                if let Some(AttributeValue::S(id)) = item.get("id") {
-                    ids.push(id.clone());
-                }
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(ids);
-            }
+        while let Some(items) = pages.try_next().await? {
+            ids.extend(items.into_iter().filter_map(|item| match item.get("id") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            }));
         }
+        ids.sort();
+        Ok(ids)
     }
 
     /// Emails that have been `sent` since before `cutoff` without a final event, oldest

@@ -2,12 +2,19 @@
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
-//! | SMS | `ORG#<org>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `SMSBULK#<org>#<bulk>` / `<ulid>` (fan-out) |
+//! | SMS | `ORG#<org>#SMS#<shard>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `SMSBULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
 //! | Twilio SID → SMS | `SMSSID#<sid>` / `SMSSID` | |
 //! | opt-out | `ORG#<org>` / `OPTOUT#<e164>` | |
 //! | inbound message | `ORG#<org>` / `SMSIN#<ulid>`, and `SMSINSID#<MessageSid>` to dedupe | |
 //! | last sender to a number | `SMSPEER#<e164>` / `SMSPEER` (org of the latest outbound SMS to it) | |
 //! | rate counter | `RATE#SMS#<org>` / `<unix second>` (expires after a minute) | |
+//!
+//! SMS records are write-sharded: `<shard>` is the record id's shard of
+//! [`RECORD_SHARDS`](super::RECORD_SHARDS) (see `shards.rs`), so one organization's claim,
+//! finish and callback writes spread over sixteen partition keys, and listings merge them.
+//! Opt-outs and inbound messages arrive at a human rate and stay on `ORG#<org>`. (Before
+//! issue 10 SMS records were on `ORG#<org>` and the fan-out key had no shard; no deployment
+//! holds such items, so nothing is migrated.)
 //!
 //! Status changes are conditional on the version the writer read, so concurrent callbacks,
 //! the status check and the worker can never move a record backwards; the callback keys
@@ -20,6 +27,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use super::shards::{
+    ShardedList, bulk_partitions, bulk_pk, merged_query, pages_of_all, record_partitions, record_pk,
+};
 use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, paged_query, s};
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
@@ -67,8 +77,14 @@ pub struct InboundSms {
     pub received_at: DateTime<Utc>,
 }
 
+/// The partition of an organization's low-rate items (opt-outs, inbound messages).
 fn org_pk(org: &OrgId) -> String {
     format!("ORG#{org}")
+}
+
+/// The partition key of one SMS record: its organization's shard for the id.
+fn sms_pk(org: &OrgId, id: &str) -> String {
+    record_pk(org, "SMS", id)
 }
 
 fn sms_sk(id: &str) -> String {
@@ -161,13 +177,13 @@ impl SmsStore {
 
     fn item_of(record: &SmsRecord) -> Result<Item, StoreError> {
         let mut item: Item = serde_dynamo::to_item(record).context("encoding SMS")?;
-        item.insert("pk".into(), s(org_pk(&record.org_id)));
+        item.insert("pk".into(), s(sms_pk(&record.org_id, &record.id)));
         item.insert("sk".into(), s(sms_sk(&record.id)));
         item.insert("entity".into(), s("sms"));
         if let Some(bulk) = &record.bulk_id {
             item.insert(
                 "gsi2pk".into(),
-                s(format!("SMSBULK#{}#{bulk}", record.org_id)),
+                s(bulk_pk("SMSBULK", &record.org_id, bulk, &record.id)),
             );
             item.insert("gsi2sk".into(), s(&record.id));
         }
@@ -193,7 +209,7 @@ impl SmsStore {
             .dynamodb
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
+            .key("pk", s(sms_pk(org, id)))
             .key("sk", s(sms_sk(id)))
             .consistent_read(true)
             .send()
@@ -207,10 +223,10 @@ impl SmsStore {
         decode(item)
     }
 
-    /// Lists an organization's live SMS records, newest first.
+    /// Lists an organization's live SMS records, newest first, merged from every shard.
     ///
     /// # Errors
-    /// [`StoreError::InvalidCursor`] for a cursor of another partition.
+    /// [`StoreError::InvalidCursor`] for a cursor that is not an SMS sort key.
     pub async fn list(
         &self,
         org: &OrgId,
@@ -218,17 +234,8 @@ impl SmsStore {
         page: &PageRequest,
     ) -> Result<(Vec<SmsRecord>, Option<Cursor>), StoreError> {
         let (lowest, highest) = RecordId::range(query.created_after, query.created_before);
-        let partition = org_pk(org);
         let mut filters = vec!["attribute_not_exists(deleted_at)".to_owned()];
-        let mut request = self
-            .dynamodb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-            .expression_attribute_values(":pk", s(&partition))
-            .expression_attribute_values(":lo", s(sms_sk(&lowest)))
-            .expression_attribute_values(":hi", s(sms_sk(&highest)))
-            .scan_index_forward(false);
+        let mut request = self.dynamodb.query().table_name(&self.table);
         if let Some(status) = query.status {
             filters.push("#status = :status".to_owned());
             request = request
@@ -246,16 +253,13 @@ impl SmsStore {
             request = request.expression_attribute_values(":bulk", s(bulk));
         }
         request = request.filter_expression(filters.join(" AND "));
-        let (items, next) = paged_query(
-            request,
-            page,
-            PartitionKey {
-                attribute: "pk",
-                value: &partition,
-            },
-            &["pk", "sk"],
-        )
-        .await?;
+        let list = ShardedList {
+            partitions: record_partitions(org, "SMS"),
+            lowest: sms_sk(&lowest),
+            highest: sms_sk(&highest),
+            sort_prefix: "SMS#",
+        };
+        let (items, next) = merged_query(request, list, page).await?;
         Ok((
             items.into_iter().map(decode).collect::<Result<_, _>>()?,
             next,
@@ -276,7 +280,7 @@ impl SmsStore {
             .dynamodb
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
+            .key("pk", s(sms_pk(org, id)))
             .key("sk", s(sms_sk(id)))
             .update_expression("SET deleted_at = :now REMOVE gsi1pk, gsi1sk, gsi2pk, gsi2sk")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
@@ -305,7 +309,7 @@ impl SmsStore {
             .iter()
             .map(|id| {
                 HashMap::from([
-                    ("pk".to_owned(), s(org_pk(org))),
+                    ("pk".to_owned(), s(sms_pk(org, id))),
                     ("sk".to_owned(), s(sms_sk(id))),
                 ])
             })
@@ -336,7 +340,7 @@ impl SmsStore {
             .dynamodb
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
+            .key("pk", s(sms_pk(org, id)))
             .key("sk", s(sms_sk(id)))
             .update_expression(
                 "SET #status = :sending, claim_until = :lease, attempts = attempts + :one, \
@@ -384,7 +388,7 @@ impl SmsStore {
             .dynamodb
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
+            .key("pk", s(sms_pk(org, id)))
             .key("sk", s(sms_sk(id)))
             .condition_expression("#status = :sending")
             .expression_attribute_names("#status", "status")
@@ -459,7 +463,7 @@ impl SmsStore {
                         .dynamodb
                         .update_item()
                         .table_name(&self.table)
-                        .key("pk", s(org_pk(org)))
+                        .key("pk", s(sms_pk(org, id)))
                         .key("sk", s(sms_sk(id)))
                         .update_expression("SET provider_message_id = :msg, sent_at = :now")
                         .condition_expression(
@@ -567,7 +571,7 @@ impl SmsStore {
                 .dynamodb
                 .update_item()
                 .table_name(&self.table)
-                .key("pk", s(org_pk(org)))
+                .key("pk", s(sms_pk(org, id)))
                 .key("sk", s(sms_sk(id)))
                 .condition_expression("version = :v AND attribute_not_exists(deleted_at)")
                 .expression_attribute_values(":v", n(record.version))
@@ -637,7 +641,8 @@ impl SmsStore {
         Err(anyhow::anyhow!("SMS {id} kept changing while a status was applied").into())
     }
 
-    /// The ids of a bulk send's records still `queued`, in id order.
+    /// The ids of a bulk send's records still `queued`, in id order (every shard of the
+    /// bulk's fan-out key, read at once).
     ///
     /// # Errors
     /// Storage failures only.
@@ -646,34 +651,31 @@ impl SmsStore {
         org: &OrgId,
         bulk_id: &str,
     ) -> Result<Vec<String>, StoreError> {
+        let requests = bulk_partitions("SMSBULK", org, bulk_id)
+            .into_iter()
+            .map(|partition| {
+                self.dynamodb
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("GSI2")
+                    .key_condition_expression("gsi2pk = :pk")
+                    .filter_expression("#status = :queued")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":pk", s(partition))
+                    .expression_attribute_values(":queued", s("queued"))
+                    .projection_expression("id")
+            })
+            .collect();
+        let mut pages = std::pin::pin!(pages_of_all(requests, "Query bulk SMS"));
         let mut ids = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .index_name("GSI2")
-                .key_condition_expression("gsi2pk = :pk")
-                .filter_expression("#status = :queued")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":pk", s(format!("SMSBULK#{org}#{bulk_id}")))
-                .expression_attribute_values(":queued", s("queued"))
-                .projection_expression("id")
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .context("Query bulk SMS")?;
-            for item in output.items.unwrap_or_default() {
-                if let Some(AttributeValue::S(id)) = item.get("id") {
-                    ids.push(id.clone());
-                }
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(ids);
-            }
+        while let Some(items) = pages.try_next().await? {
+            ids.extend(items.into_iter().filter_map(|item| match item.get("id") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            }));
         }
+        ids.sort();
+        Ok(ids)
     }
 
     /// Records in `sent` since before `cutoff`, across organizations (for the status check):

@@ -15,6 +15,7 @@ mod openapi;
 mod payments;
 mod reports;
 mod secrets;
+mod sharding;
 mod sms;
 mod templates;
 mod webhook_abuse;

@@ -1,0 +1,453 @@
+//! Write sharding of an organization's high-rate records (email and SMS).
+//!
+//! DynamoDB serves one partition key with at most 1,000 writes and 3,000 reads a second, and
+//! "split for heat" cannot help a key whose sort key only grows (ULIDs). One organization
+//! sending 1 million messages an hour writes each record 3–6 times (create, claim, finish,
+//! webhook updates), several thousand writes a second, so its records are spread over
+//! [`RECORD_SHARDS`] partition keys, `ORG#<org>#<kind>#<shard>`, the shard a stable hash of
+//! the record id. A point read or write computes the key from `(org, id)`; a listing reads
+//! every shard at once and merges them newest first ([`merged_query`]), with a cursor that
+//! is one sort key, so it pages exactly like a single partition. The bulk fan-out index
+//! (`GSI2`) is sharded the same way.
+
+use std::cmp::Reverse;
+
+use anyhow::Context;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::{Stream, StreamExt};
+
+use super::{Item, MAX_QUERY_ROUNDS, StoreError, s};
+use crate::domain::{OrgId, RecordId};
+use crate::http::{Cursor, PageRequest};
+
+/// How many partition keys one organization's email (or SMS) records are spread over:
+/// 16 × 1,000 writes a second leaves room for 1 million messages an hour at ~6 writes each.
+pub const RECORD_SHARDS: u32 = 16;
+
+/// The shard of a record id: FNV-1a of its bytes, so it never changes between releases
+/// (unlike `std`'s randomly seeded hasher).
+pub(crate) fn shard_of(id: &str) -> u32 {
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash % RECORD_SHARDS
+}
+
+/// The partition key of one record: `ORG#<org>#<kind>#<shard>`.
+pub(crate) fn record_pk(org: &OrgId, kind: &str, id: &str) -> String {
+    format!("ORG#{org}#{kind}#{}", shard_of(id))
+}
+
+/// Every partition key an organization's records of `kind` live on.
+pub(crate) fn record_partitions(org: &OrgId, kind: &str) -> Vec<String> {
+    (0..RECORD_SHARDS)
+        .map(|shard| format!("ORG#{org}#{kind}#{shard}"))
+        .collect()
+}
+
+/// The bulk fan-out index key of one record: `<prefix>#<org>#<bulk>#<shard>`.
+pub(crate) fn bulk_pk(prefix: &str, org: &OrgId, bulk: &str, id: &str) -> String {
+    format!("{prefix}#{org}#{bulk}#{}", shard_of(id))
+}
+
+/// Every fan-out index key of one bulk.
+pub(crate) fn bulk_partitions(prefix: &str, org: &OrgId, bulk: &str) -> Vec<String> {
+    (0..RECORD_SHARDS)
+        .map(|shard| format!("{prefix}#{org}#{bulk}#{shard}"))
+        .collect()
+}
+
+/// Every page of several queries (one per shard), read concurrently, in arrival order.
+pub(crate) fn pages_of_all(
+    requests: Vec<QueryFluentBuilder>,
+    context: &'static str,
+) -> impl Stream<Item = Result<Vec<Item>, StoreError>> {
+    // State: `Some(start)` while the query has pages left (`start` `None` for the first).
+    let shards = requests.into_iter().map(move |request| {
+        futures::stream::try_unfold(Some(None), move |state: Option<Option<Item>>| {
+            let request = request.clone();
+            async move {
+                let Some(start) = state else {
+                    return Ok(None);
+                };
+                let output = request
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .context(context)?;
+                let next = output.last_evaluated_key.map(Some);
+                Ok::<_, StoreError>(Some((output.items.unwrap_or_default(), next)))
+            }
+        })
+        .boxed()
+    });
+    futures::stream::select_all(shards)
+}
+
+/// The sort-key range of a sharded listing and how a cursor of it looks.
+pub(crate) struct ShardedList<'a> {
+    /// The partition keys to read ([`record_partitions`]).
+    pub partitions: Vec<String>,
+    /// The lowest and highest sort key to list, both inclusive.
+    pub lowest: String,
+    pub highest: String,
+    /// What every sort key of this listing starts with (`EMAIL#`); a cursor must too.
+    pub sort_prefix: &'a str,
+}
+
+/// One shard's newest-first read: the matching items it returned, and how far down it
+/// looked when it may hold more (`None`: it has nothing older left).
+#[derive(Debug, Default)]
+struct ShardPage {
+    items: Vec<Item>,
+    frontier: Option<String>,
+}
+
+fn sort_key(item: &Item) -> &str {
+    match item.get("sk") {
+        Some(AttributeValue::S(value)) => value,
+        _ => "",
+    }
+}
+
+/// Lists one page across shards, newest first: every shard is queried at once for the
+/// items below the cursor (`request` holds the filters; this adds the key condition), and
+/// the answers are merged by sort key. The cursor is the sort key of the last item
+/// returned (or of where the reads stopped when a selective filter ran out of rounds).
+///
+/// # Errors
+/// [`StoreError::InvalidCursor`] for a cursor that is not a sort key of this listing.
+pub(crate) async fn merged_query(
+    request: QueryFluentBuilder,
+    list: ShardedList<'_>,
+    page: &PageRequest,
+) -> Result<(Vec<Item>, Option<Cursor>), StoreError> {
+    let before = match &page.after {
+        Some(cursor) => match cursor.get("sk") {
+            Some(sk) if cursor.len() == 1 && is_sort_key(sk, list.sort_prefix) => Some(sk.clone()),
+            _ => return Err(StoreError::InvalidCursor),
+        },
+        None => None,
+    };
+    // The cursor's own item is read again (BETWEEN is inclusive) and dropped below.
+    let highest = match &before {
+        Some(before) if *before < list.highest => before.clone(),
+        _ => list.highest.clone(),
+    };
+    if highest < list.lowest {
+        return Ok((Vec::new(), None));
+    }
+    let reads = list.partitions.iter().map(|partition| {
+        let request = request
+            .clone()
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(partition))
+            .expression_attribute_values(":lo", s(&list.lowest))
+            .expression_attribute_values(":hi", s(&highest))
+            .scan_index_forward(false);
+        let fetch = move |start: Option<Item>| {
+            let request = request
+                .clone()
+                .set_exclusive_start_key(start)
+                .limit(i32::try_from(page.limit + 1).unwrap_or(101).max(25));
+            async move {
+                let output = request.send().await.context("Query shard")?;
+                Ok((output.items.unwrap_or_default(), output.last_evaluated_key))
+            }
+        };
+        read_shard(fetch, page.limit, before.as_deref())
+    });
+    let pages = futures::future::try_join_all(reads).await?;
+    let (items, next) = merge_newest_first(pages, page.limit);
+    Ok((items, next.map(|sk| Cursor::from([("sk".to_owned(), sk)]))))
+}
+
+/// Whether a cursor value is a sort key this listing makes: the prefix and a record id.
+fn is_sort_key(value: &str, prefix: &str) -> bool {
+    value
+        .strip_prefix(prefix)
+        .and_then(RecordId::parse)
+        .is_some_and(|id| value.ends_with(&id.to_string()))
+}
+
+/// Reads one shard newest first, one `fetch` (a query page after the given start key,
+/// returning its items and last evaluated key) at a time, until it has `limit` matches,
+/// runs out, or has used its rounds (so a selective filter cannot make one request read a
+/// whole shard). Items at or above `before` (the cursor's own) are dropped.
+async fn read_shard<F, Fut>(
+    mut fetch: F,
+    limit: usize,
+    before: Option<&str>,
+) -> Result<ShardPage, StoreError>
+where
+    F: FnMut(Option<Item>) -> Fut,
+    Fut: Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
+{
+    let mut items: Vec<Item> = Vec::new();
+    let mut start: Option<Item> = None;
+    for _ in 0..MAX_QUERY_ROUNDS {
+        let (page, last) = fetch(start.take()).await?;
+        items.extend(
+            page.into_iter()
+                .filter(|item| before.is_none_or(|before| sort_key(item) < before)),
+        );
+        start = last;
+        if items.len() >= limit {
+            if items.len() == limit && start.is_none() {
+                return Ok(ShardPage {
+                    items,
+                    frontier: None,
+                });
+            }
+            items.truncate(limit);
+            let frontier = items.last().map(|item| sort_key(item).to_owned());
+            return Ok(ShardPage { items, frontier });
+        }
+        if start.is_none() {
+            return Ok(ShardPage {
+                items,
+                frontier: None,
+            });
+        }
+    }
+    let frontier = start.as_ref().map(|key| sort_key(key).to_owned());
+    Ok(ShardPage { items, frontier })
+}
+
+/// Merges shard pages into one page of at most `limit` items, newest first, and the sort
+/// key to continue below. Only items above every shard's frontier are certain to be in
+/// order (below it, a shard has not looked yet), so the page stops there.
+fn merge_newest_first(pages: Vec<ShardPage>, limit: usize) -> (Vec<Item>, Option<String>) {
+    let bound = pages.iter().filter_map(|page| page.frontier.clone()).max();
+    let mut items: Vec<Item> = pages
+        .into_iter()
+        .flat_map(|page| page.items)
+        .filter(|item| bound.as_deref().is_none_or(|bound| sort_key(item) >= bound))
+        .collect();
+    items.sort_by(|a, b| Reverse(sort_key(a)).cmp(&Reverse(sort_key(b))));
+    if items.len() >= limit {
+        let more = items.len() > limit || bound.is_some();
+        items.truncate(limit);
+        let next = more.then(|| items.last().map(|item| sort_key(item).to_owned()));
+        return (items, next.flatten());
+    }
+    (items, bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulid_at(ms: u64, n: u32) -> String {
+        ulid::Ulid::from_parts(ms, u128::from(n) * 7_919).to_string()
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread_evenly() {
+        // Fixed values (FNV-1a test vectors and a computed id): a change here would orphan
+        // every stored record.
+        let org = OrgId::parse("acme").unwrap();
+        assert_eq!(
+            record_pk(&org, "EMAIL", "01JDQ3Z6KX5N1V8W0E2R4T6Y8A"),
+            "ORG#acme#EMAIL#3"
+        );
+        assert_eq!(
+            bulk_pk("BULK", &org, "b1", "01JDQ3Z6KX5N1V8W0E2R4T6Y8A"),
+            "BULK#acme#b1#3"
+        );
+        assert_eq!(shard_of(""), 0x811c_9dc5 % RECORD_SHARDS);
+        assert_eq!(shard_of("a"), 0xe40c_292c % RECORD_SHARDS);
+
+        // Ids made in the same millisecond (a bulk) spread over every shard about evenly.
+        let mut counts = vec![0usize; RECORD_SHARDS as usize];
+        for n in 0..16_000 {
+            let id = ulid::Ulid::from_parts(1_732_000_000_000, rand_like(n)).to_string();
+            counts[shard_of(&id) as usize] += 1;
+        }
+        for (shard, count) in counts.iter().enumerate() {
+            assert!(
+                (800..=1200).contains(count),
+                "shard {shard} got {count} of 16000"
+            );
+        }
+    }
+
+    /// Deterministic, well-mixed 80-bit randomness parts for test ids.
+    fn rand_like(n: u32) -> u128 {
+        let mut x = u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        x ^= x >> 61;
+        x & ((1 << 80) - 1)
+    }
+
+    #[test]
+    fn partitions_name_every_shard_once() {
+        let org = OrgId::parse("acme").unwrap();
+        let all = record_partitions(&org, "SMS");
+        assert_eq!(all.len(), RECORD_SHARDS as usize);
+        let id = ulid_at(1, 1);
+        assert!(all.contains(&record_pk(&org, "SMS", &id)));
+        let bulks = bulk_partitions("BULK", &org, "b1");
+        assert!(bulks.contains(&bulk_pk("BULK", &org, "b1", &id)));
+        assert_eq!(bulks.len(), RECORD_SHARDS as usize);
+    }
+
+    fn item(sk: &str, matches: bool) -> Item {
+        Item::from([
+            ("sk".to_owned(), s(sk)),
+            ("match".to_owned(), AttributeValue::Bool(matches)),
+        ])
+    }
+
+    /// [`read_shard`] over an in-memory stand-in for one shard's DynamoDB query: newest
+    /// first, the key condition's upper bound inclusive (so the cursor's own item comes
+    /// back), `page_size` items examined per call, the filter applied after the limit, and
+    /// a last evaluated key whenever the limit was reached (as DynamoDB does).
+    fn read_memory_shard(
+        shard: &[Item],
+        limit: usize,
+        before: Option<&str>,
+        page_size: usize,
+    ) -> ShardPage {
+        let mut newest_first: Vec<&Item> = shard
+            .iter()
+            .filter(|item| before.is_none_or(|b| sort_key(item) <= b))
+            .collect();
+        newest_first.sort_by(|a, b| sort_key(b).cmp(sort_key(a)));
+        let fetch = |start: Option<Item>| {
+            let from = start.map_or(0, |key| {
+                1 + newest_first
+                    .iter()
+                    .position(|item| sort_key(item) == sort_key(&key))
+                    .expect("the start key is an examined item")
+            });
+            let chunk = &newest_first[from..(from + page_size).min(newest_first.len())];
+            let matches = chunk
+                .iter()
+                .filter(|item| item["match"] == AttributeValue::Bool(true))
+                .map(|item| (*item).clone())
+                .collect();
+            let last = (chunk.len() == page_size).then(|| (*chunk[page_size - 1]).clone());
+            std::future::ready(Ok((matches, last)))
+        };
+        futures::executor::block_on(read_shard(fetch, limit, before)).unwrap()
+    }
+
+    /// Pages through `shards` with the merge until no cursor is left.
+    fn page_through(
+        shards: &[Vec<Item>],
+        limit: usize,
+        page_size: usize,
+    ) -> (Vec<String>, Vec<usize>) {
+        let mut listed = Vec::new();
+        let mut before: Option<String> = None;
+        let mut pages = Vec::new();
+        loop {
+            assert!(pages.len() < 10_000, "paging never ends");
+            let reads = shards
+                .iter()
+                .map(|shard| read_memory_shard(shard, limit, before.as_deref(), page_size))
+                .collect();
+            let (items, next) = merge_newest_first(reads, limit);
+            assert!(items.len() <= limit);
+            pages.push(items.len());
+            listed.extend(items.iter().map(|i| sort_key(i).to_owned()));
+            match next {
+                Some(next) => {
+                    assert!(
+                        before.as_ref().is_none_or(|b| next < *b),
+                        "the cursor moves down"
+                    );
+                    before = Some(next);
+                }
+                None => return (listed, pages),
+            }
+        }
+    }
+
+    /// Shards of uneven sizes: shard `i` holds `sizes[i]` ids; every third id does not match.
+    fn uneven_shards(sizes: &[usize]) -> (Vec<Vec<Item>>, Vec<String>) {
+        let mut shards = Vec::new();
+        let mut expected = Vec::new();
+        let mut n = 0u32;
+        for (shard, size) in sizes.iter().enumerate() {
+            let mut items = Vec::new();
+            for _ in 0..*size {
+                n += 1;
+                // Interleave shards in time so the merge really has to merge.
+                let sk = format!(
+                    "EMAIL#{}",
+                    ulid_at(u64::from(n) * 13 % 997 + shard as u64, n)
+                );
+                let matches = !n.is_multiple_of(3);
+                if matches {
+                    expected.push(sk.clone());
+                }
+                items.push(item(&sk, matches));
+            }
+            shards.push(items);
+        }
+        expected.sort_by(|a, b| b.cmp(a));
+        (shards, expected)
+    }
+
+    #[test]
+    fn merge_pages_through_uneven_shards_newest_first_without_gaps_or_repeats() {
+        let (shards, expected) =
+            uneven_shards(&[0, 1, 57, 3, 0, 120, 9, 2, 0, 0, 33, 1, 0, 7, 64, 5]);
+        for limit in [1, 2, 7, 20, 100] {
+            let (listed, pages) = page_through(&shards, limit, 25);
+            assert_eq!(listed, expected, "limit {limit}");
+            // Full pages whenever more matches exist: only the last page may be short (or
+            // empty, when the last full page could not know nothing older matched).
+            let full = pages.iter().take_while(|size| **size == limit).count();
+            assert!(full + 1 >= pages.len(), "limit {limit}: pages {pages:?}");
+            assert!(
+                pages.len() <= expected.len().div_ceil(limit) + 1,
+                "limit {limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_selective_filter_that_runs_out_of_rounds_still_lists_everything_once() {
+        // Three matches among 400 items: shard 0 holds five old items (one matching) and is
+        // read to its end at once, while the three big shards use up their rounds
+        // (`MAX_QUERY_ROUNDS` pages of 3) far above it; its old match must wait for them.
+        let mut shards = vec![Vec::new(); 4];
+        let mut expected = Vec::new();
+        for n in 0..400u32 {
+            let sk = format!("SMS#{}", ulid_at(u64::from(n), n));
+            let matches = matches!(n, 8 | 200 | 395);
+            if matches {
+                expected.push(sk.clone());
+            }
+            let shard = if n < 40 && n.is_multiple_of(8) {
+                0
+            } else {
+                1 + n % 3
+            };
+            shards[shard as usize].push(item(&sk, matches));
+        }
+        expected.sort_by(|a, b| b.cmp(a));
+        let (listed, pages) = page_through(&shards, 10, 3);
+        assert_eq!(listed, expected);
+        assert!(
+            pages.len() > 1,
+            "the rounds ran out and a cursor carried on"
+        );
+    }
+
+    #[test]
+    fn exactly_a_full_page_ends_without_a_cursor() {
+        let (shards, expected) = uneven_shards(&[3, 3]);
+        let limit = expected.len();
+        let reads = shards
+            .iter()
+            .map(|shard| read_memory_shard(shard, limit, None, 25))
+            .collect();
+        let (items, next) = merge_newest_first(reads, limit);
+        assert_eq!(items.len(), limit);
+        assert_eq!(next, None);
+    }
+}
