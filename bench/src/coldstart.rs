@@ -158,8 +158,23 @@ async fn measure(
     })
 }
 
-/// What Lambda sets for every function (besides the template's variables).
+/// CA bundles as distributions ship them: Lambda's AL2023 image, then Debian's.
+const CA_BUNDLES: [&str; 2] = [
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/certs/ca-certificates.crt",
+];
+
+/// What Lambda sets for every function (besides the template's variables), plus one thing
+/// for the file system this runs on: the AWS SDK's HTTPS client loads the platform's root
+/// certificates at init. On Lambda's AL2023 image that is one bundle file; on Debian the
+/// probe also reads every file of `/etc/ssl/certs` (292 on the dev VM), which Lambda never
+/// does. `SSL_CERT_FILE` points the loader at the bundle alone, so init is measured as it
+/// would run on Lambda.
 fn lambda_environment(binary: &str, api: &RuntimeApi) -> Vec<(String, String)> {
+    let bundle = CA_BUNDLES
+        .iter()
+        .find(|path| Path::new(path).exists())
+        .map(|path| ("SSL_CERT_FILE", (*path).to_owned()));
     [
         ("AWS_LAMBDA_RUNTIME_API", api.addr.to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", binary.to_owned()),
@@ -173,6 +188,7 @@ fn lambda_environment(binary: &str, api: &RuntimeApi) -> Vec<(String, String)> {
         ("TZ", ":UTC".to_owned()),
     ]
     .into_iter()
+    .chain(bundle)
     .map(|(name, value)| (name.to_owned(), value))
     .collect()
 }
