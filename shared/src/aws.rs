@@ -4,8 +4,15 @@
 //! as moto; S3 then needs path-style addressing because `bucket.localhost` does not resolve.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::SharedHttpClient;
+use aws_smithy_http_client::Builder as HttpClientBuilder;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 
 use crate::config::Env;
+
+/// The roots AWS service endpoints chain to (Amazon Trust Services and the Starfield roots
+/// that cross-sign them), from the Mozilla store as Debian ships it.
+const AMAZON_TRUST_SERVICES_ROOTS: &str = include_str!("../certs/amazon-trust-services.pem");
 
 /// Every AWS client a function may use. Clients are cheap handles over one connection pool;
 /// building one does no I/O.
@@ -31,6 +38,15 @@ impl AwsClients {
         if let Some(endpoint) = &endpoint {
             loader = loader.endpoint_url(endpoint);
         }
+        // A custom HTTPS endpoint may be served under any certificate: it keeps the SDK's
+        // default client, which trusts the platform's roots. AWS itself, and a plain-HTTP
+        // endpoint such as moto, get the same small trust store.
+        let custom_https_endpoint = endpoint
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+        if !custom_https_endpoint {
+            loader = loader.http_client(amazon_trust_services_client());
+        }
         Self::from_config(loader.load().await, endpoint.is_some())
     }
 
@@ -46,5 +62,60 @@ impl AwsClients {
             scheduler: aws_sdk_scheduler::Client::new(&config),
             config,
         }
+    }
+}
+
+/// The SDK's own HTTPS client (rustls with aws-lc, as its default), trusting only the roots
+/// AWS endpoints chain to.
+///
+/// Why: the default client builds its root store from every certificate the platform has
+/// (about 140 on Lambda's image) each time a service client is created, and we create five
+/// at init; that parsing was most of our init time over the hello-world floor
+/// (docs/PERFORMANCE.md). Six roots parse in microseconds.
+fn amazon_trust_services_client() -> SharedHttpClient {
+    let trust_store = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(AMAZON_TRUST_SERVICES_ROOTS);
+    let tls_context = TlsContext::builder()
+        .with_trust_store(trust_store)
+        .build()
+        .expect("a TLS context with a trust store and no other settings always builds");
+    HttpClientBuilder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(tls_context)
+        .build_https()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_roots_are_the_six_amazon_trust_services_anchors() {
+        assert_eq!(
+            AMAZON_TRUST_SERVICES_ROOTS
+                .matches("-----BEGIN CERTIFICATE-----")
+                .count(),
+            6
+        );
+        assert_eq!(
+            AMAZON_TRUST_SERVICES_ROOTS
+                .matches("-----END CERTIFICATE-----")
+                .count(),
+            6
+        );
+    }
+
+    /// Creating a service client makes the SDK build the TLS connector, parsing every root
+    /// (and panicking on one it cannot use): this is that path, without a network.
+    #[tokio::test]
+    async fn clients_build_with_the_amazon_trust_services_roots() {
+        let env = Env::from_map([("AWS_REGION".to_owned(), "eu-west-1".to_owned())].into());
+        let clients = AwsClients::load(&env).await;
+        assert_eq!(
+            clients.config.region().map(|r| r.as_ref()),
+            Some("eu-west-1")
+        );
+        assert!(clients.config.http_client().is_some());
     }
 }
