@@ -44,8 +44,8 @@ impl AwsClients {
         let custom_https_endpoint = endpoint
             .as_deref()
             .is_some_and(|url| url.starts_with("https://"));
-        if !custom_https_endpoint {
-            loader = loader.http_client(amazon_trust_services_client());
+        if !custom_https_endpoint && let Some(client) = amazon_trust_services_client() {
+            loader = loader.http_client(client);
         }
         Self::from_config(loader.load().await, endpoint.is_some())
     }
@@ -72,18 +72,24 @@ impl AwsClients {
 /// (about 140 on Lambda's image) each time a service client is created, and we create five
 /// at init; that parsing was most of our init time over the hello-world floor
 /// (docs/PERFORMANCE.md). Six roots parse in microseconds.
-fn amazon_trust_services_client() -> SharedHttpClient {
+fn amazon_trust_services_client() -> Option<SharedHttpClient> {
     let trust_store = TrustStore::empty()
         .with_native_roots(false)
         .with_pem_certificate(AMAZON_TRUST_SERVICES_ROOTS);
-    let tls_context = TlsContext::builder()
-        .with_trust_store(trust_store)
-        .build()
-        .expect("a TLS context with a trust store and no other settings always builds");
-    HttpClientBuilder::new()
+    // Building a context with only a trust store does not fail today; if a later SDK
+    // makes it, the default client (platform roots) is still correct, only slower.
+    let tls_context = match TlsContext::builder().with_trust_store(trust_store).build() {
+        Ok(context) => context,
+        Err(error) => {
+            tracing::warn!(%error, "using the SDK's default HTTPS client");
+            return None;
+        }
+    };
+    let client = HttpClientBuilder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
         .tls_context(tls_context)
-        .build_https()
+        .build_https();
+    Some(client)
 }
 
 #[cfg(test)]
@@ -117,5 +123,6 @@ mod tests {
             Some("eu-west-1")
         );
         assert!(clients.config.http_client().is_some());
+        assert!(amazon_trust_services_client().is_some());
     }
 }
