@@ -3,6 +3,7 @@
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
 //! | email | `ORG#<org>#EMAIL#<shard>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<sent shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
+//! | email body | `ORG#<org>#EMAIL#<shard>` / `BODY#<ulid>` (`html`, `text`) | |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
 //!
 //! Emails are write-sharded: `<shard>` is the email id's shard of
@@ -17,6 +18,13 @@
 //! record is written in the same conditional update as the change it guards. (Not a
 //! transaction: single-item writes cost half the capacity, and moto copies every table on
 //! each transaction, which made local bulk sends crawl.)
+//!
+//! An email's bodies live in their own item, written once with the email and never updated:
+//! DynamoDB charges an `UpdateItem` for the whole item, so a 20 KB HTML body inside the
+//! status item would make each of its four or five status writes cost 20 write units
+//! instead of one (docs/SCALE.md). Its sort key is outside the `EMAIL#` range every listing
+//! and report reads. Reads that show or send the content (`get`, `claim_all`) fetch it;
+//! status work (webhooks, listings, reports) never does.
 //!
 //! Status changes are conditional on the status the writer saw (and every write bumps
 //! `version`), so concurrent workers and webhooks can never move an email backwards.
@@ -87,6 +95,14 @@ fn email_pk(org: &OrgId, id: &str) -> String {
 fn email_sk(id: &str) -> String {
     format!("EMAIL#{id}")
 }
+
+/// The sort key of an email's body item.
+fn body_sk(id: &str) -> String {
+    format!("BODY#{id}")
+}
+
+/// The record's attributes that go to the body item instead of the status item.
+const BODY_ATTRIBUTES: [&str; 2] = ["html", "text"];
 
 fn supp_sk(address: &str) -> String {
     format!("SUPP#{}", address.to_lowercase())
@@ -167,9 +183,16 @@ impl EmailStore {
         }
     }
 
-    fn item_of(record: &EmailRecord) -> Result<Item, StoreError> {
+    /// The items a new email is stored as: its status item, and its body item when it has
+    /// a body.
+    fn items_of(record: &EmailRecord) -> Result<Vec<Item>, StoreError> {
+        let pk = email_pk(&record.org_id, &record.id);
         let mut item: Item = serde_dynamo::to_item(record).context("encoding email")?;
-        item.insert("pk".into(), s(email_pk(&record.org_id, &record.id)));
+        let mut body: Item = BODY_ATTRIBUTES
+            .iter()
+            .filter_map(|name| item.remove_entry(*name))
+            .collect();
+        item.insert("pk".into(), s(&pk));
         item.insert("sk".into(), s(email_sk(&record.id)));
         item.insert("entity".into(), s("email"));
         item.insert("status_rank".into(), n(record.status.rank()));
@@ -180,37 +203,75 @@ impl EmailStore {
             );
             item.insert("gsi2sk".into(), s(&record.id));
         }
-        Ok(item)
+        let mut items = vec![item];
+        if !body.is_empty() {
+            body.insert("pk".into(), s(pk));
+            body.insert("sk".into(), s(body_sk(&record.id)));
+            body.insert("entity".into(), s("email_body"));
+            items.push(body);
+        }
+        Ok(items)
     }
 
-    /// Stores new records (fresh ids), 25 per BatchWriteItem, several batches at once.
+    /// Stores new records (fresh ids) with their bodies, 25 items per BatchWriteItem,
+    /// several batches at once.
     ///
     /// # Errors
     /// When a batch cannot be written after retrying unprocessed items.
     pub async fn create_all(&self, records: &[EmailRecord]) -> Result<(), StoreError> {
-        let batches: Vec<Vec<WriteRequest>> = records
+        let mut puts = Vec::with_capacity(records.len() * 2);
+        for record in records {
+            for item in Self::items_of(record)? {
+                let put = PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .context("PutRequest")?;
+                puts.push(WriteRequest::builder().put_request(put).build());
+            }
+        }
+        let writes: Vec<_> = puts
             .chunks(25)
-            .map(|chunk| {
-                chunk
-                    .iter()
-                    .map(|record| {
-                        let put = PutRequest::builder()
-                            .set_item(Some(Self::item_of(record)?))
-                            .build()
-                            .context("PutRequest")?;
-                        Ok(WriteRequest::builder().put_request(put).build())
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .collect::<Result<_, _>>()?;
-        let writes: Vec<_> = batches
-            .into_iter()
-            .map(|batch| self.write_batch(batch))
+            .map(|batch| self.write_batch(batch.to_vec()))
             .collect();
         futures::stream::iter(writes)
             .buffer_unordered(8)
             .try_collect::<()>()
             .await
+    }
+
+    /// Fills in the bodies of `records` from their body items (one read per 100). A record
+    /// stored before bodies had their own item keeps the bodies it carries.
+    async fn attach_bodies(&self, records: &mut [EmailRecord]) -> Result<(), StoreError> {
+        let keys = records
+            .iter()
+            .map(|record| {
+                HashMap::from([
+                    ("pk".to_owned(), s(email_pk(&record.org_id, &record.id))),
+                    ("sk".to_owned(), s(body_sk(&record.id))),
+                ])
+            })
+            .collect();
+        let bodies: HashMap<String, Item> = batch_get(&self.dynamodb, &self.table, keys, None)
+            .await?
+            .into_iter()
+            .filter_map(|item| {
+                let id = item
+                    .get("sk")?
+                    .as_s()
+                    .ok()?
+                    .strip_prefix("BODY#")?
+                    .to_owned();
+                Some((id, item))
+            })
+            .collect();
+        for record in records {
+            if let Some(body) = bodies.get(&record.id) {
+                let text = |name: &str| body.get(name).and_then(|v| v.as_s().ok()).cloned();
+                record.html = text("html");
+                record.text = text("text");
+            }
+        }
+        Ok(())
     }
 
     async fn write_batch(&self, mut batch: Vec<WriteRequest>) -> Result<(), StoreError> {
@@ -252,7 +313,10 @@ impl EmailStore {
         if item.contains_key("deleted_at") {
             return Err(StoreError::NotFound);
         }
-        decode(item)
+        let mut record = [decode(item)?];
+        self.attach_bodies(&mut record).await?;
+        let [record] = record;
+        Ok(record)
     }
 
     /// Lists an organization's live emails, newest first, merged from every shard.
@@ -298,7 +362,8 @@ impl EmailStore {
         ))
     }
 
-    /// Fetches live records by id; deleted ones are left out, so they are never sent.
+    /// Fetches live records by id, without their bodies (`claim_all` reads those for the
+    /// emails it takes); deleted ones are left out, so they are never sent.
     ///
     /// # Errors
     /// Storage failures only; unknown ids are left out.
@@ -399,12 +464,15 @@ impl EmailStore {
                 ],
             })
             .collect();
-        self.send_updates(updates)
+        let mut claimed = self
+            .send_updates(updates)
             .await?
             .into_iter()
             .flatten()
             .map(decode)
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.attach_bodies(&mut claimed).await?;
+        Ok(claimed)
     }
 
     /// Moves claimed emails on from `sending`: to `sent` (with the provider's message id),
@@ -560,7 +628,8 @@ impl EmailStore {
         Ok(())
     }
 
-    /// Soft-deletes an email. A queued email is then never sent (claims skip deleted ones).
+    /// Soft-deletes an email and removes its body. A queued email is then never sent
+    /// (claims skip deleted ones).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when missing or already deleted.
@@ -583,12 +652,25 @@ impl EmailStore {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(error) if is_condition_failure(&error) => Err(StoreError::NotFound),
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("UpdateItem email delete")
-                .into()),
+            Ok(_) => {}
+            Err(error) if is_condition_failure(&error) => return Err(StoreError::NotFound),
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context("UpdateItem email delete")
+                    .into());
+            }
         }
+        // After the status item, so a failure here leaves a deleted email whose content is
+        // no longer shown or sent; nothing reads a deleted email's body.
+        self.dynamodb
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(email_pk(org, &id.to_string())))
+            .key("sk", s(body_sk(&id.to_string())))
+            .send()
+            .await
+            .context("DeleteItem email body")?;
+        Ok(())
     }
 
     /// Puts every email that failed for a transient reason (and matches `query`) back in

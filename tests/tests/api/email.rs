@@ -2,6 +2,9 @@
 //! SQS queues in moto, the SendGrid sandbox speaking SendGrid's wire format and posting
 //! signed events back to the webhook function, suppressions and the status check.
 
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestBundle, eventually, spawn_bundle, spawn_bundle_with};
@@ -77,6 +80,87 @@ async fn simple_and_template_sends_reach_delivered_through_signed_webhooks() {
         message["custom_args"],
         json!({"org_id": "acme", "email_id": id})
     );
+}
+
+/// The email's items as stored: its status item (`EMAIL#<id>`) and body item (`BODY#<id>`).
+async fn stored_items(app: &TestBundle, id: &str) -> Vec<HashMap<String, AttributeValue>> {
+    let output = app
+        .bundle
+        .aws
+        .dynamodb
+        .scan()
+        .table_name(app.table())
+        .filter_expression("sk IN (:status, :body)")
+        .expression_attribute_values(":status", AttributeValue::S(format!("EMAIL#{id}")))
+        .expression_attribute_values(":body", AttributeValue::S(format!("BODY#{id}")))
+        .send()
+        .await
+        .unwrap();
+    output.items.unwrap_or_default()
+}
+
+/// DynamoDB charges a status update for the whole item, so the bodies are written once in
+/// their own item and the status item that four or five writes rewrite stays small.
+#[tokio::test]
+async fn a_large_body_is_written_once_beside_a_small_status_item() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let html = format!("<p>{}</p>", "Spring sale on everything. ".repeat(800));
+    assert!(html.len() > 20_000);
+    let id = send(
+        &app,
+        &token,
+        json!({"to": "big@example.com", "subject": "Sale", "html": html, "text": "Spring sale"}),
+    )
+    .await;
+    let email = app.email_reaches(&token, &id, "delivered", 30).await;
+
+    // Shown and sent whole.
+    assert_eq!(email["html"], html.as_str());
+    assert_eq!(email["text"], "Spring sale");
+    let inbox = app.sandbox().inbox();
+    let message = inbox.iter().find(|m| m["to"] == "big@example.com").unwrap();
+    assert_eq!(message["content"][1]["value"], html.as_str());
+
+    // Stored apart: no body in the status item, which stays around 1 KB after delivery.
+    let items = stored_items(&app, &id).await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    let sort_key =
+        |item: &HashMap<String, AttributeValue>| item["sk"].as_s().cloned().unwrap_or_default();
+    let status = items
+        .iter()
+        .find(|i| sort_key(i).starts_with("EMAIL#"))
+        .unwrap();
+    let body = items
+        .iter()
+        .find(|i| sort_key(i).starts_with("BODY#"))
+        .unwrap();
+    assert!(!status.contains_key("html") && !status.contains_key("text"));
+    let status_size = format!("{status:?}").len();
+    assert!(
+        status_size < 4_096,
+        "status item is {status_size} bytes: {status:?}"
+    );
+    assert_eq!(body["html"].as_s().unwrap(), &html);
+    assert_eq!(body["pk"], status["pk"], "on the email's own partition key");
+
+    // Deleting the email removes its content too.
+    let deleted = app
+        .call(
+            "DELETE",
+            &format!("/services/email/{id}/"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let items = stored_items(&app, &id).await;
+    assert_eq!(
+        items.len(),
+        1,
+        "only the deleted status item is left: {items:?}"
+    );
+    assert!(items[0].contains_key("deleted_at"));
 }
 
 #[tokio::test]
