@@ -3,7 +3,7 @@
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
 //! | email | `ORG#<org>#EMAIL#<shard>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<sent shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
-//! | email body | `ORG#<org>#EMAIL#<shard>` / `BODY#<ulid>` (`html`, `text`) | |
+//! | email body | `ORG#<org>#BODY#<ulid>` / `BODY` (`html`, `text`) | |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
 //!
 //! Emails are write-sharded: `<shard>` is the email id's shard of
@@ -22,8 +22,9 @@
 //! An email's bodies live in their own item, written once with the email and never updated:
 //! DynamoDB charges an `UpdateItem` for the whole item, so a 20 KB HTML body inside the
 //! status item would make each of its four or five status writes cost 20 write units
-//! instead of one (docs/SCALE.md). Its sort key is outside the `EMAIL#` range every listing
-//! and report reads. Reads that show or send the content (`get`, `claim_all`) fetch it;
+//! instead of one (docs/SCALE.md). Each body has a partition key of its own: it is only
+//! ever read by `(org, id)`, and 60 KB bodies at 278 emails/s would be too much for the
+//! sixteen status shards. Reads that show or send the content (`get`, `claim_all`) fetch it;
 //! status work (webhooks, listings, reports) never does.
 //!
 //! Status changes are conditional on the status the writer saw (and every write bumps
@@ -96,10 +97,12 @@ fn email_sk(id: &str) -> String {
     format!("EMAIL#{id}")
 }
 
-/// The sort key of an email's body item.
-fn body_sk(id: &str) -> String {
-    format!("BODY#{id}")
+/// The partition key of an email's body item (its sort key is `BODY`).
+fn body_pk(org: &OrgId, id: &str) -> String {
+    format!("ORG#{org}#BODY#{id}")
 }
+
+const BODY_SK: &str = "BODY";
 
 /// The record's attributes that go to the body item instead of the status item.
 const BODY_ATTRIBUTES: [&str; 2] = ["html", "text"];
@@ -186,13 +189,12 @@ impl EmailStore {
     /// The items a new email is stored as: its status item, and its body item when it has
     /// a body.
     fn items_of(record: &EmailRecord) -> Result<Vec<Item>, StoreError> {
-        let pk = email_pk(&record.org_id, &record.id);
         let mut item: Item = serde_dynamo::to_item(record).context("encoding email")?;
         let mut body: Item = BODY_ATTRIBUTES
             .iter()
             .filter_map(|name| item.remove_entry(*name))
             .collect();
-        item.insert("pk".into(), s(&pk));
+        item.insert("pk".into(), s(email_pk(&record.org_id, &record.id)));
         item.insert("sk".into(), s(email_sk(&record.id)));
         item.insert("entity".into(), s("email"));
         item.insert("status_rank".into(), n(record.status.rank()));
@@ -205,8 +207,8 @@ impl EmailStore {
         }
         let mut items = vec![item];
         if !body.is_empty() {
-            body.insert("pk".into(), s(pk));
-            body.insert("sk".into(), s(body_sk(&record.id)));
+            body.insert("pk".into(), s(body_pk(&record.org_id, &record.id)));
+            body.insert("sk".into(), s(BODY_SK));
             body.insert("entity".into(), s("email_body"));
             items.push(body);
         }
@@ -246,26 +248,19 @@ impl EmailStore {
             .iter()
             .map(|record| {
                 HashMap::from([
-                    ("pk".to_owned(), s(email_pk(&record.org_id, &record.id))),
-                    ("sk".to_owned(), s(body_sk(&record.id))),
+                    ("pk".to_owned(), s(body_pk(&record.org_id, &record.id))),
+                    ("sk".to_owned(), s(BODY_SK)),
                 ])
             })
             .collect();
+        // Keyed by partition key, which names the email.
         let bodies: HashMap<String, Item> = batch_get(&self.dynamodb, &self.table, keys, None)
             .await?
             .into_iter()
-            .filter_map(|item| {
-                let id = item
-                    .get("sk")?
-                    .as_s()
-                    .ok()?
-                    .strip_prefix("BODY#")?
-                    .to_owned();
-                Some((id, item))
-            })
+            .filter_map(|item| Some((item.get("pk")?.as_s().ok()?.clone(), item)))
             .collect();
         for record in records {
-            if let Some(body) = bodies.get(&record.id) {
+            if let Some(body) = bodies.get(&body_pk(&record.org_id, &record.id)) {
                 let text = |name: &str| body.get(name).and_then(|v| v.as_s().ok()).cloned();
                 record.html = text("html");
                 record.text = text("text");
@@ -665,8 +660,8 @@ impl EmailStore {
         self.dynamodb
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(email_pk(org, &id.to_string())))
-            .key("sk", s(body_sk(&id.to_string())))
+            .key("pk", s(body_pk(org, &id.to_string())))
+            .key("sk", s(BODY_SK))
             .send()
             .await
             .context("DeleteItem email body")?;
