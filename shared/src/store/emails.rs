@@ -37,9 +37,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{
-    ShardedList, bulk_partitions, bulk_pk, merged_query, pages_of_all, record_partitions, record_pk,
-};
+use super::shards::{self, ShardedList, bulk_pk, merged_query, record_partitions, record_pk};
 use super::{Item, PartitionKey, StoreError, batch_get, paged_query, s};
 use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
@@ -743,31 +741,7 @@ impl EmailStore {
         org: &OrgId,
         bulk_id: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let requests = bulk_partitions("BULK", org, bulk_id)
-            .into_iter()
-            .map(|partition| {
-                self.dynamodb
-                    .query()
-                    .table_name(&self.table)
-                    .index_name("GSI2")
-                    .key_condition_expression("gsi2pk = :pk")
-                    .filter_expression("#status = :queued")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":pk", s(partition))
-                    .expression_attribute_values(":queued", s("queued"))
-                    .projection_expression("id")
-            })
-            .collect();
-        let mut pages = std::pin::pin!(pages_of_all(requests, "Query bulk emails"));
-        let mut ids = Vec::new();
-        while let Some(items) = pages.try_next().await? {
-            ids.extend(items.into_iter().filter_map(|item| match item.get("id") {
-                Some(AttributeValue::S(id)) => Some(id.clone()),
-                _ => None,
-            }));
-        }
-        ids.sort();
-        Ok(ids)
+        shards::queued_in_bulk(&self.dynamodb, &self.table, "BULK", org, bulk_id).await
     }
 
     /// Emails that have been `sent` since before `cutoff` without a final event, oldest

@@ -58,6 +58,43 @@ pub(crate) fn bulk_partitions(prefix: &str, org: &OrgId, bulk: &str) -> Vec<Stri
         .collect()
 }
 
+/// The ids of one bulk's records still `queued`, sorted, read from every shard of its
+/// fan-out index key (`prefix` is `BULK` for email, `SMSBULK` for SMS).
+pub(crate) async fn queued_in_bulk(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    prefix: &str,
+    org: &OrgId,
+    bulk: &str,
+) -> Result<Vec<String>, StoreError> {
+    use futures::TryStreamExt;
+    let requests = bulk_partitions(prefix, org, bulk)
+        .into_iter()
+        .map(|partition| {
+            dynamodb
+                .query()
+                .table_name(table)
+                .index_name("GSI2")
+                .key_condition_expression("gsi2pk = :pk")
+                .filter_expression("#status = :queued")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":pk", s(partition))
+                .expression_attribute_values(":queued", s("queued"))
+                .projection_expression("id")
+        })
+        .collect();
+    let mut pages = std::pin::pin!(pages_of_all(requests, "Query queued records of a bulk"));
+    let mut ids = Vec::new();
+    while let Some(items) = pages.try_next().await? {
+        ids.extend(items.into_iter().filter_map(|item| match item.get("id") {
+            Some(AttributeValue::S(id)) => Some(id.clone()),
+            _ => None,
+        }));
+    }
+    ids.sort();
+    Ok(ids)
+}
+
 /// Every page of several queries (one per shard), read concurrently, in arrival order.
 pub(crate) fn pages_of_all(
     requests: Vec<QueryFluentBuilder>,

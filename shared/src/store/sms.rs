@@ -27,9 +27,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{
-    ShardedList, bulk_partitions, bulk_pk, merged_query, pages_of_all, record_partitions, record_pk,
-};
+use super::shards::{self, ShardedList, bulk_pk, merged_query, record_partitions, record_pk};
 use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, paged_query, s};
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
@@ -651,31 +649,7 @@ impl SmsStore {
         org: &OrgId,
         bulk_id: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let requests = bulk_partitions("SMSBULK", org, bulk_id)
-            .into_iter()
-            .map(|partition| {
-                self.dynamodb
-                    .query()
-                    .table_name(&self.table)
-                    .index_name("GSI2")
-                    .key_condition_expression("gsi2pk = :pk")
-                    .filter_expression("#status = :queued")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":pk", s(partition))
-                    .expression_attribute_values(":queued", s("queued"))
-                    .projection_expression("id")
-            })
-            .collect();
-        let mut pages = std::pin::pin!(pages_of_all(requests, "Query bulk SMS"));
-        let mut ids = Vec::new();
-        while let Some(items) = pages.try_next().await? {
-            ids.extend(items.into_iter().filter_map(|item| match item.get("id") {
-                Some(AttributeValue::S(id)) => Some(id.clone()),
-                _ => None,
-            }));
-        }
-        ids.sort();
-        Ok(ids)
+        shards::queued_in_bulk(&self.dynamodb, &self.table, "SMSBULK", org, bulk_id).await
     }
 
     /// Records in `sent` since before `cutoff`, across organizations (for the status check):
