@@ -4,8 +4,8 @@
 //! docs/PERFORMANCE.md.
 //!
 //! Both run the writers the report worker runs (`reports::file::write_csv` into the S3 part
-//! buffer, `pdf::render_report`) over content shaped as `reports::content::build` makes it for
-//! a campaign-performance report (eleven columns, one row per campaign). The CSV's parts go
+//! buffer, `pdf::render_report`) over a campaign-performance report laid out by the worker's
+//! own `reports::content::campaign_performance` (eleven columns, one row per campaign). The CSV's parts go
 //! to a sink that keeps only their sizes, so no S3 is needed and each 5 MiB part is dropped
 //! once "uploaded", as S3 takes it.
 //!
@@ -26,7 +26,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use peak_alloc::PeakAlloc;
 use shared::pdf::{MAX_PDF_ROWS, ReportHeading, render_report};
 use shared::reports::upload::{CountingSink, PART_SIZE, PartBuffer};
-use shared::reports::{Cell, ReportContent, file};
+use shared::reports::{ReportContent, content, file};
+use shared::store::CampaignStats;
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
@@ -37,8 +38,8 @@ const CSV_PEAK_TARGET_MIB: f64 = 64.0;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// A campaign-performance report of `rows` campaigns, with the columns and cells
-/// `reports::content::build` gives it; names mix scripts, as customers' do.
+/// A campaign-performance report of `rows` campaigns, laid out by the worker's own
+/// `reports::content::campaign_performance`; names mix scripts, as customers' do.
 fn campaign_performance(rows: usize) -> ReportContent {
     let names = [
         "spring sale",
@@ -46,51 +47,27 @@ fn campaign_performance(rows: usize) -> ReportContent {
         "Ανοιξιάτικες εκπτώσεις",
         "rentrée",
     ];
-    ReportContent {
-        summary: vec![
-            ("Campaigns".into(), rows.to_string()),
-            ("Delivery rate".into(), "97.5%".into()),
-        ],
-        daily: (1..=30)
-            .map(|d| (format!("2026-11-{d:02}"), (d * 37 % 23 + 5) * 40))
-            .collect(),
-        columns: [
-            "campaign",
-            "recipients",
-            "sent",
-            "delivered",
-            "opened",
-            "clicked",
-            "bounced",
-            "failed",
-            "delivery_rate",
-            "open_rate",
-            "click_rate",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        rows: (0..rows)
-            .map(|n| {
-                let recipients = i64::try_from(1_000 + n % 9_000).unwrap();
-                let delivered = recipients * 97 / 100;
-                let opened = delivered / 3;
-                let clicked = opened / 4;
-                vec![
-                    Cell::text(format!("{} {n}", names[n % names.len()])),
-                    Cell::Int(recipients),
-                    Cell::Int(recipients),
-                    Cell::Int(delivered),
-                    Cell::Int(opened),
-                    Cell::Int(clicked),
-                    Cell::Int(recipients - delivered),
-                    Cell::Int(0),
-                    Cell::Percent(shared::reports::ratio(delivered, recipients)),
-                    Cell::Percent(shared::reports::ratio(opened, delivered)),
-                    Cell::Percent(shared::reports::ratio(clicked, delivered)),
-                ]
-            })
-            .collect(),
-    }
+    let campaigns: Vec<CampaignStats> = (0..rows)
+        .map(|n| {
+            let recipients = i64::try_from(1_000 + n % 9_000).unwrap();
+            let delivered = recipients * 97 / 100;
+            let opened = delivered / 3;
+            CampaignStats {
+                campaign: format!("{} {n}", names[n % names.len()]),
+                recipients,
+                sent: recipients,
+                delivered,
+                opened,
+                clicked: opened / 4,
+                bounced: recipients - delivered,
+                failed: 0,
+            }
+        })
+        .collect();
+    let daily = (1..=30)
+        .map(|d| (format!("2026-11-{d:02}"), (d * 37 % 23 + 5) * 40))
+        .collect();
+    content::campaign_performance(&campaigns, daily)
 }
 
 /// Streams the CSV as the report worker does, parts dropped as they are "uploaded".

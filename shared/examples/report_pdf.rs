@@ -7,43 +7,30 @@
 //! ```
 
 use shared::pdf::{ReportHeading, render_report};
-use shared::reports::{Cell, ReportContent};
+use shared::reports::content::campaign_performance;
+use shared::store::CampaignStats;
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "report.pdf".to_owned());
     let names = ["spring", "Весна", "Άνοιξη", "ربيع", "春 launch", "=cmd()"];
-    let content = ReportContent {
-        summary: vec![
-            ("Campaigns".into(), "120".into()),
-            ("Emails".into(), "48000".into()),
-            ("Delivery rate".into(), "97.5%".into()),
-        ],
-        daily: (1..=30)
-            .map(|d| (format!("2026-11-{d:02}"), (d * 37 % 23 + 5) * 40))
-            .collect(),
-        columns: [
-            "campaign",
-            "recipients",
-            "sent",
-            "delivered",
-            "delivery_rate",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        rows: (0..120)
-            .map(|n| {
-                vec![
-                    Cell::text(format!("{} {n}", names[n as usize % names.len()])),
-                    Cell::Int(400),
-                    Cell::Int(398),
-                    Cell::Int(390 - n % 7),
-                    Cell::Percent(0.975),
-                ]
-            })
-            .collect(),
-    };
+    let campaigns: Vec<CampaignStats> = (0..120)
+        .map(|n| CampaignStats {
+            campaign: format!("{} {n}", names[n % names.len()]),
+            recipients: 400,
+            sent: 398,
+            delivered: 390 - i64::try_from(n % 7).unwrap_or(0),
+            opened: 130,
+            clicked: 30,
+            bounced: 8,
+            failed: 0,
+        })
+        .collect();
+    let daily = (1..=30)
+        .map(|d| (format!("2026-11-{d:02}"), (d * 37 % 23 + 5) * 40))
+        .collect();
+    let content = campaign_performance(&campaigns, daily);
     let heading = ReportHeading {
         title: "Campaign performance".into(),
         organization: "acme".into(),

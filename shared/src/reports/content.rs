@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use super::{Cell, Report, ReportContent, ReportKind, ratio};
-use crate::store::{EmailStore, EventStore};
+use crate::store::{CampaignStats, EmailStore, EventStore};
 
 /// Channels the summary always lists, even without activity.
 const SUMMARY_CHANNELS: [&str; 3] = ["email", "sms", "payment"];
@@ -47,58 +47,7 @@ pub async fn build(
     Ok(match report.kind {
         ReportKind::CampaignPerformance => {
             let (campaigns, daily) = emails.campaign_performance(org, from, to).await?;
-            let total = |f: fn(&crate::store::CampaignStats) -> i64| -> i64 {
-                campaigns.iter().map(f).sum()
-            };
-            let (sent, delivered) = (total(|c| c.sent), total(|c| c.delivered));
-            ReportContent {
-                summary: vec![
-                    ("Campaigns".into(), campaigns.len().to_string()),
-                    ("Emails".into(), total(|c| c.recipients).to_string()),
-                    ("Sent".into(), sent.to_string()),
-                    ("Delivered".into(), delivered.to_string()),
-                    ("Opened".into(), total(|c| c.opened).to_string()),
-                    ("Clicked".into(), total(|c| c.clicked).to_string()),
-                    ("Bounced".into(), total(|c| c.bounced).to_string()),
-                    ("Failed".into(), total(|c| c.failed).to_string()),
-                    (
-                        "Delivery rate".into(),
-                        Cell::Percent(ratio(delivered, sent)).display(),
-                    ),
-                ],
-                daily: every_day(from, to, &daily),
-                columns: columns(&[
-                    "campaign",
-                    "recipients",
-                    "sent",
-                    "delivered",
-                    "opened",
-                    "clicked",
-                    "bounced",
-                    "failed",
-                    "delivery_rate",
-                    "open_rate",
-                    "click_rate",
-                ]),
-                rows: campaigns
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            Cell::text(&c.campaign),
-                            Cell::Int(c.recipients),
-                            Cell::Int(c.sent),
-                            Cell::Int(c.delivered),
-                            Cell::Int(c.opened),
-                            Cell::Int(c.clicked),
-                            Cell::Int(c.bounced),
-                            Cell::Int(c.failed),
-                            Cell::Percent(ratio(c.delivered, c.sent)),
-                            Cell::Percent(ratio(c.opened, c.delivered)),
-                            Cell::Percent(ratio(c.clicked, c.delivered)),
-                        ]
-                    })
-                    .collect(),
-            }
+            campaign_performance(&campaigns, every_day(from, to, &daily))
         }
         ReportKind::ConversationAnalytics => {
             let outbound = events
@@ -295,4 +244,63 @@ pub async fn build(
             }
         }
     })
+}
+
+/// A campaign-performance report's content: one row per campaign, the totals and the
+/// daily volume. Apart from [`build`] so the benches and the sample PDF lay out exactly what
+/// the worker writes.
+pub fn campaign_performance(
+    campaigns: &[CampaignStats],
+    daily: Vec<(String, i64)>,
+) -> ReportContent {
+    let total = |f: fn(&CampaignStats) -> i64| -> i64 { campaigns.iter().map(f).sum() };
+    let (sent, delivered) = (total(|c| c.sent), total(|c| c.delivered));
+    ReportContent {
+        summary: vec![
+            ("Campaigns".into(), campaigns.len().to_string()),
+            ("Emails".into(), total(|c| c.recipients).to_string()),
+            ("Sent".into(), sent.to_string()),
+            ("Delivered".into(), delivered.to_string()),
+            ("Opened".into(), total(|c| c.opened).to_string()),
+            ("Clicked".into(), total(|c| c.clicked).to_string()),
+            ("Bounced".into(), total(|c| c.bounced).to_string()),
+            ("Failed".into(), total(|c| c.failed).to_string()),
+            (
+                "Delivery rate".into(),
+                Cell::Percent(ratio(delivered, sent)).display(),
+            ),
+        ],
+        daily,
+        columns: columns(&[
+            "campaign",
+            "recipients",
+            "sent",
+            "delivered",
+            "opened",
+            "clicked",
+            "bounced",
+            "failed",
+            "delivery_rate",
+            "open_rate",
+            "click_rate",
+        ]),
+        rows: campaigns
+            .iter()
+            .map(|c| {
+                vec![
+                    Cell::text(&c.campaign),
+                    Cell::Int(c.recipients),
+                    Cell::Int(c.sent),
+                    Cell::Int(c.delivered),
+                    Cell::Int(c.opened),
+                    Cell::Int(c.clicked),
+                    Cell::Int(c.bounced),
+                    Cell::Int(c.failed),
+                    Cell::Percent(ratio(c.delivered, c.sent)),
+                    Cell::Percent(ratio(c.opened, c.delivered)),
+                    Cell::Percent(ratio(c.clicked, c.delivered)),
+                ]
+            })
+            .collect(),
+    }
 }
