@@ -95,6 +95,50 @@ pub(crate) async fn queued_in_bulk(
     Ok(ids)
 }
 
+/// Items on the "in `sent`" status-check index (GSI1, keys `<prefix>#<shard>` for each of
+/// `shards`) that have been there since before `cutoff`, oldest first per shard, at most
+/// `max`.
+pub(crate) async fn sent_before(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    prefix: &str,
+    shards: u32,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    max: usize,
+) -> Result<Vec<Item>, StoreError> {
+    let mut found = Vec::new();
+    for shard in 0..shards {
+        let mut start = None;
+        loop {
+            let output = dynamodb
+                .query()
+                .table_name(table)
+                .index_name("GSI1")
+                .key_condition_expression("gsi1pk = :pk AND gsi1sk < :cutoff")
+                .expression_attribute_values(":pk", s(format!("{prefix}#{shard}")))
+                .expression_attribute_values(
+                    ":cutoff",
+                    s(format!("{:013}", cutoff.timestamp_millis())),
+                )
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .context("Query the sent index")?;
+            for item in output.items.unwrap_or_default() {
+                found.push(item);
+                if found.len() >= max {
+                    return Ok(found);
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Every page of several queries (one per shard), read concurrently, in arrival order.
 pub(crate) fn pages_of_all(
     requests: Vec<QueryFluentBuilder>,

@@ -662,39 +662,21 @@ impl SmsStore {
         cutoff: DateTime<Utc>,
         max: usize,
     ) -> Result<Vec<(OrgId, String, Option<String>)>, StoreError> {
-        let mut found = Vec::new();
-        for shard in 0..SMS_SENT_SHARDS {
-            let mut start = None;
-            loop {
-                let output = self
-                    .dynamodb
-                    .query()
-                    .table_name(&self.table)
-                    .index_name("GSI1")
-                    .key_condition_expression("gsi1pk = :pk AND gsi1sk < :cutoff")
-                    .expression_attribute_values(":pk", s(format!("SMS#SENT#{shard}")))
-                    .expression_attribute_values(
-                        ":cutoff",
-                        s(format!("{:013}", cutoff.timestamp_millis())),
-                    )
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .context("Query sent SMS")?;
-                for item in output.items.unwrap_or_default() {
-                    let record = decode(item)?;
-                    found.push((record.org_id, record.id, record.provider_message_id));
-                    if found.len() >= max {
-                        return Ok(found);
-                    }
-                }
-                start = output.last_evaluated_key;
-                if start.is_none() {
-                    break;
-                }
-            }
-        }
-        Ok(found)
+        shards::sent_before(
+            &self.dynamodb,
+            &self.table,
+            "SMS#SENT",
+            SMS_SENT_SHARDS,
+            cutoff,
+            max,
+        )
+        .await?
+        .into_iter()
+        .map(|item| {
+            let record = decode(item)?;
+            Ok((record.org_id, record.id, record.provider_message_id))
+        })
+        .collect()
     }
 
     /// # Errors
