@@ -28,7 +28,7 @@ use shared::payments::{
     receipt,
 };
 use shared::providers::stripe::{StripeClient, StripeError};
-use shared::store::{IdempotencyStore, PaymentStore, StoreError};
+use shared::store::{IdempotencyStore, PaymentEntity, PaymentStore, StoreError};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
@@ -268,6 +268,15 @@ fn stripe_problem(error: &StripeError) -> ApiError {
     }
 }
 
+/// A Stripe object to create for a new Herald record of `kind` (`customer`,
+/// `subscription`) with id `id`.
+struct NewStripeObject {
+    kind: &'static str,
+    path: &'static str,
+    params: Value,
+    id: String,
+}
+
 impl PaymentsApi {
     /// No I/O: the Stripe key is read by the first request that needs it.
     ///
@@ -386,6 +395,46 @@ impl PaymentsApi {
 
     /// One creating call to Stripe, retried on transient failures with the same key, with
     /// a provider event for its outcome.
+    /// Creates a Stripe object for a new Herald record (idempotency key
+    /// `herald-<kind>-<id>`, so a retried request creates it once), stores it through the
+    /// reconciler as a webhook would, audits `payment.<kind>.create`, and returns the record.
+    async fn create_through_stripe<R: PaymentEntity>(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        new: NewStripeObject,
+    ) -> Result<R, ApiError> {
+        let NewStripeObject {
+            kind,
+            path,
+            params,
+            id,
+        } = new;
+        let object = self
+            .call_stripe(
+                caller,
+                &format!("{kind}.create"),
+                path,
+                &params,
+                &format!("herald-{kind}-{id}"),
+            )
+            .await
+            .map_err(|e| stripe_problem(&e))?;
+        self.reconciler
+            .apply(&object, object["created"].as_i64().unwrap_or(0))
+            .await?;
+        let record: R = self.store.get(&caller.org, &id).await?;
+        self.audit(
+            request,
+            caller,
+            &format!("payment.{kind}.create"),
+            format!("{kind}/{id}"),
+            json!({"stripe_id": record.stripe_id()}),
+        )
+        .await;
+        Ok(record)
+    }
+
     async fn call_stripe(
         &self,
         caller: &Caller,
@@ -503,28 +552,13 @@ impl PaymentsApi {
             "description": body.description,
             "metadata": metadata_for(&body.metadata, caller, &id),
         });
-        let customer = self
-            .call_stripe(
-                caller,
-                "customer.create",
-                "/v1/customers",
-                &params,
-                &format!("herald-customer-{id}"),
-            )
-            .await
-            .map_err(|e| stripe_problem(&e))?;
-        self.reconciler
-            .apply(&customer, customer["created"].as_i64().unwrap_or(0))
-            .await?;
-        let record: CustomerRecord = self.store.get(&caller.org, &id).await?;
-        self.audit(
-            request,
-            caller,
-            "payment.customer.create",
-            format!("customer/{id}"),
-            json!({"stripe_id": record.stripe_id}),
-        )
-        .await;
+        let new = NewStripeObject {
+            kind: "customer",
+            path: "/v1/customers",
+            params,
+            id,
+        };
+        let record: CustomerRecord = self.create_through_stripe(request, caller, new).await?;
         http::json(201, &record.to_json())
     }
 
@@ -602,28 +636,13 @@ impl PaymentsApi {
             "default_payment_method": body.payment_method,
             "metadata": metadata_for(&body.metadata, caller, &id),
         });
-        let subscription = self
-            .call_stripe(
-                caller,
-                "subscription.create",
-                "/v1/subscriptions",
-                &params,
-                &format!("herald-subscription-{id}"),
-            )
-            .await
-            .map_err(|e| stripe_problem(&e))?;
-        self.reconciler
-            .apply(&subscription, subscription["created"].as_i64().unwrap_or(0))
-            .await?;
-        let record: SubscriptionRecord = self.store.get(&caller.org, &id).await?;
-        self.audit(
-            request,
-            caller,
-            "payment.subscription.create",
-            format!("subscription/{id}"),
-            json!({"stripe_id": record.stripe_id}),
-        )
-        .await;
+        let new = NewStripeObject {
+            kind: "subscription",
+            path: "/v1/subscriptions",
+            params,
+            id,
+        };
+        let record: SubscriptionRecord = self.create_through_stripe(request, caller, new).await?;
         http::json(201, &record.to_json())
     }
 
