@@ -704,14 +704,7 @@ async fn the_status_check_settles_emails_whose_webhook_was_lost() {
     let id = send(&app, &token, simple("ann@example.com")).await;
     app.email_reaches(&token, &id, "sent", 30).await;
 
-    let response = app
-        .http
-        .post(app.bundle.url("/local/schedules/email-status-check"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let result: Value = response.json().await.unwrap();
+    let result = app.fire_schedule("email-status-check").await;
     assert_eq!(result["updated"], 1, "{result}");
     let email = app.email_reaches(&token, &id, "delivered", 5).await;
     assert!(events_of(&email).contains(&"status_check".to_owned()));

@@ -88,23 +88,10 @@ async fn campaign_emails(app: &TestBundle, token: &str) -> HashMap<String, Value
 /// The email ids of the jobs in a queue (received and left there).
 async fn job_ids_in(app: &TestBundle, queue: &str) -> HashSet<String> {
     let mut ids = HashSet::new();
-    for _ in 0..5 {
-        let output = app
-            .bundle
-            .aws
-            .sqs
-            .receive_message()
-            .queue_url(app.bundle.resource(queue))
-            .max_number_of_messages(10)
-            .visibility_timeout(30)
-            .send()
-            .await
-            .unwrap();
-        for message in output.messages() {
-            let job: Value = serde_json::from_str(message.body().unwrap_or_default()).unwrap();
-            for id in job["ids"].as_array().into_iter().flatten() {
-                ids.insert(id.as_str().unwrap().to_owned());
-            }
+    for body in app.message_bodies_in(queue).await {
+        let job: Value = serde_json::from_str(&body).unwrap();
+        for id in job["ids"].as_array().into_iter().flatten() {
+            ids.insert(id.as_str().unwrap().to_owned());
         }
     }
     ids
@@ -186,13 +173,7 @@ async fn every_email_ends_in_one_final_state_or_the_dlq_under_provider_faults_an
     workers.abort();
     // Webhook events lost to faults of their own are what the status check is for; run it
     // as its schedule would, then give the sandbox's last events a moment.
-    let response = app
-        .http
-        .post(app.bundle.url("/local/schedules/email-status-check"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    app.fire_schedule("email-status-check").await;
     // A job in the DLQ is an accounted end: its emails wait there for an operator's redrive,
     // whatever status their last processed attempt left (a job whose last receive was
     // killed before it claimed anything leaves its emails `queued`).
@@ -372,28 +353,14 @@ async fn events_published_while_mongodb_is_down_are_recorded_once_it_is_back() {
 /// The templates whose creation events wait in the events DLQ.
 async fn templates_in_events_dlq(app: &TestBundle) -> HashSet<String> {
     let mut templates = HashSet::new();
-    for _ in 0..5 {
-        let output = app
-            .bundle
-            .aws
-            .sqs
-            .receive_message()
-            .queue_url(app.bundle.resource("EventsDLQ"))
-            .max_number_of_messages(10)
-            .visibility_timeout(60)
-            .send()
-            .await
-            .unwrap();
-        for message in output.messages() {
-            let events = shared::events::parse_message(message.body().unwrap_or_default()).unwrap();
-            for event in events {
-                if let Some(id) = event
-                    .resource
-                    .as_deref()
-                    .and_then(|r| r.strip_prefix("template/sms/"))
-                {
-                    templates.insert(id.to_owned());
-                }
+    for body in app.message_bodies_in("EventsDLQ").await {
+        for event in shared::events::parse_message(&body).unwrap() {
+            if let Some(id) = event
+                .resource
+                .as_deref()
+                .and_then(|r| r.strip_prefix("template/sms/"))
+            {
+                templates.insert(id.to_owned());
             }
         }
     }

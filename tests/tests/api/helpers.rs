@@ -233,6 +233,45 @@ impl TestBundle {
             .map(|a| a.values().filter_map(|v| v.parse::<usize>().ok()).sum())
             .unwrap_or(0)
     }
+
+    /// Runs a schedule's function as EventBridge would (the local runner's
+    /// `/local/schedules/<name>`) and returns its result.
+    pub async fn fire_schedule(&self, name: &str) -> Value {
+        let response = self
+            .http
+            .post(self.bundle.url(&format!("/local/schedules/{name}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "schedule {name}");
+        response.json().await.unwrap()
+    }
+
+    /// The bodies of the messages a queue holds, received (up to 50) and left hidden for a
+    /// minute, so a second look does not see them again.
+    pub async fn message_bodies_in(&self, logical_id: &str) -> Vec<String> {
+        let mut bodies = Vec::new();
+        for _ in 0..5 {
+            let output = self
+                .bundle
+                .aws
+                .sqs
+                .receive_message()
+                .queue_url(self.bundle.resource(logical_id))
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .send()
+                .await
+                .unwrap();
+            bodies.extend(
+                output
+                    .messages()
+                    .iter()
+                    .filter_map(|m| m.body().map(str::to_owned)),
+            );
+        }
+        bodies
+    }
 }
 
 /// A MongoDB-compatible server of a test's own, on a free port with its own storage, so the

@@ -748,16 +748,7 @@ async fn the_sync_pages_through_everything_and_resumes_from_its_checkpoint() {
     app.sandbox_post("_events/release", json!({"drop": true}))
         .await;
 
-    let fire = || async {
-        let response = app
-            .http
-            .post(app.bundle.url("/local/schedules/stripe-sync"))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-        response.json::<Value>().await.unwrap()
-    };
+    let fire = || app.fire_schedule("stripe-sync");
     let first = fire().await;
     assert_eq!(first["complete"], false, "{first}");
     assert_eq!(first["pages"], 2);

@@ -696,14 +696,7 @@ async fn cleanup_deletes_exactly_the_reports_past_retention() {
     .await;
     download(&app, &token, &fresh).await;
 
-    let fired = app
-        .http
-        .post(app.bundle.url("/local/schedules/report-cleanup"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(fired.status(), 200);
-    let result: Value = fired.json().await.unwrap();
+    let result = app.fire_schedule("report-cleanup").await;
     assert_eq!(result["deleted"], 3, "{result}");
 
     for (org, id, key, expired) in &seeded {

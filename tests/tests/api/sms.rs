@@ -508,14 +508,7 @@ async fn the_status_check_applies_statuses_whose_callbacks_were_lost() {
     .await;
     let id = reply["id"].as_str().unwrap().to_owned();
     sms_reaches(&app, &token, &id, "sent").await;
-    let response = app
-        .http
-        .post(app.bundle.url("/local/schedules/sms-status-check"))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let result: Value = response.json().await.unwrap();
+    let result = app.fire_schedule("sms-status-check").await;
     assert_eq!(result["updated"], 1, "{result}");
     let sms = sms_reaches(&app, &token, &id, "delivered").await;
     assert!(timeline(&sms).iter().any(|e| e == "twilio.delivered"));
