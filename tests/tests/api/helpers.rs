@@ -72,6 +72,7 @@ pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBun
     }
 }
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub content_type: String,
@@ -79,6 +80,27 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Status, content type and body (JSON, else the text as a string; `null` when empty).
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Self {
+            status,
+            content_type,
+            body,
+        }
+    }
+
     /// Asserts a problem+json answer with this status and returns its body.
     pub fn problem(&self, status: u16) -> &Value {
         assert_eq!(self.status, status, "body: {}", self.body);
@@ -127,24 +149,7 @@ impl TestBundle {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("the bundle answers");
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Reply {
-            status,
-            content_type,
-            body,
-        }
+        Reply::read(request.send().await.expect("the bundle answers")).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {
