@@ -216,7 +216,10 @@ impl EmailApi {
             }
             ("GET", _) => {
                 caller.require(Role::Member)?;
-                let record = self.emails.get(&caller.org, record_id(&found)?).await?;
+                let record = self
+                    .emails
+                    .get_with_bodies(&caller.org, record_id(&found)?)
+                    .await?;
                 http::json(200, &record.to_json(true))
             }
             ("DELETE", _) => {

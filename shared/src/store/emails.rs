@@ -24,8 +24,8 @@
 //! status item would make each of its four or five status writes cost 20 write units
 //! instead of one (docs/SCALE.md). Each body has a partition key of its own: it is only
 //! ever read by `(org, id)`, and 60 KB bodies at 278 emails/s would be too much for the
-//! sixteen status shards. Reads that show or send the content (`get`, `claim_all`) fetch it;
-//! status work (webhooks, listings, reports) never does.
+//! sixteen status shards. Reads that show or send the content (`get_with_bodies`,
+//! `claim_all`) fetch it; status work (webhooks, listings, reports) never does.
 //!
 //! Status changes are conditional on the status the writer saw (and every write bumps
 //! `version`), so concurrent workers and webhooks can never move an email backwards.
@@ -306,7 +306,20 @@ impl EmailStore {
         if item.contains_key("deleted_at") {
             return Err(StoreError::NotFound);
         }
-        let mut record = [decode(item)?];
+        decode(item)
+    }
+
+    /// The email with its bodies, for the detail view ([`Self::get`] reads the status item
+    /// alone, which is all the status work needs).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when missing, deleted or another organization's.
+    pub async fn get_with_bodies(
+        &self,
+        org: &OrgId,
+        id: RecordId,
+    ) -> Result<EmailRecord, StoreError> {
+        let mut record = [self.get(org, id).await?];
         self.attach_bodies(&mut record).await?;
         let [record] = record;
         Ok(record)
