@@ -4,9 +4,13 @@
 //! as moto; S3 then needs path-style addressing because `bucket.localhost` does not resolve.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_dynamodb::config::SharedHttpClient;
+use aws_sdk_dynamodb::config::{
+    HttpClient, RuntimeComponents, SharedCredentialsProvider, SharedHttpClient,
+};
 use aws_smithy_http_client::Builder as HttpClientBuilder;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConnector};
 
 use crate::config::Env;
 
@@ -30,24 +34,35 @@ impl AwsClients {
     /// Loads the shared SDK configuration, honouring `AWS_ENDPOINT_URL` and `AWS_REGION`
     /// from `env` (which for a deployed function is the process environment).
     pub async fn load(env: &Env) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = env.optional("AWS_REGION") {
-            loader = loader.region(Region::new(region));
-        }
         let endpoint = env.optional("AWS_ENDPOINT_URL");
-        if let Some(endpoint) = &endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
         // A custom HTTPS endpoint may be served under any certificate: it keeps the SDK's
         // default client, which trusts the platform's roots. AWS itself, and a plain-HTTP
         // endpoint such as moto, get the same small trust store.
         let custom_https_endpoint = endpoint
             .as_deref()
             .is_some_and(|url| url.starts_with("https://"));
-        if !custom_https_endpoint && let Some(client) = amazon_trust_services_client() {
-            loader = loader.http_client(client);
-        }
-        Self::from_config(loader.load().await, endpoint.is_some())
+        let http_client = if custom_https_endpoint {
+            None
+        } else {
+            amazon_trust_services_client()
+        };
+        let config = match lambda_config(env, endpoint.as_deref(), http_client.clone()) {
+            Some(config) => config,
+            None => {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                if let Some(region) = env.optional("AWS_REGION") {
+                    loader = loader.region(Region::new(region));
+                }
+                if let Some(endpoint) = &endpoint {
+                    loader = loader.endpoint_url(endpoint);
+                }
+                if let Some(client) = http_client {
+                    loader = loader.http_client(client);
+                }
+                loader.load().await
+            }
+        };
+        Self::from_config(config, endpoint.is_some())
     }
 
     pub fn from_config(config: SdkConfig, local_endpoint: bool) -> Self {
@@ -65,13 +80,42 @@ impl AwsClients {
     }
 }
 
+/// Inside Lambda, the whole configuration from the environment Lambda sets: the region and
+/// the function role's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, read again whenever the cached identity expires).
+///
+/// Why: `aws_config::load` resolves each setting through the environment *and* the shared
+/// profile files (which a function does not have) and prepares the provider chains for
+/// containers and EC2 — about 0.4 ms of a cold start for nothing Lambda uses. Elsewhere (the
+/// local runner, tests, tools) `None`, and the full loader runs.
+fn lambda_config(
+    env: &Env,
+    endpoint: Option<&str>,
+    http_client: Option<SharedHttpClient>,
+) -> Option<SdkConfig> {
+    env.optional("AWS_LAMBDA_FUNCTION_NAME")?;
+    env.optional("AWS_ACCESS_KEY_ID")?;
+    let region = env.optional("AWS_REGION")?;
+    let credentials = SharedCredentialsProvider::new(
+        aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+    );
+    let mut config = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(credentials)
+        .http_client(http_client?);
+    config.set_endpoint_url(endpoint.map(str::to_owned));
+    Some(config.build())
+}
+
 /// The SDK's own HTTPS client (rustls with aws-lc, as its default), trusting only the roots
-/// AWS endpoints chain to.
+/// AWS endpoints chain to, and building its TLS connector on the first request.
 ///
 /// Why: the default client builds its root store from every certificate the platform has
-/// (about 140 on Lambda's image) each time a service client is created, and we create five
-/// at init; that parsing was most of our init time over the hello-world floor
-/// (docs/PERFORMANCE.md). Six roots parse in microseconds.
+/// (about 140 on Lambda's image), and does so each time a service client is created — five
+/// at init — to validate the configuration early; that was most of our init time over the
+/// hello-world floor (docs/PERFORMANCE.md). Six roots parse in microseconds, and the
+/// connector is built once, when a request first needs it, and then cached.
 fn amazon_trust_services_client() -> Option<SharedHttpClient> {
     let trust_store = TrustStore::empty()
         .with_native_roots(false)
@@ -89,7 +133,27 @@ fn amazon_trust_services_client() -> Option<SharedHttpClient> {
         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
         .tls_context(tls_context)
         .build_https();
-    Some(client)
+    Some(SharedHttpClient::new(ConnectOnFirstRequest(client)))
+}
+
+/// An HTTP client that skips the SDK's eager connector build when a service client is
+/// created (`validate_base_client_config`); the connector is built and cached by the inner
+/// client on the first request, as it would be anyway.
+#[derive(Debug)]
+struct ConnectOnFirstRequest(SharedHttpClient);
+
+impl HttpClient for ConnectOnFirstRequest {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 #[cfg(test)]
@@ -112,17 +176,57 @@ mod tests {
         );
     }
 
-    /// Creating a service client makes the SDK build the TLS connector, parsing every root
-    /// (and panicking on one it cannot use): this is that path, without a network.
+    /// The TLS connector (and with it the root store, which panics on a root it cannot use)
+    /// is built on the first request: this makes one, against a port nothing listens on.
     #[tokio::test]
-    async fn clients_build_with_the_amazon_trust_services_roots() {
-        let env = Env::from_map([("AWS_REGION".to_owned(), "eu-west-1".to_owned())].into());
+    async fn the_first_request_builds_the_connector_with_the_amazon_trust_services_roots() {
+        let env = Env::from_map(
+            [
+                ("AWS_REGION", "eu-west-1"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        );
         let clients = AwsClients::load(&env).await;
         assert_eq!(
             clients.config.region().map(|r| r.as_ref()),
             Some("eu-west-1")
         );
-        assert!(clients.config.http_client().is_some());
-        assert!(amazon_trust_services_client().is_some());
+        let reply = clients.dynamodb.list_tables().send().await;
+        let error = format!("{:?}", reply.expect_err("nothing listens on port 9"));
+        assert!(
+            error.contains("onnect"),
+            "a connection error, not a panic: {error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn inside_lambda_the_configuration_comes_from_the_environment_alone() {
+        let lambda = |name: Option<&str>| {
+            let mut vars: std::collections::HashMap<String, String> = [
+                ("AWS_REGION", "eu-west-1"),
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+            if let Some(name) = name {
+                vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), name.into());
+            }
+            Env::from_map(vars)
+        };
+        let config = lambda_config(
+            &lambda(Some("email-worker")),
+            None,
+            amazon_trust_services_client(),
+        )
+        .expect("a Lambda environment");
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert!(config.credentials_provider().is_some());
+        assert!(config.http_client().is_some());
+        assert!(lambda_config(&lambda(None), None, amazon_trust_services_client()).is_none());
     }
 }
