@@ -10,6 +10,8 @@ export HERALD_MOTO_PORT=${HERALD_TEST_MOTO_PORT:-4766}
 export HERALD_MONGO_PORT=${HERALD_TEST_MONGO_PORT:-27218}
 export HERALD_STATE_DIR=.local/test-services
 export SAM_CLI_TELEMETRY=0
+# A clean CI build is one-shot: incremental caches only cost disk (gigabytes), never time.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
 
 step() { printf '\n==> %s\n' "$*"; }
 
