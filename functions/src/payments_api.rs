@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use shared::auth::{Caller, ClaimNames, Role};
-use shared::aws::AwsClients;
+use shared::aws::{AwsClients, S3Client};
 use shared::config::{Env, OnFirstUse};
 use shared::domain::email::EmailAddress;
 use shared::domain::{OrgId, RecordId};
@@ -111,7 +111,7 @@ pub struct PaymentsApi {
     events: EventPublisher,
     /// `None` when Stripe is not configured.
     stripe: OnFirstUse<Option<StripeClient>>,
-    s3: aws_sdk_s3::Client,
+    s3: S3Client,
     bucket: String,
     claims: ClaimNames,
 }

@@ -7,7 +7,7 @@ use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use serde_json::json;
 use tracing::Instrument;
 
-use shared::aws::AwsClients;
+use shared::aws::{AwsClients, S3Client};
 use shared::config::Env;
 use shared::domain::OrgId;
 use shared::events::{Event, EventKind, EventPublisher};
@@ -18,7 +18,7 @@ use crate::registry::{BoxFuture, ScheduledFunction};
 pub struct ReportCleanup {
     reports: ReportStore,
     events: EventPublisher,
-    s3: aws_sdk_s3::Client,
+    s3: S3Client,
     bucket: String,
     retention_days: i64,
 }

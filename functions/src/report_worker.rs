@@ -21,7 +21,7 @@ use chrono::Utc;
 use serde_json::json;
 use tracing::Instrument;
 
-use shared::aws::AwsClients;
+use shared::aws::{AwsClients, S3Client};
 use shared::config::{Env, OnFirstUse};
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::{OrgId, RecordId};
@@ -42,7 +42,7 @@ pub struct ReportWorker {
     event_store: OnFirstUse<EventStore>,
     queue: QueuePublisher,
     events: EventPublisher,
-    s3: aws_sdk_s3::Client,
+    s3: S3Client,
     bucket: String,
     export_queue: String,
     email_send_queue: String,

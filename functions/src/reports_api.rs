@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use shared::auth::{Caller, ClaimNames, Role};
-use shared::aws::AwsClients;
+use shared::aws::{AwsClients, S3Client, SchedulerClient};
 use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
 use shared::domain::email::EmailAddress;
@@ -70,8 +70,8 @@ pub struct ReportsApi {
     idempotency: IdempotencyStore,
     queue: QueuePublisher,
     events: EventPublisher,
-    s3: aws_sdk_s3::Client,
-    scheduler: aws_sdk_scheduler::Client,
+    s3: S3Client,
+    scheduler: SchedulerClient,
     bucket: String,
     generate_queue: String,
     generate_queue_arn: String,

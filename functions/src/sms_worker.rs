@@ -20,7 +20,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
-use shared::aws::AwsClients;
+use shared::aws::{AwsClients, SqsClient};
 use shared::config::{Env, OnFirstUse, SecretsClient};
 use shared::domain::OrgId;
 use shared::domain::email::FailureKind;
@@ -87,7 +87,7 @@ pub struct SmsWorker {
     twilio: OnFirstUse<Option<TwilioSettings>>,
     retry: RetryDelay,
     events: EventPublisher,
-    sqs: aws_sdk_sqs::Client,
+    sqs: SqsClient,
     send_queue: String,
     status_callback: Option<String>,
     max_receives: u32,

@@ -3,6 +3,7 @@
 //! schedule's time: it reads the schedule's target and sends its input to the target
 //! queue (found by ARN among the template's queues).
 
+use shared::aws::{SchedulerClient, SqsClient};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use crate::resources::ResourceNames;
 
 pub struct ScheduleFirer {
-    scheduler: aws_sdk_scheduler::Client,
-    sqs: aws_sdk_sqs::Client,
+    scheduler: SchedulerClient,
+    sqs: SqsClient,
     /// The template's schedule groups, by local name.
     groups: Vec<String>,
     /// Queue URL by queue ARN.

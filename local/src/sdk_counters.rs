@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::config::{ConfigBag, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use shared::aws::AwsClients;
+use shared::aws::{AwsClients, LazyClient};
 
 /// Calls of one operation and the items they carried (messages, writes; equal to `calls`
 /// for operations that carry one or none).
@@ -103,41 +103,41 @@ impl SdkCallCounter {
         let interceptor = CountingInterceptor(Arc::clone(self));
         AwsClients {
             config: aws.config.clone(),
-            dynamodb: aws_sdk_dynamodb::Client::from_conf(
+            dynamodb: LazyClient::ready(aws_sdk_dynamodb::Client::from_conf(
                 aws.dynamodb
                     .config()
                     .to_builder()
                     .interceptor(interceptor.clone())
                     .build(),
-            ),
-            sqs: aws_sdk_sqs::Client::from_conf(
+            )),
+            sqs: LazyClient::ready(aws_sdk_sqs::Client::from_conf(
                 aws.sqs
                     .config()
                     .to_builder()
                     .interceptor(interceptor.clone())
                     .build(),
-            ),
-            s3: aws_sdk_s3::Client::from_conf(
+            )),
+            s3: LazyClient::ready(aws_sdk_s3::Client::from_conf(
                 aws.s3
                     .config()
                     .to_builder()
                     .interceptor(interceptor.clone())
                     .build(),
-            ),
-            secrets: aws_sdk_secretsmanager::Client::from_conf(
+            )),
+            secrets: LazyClient::ready(aws_sdk_secretsmanager::Client::from_conf(
                 aws.secrets
                     .config()
                     .to_builder()
                     .interceptor(interceptor.clone())
                     .build(),
-            ),
-            scheduler: aws_sdk_scheduler::Client::from_conf(
+            )),
+            scheduler: LazyClient::ready(aws_sdk_scheduler::Client::from_conf(
                 aws.scheduler
                     .config()
                     .to_builder()
                     .interceptor(interceptor)
                     .build(),
-            ),
+            )),
         }
     }
 

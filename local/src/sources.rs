@@ -2,6 +2,7 @@
 //! source mapping does (batch size, partial batch failures; redrive is the queue's own
 //! policy in moto), and schedules, which EventBridge would fire and moto does not.
 
+use shared::aws::SqsClient;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ pub struct QueuePoller {
     pub batch_size: usize,
     pub report_failures: bool,
     pub handler: Arc<dyn SqsFunction>,
-    pub sqs: aws_sdk_sqs::Client,
+    pub sqs: SqsClient,
 }
 
 impl QueuePoller {

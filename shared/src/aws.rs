@@ -12,22 +12,31 @@ use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider:
 use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConnector};
 
+use std::ops::Deref;
+use std::sync::{Arc, LazyLock};
+
 use crate::config::Env;
 
 /// The roots AWS service endpoints chain to (Amazon Trust Services and the Starfield roots
 /// that cross-sign them), from the Mozilla store as Debian ships it.
 const AMAZON_TRUST_SERVICES_ROOTS: &str = include_str!("../certs/amazon-trust-services.pem");
 
-/// Every AWS client a function may use. Clients are cheap handles over one connection pool;
-/// building one does no I/O.
+pub type DynamoDbClient = LazyClient<aws_sdk_dynamodb::Client>;
+pub type SqsClient = LazyClient<aws_sdk_sqs::Client>;
+pub type S3Client = LazyClient<aws_sdk_s3::Client>;
+pub type SecretsClient = LazyClient<aws_sdk_secretsmanager::Client>;
+pub type SchedulerClient = LazyClient<aws_sdk_scheduler::Client>;
+
+/// Every AWS client a function may use, each built on its first use (see [`LazyClient`]).
+/// Clients are cheap handles over one connection pool; building one does no I/O.
 #[derive(Debug, Clone)]
 pub struct AwsClients {
     pub config: SdkConfig,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub sqs: aws_sdk_sqs::Client,
-    pub s3: aws_sdk_s3::Client,
-    pub secrets: aws_sdk_secretsmanager::Client,
-    pub scheduler: aws_sdk_scheduler::Client,
+    pub dynamodb: DynamoDbClient,
+    pub sqs: SqsClient,
+    pub s3: S3Client,
+    pub secrets: SecretsClient,
+    pub scheduler: SchedulerClient,
 }
 
 impl AwsClients {
@@ -66,17 +75,69 @@ impl AwsClients {
     }
 
     pub fn from_config(config: SdkConfig, local_endpoint: bool) -> Self {
-        let s3_config = aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(local_endpoint)
-            .build();
+        let s3_config = aws_sdk_s3::config::Builder::from(&config).force_path_style(local_endpoint);
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(&config),
-            sqs: aws_sdk_sqs::Client::new(&config),
-            s3: aws_sdk_s3::Client::from_conf(s3_config),
-            secrets: aws_sdk_secretsmanager::Client::new(&config),
-            scheduler: aws_sdk_scheduler::Client::new(&config),
+            dynamodb: LazyClient::from_config(&config, aws_sdk_dynamodb::Client::new),
+            sqs: LazyClient::from_config(&config, aws_sdk_sqs::Client::new),
+            s3: LazyClient::new(move || aws_sdk_s3::Client::from_conf(s3_config.build())),
+            secrets: LazyClient::from_config(&config, aws_sdk_secretsmanager::Client::new),
+            scheduler: LazyClient::from_config(&config, aws_sdk_scheduler::Client::new),
             config,
         }
+    }
+}
+
+/// A service client built when it is first used, then shared by every clone.
+///
+/// Why: building an SDK client costs about 0.09 ms of CPU and a few hundred KiB of fresh
+/// heap and code pages; a function uses two or three of the five, and most of them not
+/// before its first request. Built at init they were a third of our cold start over the
+/// hello-world floor (docs/PERFORMANCE.md). It derefs to the client, so calls read as
+/// `store.dynamodb.put_item()`.
+pub struct LazyClient<C>(Arc<LazyLock<C, BuildClient<C>>>);
+
+type BuildClient<C> = Box<dyn FnOnce() -> C + Send>;
+
+impl<C> LazyClient<C> {
+    pub fn new(build: impl FnOnce() -> C + Send + 'static) -> Self {
+        Self(Arc::new(LazyLock::new(Box::new(build))))
+    }
+
+    /// A client `build` makes from (its own copy of) `config`.
+    pub fn from_config(config: &SdkConfig, build: fn(&SdkConfig) -> C) -> Self
+    where
+        C: 'static,
+    {
+        let config = config.clone();
+        Self::new(move || build(&config))
+    }
+
+    /// An already built client (the local runner's instrumented ones).
+    pub fn ready(client: C) -> Self
+    where
+        C: Send + 'static,
+    {
+        Self::new(move || client)
+    }
+}
+
+impl<C> Clone for LazyClient<C> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<C> Deref for LazyClient<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        &self.0
+    }
+}
+
+impl<C> std::fmt::Debug for LazyClient<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LazyClient<{}>", std::any::type_name::<C>())
     }
 }
 
@@ -159,6 +220,21 @@ impl HttpClient for ConnectOnFirstRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_client_is_built_once_on_first_use_and_shared_by_its_clones() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static BUILDS: AtomicUsize = AtomicUsize::new(0);
+        let client = LazyClient::new(|| {
+            BUILDS.fetch_add(1, Ordering::SeqCst);
+            String::from("client")
+        });
+        let copy = client.clone();
+        assert_eq!(BUILDS.load(Ordering::SeqCst), 0, "nothing built before use");
+        assert_eq!(copy.len(), 6);
+        assert_eq!(client.as_str(), "client");
+        assert_eq!(BUILDS.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn the_bundled_roots_are_the_six_amazon_trust_services_anchors() {

@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
 /// The Secrets Manager client, by a name functions can use without depending on the SDK.
-pub use aws_sdk_secretsmanager::Client as SecretsClient;
+pub use crate::aws::SecretsClient;
 
 #[derive(Debug, Clone, Default)]
 pub struct Env {
@@ -246,7 +246,8 @@ mod tests {
             .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
             .endpoint_url("http://127.0.0.1:9")
             .build();
-        let secrets = aws_sdk_secretsmanager::Client::from_conf(config);
+        let secrets =
+            crate::aws::LazyClient::ready(aws_sdk_secretsmanager::Client::from_conf(config));
         let key = env.on_first_use(&secrets, |env, secrets| async move {
             Ok(env.secret("KEY", &secrets).await?)
         });

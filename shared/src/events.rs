@@ -4,6 +4,7 @@
 //! caps MongoDB connections at the recorder's concurrency and loses nothing while MongoDB is
 //! down.
 
+use crate::aws::SqsClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -102,13 +103,13 @@ impl Event {
 /// Publishes events to the events queue, many per message and ten messages per call.
 #[derive(Debug, Clone)]
 pub struct EventPublisher {
-    sqs: aws_sdk_sqs::Client,
+    sqs: SqsClient,
     queue_url: Option<String>,
 }
 
 impl EventPublisher {
     /// `queue_url: None` publishes nothing (a function deployed without the events queue).
-    pub fn new(sqs: aws_sdk_sqs::Client, queue_url: Option<String>) -> Self {
+    pub fn new(sqs: SqsClient, queue_url: Option<String>) -> Self {
         Self { sqs, queue_url }
     }
 

@@ -3,6 +3,7 @@
 //! Every message is versioned JSON carrying the organization, so a worker never has to
 //! guess whose records it touches.
 
+use crate::aws::SqsClient;
 use anyhow::Context;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use serde::{Deserialize, Serialize};
@@ -73,11 +74,11 @@ impl Envelope {
 /// Sends messages to SQS in batches of ten, retrying entries SQS reports as failed.
 #[derive(Debug, Clone)]
 pub struct QueuePublisher {
-    sqs: aws_sdk_sqs::Client,
+    sqs: SqsClient,
 }
 
 impl QueuePublisher {
-    pub fn new(sqs: aws_sdk_sqs::Client) -> Self {
+    pub fn new(sqs: SqsClient) -> Self {
         Self { sqs }
     }
 
@@ -122,13 +123,13 @@ impl QueuePublisher {
 /// would wait for the queue's whole visibility timeout.
 #[derive(Debug, Clone)]
 pub struct RetryDelay {
-    sqs: aws_sdk_sqs::Client,
+    sqs: SqsClient,
     queue_url: String,
     base_seconds: u64,
 }
 
 impl RetryDelay {
-    pub fn new(sqs: aws_sdk_sqs::Client, queue_url: impl Into<String>, base_seconds: u64) -> Self {
+    pub fn new(sqs: SqsClient, queue_url: impl Into<String>, base_seconds: u64) -> Self {
         Self {
             sqs,
             queue_url: queue_url.into(),
@@ -138,7 +139,7 @@ impl RetryDelay {
 
     /// The first retry's delay from `RETRY_BASE_SECONDS` (default 10 s).
     pub fn from_env(
-        sqs: aws_sdk_sqs::Client,
+        sqs: SqsClient,
         queue_url: impl Into<String>,
         env: &crate::config::Env,
     ) -> Self {

@@ -3,6 +3,7 @@
 
 use super::upload::{PART_SIZE, PartBuffer, PartSink, S3Multipart};
 use super::{Cell, Report, ReportContent, ReportFormat, csv};
+use crate::aws::S3Client;
 use crate::pdf::{ReportHeading, render_report};
 
 /// Encodes a CSV into `buffer` row by row, uploading each full part on the way.
@@ -41,7 +42,7 @@ pub fn heading(report: &Report) -> ReportHeading {
 /// # Errors
 /// When the file cannot be written; the partial upload is aborted.
 pub async fn upload(
-    s3: &aws_sdk_s3::Client,
+    s3: &S3Client,
     bucket: &str,
     report: &Report,
     content: &ReportContent,

@@ -1,6 +1,7 @@
 //! Streams a file to S3 in parts, so memory holds at most one part (plus the row being
 //! written) however large the file grows.
 
+use crate::aws::S3Client;
 use anyhow::Context;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
@@ -85,7 +86,7 @@ impl<S: PartSink> PartBuffer<S> {
 /// An S3 multipart upload, server-side encrypted with AES256.
 #[derive(Debug)]
 pub struct S3Multipart {
-    s3: aws_sdk_s3::Client,
+    s3: S3Client,
     bucket: String,
     key: String,
     upload_id: String,
@@ -96,7 +97,7 @@ impl S3Multipart {
     /// # Errors
     /// When S3 refuses to start the upload.
     pub async fn start(
-        s3: &aws_sdk_s3::Client,
+        s3: &S3Client,
         bucket: &str,
         key: &str,
         content_type: &str,

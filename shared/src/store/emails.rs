@@ -30,6 +30,7 @@
 //! Status changes are conditional on the status the writer saw (and every write bumps
 //! `version`), so concurrent workers and webhooks can never move an email backwards.
 
+use crate::aws::DynamoDbClient;
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -51,7 +52,7 @@ pub const SENT_SHARDS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct EmailStore {
-    pub(super) dynamodb: aws_sdk_dynamodb::Client,
+    pub(super) dynamodb: DynamoDbClient,
     pub(super) table: String,
 }
 
@@ -177,7 +178,7 @@ fn decode(item: Item) -> Result<EmailRecord, StoreError> {
 }
 
 impl EmailStore {
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
             dynamodb,
             table: table.into(),

@@ -3,6 +3,7 @@
 //! Keys belong to the organization (part of the item key), live 24 h, and an in-progress
 //! claim expires after a minute so a crashed request does not block its key for a day.
 
+use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Duration, Utc};
@@ -29,7 +30,7 @@ pub enum IdempotencyStart {
 
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
-    dynamodb: aws_sdk_dynamodb::Client,
+    dynamodb: DynamoDbClient,
     table: String,
 }
 
@@ -38,7 +39,7 @@ fn key(org: &OrgId, scope: &str, key: &str) -> (AttributeValue, AttributeValue) 
 }
 
 impl IdempotencyStore {
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
             dynamodb,
             table: table.into(),

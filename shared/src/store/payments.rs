@@ -15,6 +15,7 @@
 //! Writes are conditional on the `version` the writer read, so a webhook and the sync
 //! racing on one record cannot lose either's change.
 
+use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
@@ -90,7 +91,7 @@ pub struct SyncCheckpoint {
 
 #[derive(Debug, Clone)]
 pub struct PaymentStore {
-    dynamodb: aws_sdk_dynamodb::Client,
+    dynamodb: DynamoDbClient,
     table: String,
 }
 
@@ -107,7 +108,7 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error:
 }
 
 impl PaymentStore {
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
             dynamodb,
             table: table.into(),

@@ -5,6 +5,7 @@
 //! | phonebook | `ORG#<org>` / `PB#<ulid>` |
 //! | contact | `ORG#<org>` / `PBC#<phonebook ulid>#<e164>` (one per number: a re-import updates it) |
 
+use crate::aws::DynamoDbClient;
 use std::collections::BTreeMap;
 
 use anyhow::Context;
@@ -19,7 +20,7 @@ use crate::http::{Cursor, PageRequest};
 
 #[derive(Debug, Clone)]
 pub struct PhonebookStore {
-    dynamodb: aws_sdk_dynamodb::Client,
+    dynamodb: DynamoDbClient,
     table: String,
 }
 
@@ -54,7 +55,7 @@ fn contact_prefix(phonebook: &str) -> String {
 }
 
 impl PhonebookStore {
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
             dynamodb,
             table: table.into(),

@@ -8,6 +8,7 @@
 //! A deleted report keeps its item (audit) until the cleanup purges it with the others
 //! past retention; its S3 object goes at once.
 
+use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
@@ -19,7 +20,7 @@ use crate::reports::{Report, ReportSchedule, ReportStatus};
 
 #[derive(Debug, Clone)]
 pub struct ReportStore {
-    dynamodb: aws_sdk_dynamodb::Client,
+    dynamodb: DynamoDbClient,
     table: String,
 }
 
@@ -68,7 +69,7 @@ struct ReportUpdate<'a> {
 }
 
 impl ReportStore {
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
             dynamodb,
             table: table.into(),

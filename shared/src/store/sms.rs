@@ -20,6 +20,7 @@
 //! the status check and the worker can never move a record backwards; the callback keys
 //! already applied are listed on the record and written in the same update.
 
+use crate::aws::DynamoDbClient;
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -39,7 +40,7 @@ pub const SMS_SENT_SHARDS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct SmsStore {
-    dynamodb: aws_sdk_dynamodb::Client,
+    dynamodb: DynamoDbClient,
     table: String,
 }
 
@@ -166,7 +167,7 @@ pub(crate) async fn put_all(
 }
 
 impl SmsStore {
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
             dynamodb,
             table: table.into(),

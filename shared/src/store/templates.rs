@@ -1,5 +1,6 @@
 //! The template store: templates of every kind in the Herald table.
 
+use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
@@ -12,7 +13,7 @@ use crate::http::{Cursor, PageRequest};
 
 #[derive(Debug, Clone)]
 pub struct TemplateStore {
-    dynamodb: aws_sdk_dynamodb::Client,
+    dynamodb: DynamoDbClient,
     table: String,
 }
 
@@ -199,7 +200,7 @@ fn decode(item: Item) -> Result<Template, StoreError> {
 }
 
 impl TemplateStore {
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
             dynamodb,
             table: table.into(),
