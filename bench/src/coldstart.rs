@@ -2,10 +2,11 @@
 //! (its template environment, `AWS_LAMBDA_RUNTIME_API` pointing at [`RuntimeApi`]) and
 //! records init time (process start → first `next` poll), the first invocation's duration
 //! with the function's first sample event from `events/`, and peak RSS (`VmHWM`) after it —
-//! the median of `runs` fresh processes — beside the same figures for `hello-floor`.
+//! the median of `runs` fresh processes — beside the same figures for `hello-floor`, whose
+//! runs alternate with each function's.
 //!
 //! Resources live on the local AWS endpoint (moto), created as the local runner creates
-//! them, so init does what it does on Lambda: read secrets, build clients.
+//! them, so init does what it does on Lambda: read its environment, prepare its clients.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,10 @@ pub struct Figures {
     pub first_invocation: Duration,
     pub peak_rss_kib: u64,
     pub binary_bytes: u64,
+    /// The floor's medians over the runs interleaved with these (for the floor itself, its
+    /// own figures): the ratios are to these.
+    pub floor_init: Duration,
+    pub floor_rss_kib: u64,
     /// Set when any run's init or invocation reported an error (figures still count).
     pub errors: Vec<String>,
 }
@@ -75,8 +80,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let prefix = format!("cs{}", std::process::id());
     let names = local::resources::create_all(&template, &aws, &prefix, &secret_values).await?;
 
-    let floor_event = std::fs::read(first_event(&options.events, "admin-page")?)?;
-    let floor = measure(options, FLOOR, &BTreeMap::new(), &floor_event).await?;
+    // The floor runs alternate with each function's runs, and each function's ratios are
+    // to the floor runs beside its own: on a shared machine, load drifts over the minutes
+    // a whole table takes, and a floor measured once at the start would carry that drift
+    // into every ratio.
+    let floor = Binary::new(options, FLOOR, BTreeMap::new(), "admin-page")?;
+    let mut all_floor_runs = Runs::default();
     let mut functions = Vec::new();
     for function in &template.functions {
         if !options.only.is_empty() && !options.only.contains(&function.binary) {
@@ -84,10 +93,22 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         }
         let vars =
             local::function_environment(function, &template, &names, &base_env, &BTreeMap::new());
-        let event = std::fs::read(first_event(&options.events, &function.binary)?)?;
-        let vars: BTreeMap<String, String> = vars.into_iter().collect();
-        functions.push(measure(options, &function.binary, &vars, &event).await?);
+        let binary = Binary::new(
+            options,
+            &function.binary,
+            vars.into_iter().collect(),
+            &function.binary,
+        )?;
+        let (mut runs, mut floor_runs) = (Runs::default(), Runs::default());
+        for _ in 0..options.runs {
+            floor_runs.push(floor.run_once().await?);
+            runs.push(binary.run_once().await?);
+        }
+        let floor_figures = floor_runs.figures(&floor);
+        all_floor_runs.extend(floor_runs);
+        functions.push(runs.figures(&binary).beside(&floor_figures));
     }
+    let floor = all_floor_runs.figures(&floor);
     Ok(Report { floor, functions })
 }
 
@@ -106,56 +127,133 @@ fn first_event(events: &Path, binary: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no sample event in {}", dir.display()))
 }
 
-async fn measure(
-    options: &Options,
-    binary: &str,
-    vars: &BTreeMap<String, String>,
-    event: &[u8],
-) -> anyhow::Result<Figures> {
-    let path = options.bin_dir.join(binary);
-    let binary_bytes = std::fs::metadata(&path)
-        .with_context(|| format!("{} (build it with scripts/coldstart.sh)", path.display()))?
-        .len();
-    let mut inits = Vec::new();
-    let mut invocations = Vec::new();
-    let mut rss = Vec::new();
-    let mut errors = Vec::new();
-    for _ in 0..options.runs {
-        let api = RuntimeApi::start(event.to_vec()).await?;
+/// A binary to start, with its environment and first sample event.
+struct Binary {
+    name: String,
+    path: PathBuf,
+    bytes: u64,
+    vars: BTreeMap<String, String>,
+    event: Vec<u8>,
+}
+
+impl Binary {
+    fn new(
+        options: &Options,
+        name: &str,
+        vars: BTreeMap<String, String>,
+        events_of: &str,
+    ) -> anyhow::Result<Self> {
+        let path = options.bin_dir.join(name);
+        let bytes = std::fs::metadata(&path)
+            .with_context(|| format!("{} (build it with scripts/coldstart.sh)", path.display()))?
+            .len();
+        let event = std::fs::read(first_event(&options.events, events_of)?)?;
+        Ok(Self {
+            name: name.to_owned(),
+            path,
+            bytes,
+            vars,
+            event,
+        })
+    }
+
+    /// One fresh process: init, its first invocation, then its peak RSS.
+    async fn run_once(&self) -> anyhow::Result<Run> {
+        let api = RuntimeApi::start(self.event.clone()).await?;
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(&path)
+        let mut child = tokio::process::Command::new(&self.path)
             .env_clear()
-            .envs(vars)
-            .envs(lambda_environment(binary, &api))
+            .envs(&self.vars)
+            .envs(lambda_environment(&self.name, &api))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {}", path.display()))?;
+            .with_context(|| format!("starting {}", self.path.display()))?;
         let pid = child.id().context("no pid")?;
         let timeline = api.wait_answered(Duration::from_secs(30)).await;
-        let peak = peak_rss_kib(pid);
+        let peak_rss_kib = peak_rss_kib(pid);
         let _ = child.kill().await;
         let ready = timeline
             .ready_at
-            .with_context(|| format!("{binary} never polled for work (init failed?)"))?;
-        let answered = timeline
-            .answered_at
-            .with_context(|| format!("{binary} did not answer its first invocation in 30 s"))?;
-        inits.push(ready - started);
-        invocations.push(answered - ready);
-        rss.push(peak?);
-        errors.extend(timeline.error);
+            .with_context(|| format!("{} never polled for work (init failed?)", self.name))?;
+        let answered = timeline.answered_at.with_context(|| {
+            format!("{} did not answer its first invocation in 30 s", self.name)
+        })?;
+        Ok(Run {
+            init: ready - started,
+            first_invocation: answered - ready,
+            peak_rss_kib: peak_rss_kib?,
+            error: timeline.error,
+        })
     }
-    Ok(Figures {
-        function: binary.to_owned(),
-        init: median(&mut inits),
-        first_invocation: median(&mut invocations),
-        peak_rss_kib: median(&mut rss),
-        binary_bytes,
-        errors,
-    })
+}
+
+struct Run {
+    init: Duration,
+    first_invocation: Duration,
+    peak_rss_kib: u64,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Runs {
+    inits: Vec<Duration>,
+    invocations: Vec<Duration>,
+    rss: Vec<u64>,
+    errors: Vec<String>,
+}
+
+impl Runs {
+    fn push(&mut self, run: Run) {
+        self.inits.push(run.init);
+        self.invocations.push(run.first_invocation);
+        self.rss.push(run.peak_rss_kib);
+        self.errors.extend(run.error);
+    }
+
+    fn extend(&mut self, other: Runs) {
+        self.inits.extend(other.inits);
+        self.invocations.extend(other.invocations);
+        self.rss.extend(other.rss);
+        self.errors.extend(other.errors);
+    }
+
+    fn figures(&self, binary: &Binary) -> Figures {
+        let init = median(&self.inits);
+        let peak_rss_kib = median(&self.rss);
+        Figures {
+            function: binary.name.clone(),
+            init,
+            first_invocation: median(&self.invocations),
+            peak_rss_kib,
+            binary_bytes: binary.bytes,
+            floor_init: init,
+            floor_rss_kib: peak_rss_kib,
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+impl Figures {
+    /// These figures with their ratios taken to `floor` (the floor runs beside them).
+    fn beside(self, floor: &Figures) -> Self {
+        Self {
+            floor_init: floor.init,
+            floor_rss_kib: floor.peak_rss_kib,
+            ..self
+        }
+    }
+
+    pub fn init_ratio(&self) -> f64 {
+        millis(self.init) / millis(self.floor_init)
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    pub fn rss_ratio(&self) -> f64 {
+        self.peak_rss_kib as f64 / self.floor_rss_kib as f64
+    }
 }
 
 /// CA bundles as distributions ship them: Lambda's AL2023 image, then Debian's.
@@ -203,9 +301,10 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmHWM in /proc/<pid>/status")
 }
 
-fn median<T: Ord + Copy>(values: &mut [T]) -> T {
-    values.sort_unstable();
-    values[values.len() / 2]
+fn median<T: Ord + Copy>(values: &[T]) -> T {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -233,10 +332,10 @@ impl Report {
                     " (errors)"
                 },
                 millis(figures.init),
-                millis(figures.init) / millis(self.floor.init),
+                figures.init_ratio(),
                 millis(figures.first_invocation),
                 mib(figures.peak_rss_kib * 1024),
-                mib(figures.peak_rss_kib * 1024) / mib(self.floor.peak_rss_kib * 1024),
+                figures.rss_ratio(),
                 mib(figures.binary_bytes),
             ));
         }
@@ -251,6 +350,8 @@ impl Report {
                 "first_invocation_ms": millis(f.first_invocation),
                 "peak_rss_kib": f.peak_rss_kib,
                 "binary_bytes": f.binary_bytes,
+                "init_ratio_to_floor": f.init_ratio(),
+                "rss_ratio_to_floor": f.rss_ratio(),
                 "errors": f.errors,
             })
         };

@@ -5,7 +5,13 @@
 //! (issue 10): building a client does not connect, the region comes from `AWS_REGION`
 //! (always set in Lambda), and every constructor is a plain `fn` — secrets, and the
 //! clients and stores built from them, are read by the first invocation that needs them
-//! (`shared::config::OnFirstUse`).
+//! (`shared::config::OnFirstUse`). AWS service clients are built on first use too
+//! (`shared::aws::LazyClient`).
+//!
+//! Every `main` runs on tokio's current-thread runtime: Lambda sends a process one
+//! invocation at a time, and below 1,769 MB a function has less than one vCPU, so worker
+//! threads would only add thread start-up to every cold start. The concurrency inside an
+//! invocation (a batch's messages, a report's queries) is I/O and runs on one thread.
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::SqsEvent;

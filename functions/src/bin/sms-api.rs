@@ -1,6 +1,6 @@
 //! Lambda entry point: the SMS API (/services/sms/, /services/phonebooks/).
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let (aws, env) = functions::runtime::cold_start().await;
     let function = functions::sms_api::SmsApi::new(&aws, &env)?;

@@ -1,6 +1,6 @@
 //! Lambda entry point: the template admin API.
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let (aws, env) = functions::runtime::cold_start().await;
     let function = functions::templates_api::TemplatesApi::new(&aws, &env)?;

@@ -1,6 +1,6 @@
 //! Lambda entry point: the Twilio webhook (function URL).
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let (aws, env) = functions::runtime::cold_start().await;
     let function = functions::twilio_webhook::TwilioWebhook::new(&aws, &env)?;
