@@ -239,6 +239,27 @@ impl TestBundle {
             .unwrap_or(0)
     }
 
+    /// The bundle bucket's object at `key`, or `None` when there is none.
+    pub async fn bucket_object(
+        &self,
+        key: &str,
+    ) -> Option<aws_sdk_s3::operation::head_object::HeadObjectOutput> {
+        let head = self
+            .bundle
+            .aws
+            .s3
+            .head_object()
+            .bucket(self.bundle.resource("HeraldBucket"))
+            .key(key)
+            .send()
+            .await;
+        match head {
+            Ok(head) => Some(head),
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => None,
+            Err(error) => panic!("HeadObject {key}: {error:?}"),
+        }
+    }
+
     /// Runs a schedule's function as EventBridge would (the local runner's
     /// `/local/schedules/<name>`) and returns its result.
     pub async fn fire_schedule(&self, name: &str) -> Value {
