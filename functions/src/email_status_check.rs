@@ -12,7 +12,7 @@ use shared::config::{Env, OnFirstUse};
 use shared::domain::email::{EmailStatus, TimelineEntry};
 use shared::events::{Event, EventPublisher};
 use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
-use shared::store::{EmailStore, EventEffect, EventInput};
+use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
 
@@ -68,8 +68,13 @@ impl EmailStatusCheck {
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             let mut updated = 0;
-            for (org, id, message_id) in &stuck {
-                let Some(message_id) = message_id else {
+            for StuckInSent {
+                org_id: org,
+                id,
+                provider_message_id,
+            } in &stuck
+            {
+                let Some(message_id) = provider_message_id else {
                     continue;
                 };
                 let status = match sendgrid.message_status(message_id).await {

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, EventKind, EventPublisher};
-use shared::store::{SmsStore, StatusApplied};
+use shared::store::{SmsStore, StatusApplied, StuckInSent};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
 use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
@@ -70,8 +70,15 @@ impl SmsStatusCheck {
             .stuck_in_sent(now - self.min_age, MAX_PER_RUN)
             .await?;
         let (mut updated, mut failed) = (0, 0);
-        for (org, id, sid) in &stuck {
-            let Some(sid) = sid else { continue };
+        for StuckInSent {
+            org_id: org,
+            id,
+            provider_message_id,
+        } in &stuck
+        {
+            let Some(sid) = provider_message_id else {
+                continue;
+            };
             let message = match twilio.client.fetch(sid).await {
                 Ok(Some(message)) => message,
                 Ok(None) => continue,

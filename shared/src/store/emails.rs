@@ -38,7 +38,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{self, ShardedList, bulk_pk, merged_query, record_partitions, record_pk};
+use super::shards::{
+    self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
+};
 use super::{Item, PartitionKey, StoreError, batch_get, paged_query, s};
 use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
@@ -320,9 +322,9 @@ impl EmailStore {
         org: &OrgId,
         id: RecordId,
     ) -> Result<EmailRecord, StoreError> {
-        let mut record = [self.get(org, id).await?];
-        self.attach_bodies(&mut record).await?;
-        let [record] = record;
+        let mut record = self.get(org, id).await?;
+        self.attach_bodies(std::slice::from_mut(&mut record))
+            .await?;
         Ok(record)
     }
 
@@ -759,7 +761,7 @@ impl EmailStore {
     }
 
     /// Emails that have been `sent` since before `cutoff` without a final event, oldest
-    /// first, across organizations (for the status check): `(org, id, provider message id)`.
+    /// first, across organizations (for the status check).
     ///
     /// # Errors
     /// Storage failures only.
@@ -767,8 +769,8 @@ impl EmailStore {
         &self,
         cutoff: DateTime<Utc>,
         max: usize,
-    ) -> Result<Vec<(OrgId, String, Option<String>)>, StoreError> {
-        shards::sent_before(
+    ) -> Result<Vec<StuckInSent>, StoreError> {
+        let items = shards::sent_before(
             &self.dynamodb,
             &self.table,
             "EMAIL#SENT",
@@ -776,13 +778,18 @@ impl EmailStore {
             cutoff,
             max,
         )
-        .await?
-        .into_iter()
-        .map(|item| {
-            let record = decode(item)?;
-            Ok((record.org_id, record.id, record.provider_message_id))
-        })
-        .collect()
+        .await?;
+        items
+            .into_iter()
+            .map(|item| {
+                let record = decode(item)?;
+                Ok(StuckInSent {
+                    org_id: record.org_id,
+                    id: record.id,
+                    provider_message_id: record.provider_message_id,
+                })
+            })
+            .collect()
     }
 
     /// Which of `addresses` are on the organization's suppression list.

@@ -95,6 +95,15 @@ pub(crate) async fn queued_in_bulk(
     Ok(ids)
 }
 
+/// A message the status check looks up: in `sent` for longer than the provider should take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckInSent {
+    pub org_id: OrgId,
+    pub id: String,
+    /// SendGrid's message id or Twilio's SID, when the provider gave one.
+    pub provider_message_id: Option<String>,
+}
+
 /// Items on the "in `sent`" status-check index (GSI1, keys `<prefix>#<shard>` for each of
 /// `shards`) that have been there since before `cutoff`, oldest first per shard, at most
 /// `max`.

@@ -28,7 +28,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{self, ShardedList, bulk_pk, merged_query, record_partitions, record_pk};
+use super::shards::{
+    self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
+};
 use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, paged_query, s};
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
@@ -653,8 +655,7 @@ impl SmsStore {
         shards::queued_in_bulk(&self.dynamodb, &self.table, "SMSBULK", org, bulk_id).await
     }
 
-    /// Records in `sent` since before `cutoff`, across organizations (for the status check):
-    /// `(org, id, SID)`.
+    /// Records in `sent` since before `cutoff`, across organizations (for the status check).
     ///
     /// # Errors
     /// Storage failures only.
@@ -662,8 +663,8 @@ impl SmsStore {
         &self,
         cutoff: DateTime<Utc>,
         max: usize,
-    ) -> Result<Vec<(OrgId, String, Option<String>)>, StoreError> {
-        shards::sent_before(
+    ) -> Result<Vec<StuckInSent>, StoreError> {
+        let items = shards::sent_before(
             &self.dynamodb,
             &self.table,
             "SMS#SENT",
@@ -671,13 +672,18 @@ impl SmsStore {
             cutoff,
             max,
         )
-        .await?
-        .into_iter()
-        .map(|item| {
-            let record = decode(item)?;
-            Ok((record.org_id, record.id, record.provider_message_id))
-        })
-        .collect()
+        .await?;
+        items
+            .into_iter()
+            .map(|item| {
+                let record = decode(item)?;
+                Ok(StuckInSent {
+                    org_id: record.org_id,
+                    id: record.id,
+                    provider_message_id: record.provider_message_id,
+                })
+            })
+            .collect()
     }
 
     /// # Errors
