@@ -770,7 +770,7 @@ impl EmailStore {
         cutoff: DateTime<Utc>,
         max: usize,
     ) -> Result<Vec<StuckInSent>, StoreError> {
-        let items = shards::sent_before(
+        shards::stuck_in_sent(
             &self.dynamodb,
             &self.table,
             "EMAIL#SENT",
@@ -778,18 +778,7 @@ impl EmailStore {
             cutoff,
             max,
         )
-        .await?;
-        items
-            .into_iter()
-            .map(|item| {
-                let record = decode(item)?;
-                Ok(StuckInSent {
-                    org_id: record.org_id,
-                    id: record.id,
-                    provider_message_id: record.provider_message_id,
-                })
-            })
-            .collect()
+        .await
     }
 
     /// Which of `addresses` are on the organization's suppression list.

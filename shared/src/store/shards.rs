@@ -96,7 +96,8 @@ pub(crate) async fn queued_in_bulk(
 }
 
 /// A message the status check looks up: in `sent` for longer than the provider should take.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Email and SMS records store these three under the same names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct StuckInSent {
     pub org_id: OrgId,
     pub id: String,
@@ -104,17 +105,17 @@ pub struct StuckInSent {
     pub provider_message_id: Option<String>,
 }
 
-/// Items on the "in `sent`" status-check index (GSI1, keys `<prefix>#<shard>` for each of
-/// `shards`) that have been there since before `cutoff`, oldest first per shard, at most
+/// Messages on the "in `sent`" status-check index (GSI1, keys `<prefix>#<shard>` for each
+/// of `shards`) that have been there since before `cutoff`, oldest first per shard, at most
 /// `max`.
-pub(crate) async fn sent_before(
+pub(crate) async fn stuck_in_sent(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
     prefix: &str,
     shards: u32,
     cutoff: chrono::DateTime<chrono::Utc>,
     max: usize,
-) -> Result<Vec<Item>, StoreError> {
+) -> Result<Vec<StuckInSent>, StoreError> {
     let mut found = Vec::new();
     for shard in 0..shards {
         let mut start = None;
@@ -129,12 +130,16 @@ pub(crate) async fn sent_before(
                     ":cutoff",
                     s(format!("{:013}", cutoff.timestamp_millis())),
                 )
+                .projection_expression("#org, #id, #message")
+                .expression_attribute_names("#org", "org_id")
+                .expression_attribute_names("#id", "id")
+                .expression_attribute_names("#message", "provider_message_id")
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .context("Query the sent index")?;
             for item in output.items.unwrap_or_default() {
-                found.push(item);
+                found.push(serde_dynamo::from_item(item).context("malformed sent-index item")?);
                 if found.len() >= max {
                     return Ok(found);
                 }

@@ -664,7 +664,7 @@ impl SmsStore {
         cutoff: DateTime<Utc>,
         max: usize,
     ) -> Result<Vec<StuckInSent>, StoreError> {
-        let items = shards::sent_before(
+        shards::stuck_in_sent(
             &self.dynamodb,
             &self.table,
             "SMS#SENT",
@@ -672,18 +672,7 @@ impl SmsStore {
             cutoff,
             max,
         )
-        .await?;
-        items
-            .into_iter()
-            .map(|item| {
-                let record = decode(item)?;
-                Ok(StuckInSent {
-                    org_id: record.org_id,
-                    id: record.id,
-                    provider_message_id: record.provider_message_id,
-                })
-            })
-            .collect()
+        .await
     }
 
     /// # Errors
