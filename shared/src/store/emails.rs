@@ -41,7 +41,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::shards::{
     self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
 };
-use super::{Item, PartitionKey, StoreError, batch_get, paged_query, s};
+use super::{Item, PartitionKey, StoreError, batch_get, get_live, paged_query, s};
 use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
 };
@@ -294,21 +294,14 @@ impl EmailStore {
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
     pub async fn get(&self, org: &OrgId, id: RecordId) -> Result<EmailRecord, StoreError> {
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(email_pk(org, &id.to_string())))
-            .key("sk", s(email_sk(&id.to_string())))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem email")?
-            .item
-            .ok_or(StoreError::NotFound)?;
-        if item.contains_key("deleted_at") {
-            return Err(StoreError::NotFound);
-        }
+        let item = get_live(
+            &self.dynamodb,
+            &self.table,
+            email_pk(org, &id.to_string()),
+            email_sk(&id.to_string()),
+            "email",
+        )
+        .await?;
         decode(item)
     }
 

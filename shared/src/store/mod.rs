@@ -46,6 +46,7 @@ pub use shards::{RECORD_SHARDS, StuckInSent};
 pub use sms::{InboundSms, SMS_SENT_SHARDS, SmsListQuery, SmsStore, StatusApplied};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 
+use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
@@ -166,6 +167,36 @@ pub(crate) async fn paged_query(
     // Out of rounds with a partly filled page: resume where the reads stopped.
     let next = start.as_ref().map(|key| cursor_of(key, key_names));
     Ok((items, next))
+}
+
+/// The live (not soft-deleted) item at `pk`/`sk`, read consistently; `what` names it in
+/// errors. A record's keys begin with its organization, so another organization's id is
+/// simply not found.
+///
+/// # Errors
+/// [`StoreError::NotFound`] when missing or deleted.
+pub(crate) async fn get_live(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    pk: String,
+    sk: String,
+    what: &str,
+) -> Result<Item, StoreError> {
+    let item = dynamodb
+        .get_item()
+        .table_name(table)
+        .key("pk", s(pk))
+        .key("sk", s(sk))
+        .consistent_read(true)
+        .send()
+        .await
+        .with_context(|| format!("GetItem {what}"))?
+        .item
+        .ok_or(StoreError::NotFound)?;
+    if item.contains_key("deleted_at") {
+        return Err(StoreError::NotFound);
+    }
+    Ok(item)
 }
 
 /// Reads items by key, 100 per BatchGetItem, retrying unprocessed keys with backoff.

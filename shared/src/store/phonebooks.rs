@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use chrono::{DateTime, Utc};
 
 use super::sms::put_all;
-use super::{Item, PartitionKey, StoreError, paged_query, s};
+use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
 use crate::domain::OrgId;
 use crate::domain::sms_message::PhoneNumber;
 use crate::http::{Cursor, PageRequest};
@@ -83,21 +83,14 @@ impl PhonebookStore {
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
     pub async fn get(&self, org: &OrgId, id: &str) -> Result<Phonebook, StoreError> {
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
-            .key("sk", s(format!("PB#{id}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem phonebook")?
-            .item
-            .ok_or(StoreError::NotFound)?;
-        if item.contains_key("deleted_at") {
-            return Err(StoreError::NotFound);
-        }
+        let item = get_live(
+            &self.dynamodb,
+            &self.table,
+            org_pk(org),
+            format!("PB#{id}"),
+            "phonebook",
+        )
+        .await?;
         Ok(serde_dynamo::from_item(item).context("malformed phonebook")?)
     }
 

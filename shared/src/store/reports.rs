@@ -13,7 +13,7 @@ use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
-use super::{Item, PartitionKey, StoreError, paged_query, s};
+use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
 use crate::reports::{Report, ReportSchedule, ReportStatus};
@@ -99,21 +99,14 @@ impl ReportStore {
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
     pub async fn get(&self, org: &OrgId, id: RecordId) -> Result<Report, StoreError> {
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
-            .key("sk", s(report_sk(&id.to_string())))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem report")?
-            .item
-            .ok_or(StoreError::NotFound)?;
-        if item.contains_key("deleted_at") {
-            return Err(StoreError::NotFound);
-        }
+        let item = get_live(
+            &self.dynamodb,
+            &self.table,
+            org_pk(org),
+            report_sk(&id.to_string()),
+            "report",
+        )
+        .await?;
         decode_report(item)
     }
 
@@ -487,21 +480,14 @@ impl ReportStore {
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
     pub async fn get_schedule(&self, org: &OrgId, id: &str) -> Result<ReportSchedule, StoreError> {
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
-            .key("sk", s(schedule_sk(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem report schedule")?
-            .item
-            .ok_or(StoreError::NotFound)?;
-        if item.contains_key("deleted_at") {
-            return Err(StoreError::NotFound);
-        }
+        let item = get_live(
+            &self.dynamodb,
+            &self.table,
+            org_pk(org),
+            schedule_sk(id),
+            "report schedule",
+        )
+        .await?;
         decode_schedule(item)
     }
 

@@ -31,7 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::shards::{
     self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
 };
-use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, paged_query, s};
+use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, get_live, paged_query, s};
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
 use crate::domain::{OrgId, RecordId};
@@ -206,21 +206,14 @@ impl SmsStore {
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
     pub async fn get(&self, org: &OrgId, id: &str) -> Result<SmsRecord, StoreError> {
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(sms_pk(org, id)))
-            .key("sk", s(sms_sk(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem SMS")?
-            .item
-            .ok_or(StoreError::NotFound)?;
-        if item.contains_key("deleted_at") {
-            return Err(StoreError::NotFound);
-        }
+        let item = get_live(
+            &self.dynamodb,
+            &self.table,
+            sms_pk(org, id),
+            sms_sk(id),
+            "SMS",
+        )
+        .await?;
         decode(item)
     }
 

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Item, PartitionKey, StoreError, paged_query, s};
+use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
 use crate::domain::template::{Template, TemplateContent, TemplateKind};
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
@@ -247,20 +247,14 @@ impl TemplateStore {
         kind: TemplateKind,
         id: RecordId,
     ) -> Result<Template, StoreError> {
-        let output = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org)))
-            .key("sk", s(template_sk(kind, &id.to_string())))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem template")?;
-        let item = output.item.ok_or(StoreError::NotFound)?;
-        if item.contains_key("deleted_at") {
-            return Err(StoreError::NotFound);
-        }
+        let item = get_live(
+            &self.dynamodb,
+            &self.table,
+            org_pk(org),
+            template_sk(kind, &id.to_string()),
+            "template",
+        )
+        .await?;
         decode(item)
     }
 
