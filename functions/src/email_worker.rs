@@ -13,8 +13,8 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
-use shared::aws::AwsClients;
-use shared::config::{Env, OnFirstUse, SecretsClient};
+use shared::aws::{AwsClients, SecretsClient};
+use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
 use shared::events::{Event, EventKind, EventPublisher};

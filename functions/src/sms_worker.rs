@@ -20,8 +20,8 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
-use shared::aws::{AwsClients, SqsClient};
-use shared::config::{Env, OnFirstUse, SecretsClient};
+use shared::aws::{AwsClients, SecretsClient, SqsClient};
+use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::domain::email::FailureKind;
 use shared::domain::sms_message::{SmsRecord, SmsStatus};

@@ -3,13 +3,13 @@
 //! schedule's time: it reads the schedule's target and sends its input to the target
 //! queue (found by ARN among the template's queues).
 
-use shared::aws::{SchedulerClient, SqsClient};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use shared::aws::{SchedulerClient, SqsClient};
 
 use crate::resources::ResourceNames;
 

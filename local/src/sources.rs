@@ -2,7 +2,6 @@
 //! source mapping does (batch size, partial batch failures; redrive is the queue's own
 //! policy in moto), and schedules, which EventBridge would fire and moto does not.
 
-use shared::aws::SqsClient;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use functions::registry::{ScheduledFunction, SqsFunction};
 use serde_json::{Value, json};
+use shared::aws::SqsClient;
 
 /// One SQS event source mapping.
 pub struct QueuePoller {

@@ -17,8 +17,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
-/// The Secrets Manager client, by a name functions can use without depending on the SDK.
-pub use crate::aws::SecretsClient;
+use crate::aws::SecretsClient;
 
 #[derive(Debug, Clone, Default)]
 pub struct Env {

@@ -4,12 +4,12 @@
 //! caps MongoDB connections at the recorder's concurrency and loses nothing while MongoDB is
 //! down.
 
-use crate::aws::SqsClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::Caller;
+use crate::aws::SqsClient;
 use crate::domain::{OrgId, RecordId};
 
 /// Events per queue message: well under SQS's message size at typical event sizes.

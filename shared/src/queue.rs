@@ -3,11 +3,11 @@
 //! Every message is versioned JSON carrying the organization, so a worker never has to
 //! guess whose records it touches.
 
-use crate::aws::SqsClient;
 use anyhow::Context;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use serde::{Deserialize, Serialize};
 
+use crate::aws::SqsClient;
 use crate::domain::OrgId;
 
 pub const MESSAGE_VERSION: u8 = 1;

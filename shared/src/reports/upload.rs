@@ -1,10 +1,11 @@
 //! Streams a file to S3 in parts, so memory holds at most one part (plus the row being
 //! written) however large the file grows.
 
-use crate::aws::S3Client;
 use anyhow::Context;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+
+use crate::aws::S3Client;
 
 /// S3's smallest part (all but the last part must be at least this big).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;

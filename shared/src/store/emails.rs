@@ -30,7 +30,6 @@
 //! Status changes are conditional on the status the writer saw (and every write bumps
 //! `version`), so concurrent workers and webhooks can never move an email backwards.
 
-use crate::aws::DynamoDbClient;
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -42,6 +41,7 @@ use super::shards::{
     self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
 };
 use super::{Item, PartitionKey, StoreError, batch_get, get_live, paged_query, s};
+use crate::aws::DynamoDbClient;
 use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
 };

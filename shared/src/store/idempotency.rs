@@ -3,12 +3,12 @@
 //! Keys belong to the organization (part of the item key), live 24 h, and an in-progress
 //! claim expires after a minute so a crashed request does not block its key for a day.
 
-use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{StoreError, s};
+use crate::aws::DynamoDbClient;
 use crate::domain::OrgId;
 
 pub const KEY_LIFETIME: Duration = Duration::hours(24);

@@ -15,13 +15,13 @@
 //! Writes are conditional on the `version` the writer read, so a webhook and the sync
 //! racing on one record cannot lose either's change.
 
-use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Item, PartitionKey, StoreError, paged_query, s};
+use crate::aws::DynamoDbClient;
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
 use crate::payments::records::{CustomerRecord, InvoiceRecord, PaymentRecord, SubscriptionRecord};

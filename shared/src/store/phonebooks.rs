@@ -5,7 +5,6 @@
 //! | phonebook | `ORG#<org>` / `PB#<ulid>` |
 //! | contact | `ORG#<org>` / `PBC#<phonebook ulid>#<e164>` (one per number: a re-import updates it) |
 
-use crate::aws::DynamoDbClient;
 use std::collections::BTreeMap;
 
 use anyhow::Context;
@@ -14,6 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::sms::put_all;
 use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
+use crate::aws::DynamoDbClient;
 use crate::domain::OrgId;
 use crate::domain::sms_message::PhoneNumber;
 use crate::http::{Cursor, PageRequest};

@@ -8,12 +8,12 @@
 //! A deleted report keeps its item (audit) until the cleanup purges it with the others
 //! past retention; its S3 object goes at once.
 
-use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
 use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
+use crate::aws::DynamoDbClient;
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
 use crate::reports::{Report, ReportSchedule, ReportStatus};

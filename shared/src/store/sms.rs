@@ -20,7 +20,6 @@
 //! the status check and the worker can never move a record backwards; the callback keys
 //! already applied are listed on the record and written in the same update.
 
-use crate::aws::DynamoDbClient;
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -32,6 +31,7 @@ use super::shards::{
     self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
 };
 use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, get_live, paged_query, s};
+use crate::aws::DynamoDbClient;
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
 use crate::domain::{OrgId, RecordId};

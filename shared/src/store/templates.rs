@@ -1,12 +1,12 @@
 //! The template store: templates of every kind in the Herald table.
 
-use crate::aws::DynamoDbClient;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
+use crate::aws::DynamoDbClient;
 use crate::domain::template::{Template, TemplateContent, TemplateKind};
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
