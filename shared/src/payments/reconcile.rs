@@ -383,6 +383,11 @@ impl Reconciler {
         Ok(Self::with_change(org, &record, before))
     }
 
+    /// An invoice, and a paid invoice's payment. The payment is written first: whoever sees
+    /// a paid invoice also sees its payment, and if the invoice write then fails, the
+    /// redelivery finds the payment instead of a paid invoice it would skip as already
+    /// applied. The retries on a lost race stay here so that the payment this delivery
+    /// recorded is still reported when a concurrent delivery wins the invoice write.
     async fn invoice(
         &self,
         org: &OrgId,
@@ -392,61 +397,76 @@ impl Reconciler {
     ) -> Result<Applied, StoreError> {
         let status = text(&object["status"]).unwrap_or_else(|| "draft".to_owned());
         let rank = invoice_rank(&status);
-        let now = Utc::now();
-        let mut record = match self
-            .existing::<InvoiceRecord>(org, stripe_id, object)
-            .await?
-        {
-            Some(record) if !supersedes(record.state_at, record.state_rank, at, rank) => {
-                return Ok(Self::unchanged(org, &record.id));
+        let mut payment_changes: Option<Vec<PaymentChange>> = None;
+        for _ in 0..ATTEMPTS {
+            let now = Utc::now();
+            let mut record = match self
+                .existing::<InvoiceRecord>(org, stripe_id, object)
+                .await?
+            {
+                Some(record) if !supersedes(record.state_at, record.state_rank, at, rank) => {
+                    return Ok(Applied {
+                        payment_changes: payment_changes.unwrap_or_default(),
+                        ..Self::unchanged(org, &record.id)
+                    });
+                }
+                Some(record) => record,
+                None => InvoiceRecord {
+                    id: Self::new_id(object, stripe_id),
+                    org_id: org.clone(),
+                    stripe_id: stripe_id.to_owned(),
+                    stripe_customer: None,
+                    customer_id: None,
+                    subscription: None,
+                    status: status.clone(),
+                    amount_due: 0,
+                    amount_paid: 0,
+                    currency: String::new(),
+                    number: None,
+                    invoice_pdf: None,
+                    hosted_invoice_url: None,
+                    payment_intent: None,
+                    created_at: time_of(&object["created"]),
+                    updated_at: now,
+                    state_at: 0,
+                    state_rank: 0,
+                    version: 0,
+                },
+            };
+            if record.customer_id.is_none() {
+                record.customer_id = self.herald_customer(org, object).await?;
             }
-            Some(record) => record,
-            None => InvoiceRecord {
-                id: Self::new_id(object, stripe_id),
-                org_id: org.clone(),
-                stripe_id: stripe_id.to_owned(),
-                stripe_customer: None,
-                customer_id: None,
-                subscription: None,
-                status: status.clone(),
-                amount_due: 0,
-                amount_paid: 0,
-                currency: String::new(),
-                number: None,
-                invoice_pdf: None,
-                hosted_invoice_url: None,
-                payment_intent: None,
-                created_at: time_of(&object["created"]),
-                updated_at: now,
-                state_at: 0,
-                state_rank: 0,
-                version: 0,
-            },
-        };
-        if record.customer_id.is_none() {
-            record.customer_id = self.herald_customer(org, object).await?;
+            record.stripe_customer = id_of(&object["customer"]);
+            record.subscription = id_of(&object["subscription"]);
+            record.status = status.clone();
+            record.amount_due = object["amount_due"].as_i64().unwrap_or(0);
+            record.amount_paid = object["amount_paid"].as_i64().unwrap_or(0);
+            record.currency = text(&object["currency"]).unwrap_or_default();
+            record.number = text(&object["number"]);
+            record.invoice_pdf = text(&object["invoice_pdf"]);
+            record.hosted_invoice_url = text(&object["hosted_invoice_url"]);
+            record.payment_intent = id_of(&object["payment_intent"]);
+            record.state_at = at;
+            record.state_rank = rank;
+            record.updated_at = now;
+            if payment_changes.is_none()
+                && status == "paid"
+                && let Some(intent) = &record.payment_intent
+            {
+                payment_changes = Some(self.invoice_payment(&record, intent, object, at).await?);
+            }
+            match self.store.save(&mut record).await {
+                Ok(()) => {
+                    return Ok(Applied {
+                        payment_changes: payment_changes.unwrap_or_default(),
+                        ..Self::changed(org, &record.id)
+                    });
+                }
+                Err(StoreError::Conflict(_)) => {}
+                Err(other) => return Err(other),
+            }
         }
-        record.stripe_customer = id_of(&object["customer"]);
-        record.subscription = id_of(&object["subscription"]);
-        record.status = status.clone();
-        record.amount_due = object["amount_due"].as_i64().unwrap_or(0);
-        record.amount_paid = object["amount_paid"].as_i64().unwrap_or(0);
-        record.currency = text(&object["currency"]).unwrap_or_default();
-        record.number = text(&object["number"]);
-        record.invoice_pdf = text(&object["invoice_pdf"]);
-        record.hosted_invoice_url = text(&object["hosted_invoice_url"]);
-        record.payment_intent = id_of(&object["payment_intent"]);
-        record.state_at = at;
-        record.state_rank = rank;
-        record.updated_at = now;
-        self.store.save(&mut record).await?;
-        let mut applied = Self::changed(org, &record.id);
-        if status == "paid"
-            && let Some(intent) = record.payment_intent.clone()
-        {
-            applied.payment_changes = self.invoice_payment(&record, &intent, object, at).await?;
-        }
-        Ok(applied)
+        Err(StoreError::Conflict("the invoice kept changing".to_owned()))
     }
 
     /// A paid invoice's payment: linked to the payment Herald has for its PaymentIntent, or

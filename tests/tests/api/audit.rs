@@ -248,7 +248,7 @@ async fn events_delivered_twice_are_recorded_once_and_retention_is_indexed() {
 
 #[tokio::test]
 async fn with_mongodb_down_events_wait_and_all_arrive_after_it_returns() {
-    let mut mongo = PrivateMongo::start();
+    let mut mongo = PrivateMongo::start().await;
     let uri = mongo.uri();
     let app = spawn_bundle_with(|options| {
         options.poll_queues = false;
@@ -290,7 +290,7 @@ async fn with_mongodb_down_events_wait_and_all_arrive_after_it_returns() {
     );
     assert_eq!(app.queue_depth("EventsDLQ").await, 0);
 
-    mongo.restart();
+    mongo.restart().await;
     eventually(60, "the queue drained", || async {
         let _ = recorder.poll_once().await;
         (app.queue_depth("EventsQueue").await == 0).then_some(())

@@ -263,7 +263,7 @@ async fn every_email_ends_in_one_final_state_or_the_dlq_under_provider_faults_an
 
 #[tokio::test]
 async fn events_published_while_mongodb_is_down_are_recorded_once_it_is_back() {
-    let mut mongo = PrivateMongo::start();
+    let mut mongo = PrivateMongo::start().await;
     let uri = mongo.uri();
     let app = spawn_bundle_with(|options| {
         options.env.insert("MONGODB_URI".to_owned(), uri.clone());
@@ -305,7 +305,7 @@ async fn events_published_while_mongodb_is_down_are_recorded_once_it_is_back() {
         "the audit API answers a problem, not a hang: {}",
         during.status
     );
-    mongo.restart();
+    mongo.restart().await;
     for n in 80..100 {
         created.push(create(n).await);
     }

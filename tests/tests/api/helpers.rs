@@ -309,7 +309,7 @@ pub struct PrivateMongo {
 }
 
 impl PrivateMongo {
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -320,7 +320,7 @@ impl PrivateMongo {
             storage: std::env::temp_dir().join(format!("herald-mongo-{port}")),
             child: None,
         };
-        server.restart();
+        server.restart().await;
         server
     }
 
@@ -328,8 +328,10 @@ impl PrivateMongo {
         format!("mongodb://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the server again on the same port and storage.
-    pub fn restart(&mut self) {
+    /// Starts the server again on the same port and storage, and returns once it answers a
+    /// MongoDB `ping`: an open port alone is not a ready server, and under load a batch sent
+    /// between the two fails and spends one of its receives.
+    pub async fn restart(&mut self) {
         let child = std::process::Command::new(workspace_root().join(".venv/bin/secantusd-py"))
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--storage-path")
@@ -339,13 +341,24 @@ impl PrivateMongo {
             .spawn()
             .expect("secantusd-py starts (scripts/setup.sh installs it)");
         self.child = Some(child);
-        for _ in 0..150 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+        let mut options = mongodb::options::ClientOptions::parse(self.uri())
+            .await
+            .unwrap();
+        options.server_selection_timeout = Some(std::time::Duration::from_millis(500));
+        let client = mongodb::Client::with_options(options).unwrap();
+        let ping = mongodb::bson::doc! {"ping": 1};
+        for _ in 0..60 {
+            if client
+                .database("admin")
+                .run_command(ping.clone())
+                .await
+                .is_ok()
+            {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        panic!("the private MongoDB server did not start");
+        panic!("the private MongoDB server did not answer a ping within 30 s");
     }
 
     /// Stops the server as an operator or a failover would (SIGTERM, then waits). Not

@@ -145,7 +145,12 @@ async fn a_customer_subscribes_pays_is_refunded_and_downloads_receipt_and_invoic
     let subscription_id = subscription.body["id"].as_str().unwrap().to_owned();
 
     // A charge: recorded, created at Stripe with the org and record in its metadata, and
-    // succeeded through the signed payment_intent.succeeded webhook.
+    // succeeded through the signed payment_intent.succeeded webhook. Stripe's events are
+    // held until the charge has answered: under load the webhook could otherwise land
+    // before the API's reply is read back, and this must show the reply alone says
+    // `processing`.
+    app.sandbox_post("_events/hold", json!({"hold": true}))
+        .await;
     let payment = charge(
         &app,
         &token,
@@ -154,7 +159,25 @@ async fn a_customer_subscribes_pays_is_refunded_and_downloads_receipt_and_invoic
     .await;
     let id = payment["id"].as_str().unwrap().to_owned();
     assert_eq!(payment["currency"], "usd");
-    assert_ne!(payment["status"], "succeeded", "success arrives by webhook");
+    assert_eq!(
+        payment["status"], "processing",
+        "success arrives by webhook"
+    );
+    eventually(30, "payment_intent.succeeded is held", || async {
+        app.stripe()
+            .events()
+            .iter()
+            .any(|e| e["type"] == "payment_intent.succeeded")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.get(&format!("/services/payments/{id}"), &token)
+            .await
+            .body["status"],
+        "processing"
+    );
+    app.sandbox_post("_events/release", json!({})).await;
     let succeeded = app.payment_reaches(&token, &id, "succeeded").await;
     let intent = app
         .stripe_api(
