@@ -270,6 +270,11 @@ async fn with_mongodb_down_events_wait_and_all_arrive_after_it_returns() {
     )
     .await;
     while recorder.poll_once().await.unwrap() > 0 {}
+    assert_eq!(
+        app.queue_depth("EventsDLQ").await,
+        0,
+        "the event from before the outage was recorded, not dead-lettered"
+    );
 
     mongo.stop();
     for n in 0..5 {
