@@ -259,10 +259,7 @@ async fn rate_limits_are_retried_and_bad_requests_fail_at_once() {
     let email = app.email_reaches(&token, &rejected, "failed", 60).await;
     assert_eq!(email["attempts"], 1, "a permanent failure is not retried");
     assert!(email["failure_reason"].as_str().unwrap().contains("400"));
-    eventually(30, "the send queue emptied", || async {
-        (app.queue_depth("EmailSendQueue").await == 0).then_some(())
-    })
-    .await;
+    app.queue_empties("EmailSendQueue", 30).await;
     assert_eq!(
         app.queue_depth("EmailSendDLQ").await,
         0,

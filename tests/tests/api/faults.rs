@@ -312,10 +312,7 @@ async fn events_published_while_mongodb_is_down_are_recorded_once_it_is_back() {
 
     // Every template's creation is recorded exactly once (event ids are the documents'
     // `_id`; redelivered batches cannot duplicate them), or its event sits in the DLQ.
-    eventually(240, "the events queue drained", || async {
-        (app.queue_depth("EventsQueue").await == 0).then_some(())
-    })
-    .await;
+    app.queue_empties("EventsQueue", 240).await;
     let in_dlq = templates_in_events_dlq(&app).await;
     let recorded = eventually(60, "every event recorded or in the DLQ", || async {
         let listed = app

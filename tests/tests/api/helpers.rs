@@ -239,6 +239,14 @@ impl TestBundle {
             .unwrap_or(0)
     }
 
+    /// Waits until the queue holds no message, visible or in flight.
+    pub async fn queue_empties(&self, logical_id: &str, seconds: u64) {
+        eventually(seconds, &format!("{logical_id} to empty"), || async {
+            (self.queue_depth(logical_id).await == 0).then_some(())
+        })
+        .await;
+    }
+
     /// The bundle bucket's object at `key`, or `None` when there is none.
     pub async fn bucket_object(
         &self,
@@ -347,18 +355,19 @@ impl PrivateMongo {
         options.server_selection_timeout = Some(std::time::Duration::from_millis(500));
         let client = mongodb::Client::with_options(options).unwrap();
         let ping = mongodb::bson::doc! {"ping": 1};
-        for _ in 0..60 {
-            if client
-                .database("admin")
-                .run_command(ping.clone())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("the private MongoDB server did not answer a ping within 30 s");
+        eventually(
+            30,
+            "the private MongoDB server to answer a ping",
+            || async {
+                client
+                    .database("admin")
+                    .run_command(ping.clone())
+                    .await
+                    .ok()
+                    .map(drop)
+            },
+        )
+        .await;
     }
 
     /// Stops the server as an operator or a failover would (SIGTERM, then waits). Not

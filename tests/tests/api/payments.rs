@@ -70,6 +70,23 @@ impl TestBundle {
         self.webhook(&body, Some(&signature)).await
     }
 
+    /// The events of `kind` the sandbox has sent, or queued while events are held.
+    fn stripe_events_of(&self, kind: &str) -> Vec<Value> {
+        self.stripe()
+            .events()
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
+    }
+
+    /// Waits until the sandbox has sent (or, while held, queued) an event of `kind`.
+    async fn stripe_emitted(&self, kind: &str) {
+        eventually(30, kind, || async {
+            (!self.stripe_events_of(kind).is_empty()).then_some(())
+        })
+        .await;
+    }
+
     async fn payment_reaches(&self, token: &str, id: &str, status: &str) -> Value {
         let path = format!("/services/payments/{id}");
         eventually(30, &format!("payment {id} {status}"), || async {
@@ -163,14 +180,7 @@ async fn a_customer_subscribes_pays_is_refunded_and_downloads_receipt_and_invoic
         payment["status"], "processing",
         "success arrives by webhook"
     );
-    eventually(30, "payment_intent.succeeded is held", || async {
-        app.stripe()
-            .events()
-            .iter()
-            .any(|e| e["type"] == "payment_intent.succeeded")
-            .then_some(())
-    })
-    .await;
+    app.stripe_emitted("payment_intent.succeeded").await;
     assert_eq!(
         app.get(&format!("/services/payments/{id}"), &token)
             .await
@@ -193,11 +203,9 @@ async fn a_customer_subscribes_pays_is_refunded_and_downloads_receipt_and_invoic
     assert_eq!(intent["metadata"]["herald_id"], id.as_str());
     assert_eq!(intent["amount"], 1999);
     assert!(
-        app.stripe()
-            .events()
+        app.stripe_events_of("payment_intent.succeeded")
             .iter()
-            .any(|e| e["type"] == "payment_intent.succeeded"
-                && e["data"]["object"]["id"] == intent["id"])
+            .any(|e| e["data"]["object"]["id"] == intent["id"])
     );
 
     // Partial, then full refund; nothing left to refund afterwards. Their charge.refunded
@@ -241,13 +249,7 @@ async fn a_customer_subscribes_pays_is_refunded_and_downloads_receipt_and_invoic
     .problem(409);
     // The late charge.refunded webhooks (the release answers once Herald has accepted
     // them) leave it refunded: the partial refund's event does not move it back.
-    let refunded_events = app
-        .stripe()
-        .events()
-        .iter()
-        .filter(|e| e["type"] == "charge.refunded")
-        .count();
-    assert_eq!(refunded_events, 2);
+    assert_eq!(app.stripe_events_of("charge.refunded").len(), 2);
     let released = app.sandbox_post("_events/release", json!({})).await;
     assert_eq!(released["posted"], 2, "{released}");
     assert_eq!(
@@ -347,14 +349,7 @@ async fn declined_cards_fail_with_the_decline_reason() {
     );
     let id = payment["id"].as_str().unwrap();
     // The payment_failed webhook agrees; nothing is charged, so no receipt.
-    eventually(30, "payment_intent.payment_failed", || async {
-        app.stripe()
-            .events()
-            .iter()
-            .any(|e| e["type"] == "payment_intent.payment_failed")
-            .then_some(())
-    })
-    .await;
+    app.stripe_emitted("payment_intent.payment_failed").await;
     assert_eq!(
         app.get(&format!("/services/payments/{id}"), &token)
             .await
@@ -663,10 +658,9 @@ async fn duplicate_and_out_of_order_events_never_move_state_backwards() {
     let id = payment["id"].as_str().unwrap().to_owned();
     let succeeded = app.payment_reaches(&token, &id, "succeeded").await;
     let event = app
-        .stripe()
-        .events()
+        .stripe_events_of("payment_intent.succeeded")
         .into_iter()
-        .find(|e| e["type"] == "payment_intent.succeeded")
+        .next()
         .unwrap();
     let (status, reply) = app.post_event(&event).await;
     assert_eq!(

@@ -401,10 +401,7 @@ async fn a_duplicate_delivery_sends_once() {
             .await
             .unwrap();
     }
-    eventually(30, "the duplicates consumed", || async {
-        (app.queue_depth("SmsSendQueue").await == 0).then_some(())
-    })
-    .await;
+    app.queue_empties("SmsSendQueue", 30).await;
     assert_eq!(twilio(&app).calls(), 1);
     let sms = app.get(&format!("/services/sms/{id}"), &token).await.body;
     assert_eq!(sms["attempts"], 1);
