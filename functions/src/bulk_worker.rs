@@ -1,13 +1,17 @@
 //! The bulk fan-out worker (SPEC §7): turns one `email.bulk` job into `email.send` jobs of
 //! up to 1,000 emails each, so the API answers a 10,000-recipient send with one message.
 //! A duplicate job enqueues the same ids again; the send worker's claims make that harmless.
+//!
+//! The records are found by a consistent read of the table over the bulk's id range (the
+//! job carries it, [`BulkSpan`]), never through an index: the job runs a moment after the
+//! API wrote the records, and DynamoDB's indexes may not have them yet (issue 15).
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::Env;
-use shared::queue::{Envelope, Job, QueuePublisher};
+use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 use shared::store::{EmailStore, SmsStore};
 
 use crate::email_api::SEND_CHUNK;
@@ -60,12 +64,17 @@ impl BulkWorker {
 
     async fn process(&self, message: &SqsMessage) -> anyhow::Result<()> {
         let envelope = Envelope::parse(message.body.as_deref().unwrap_or_default())?;
-        let bulk_id = match &envelope.job {
-            Job::EmailBulk { bulk_id } => bulk_id,
-            Job::SmsBulk { bulk_id } => return self.fan_out_sms(&envelope, bulk_id).await,
+        let (bulk_id, span) = match &envelope.job {
+            Job::EmailBulk { bulk_id, span } => (bulk_id, span),
+            Job::SmsBulk { bulk_id, span } => {
+                return self.fan_out_sms(&envelope, bulk_id, span).await;
+            }
             _ => anyhow::bail!("not a bulk job"),
         };
-        let ids = self.emails.queued_in_bulk(&envelope.org, bulk_id).await?;
+        let ids = self
+            .emails
+            .queued_in_bulk(&envelope.org, bulk_id, span)
+            .await?;
         let jobs: Vec<Envelope> = ids
             .chunks(SEND_CHUNK)
             .map(|chunk| {
@@ -89,11 +98,19 @@ impl BulkWorker {
     }
 
     /// `sms.bulk`: the bulk's `queued` SMS records into `sms.send` jobs.
-    async fn fan_out_sms(&self, envelope: &Envelope, bulk_id: &str) -> anyhow::Result<()> {
+    async fn fan_out_sms(
+        &self,
+        envelope: &Envelope,
+        bulk_id: &str,
+        span: &BulkSpan,
+    ) -> anyhow::Result<()> {
         let Some(queue) = &self.sms_send_queue else {
             anyhow::bail!("SMS_SEND_QUEUE_URL is not set");
         };
-        let ids = self.sms.queued_in_bulk(&envelope.org, bulk_id).await?;
+        let ids = self
+            .sms
+            .queued_in_bulk(&envelope.org, bulk_id, span)
+            .await?;
         let jobs: Vec<Envelope> = ids
             .chunks(SMS_SEND_CHUNK)
             .map(|chunk| {

@@ -17,11 +17,18 @@ use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::{decode_segment, run_once};
 use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
-use shared::queue::{Envelope, Job, QueuePublisher};
+use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
+
 use shared::render::{self, Escape, RenderError};
 use shared::store::{EmailListQuery, EmailStore, IdempotencyStore, TemplateStore};
 
 use crate::registry::{BoxFuture, HttpFunction};
+
+/// The most an email's rendered html and text may hold together. Both go in one body item,
+/// and "the maximum item size in DynamoDB is 400 KB, which includes both attribute name
+/// binary length (UTF-8 length) and attribute value lengths" (DynamoDB Developer Guide,
+/// "Quotas", "Item size"): 400 KB = 409,600 bytes, less room for the keys and names.
+pub const MAX_EMAIL_BODY_BYTES: usize = 400_000;
 
 pub const ROUTES: &[Route] = &[
     Route {
@@ -392,6 +399,20 @@ impl EmailApi {
                     continue;
                 }
             };
+            let body_bytes = rendered.1.as_ref().map_or(0, String::len)
+                + rendered.2.as_ref().map_or(0, String::len);
+            if body_bytes > MAX_EMAIL_BODY_BYTES {
+                let field = if field == "to" {
+                    "html".to_owned()
+                } else {
+                    format!("{field}.html")
+                };
+                errors.add(
+                    field,
+                    format!("html and text together must be at most {MAX_EMAIL_BODY_BYTES} bytes (rendered: {body_bytes})"),
+                );
+                continue;
+            }
             let Some(from) = &from else { continue };
             records.push(EmailRecord {
                 id: RecordId::new().to_string(),
@@ -431,10 +452,17 @@ impl EmailApi {
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         match &bulk_id {
             Some(bulk_id) => {
+                let Some(span) = BulkSpan::of(&ids) else {
+                    return Err(ApiError::field(
+                        "recipients",
+                        "must name at least one recipient",
+                    ));
+                };
                 let job = Envelope::new(
                     caller.org.clone(),
                     Job::EmailBulk {
                         bulk_id: bulk_id.clone(),
+                        span,
                     },
                 );
                 self.queue

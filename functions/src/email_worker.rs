@@ -57,6 +57,29 @@ pub struct PlannedMail {
     pub ids: Vec<String>,
 }
 
+impl PlannedMail {
+    /// The call split in two, each half with its emails' personalizations.
+    fn halves(mut self) -> (Self, Self) {
+        let middle = self.ids.len() / 2;
+        let mut second = self.mail.clone();
+        second.personalizations = self.mail.personalizations.split_off(middle);
+        let second_ids = self.ids.split_off(middle);
+        (
+            self,
+            Self {
+                mail: second,
+                ids: second_ids,
+            },
+        )
+    }
+}
+
+/// Statuses with which SendGrid refuses a request for what it contains (400 a rule of
+/// Mail Send, 413 its size), as opposed to who sent it (401, 403).
+fn refuses_the_request(status: u16) -> bool {
+    matches!(status, 400 | 413)
+}
+
 /// Why one queue message must be retried.
 #[derive(Debug)]
 struct Retry(String);
@@ -192,8 +215,29 @@ impl EmailWorker {
             }
         };
         let mut retry = None;
-        for planned in plan_mails(&to_send) {
-            let outcome = match sendgrid.send(&planned.mail).await {
+        let mut calls = plan_mails(&to_send);
+        calls.reverse(); // sent in plan order, popped from the end
+        while let Some(planned) = calls.pop() {
+            let result = sendgrid.send(&planned.mail).await;
+            // A refused call of several emails may be refused for one of them: send it again
+            // in halves, so one bad email fails alone and its call-mates go out (a bad email
+            // costs at most ten more calls, log2 of 1,000).
+            if let Err(SendError::Permanent { status, message }) = &result
+                && planned.ids.len() > 1
+                && refuses_the_request(*status)
+            {
+                tracing::warn!(
+                    status,
+                    message,
+                    emails = planned.ids.len(),
+                    "SendGrid refused a call: splitting it"
+                );
+                let (first, second) = planned.halves();
+                calls.push(second);
+                calls.push(first);
+                continue;
+            }
+            let outcome = match result {
                 Ok(accepted) => SendOutcome::Sent {
                     message_id: accepted.message_id,
                 },
@@ -303,11 +347,20 @@ pub async fn sendgrid_client(
     Ok(Some(SendGridClient::new(&base, key, timeout)?))
 }
 
-/// Groups emails into SendGrid calls. Emails with the same sender share a call (up to 1,000
-/// personalizations). When their rendered content differs, each personalization carries its
-/// own subject and its bodies as substitutions of one token each, so every recipient gets
-/// exactly the content Herald rendered for them; an email whose bodies exceed SendGrid's
-/// substitution limit goes in a call of its own.
+/// Groups emails into SendGrid calls. Emails with the same sender share a call. When their
+/// rendered content differs, each personalization carries its own subject and its bodies as
+/// substitutions of one token each, so every recipient gets exactly the content Herald
+/// rendered for them; an email whose bodies exceed SendGrid's substitution limit goes in a
+/// call of its own.
+///
+/// Every call keeps within the Mail Send rules (Twilio SendGrid, "Mail Send errors",
+/// `twilio.com/docs/sendgrid/api-reference/mail-send/errors`; the sandbox enforces the same):
+/// at most [`MAX_PERSONALIZATIONS`] personalizations and [`MAX_RECIPIENTS`] recipients
+/// counting `to`, `cc` and `bcc` over all of them, and "each unique email address in the
+/// personalizations array should only be included once". So an email's cc or bcc equal to
+/// its `to` (or to each other) is dropped from its personalization (the person receives
+/// the email once), and emails that share an address — a bulk's common cc, or the same
+/// recipient listed twice — go in different calls.
 pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
     type GroupKey = (String, Option<String>, Option<String>, bool, bool);
     let mut groups: BTreeMap<GroupKey, Vec<&EmailRecord>> = BTreeMap::new();
@@ -329,28 +382,112 @@ pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
         groups.entry(key).or_default().push(record);
     }
     for group in groups.values() {
-        for chunk in group.chunks(MAX_PERSONALIZATIONS) {
-            let first = chunk[0];
-            let identical = chunk.iter().all(|r| {
+        for call in pack_calls(group) {
+            let first = call[0];
+            let identical = call.iter().all(|r| {
                 r.subject == first.subject && r.html == first.html && r.text == first.text
             });
             planned.push(if identical {
-                literal_mail(chunk)
+                literal_mail(&call)
             } else {
-                substituted_mail(chunk)
+                substituted_mail(&call)
             });
         }
     }
     planned
 }
 
+/// SendGrid's limit on recipients (`to` + `cc` + `bcc`, over every personalization) in one
+/// Mail Send request.
+pub const MAX_RECIPIENTS: usize = 1000;
+
+/// Packs emails into calls, first fit: a call takes an email while it has room for one more
+/// personalization and the email's recipients, and holds none of its addresses yet. An
+/// email goes after the last call holding one of its addresses, so emails without shared
+/// addresses fill calls in order (1,000 to a call) and the search stays short.
+fn pack_calls<'a>(records: &[&'a EmailRecord]) -> Vec<Vec<&'a EmailRecord>> {
+    struct Call<'a> {
+        emails: Vec<&'a EmailRecord>,
+        recipients: usize,
+    }
+    let mut calls: Vec<Call<'a>> = Vec::new();
+    let mut last_call_of: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
+    let mut first_open = 0;
+    for record in records {
+        let addresses = recipient_keys(record);
+        let after_shared = addresses
+            .iter()
+            .filter_map(|address| last_call_of.get(address).map(|index| index + 1))
+            .max()
+            .unwrap_or(0);
+        let fits = |call: &Call<'_>| {
+            call.emails.len() < MAX_PERSONALIZATIONS
+                && call.recipients + addresses.len() <= MAX_RECIPIENTS
+        };
+        let start = first_open.max(after_shared);
+        let index = (start..calls.len())
+            .find(|index| fits(&calls[*index]))
+            .unwrap_or_else(|| {
+                calls.push(Call {
+                    emails: Vec::new(),
+                    recipients: 0,
+                });
+                calls.len() - 1
+            });
+        calls[index].emails.push(record);
+        calls[index].recipients += addresses.len();
+        for address in addresses {
+            last_call_of.insert(address, index);
+        }
+        while first_open < calls.len() && !fits_any(&calls[first_open]) {
+            first_open += 1;
+        }
+    }
+    fn fits_any(call: &Call<'_>) -> bool {
+        call.emails.len() < MAX_PERSONALIZATIONS && call.recipients < MAX_RECIPIENTS
+    }
+    calls.into_iter().map(|call| call.emails).collect()
+}
+
+/// An email's distinct recipient addresses, compared as SendGrid does (case-insensitively),
+/// `to` first.
+fn recipient_keys(record: &EmailRecord) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for address in std::iter::once(&record.to)
+        .chain(&record.cc)
+        .chain(&record.bcc)
+    {
+        let key = address.as_str().to_lowercase();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
 fn personalization(record: &EmailRecord) -> Personalization {
+    let mut seen = vec![record.to.as_str().to_lowercase()];
+    let mut unseen = |address: &&shared::domain::email::EmailAddress| {
+        let key = address.as_str().to_lowercase();
+        let new = !seen.contains(&key);
+        if new {
+            seen.push(key);
+        }
+        new
+    };
     Personalization {
         to: vec![Address::new(record.to.as_str())],
-        cc: record.cc.iter().map(|a| Address::new(a.as_str())).collect(),
+        cc: record
+            .cc
+            .iter()
+            .filter(&mut unseen)
+            .map(|a| Address::new(a.as_str()))
+            .collect(),
         bcc: record
             .bcc
             .iter()
+            .filter(&mut unseen)
             .map(|a| Address::new(a.as_str()))
             .collect(),
         custom_args: BTreeMap::from([
@@ -424,7 +561,14 @@ fn substituted_mail(records: &[&EmailRecord]) -> PlannedMail {
         })
         .collect();
     PlannedMail {
-        mail: envelope(first, personalizations, None, content),
+        // Each personalization's subject wins; the top-level one is for validators that
+        // require it whatever the personalizations say (issue 15).
+        mail: envelope(
+            first,
+            personalizations,
+            Some(first.subject.clone()),
+            content,
+        ),
         ids: records.iter().map(|r| r.id.clone()).collect(),
     }
 }
@@ -505,5 +649,86 @@ mod tests {
         assert_eq!(planned.len(), 2);
         assert!(planned.iter().any(|p| p.ids == vec!["id9".to_owned()]
             && p.mail.personalizations[0].substitutions.is_empty()));
+    }
+
+    /// Every planned call within SendGrid's recipient rules: at most 1,000 recipients
+    /// (to + cc + bcc) and no address twice in the request.
+    fn assert_within_mail_send_rules(planned: &[PlannedMail]) {
+        for call in planned {
+            let addresses: Vec<String> = call
+                .mail
+                .personalizations
+                .iter()
+                .flat_map(|p| p.to.iter().chain(&p.cc).chain(&p.bcc))
+                .map(|a| a.email.to_lowercase())
+                .collect();
+            assert!(
+                addresses.len() <= MAX_RECIPIENTS,
+                "{} recipients",
+                addresses.len()
+            );
+            let unique: std::collections::HashSet<_> = addresses.iter().collect();
+            assert_eq!(
+                unique.len(),
+                addresses.len(),
+                "an address twice in one call"
+            );
+            assert_eq!(call.mail.personalizations.len(), call.ids.len());
+        }
+    }
+
+    #[test]
+    fn a_common_cc_never_appears_twice_in_a_call_and_a_recipient_equal_to_it_gets_no_cc() {
+        let cc = EmailAddress::parse("Boss@acme.test").unwrap();
+        let mut records: Vec<_> = (0..1200)
+            .map(|n| {
+                let mut r = record(n, &format!("<p>Hi {n}</p>"));
+                r.cc = vec![cc.clone()];
+                r
+            })
+            .collect();
+        records[5].to = EmailAddress::parse("boss@acme.test").unwrap();
+        let planned = plan_mails(&records);
+        assert_within_mail_send_rules(&planned);
+        assert_eq!(planned.iter().map(|p| p.ids.len()).sum::<usize>(), 1200);
+        let own = planned
+            .iter()
+            .find(|p| p.ids.contains(&"id5".to_owned()))
+            .unwrap();
+        assert!(own.mail.personalizations[0].cc.is_empty());
+    }
+
+    #[test]
+    fn recipients_count_cc_and_bcc_and_a_repeated_recipient_goes_in_another_call() {
+        let mut records: Vec<_> = (0..900)
+            .map(|n| {
+                let mut r = record(n, "<p>Same</p>");
+                r.bcc = vec![EmailAddress::parse(&format!("archive{n}@acme.test")).unwrap()];
+                r
+            })
+            .collect();
+        records.push(record(0, "<p>Same</p>")); // user0 again
+        let planned = plan_mails(&records);
+        assert_within_mail_send_rules(&planned);
+        assert!(planned.len() >= 2, "1,801 recipients cannot go in one call");
+        assert_eq!(planned.iter().map(|p| p.ids.len()).sum::<usize>(), 901);
+    }
+
+    #[test]
+    fn a_refused_call_splits_into_halves_that_keep_their_emails() {
+        let records: Vec<_> = (0..5).map(|n| record(n, &format!("<p>{n}</p>"))).collect();
+        let planned = plan_mails(&records).remove(0);
+        let (first, second) = planned.halves();
+        assert_eq!(first.ids, ["id0", "id1"]);
+        assert_eq!(second.ids, ["id2", "id3", "id4"]);
+        assert_eq!(
+            second.mail.personalizations[0].custom_args["email_id"],
+            "id2"
+        );
+        assert_eq!(
+            first.mail.subject.as_deref(),
+            Some("Hello"),
+            "a top-level subject"
+        );
     }
 }

@@ -18,7 +18,7 @@ use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::idempotency::run_once;
 use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
-use shared::queue::{Envelope, Job, QueuePublisher};
+use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 use shared::render::{self, Escape, RenderError};
 use shared::store::{
     Contact, IdempotencyStore, Phonebook, PhonebookStore, SmsListQuery, SmsStore, StoreError,
@@ -621,15 +621,16 @@ impl SmsApi {
         self.sms.create_all(&records).await?;
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         let segments: usize = records.iter().map(|r| r.segments).sum();
-        let (queue, job, resource) = match &bulk_id {
-            Some(bulk_id) => (
+        let (queue, job, resource) = match (&bulk_id, BulkSpan::of(&ids)) {
+            (Some(bulk_id), Some(span)) => (
                 &self.bulk_queue,
                 Job::SmsBulk {
                     bulk_id: bulk_id.clone(),
+                    span,
                 },
                 format!("sms-bulk/{bulk_id}"),
             ),
-            None => (
+            _ => (
                 &self.send_queue,
                 Job::SmsSend { ids: ids.clone() },
                 format!("sms/{}", ids[0]),

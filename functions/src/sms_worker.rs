@@ -163,7 +163,7 @@ impl SmsWorker {
         let twilio = self.twilio().await;
         let deadline = tokio::time::Instant::now() + self.rate_wait;
         let mut retry = None;
-        let mut held_elsewhere = 0usize;
+        let mut held_elsewhere = Vec::new();
         for (index, record) in records.iter().enumerate() {
             if !matches!(record.status, SmsStatus::Queued | SmsStatus::Sending) {
                 continue; // already sent or final: a duplicate delivery
@@ -193,11 +193,23 @@ impl SmsWorker {
                 }
             };
             if !self.wait_for_slot(&org, deadline).await? {
-                let rest: Vec<String> = records[index..].iter().map(|r| r.id.clone()).collect();
+                // Records this delivery already set back to `queued` are behind `index`:
+                // handing back only the rest would leave them `queued` for good. Retry the
+                // whole job instead (with backoff, counting towards the DLQ); the records
+                // it already sent are skipped as duplicates.
+                if let Some(reason) = retry {
+                    self.retry.delay(message).await;
+                    return Err(Retry(reason));
+                }
+                // Those another delivery holds go back too, in case that delivery died.
+                let rest = held_elsewhere
+                    .into_iter()
+                    .chain(records[index..].iter().map(|r| r.id.clone()))
+                    .collect();
                 return self.hand_back(&org, rest).await;
             }
             let Some(claimed) = self.claim(&org, record).await? else {
-                held_elsewhere += 1; // another delivery has a live claim on it
+                held_elsewhere.push(record.id.clone()); // another delivery has a live claim
                 continue;
             };
             if let Some(reason) = self.send_one(&org, twilio, &claimed, last_attempt).await? {
@@ -211,11 +223,12 @@ impl SmsWorker {
             }
             // Had the delivery holding those claims died, only this message would be left to
             // bring its messages back: it returns once the claims have run out.
-            None if held_elsewhere > 0 => {
+            None if !held_elsewhere.is_empty() => {
                 let lease = u64::try_from(CLAIM_LEASE.num_seconds()).unwrap_or(60);
                 self.retry.delay_by(message, lease + 1).await;
                 Err(Retry(format!(
-                    "{held_elsewhere} messages are claimed by another delivery"
+                    "{} messages are claimed by another delivery",
+                    held_elsewhere.len()
                 )))
             }
             None => Ok(()),

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod http_api;
+pub mod index_lag;
 pub mod report_schedules;
 pub mod resources;
 pub mod sandbox;
@@ -29,6 +30,7 @@ use shared::config::Env;
 
 use crate::auth::LocalAuth;
 use crate::http_api::{HttpApi, HttpRoute};
+use crate::index_lag::IndexLag;
 use crate::resources::ResourceNames;
 use crate::sandbox::sendgrid::SendGridSandbox;
 use crate::sandbox::stripe::StripeSandbox;
@@ -65,6 +67,9 @@ pub struct BundleOptions {
     pub run_schedules: bool,
     /// Stand in for providers whose keys are not in `env` (off: they are unconfigured).
     pub sandbox: bool,
+    /// How long an item written by a function stays missing from index queries, as on AWS
+    /// ([`index_lag`]); `HERALD_LOCAL_GSI_LAG_MS`, zero (off) unless set.
+    pub index_lag: std::time::Duration,
 }
 
 impl BundleOptions {
@@ -80,6 +85,12 @@ impl BundleOptions {
             poll_queues: true,
             run_schedules: true,
             sandbox: true,
+            index_lag: std::time::Duration::from_millis(
+                std::env::var("HERALD_LOCAL_GSI_LAG_MS")
+                    .ok()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0),
+            ),
         }
     }
 }
@@ -237,7 +248,7 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     let mut pollers = Vec::new();
     let mut schedules = HashMap::new();
     let sdk_calls = SdkCallCounter::new();
-    let function_aws = sdk_calls.instrument(&aws);
+    let function_aws = IndexLag::new(options.index_lag).instrument(&sdk_calls.instrument(&aws));
     for function in &template.functions {
         let vars = function_environment(function, &template, &names, &base_env, &overrides);
         let handler = registry::load(&function.binary, &function_aws, &Env::from_map(vars))

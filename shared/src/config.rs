@@ -108,8 +108,15 @@ type BuildFuture<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send>>;
 /// Concurrent first callers wait for one build. A failed build is not kept: the caller gets
 /// the error (a 5xx, a retried message) and the next call builds again, so a Secrets
 /// Manager outage lasts as long as the outage, not as long as the execution environment.
+///
+/// A caller that finds the value stale — a provider refusing the key it holds, after the
+/// secret was rotated — calls [`rebuild_once`](Self::rebuild_once): the next call builds it
+/// again (reading the secret anew), once per execution environment. A key still refused
+/// after that is a configuration error to alarm on, not a rotation to chase.
 pub struct OnFirstUse<T> {
     value: OnceCell<T>,
+    rebuilt: OnceCell<T>,
+    stale: std::sync::atomic::AtomicBool,
     build: Box<dyn Fn() -> BuildFuture<T> + Send + Sync>,
 }
 
@@ -121,16 +128,28 @@ impl<T> OnFirstUse<T> {
     {
         Self {
             value: OnceCell::new(),
+            rebuilt: OnceCell::new(),
+            stale: std::sync::atomic::AtomicBool::new(false),
             build: Box::new(move || Box::pin(build())),
         }
     }
 
-    /// The value, built now if no call has built it yet.
+    /// The value, built now if no call has built it yet (or built again after
+    /// [`rebuild_once`](Self::rebuild_once)).
     ///
     /// # Errors
     /// The build's error; the next call tries again.
     pub async fn get(&self) -> anyhow::Result<&T> {
+        if self.stale.load(std::sync::atomic::Ordering::Acquire) {
+            return self.rebuilt.get_or_try_init(|| (self.build)()).await;
+        }
         self.value.get_or_try_init(|| (self.build)()).await
+    }
+
+    /// Marks the value stale: the next [`get`](Self::get) builds it again. Only the first
+    /// call has an effect.
+    pub fn rebuild_once(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -233,6 +252,18 @@ mod tests {
         assert_eq!(format!("{value:?}"), "OnFirstUse { built: false, .. }");
         assert_eq!(*value.get().await.unwrap(), 2);
         assert_eq!(*value.get().await.unwrap(), 2, "kept once built");
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stale_value_is_built_again_once() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let value = counting(&builds, false);
+        assert_eq!(*value.get().await.unwrap(), 1);
+        value.rebuild_once();
+        assert_eq!(*value.get().await.unwrap(), 2, "the secret is read anew");
+        value.rebuild_once();
+        assert_eq!(*value.get().await.unwrap(), 2, "only once");
         assert_eq!(builds.load(Ordering::SeqCst), 2);
     }
 

@@ -12,8 +12,22 @@ use crate::auth::Caller;
 use crate::aws::SqsClient;
 use crate::domain::{OrgId, RecordId};
 
-/// Events per queue message: well under SQS's message size at typical event sizes.
+/// Events per queue message at most (the recorder writes a message's events in one insert).
 pub const EVENTS_PER_MESSAGE: usize = 100;
+
+/// The largest events message: the events queue's `MaximumMessageSize` in `template.yaml`
+/// (set there explicitly to this value; `bundle_shape` holds the two together). SQS
+/// refuses a larger message, and a `SendMessageBatch` whose messages total more ("The
+/// maximum allowed individual message size and the maximum total payload size (the sum of
+/// the individual lengths of all of the batched messages) are both 256 KiB", Amazon SQS API
+/// Reference, `SendMessageBatch`).
+pub const MAX_MESSAGE_BYTES: usize = 262_144;
+
+/// Messages per `SendMessageBatch` (SQS's limit).
+const MESSAGES_PER_BATCH: usize = 10;
+
+/// Attempts at publishing one batch before its events are logged as lost.
+const PUBLISH_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -113,45 +127,139 @@ impl EventPublisher {
         Self { sqs, queue_url }
     }
 
-    /// Publishes `events`. A failure is logged, not returned: the change the events
-    /// describe has already happened and must not be reported as failed.
+    /// Publishes `events`. A failure is not returned: the change the events describe has
+    /// already happened and must not be reported as failed. Each batch is tried
+    /// [`PUBLISH_ATTEMPTS`] times; an event that still could not be published is written to
+    /// the log whole (`event not published`), so it can be found and replayed, never dropped
+    /// without a trace.
     pub async fn publish(&self, events: Vec<Event>) {
         let Some(queue_url) = &self.queue_url else {
             return;
         };
-        if events.is_empty() {
-            return;
-        }
-        let count = events.len();
-        let result = async {
-            for group in events.chunks(EVENTS_PER_MESSAGE * 10) {
-                let mut request = self.sqs.send_message_batch().queue_url(queue_url);
-                for (index, chunk) in group.chunks(EVENTS_PER_MESSAGE).enumerate() {
-                    request = request.entries(
-                        aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                            .id(index.to_string())
-                            .message_body(serde_json::to_string(chunk)?)
-                            .build()?,
+        for batch in batches(pack_messages(events)) {
+            if let Err((error, lost)) = self.send_batch(queue_url, batch).await {
+                for body in &lost {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        message = body.as_str(),
+                        "event not published"
                     );
                 }
-                let output = request.send().await?;
-                anyhow::ensure!(
-                    output.failed.is_empty(),
-                    "SQS refused {} event messages",
-                    output.failed.len()
-                );
             }
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::error!(
-                error = format!("{error:#}"),
-                events = count,
-                "could not publish events"
-            );
         }
     }
+
+    /// Sends one batch, retrying what SQS refused; the messages still unsent on failure.
+    async fn send_batch(
+        &self,
+        queue_url: &str,
+        mut bodies: Vec<String>,
+    ) -> Result<(), (anyhow::Error, Vec<String>)> {
+        let mut last_error = anyhow::anyhow!("no attempt made");
+        for attempt in 0..PUBLISH_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+            let mut request = self.sqs.send_message_batch().queue_url(queue_url);
+            for (index, body) in bodies.iter().enumerate() {
+                let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .message_body(body)
+                    .build();
+                match entry {
+                    Ok(entry) => request = request.entries(entry),
+                    Err(error) => return Err((error.into(), bodies)),
+                }
+            }
+            match request.send().await {
+                Ok(output) if output.failed.is_empty() => return Ok(()),
+                Ok(output) => {
+                    let failed: Vec<usize> = output
+                        .failed
+                        .iter()
+                        .filter_map(|f| f.id.parse().ok())
+                        .collect();
+                    last_error = anyhow::anyhow!(
+                        "SQS refused {} event messages: {}",
+                        failed.len(),
+                        output
+                            .failed
+                            .first()
+                            .map(|f| f.code.as_str())
+                            .unwrap_or_default()
+                    );
+                    bodies = bodies
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(index, _)| failed.contains(index))
+                        .map(|(_, body)| body)
+                        .collect();
+                }
+                Err(error) => {
+                    last_error =
+                        anyhow::anyhow!("{}", aws_sdk_sqs::error::DisplayErrorContext(&error));
+                }
+            }
+        }
+        Err((last_error, bodies))
+    }
+}
+
+/// Events as queue messages: JSON arrays of at most [`EVENTS_PER_MESSAGE`] events and
+/// [`MAX_MESSAGE_BYTES`] bytes. An event too large for a message on its own keeps its
+/// identity but loses its `detail` (marked `{"truncated_bytes": n}`).
+pub fn pack_messages(events: Vec<Event>) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut current_bytes = 2; // the brackets
+    for event in events {
+        let json = event_json(event);
+        let added = json.len() + usize::from(!current.is_empty());
+        if !current.is_empty()
+            && (current.len() == EVENTS_PER_MESSAGE || current_bytes + added > MAX_MESSAGE_BYTES)
+        {
+            messages.push(format!("[{}]", current.join(",")));
+            current.clear();
+            current_bytes = 2;
+        }
+        current_bytes += json.len() + usize::from(!current.is_empty());
+        current.push(json);
+    }
+    if !current.is_empty() {
+        messages.push(format!("[{}]", current.join(",")));
+    }
+    messages
+}
+
+/// One event as JSON that fits a message by itself.
+fn event_json(mut event: Event) -> String {
+    let json = serde_json::to_string(&event).unwrap_or_default();
+    if json.len() + 2 <= MAX_MESSAGE_BYTES {
+        return json;
+    }
+    event.detail = serde_json::json!({"truncated_bytes": json.len()});
+    serde_json::to_string(&event).unwrap_or_default()
+}
+
+/// Messages grouped into batches of at most [`MESSAGES_PER_BATCH`] and [`MAX_MESSAGE_BYTES`]
+/// in total.
+fn batches(messages: Vec<String>) -> Vec<Vec<String>> {
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0;
+    for message in messages {
+        let full = batches.last().is_none_or(|batch| {
+            batch.len() == MESSAGES_PER_BATCH || bytes + message.len() > MAX_MESSAGE_BYTES
+        });
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += message.len();
+        if let Some(batch) = batches.last_mut() {
+            batch.push(message);
+        }
+    }
+    batches
 }
 
 /// Reads one queue message of events.
@@ -160,4 +268,51 @@ impl EventPublisher {
 /// When the body is not a JSON array of events.
 pub fn parse_message(body: &str) -> Result<Vec<Event>, serde_json::Error> {
     serde_json::from_str(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_with_detail(bytes: usize) -> Event {
+        Event::new(&OrgId::parse("acme").unwrap(), EventKind::Provider, "x")
+            .with_detail(serde_json::json!({"blob": "x".repeat(bytes)}))
+    }
+
+    #[test]
+    fn messages_are_sized_by_bytes_and_batches_by_total_bytes() {
+        // 1,000 events of ~5 KB: 100 a message would be ~500 KB, over SQS's limit.
+        let events: Vec<Event> = (0..1000).map(|_| event_with_detail(5_000)).collect();
+        let messages = pack_messages(events);
+        assert!(messages.iter().all(|m| m.len() <= MAX_MESSAGE_BYTES));
+        let recovered: usize = messages
+            .iter()
+            .map(|m| parse_message(m).unwrap().len())
+            .sum();
+        assert_eq!(recovered, 1000, "every event in some message");
+        for batch in batches(messages) {
+            assert!(batch.len() <= MESSAGES_PER_BATCH);
+            assert!(batch.iter().map(String::len).sum::<usize>() <= MAX_MESSAGE_BYTES);
+        }
+    }
+
+    #[test]
+    fn small_events_go_a_hundred_to_a_message() {
+        let events: Vec<Event> = (0..250).map(|_| event_with_detail(10)).collect();
+        let sizes: Vec<usize> = pack_messages(events)
+            .iter()
+            .map(|m| parse_message(m).unwrap().len())
+            .collect();
+        assert_eq!(sizes, [100, 100, 50]);
+    }
+
+    #[test]
+    fn an_event_too_large_for_any_message_keeps_its_identity_without_its_detail() {
+        let big = event_with_detail(MAX_MESSAGE_BYTES);
+        let id = big.id.clone();
+        let messages = pack_messages(vec![big]);
+        let events = parse_message(&messages[0]).unwrap();
+        assert_eq!(events[0].id, id);
+        assert!(events[0].detail["truncated_bytes"].as_u64().unwrap() > 262_144);
+    }
 }

@@ -21,7 +21,11 @@ pub enum Job {
     EmailSend { ids: Vec<String> },
     /// Fan a bulk email send out into send jobs.
     #[serde(rename = "email.bulk")]
-    EmailBulk { bulk_id: String },
+    EmailBulk {
+        bulk_id: String,
+        #[serde(flatten)]
+        span: BulkSpan,
+    },
     /// Aggregate a report's data and stream its file to S3 (report generate queue).
     #[serde(rename = "report.generate")]
     ReportGenerate { report_id: String },
@@ -38,7 +42,36 @@ pub enum Job {
     SmsSend { ids: Vec<String> },
     /// Fan a bulk SMS send out into send jobs.
     #[serde(rename = "sms.bulk")]
-    SmsBulk { bulk_id: String },
+    SmsBulk {
+        bulk_id: String,
+        #[serde(flatten)]
+        span: BulkSpan,
+    },
+}
+
+/// The lowest and highest record id of a bulk send. The API makes every id of a bulk
+/// (ULIDs) in the one call that writes them, so they all sort between these two: the fan-out
+/// reads that sort-key range of the table with `ConsistentRead` and finds every record the
+/// API wrote, where an index (eventually consistent on DynamoDB) could still miss some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkSpan {
+    pub lowest_id: String,
+    pub highest_id: String,
+}
+
+impl BulkSpan {
+    /// The span of `ids`; `None` when there are none.
+    pub fn of<'a>(ids: impl IntoIterator<Item = &'a String>) -> Option<Self> {
+        let mut ids = ids.into_iter();
+        let first = ids.next()?;
+        let (lowest, highest) = ids.fold((first, first), |(low, high), id| {
+            (low.min(id), high.max(id))
+        });
+        Some(Self {
+            lowest_id: lowest.clone(),
+            highest_id: highest.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,6 +44,8 @@ struct SandboxState {
     unanswered_recipients: u64,
     /// Off: accept sends but never post events (a lost webhook, for the status check).
     webhooks_off: bool,
+    /// Requests refused for breaking a Mail Send rule ([`check_mail_send`]).
+    refusals: u64,
 }
 
 impl SendGridSandbox {
@@ -70,6 +72,11 @@ impl SendGridSandbox {
 
     pub fn calls(&self) -> u64 {
         self.state.lock().map(|s| s.calls).unwrap_or(0)
+    }
+
+    /// Requests refused for breaking a Mail Send rule.
+    pub fn refusals(&self) -> u64 {
+        self.state.lock().map(|s| s.refusals).unwrap_or(0)
     }
 
     /// The faults injected so far by kind, and the recipients of sends carried out but never
@@ -108,6 +115,10 @@ impl SendGridSandbox {
                 "/sandbox/sendgrid/_faults",
                 post(add_fault).get(injected_faults),
             )
+            // Room for SendGrid's own 30 MB limit, which `check_mail_send` applies.
+            .layer(axum::extract::DefaultBodyLimit::max(
+                MAX_REQUEST_BYTES + 1024 * 1024,
+            ))
             .with_state(Arc::clone(self))
     }
 
@@ -148,6 +159,158 @@ fn error(status: StatusCode, message: &str) -> Response {
         Json(json!({"errors": [{"message": message, "field": null, "help": null}]})),
     )
         .into_response()
+}
+
+/// A Mail Send rule broken: SendGrid's 400 (or 413) body names the message and the field.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl Refusal {
+    fn bad_request(message: impl Into<String>, field: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body =
+            json!({"errors": [{"message": self.message, "field": self.field, "help": null}]});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// SendGrid refuses a request body over 30 MB ("The total size of your email, including
+/// attachments, must be less than 30MB", Mail Send API reference, "Limitations").
+pub const MAX_REQUEST_BYTES: usize = 30 * 1000 * 1000;
+/// Recipients (to + cc + bcc over every personalization) of one request.
+const MAX_RECIPIENTS: usize = 1000;
+/// The byte limits on one personalization's substitutions and on a message's custom_args.
+const MAX_SUBSTITUTION_BYTES: usize = 10_000;
+const MAX_CUSTOM_ARGS_BYTES: usize = 10_000;
+
+/// The Mail Send rules the sandbox enforces, each as SendGrid documents it. Sources: the
+/// Mail Send API reference (`twilio.com/docs/sendgrid/api-reference/mail-send/mail-send`,
+/// "Limitations") and its error list (`…/mail-send/errors`), whose messages these are.
+///
+/// 1. 1 to 1,000 personalizations.
+/// 2. At most 1,000 recipients, to + cc + bcc, over all personalizations.
+/// 3. Every personalization has at least one `to`.
+/// 4. Each address appears once in the personalizations array (any of to/cc/bcc, any
+///    personalization; compared case-insensitively).
+/// 5. A personalization's substitutions total at most 10,000 bytes.
+/// 6. custom_args (message-level plus a personalization's) total at most 10,000 bytes.
+/// 7. A subject, at the top level or in every personalization.
+/// 8. Content: at least one entry, each value at least one character, `text/plain` first.
+/// 9. The request body under 30 MB (413).
+pub fn check_mail_send(mail: &MailSend, body_bytes: usize) -> Result<(), Refusal> {
+    if body_bytes > MAX_REQUEST_BYTES {
+        return Err(Refusal {
+            status: 413,
+            message: "The JSON payload you have included in your request is too large.".to_owned(),
+            field: None,
+        });
+    }
+    let count = mail.personalizations.len();
+    if count == 0 {
+        return Err(Refusal::bad_request(
+            "You must have at least one personalization.",
+            "personalizations",
+        ));
+    }
+    if count > 1000 {
+        return Err(Refusal::bad_request(
+            format!(
+                "The personalization block is limited to 1000 personalizations per API request. You have provided {count} personalizations. Please consider splitting this into multiple requests and resending your request."
+            ),
+            "personalizations",
+        ));
+    }
+    let recipients: usize = mail
+        .personalizations
+        .iter()
+        .map(|p| p.to.len() + p.cc.len() + p.bcc.len())
+        .sum();
+    if recipients > MAX_RECIPIENTS {
+        return Err(Refusal::bad_request(
+            "There is a limit of 1000 total recipients (to + cc + bcc) per request.",
+            "personalizations",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (index, personalization) in mail.personalizations.iter().enumerate() {
+        if personalization.to.is_empty() {
+            return Err(Refusal::bad_request(
+                "The to parameter is required for all personalization objects, and must have at least one email object with a valid email address.",
+                format!("personalizations.{index}.to"),
+            ));
+        }
+        for (list, addresses) in [
+            ("to", &personalization.to),
+            ("cc", &personalization.cc),
+            ("bcc", &personalization.bcc),
+        ] {
+            for address in addresses {
+                if !seen.insert(address.email.to_lowercase()) {
+                    return Err(Refusal::bad_request(
+                        format!(
+                            "Each unique email address in the personalizations array should only be included once. You have included {} more than once.",
+                            address.email
+                        ),
+                        format!("personalizations.{index}.{list}"),
+                    ));
+                }
+            }
+        }
+        if personalization.substitution_bytes() > MAX_SUBSTITUTION_BYTES {
+            return Err(Refusal::bad_request(
+                "The maximum number of substitution bytes per personalization is 10000.",
+                format!("personalizations.{index}.substitutions"),
+            ));
+        }
+        let mut args = mail.custom_args.clone().unwrap_or_default();
+        args.extend(personalization.custom_args.clone());
+        let arg_bytes: usize = args.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if arg_bytes > MAX_CUSTOM_ARGS_BYTES {
+            return Err(Refusal::bad_request(
+                "The maximum size of custom_args is 10,000 bytes.",
+                format!("personalizations.{index}.custom_args"),
+            ));
+        }
+    }
+    if mail.personalizations.iter().any(|p| p.subject.is_none()) && mail.subject.is_none() {
+        return Err(Refusal::bad_request(
+            "The subject is required. You can get around this requirement if you use a template with a subject defined or if every personalization has a subject defined.",
+            "subject",
+        ));
+    }
+    if mail.content.is_empty() {
+        return Err(Refusal::bad_request(
+            "Unless a valid template_id is provided, the content parameter is required. There must be at least one defined content block. We typically suggest both text/plain and text/html blocks are included, but only one block is required.",
+            "content",
+        ));
+    }
+    for (index, content) in mail.content.iter().enumerate() {
+        if content.value.is_empty() {
+            return Err(Refusal::bad_request(
+                "The content value must be a string at least one character in length.",
+                format!("content.{index}.value"),
+            ));
+        }
+        if index > 0 && content.content_type == "text/plain" {
+            return Err(Refusal::bad_request(
+                "If present, text/plain content must be first, followed by any other content.",
+                format!("content.{index}.type"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn substitute(text: &str, substitutions: &BTreeMap<String, String>) -> String {
@@ -199,20 +362,11 @@ async fn mail_send(
         Ok(mail) => mail,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("Bad Request: {e}")),
     };
-    if mail.personalizations.is_empty() || mail.personalizations.len() > 1000 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "The personalizations field is required and must have at least one personalization (and at most 1000).",
-        );
-    }
-    if mail.content.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Unless a valid template_id is provided, the content parameter is required.",
-        );
-    }
-    if mail.personalizations.iter().any(|p| p.subject.is_none()) && mail.subject.is_none() {
-        return error(StatusCode::BAD_REQUEST, "The subject is required.");
+    if let Err(refusal) = check_mail_send(&mail, body.len()) {
+        if let Ok(mut state) = sandbox.state.lock() {
+            state.refusals += 1;
+        }
+        return refusal.into_response();
     }
     let message_id = ulid::Ulid::new().to_string().to_lowercase();
     let now = chrono::Utc::now().timestamp();
@@ -331,7 +485,7 @@ async fn inbox(State(sandbox): State<Arc<SendGridSandbox>>) -> Response {
     let Ok(state) = sandbox.state.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    Json(json!({"calls": state.calls, "count": state.inbox.len(), "messages": state.inbox}))
+    Json(json!({"calls": state.calls, "refusals": state.refusals, "count": state.inbox.len(), "messages": state.inbox}))
         .into_response()
 }
 
@@ -350,4 +504,92 @@ async fn add_fault(
 
 async fn injected_faults(State(sandbox): State<Arc<SendGridSandbox>>) -> Response {
     Json(sandbox.fault_report()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::providers::sendgrid::{Address, Content, Personalization};
+
+    fn mail(personalizations: Vec<Personalization>) -> MailSend {
+        MailSend {
+            personalizations,
+            from: Address::new("news@acme.test"),
+            reply_to: None,
+            subject: Some("Hello".to_owned()),
+            content: vec![Content::plain("Hi")],
+            custom_args: None,
+        }
+    }
+
+    fn to(address: &str) -> Personalization {
+        Personalization::to(vec![Address::new(address)])
+    }
+
+    fn refusal_field(mail: &MailSend) -> Option<String> {
+        check_mail_send(mail, 100).err().and_then(|r| r.field)
+    }
+
+    #[test]
+    fn a_valid_request_passes() {
+        assert_eq!(check_mail_send(&mail(vec![to("a@x.test"), to("b@x.test")]), 100), Ok(()));
+    }
+
+    #[test]
+    fn recipients_count_cc_and_bcc_over_every_personalization() {
+        let personalizations = (0..500)
+            .map(|n| {
+                let mut p = to(&format!("u{n}@x.test"));
+                p.cc = vec![Address::new(format!("c{n}@x.test"))];
+                p
+            })
+            .collect();
+        assert_eq!(refusal_field(&mail(personalizations)), None, "exactly 1,000");
+        let personalizations = (0..501)
+            .map(|n| {
+                let mut p = to(&format!("u{n}@x.test"));
+                p.cc = vec![Address::new(format!("c{n}@x.test"))];
+                p
+            })
+            .collect();
+        assert_eq!(refusal_field(&mail(personalizations)).as_deref(), Some("personalizations"));
+    }
+
+    #[test]
+    fn an_address_twice_in_the_request_is_refused_wherever_it_is() {
+        let mut same = to("a@x.test");
+        same.cc = vec![Address::new("A@x.test")];
+        assert_eq!(refusal_field(&mail(vec![same])).as_deref(), Some("personalizations.0.cc"));
+        let mut shared_cc = vec![to("a@x.test"), to("b@x.test")];
+        for p in &mut shared_cc {
+            p.cc = vec![Address::new("boss@x.test")];
+        }
+        assert_eq!(refusal_field(&mail(shared_cc)).as_deref(), Some("personalizations.1.cc"));
+    }
+
+    #[test]
+    fn size_subject_and_content_rules() {
+        let mut big = to("a@x.test");
+        big.substitutions.insert("%t%".to_owned(), "x".repeat(10_000));
+        assert_eq!(
+            refusal_field(&mail(vec![big])).as_deref(),
+            Some("personalizations.0.substitutions")
+        );
+        let mut args = to("a@x.test");
+        args.custom_args.insert("k".to_owned(), "x".repeat(10_000));
+        assert_eq!(
+            refusal_field(&mail(vec![args])).as_deref(),
+            Some("personalizations.0.custom_args")
+        );
+        let mut no_subject = mail(vec![to("a@x.test")]);
+        no_subject.subject = None;
+        assert_eq!(refusal_field(&no_subject).as_deref(), Some("subject"));
+        let mut empty = mail(vec![to("a@x.test")]);
+        empty.content = vec![Content::plain("")];
+        assert_eq!(refusal_field(&empty).as_deref(), Some("content.0.value"));
+        let no_to = Personalization::default();
+        assert_eq!(refusal_field(&mail(vec![no_to])).as_deref(), Some("personalizations.0.to"));
+        let too_large = check_mail_send(&mail(vec![to("a@x.test")]), MAX_REQUEST_BYTES + 1);
+        assert_eq!(too_large.map_err(|r| r.status), Err(413));
+    }
 }

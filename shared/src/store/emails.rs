@@ -2,7 +2,7 @@
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
-//! | email | `ORG#<org>#EMAIL#<shard>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<sent shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `BULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
+//! | email | `ORG#<org>#EMAIL#<shard>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<sent shard>` / `<sent ms>#<ulid>` while `sent` (status check) |
 //! | email body | `ORG#<org>#BODY#<ulid>` / `BODY` (`html`, `text`) | |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
 //!
@@ -37,9 +37,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{
-    self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
-};
+use super::shards::{self, ShardedList, StuckInSent, merged_query, record_partitions, record_pk};
 use super::{Item, PartitionKey, StoreError, batch_get, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{
@@ -47,6 +45,7 @@ use crate::domain::email::{
 };
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
+use crate::queue::BulkSpan;
 
 /// Shards of the "emails in `sent`" index, so a high send rate does not pile onto one
 /// index partition (see docs/SCALE.md).
@@ -199,13 +198,6 @@ impl EmailStore {
         item.insert("sk".into(), s(email_sk(&record.id)));
         item.insert("entity".into(), s("email"));
         item.insert("status_rank".into(), n(record.status.rank()));
-        if let Some(bulk) = &record.bulk_id {
-            item.insert(
-                "gsi2pk".into(),
-                s(bulk_pk("BULK", &record.org_id, bulk, &record.id)),
-            );
-            item.insert("gsi2sk".into(), s(&record.id));
-        }
         let mut items = vec![item];
         if !body.is_empty() {
             body.insert("pk".into(), s(body_pk(&record.org_id, &record.id)));
@@ -647,7 +639,9 @@ impl EmailStore {
             .table_name(&self.table)
             .key("pk", s(email_pk(org, &id.to_string())))
             .key("sk", s(email_sk(&id.to_string())))
-            .update_expression("SET deleted_at = :now, version = version + :one REMOVE gsi1pk, gsi1sk, gsi2pk, gsi2sk")
+            .update_expression(
+                "SET deleted_at = :now, version = version + :one REMOVE gsi1pk, gsi1sk",
+            )
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
             .expression_attribute_values(":now", s(now.to_rfc3339()))
             .expression_attribute_values(":one", n(1))
@@ -749,8 +743,9 @@ impl EmailStore {
         &self,
         org: &OrgId,
         bulk_id: &str,
+        span: &BulkSpan,
     ) -> Result<Vec<String>, StoreError> {
-        shards::queued_in_bulk(&self.dynamodb, &self.table, "BULK", org, bulk_id).await
+        shards::queued_in_bulk(&self.dynamodb, &self.table, "EMAIL", org, bulk_id, span).await
     }
 
     /// Emails that have been `sent` since before `cutoff` without a final event, oldest

@@ -7,8 +7,7 @@
 //! [`RECORD_SHARDS`] partition keys, `ORG#<org>#<kind>#<shard>`, the shard a stable hash of
 //! the record id. A point read or write computes the key from `(org, id)`; a listing reads
 //! every shard at once and merges them newest first ([`merged_query`]), with a cursor that
-//! is one sort key, so it pages exactly like a single partition. The bulk fan-out index
-//! (`GSI2`) is sharded the same way.
+//! is one sort key, so it pages exactly like a single partition.
 
 use std::cmp::Reverse;
 
@@ -20,6 +19,7 @@ use futures::{Stream, StreamExt};
 use super::{Item, MAX_QUERY_ROUNDS, StoreError, s};
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
+use crate::queue::BulkSpan;
 
 /// How many partition keys one organization's email (or SMS) records are spread over:
 /// 16 × 1,000 writes a second leaves room for 1 million messages an hour at ~6 writes each.
@@ -46,39 +46,39 @@ pub(crate) fn record_partitions(org: &OrgId, kind: &str) -> Vec<String> {
         .collect()
 }
 
-/// The bulk fan-out index key of one record: `<prefix>#<org>#<bulk>#<shard>`.
-pub(crate) fn bulk_pk(prefix: &str, org: &OrgId, bulk: &str, id: &str) -> String {
-    format!("{prefix}#{org}#{bulk}#{}", shard_of(id))
-}
-
-/// Every fan-out index key of one bulk.
-pub(crate) fn bulk_partitions(prefix: &str, org: &OrgId, bulk: &str) -> Vec<String> {
-    (0..RECORD_SHARDS)
-        .map(|shard| format!("{prefix}#{org}#{bulk}#{shard}"))
-        .collect()
-}
-
-/// The ids of one bulk's records still `queued`, sorted, read from every shard of its
-/// fan-out index key (`prefix` is `BULK` for email, `SMSBULK` for SMS).
+/// The ids of one bulk's records still `queued`, sorted. Read from the table itself with
+/// `ConsistentRead`, not from an index: DynamoDB's indexes are eventually consistent ("a
+/// query on a global secondary index might not return the most recent data", DynamoDB
+/// Developer Guide, "Read consistency for global secondary indexes"), and the fan-out runs
+/// a moment after the API wrote the records, so an index read can miss some and leave them
+/// `queued` for good (issue 15). The records lie on the organization's `kind` shards
+/// between the bulk's lowest and highest id ([`BulkSpan`]); other sends of the same moment
+/// in that range are filtered out by `bulk_id`.
 pub(crate) async fn queued_in_bulk(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
-    prefix: &str,
+    kind: &str,
     org: &OrgId,
     bulk: &str,
+    span: &BulkSpan,
 ) -> Result<Vec<String>, StoreError> {
     use futures::TryStreamExt;
-    let requests = bulk_partitions(prefix, org, bulk)
+    let requests = record_partitions(org, kind)
         .into_iter()
         .map(|partition| {
             dynamodb
                 .query()
                 .table_name(table)
-                .index_name("GSI2")
-                .key_condition_expression("gsi2pk = :pk")
-                .filter_expression("#status = :queued")
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lowest AND :highest")
+                .filter_expression(
+                    "bulk_id = :bulk AND #status = :queued AND attribute_not_exists(deleted_at)",
+                )
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":pk", s(partition))
+                .expression_attribute_values(":lowest", s(format!("{kind}#{}", span.lowest_id)))
+                .expression_attribute_values(":highest", s(format!("{kind}#{}", span.highest_id)))
+                .expression_attribute_values(":bulk", s(bulk))
                 .expression_attribute_values(":queued", s("queued"))
                 .projection_expression("id")
         })
@@ -347,10 +347,6 @@ mod tests {
             record_pk(&org, "EMAIL", "01JDQ3Z6KX5N1V8W0E2R4T6Y8A"),
             "ORG#acme#EMAIL#3"
         );
-        assert_eq!(
-            bulk_pk("BULK", &org, "b1", "01JDQ3Z6KX5N1V8W0E2R4T6Y8A"),
-            "BULK#acme#b1#3"
-        );
         assert_eq!(shard_of(""), 0x811c_9dc5 % RECORD_SHARDS);
         assert_eq!(shard_of("a"), 0xe40c_292c % RECORD_SHARDS);
 
@@ -382,9 +378,6 @@ mod tests {
         assert_eq!(all.len(), RECORD_SHARDS as usize);
         let id = ulid_at(1, 1);
         assert!(all.contains(&record_pk(&org, "SMS", &id)));
-        let bulks = bulk_partitions("BULK", &org, "b1");
-        assert!(bulks.contains(&bulk_pk("BULK", &org, "b1", &id)));
-        assert_eq!(bulks.len(), RECORD_SHARDS as usize);
     }
 
     fn item(sk: &str, matches: bool) -> Item {

@@ -2,7 +2,7 @@
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
-//! | SMS | `ORG#<org>#SMS#<shard>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check); `GSI2` `SMSBULK#<org>#<bulk>#<shard>` / `<ulid>` (fan-out) |
+//! | SMS | `ORG#<org>#SMS#<shard>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check) |
 //! | Twilio SID → SMS | `SMSSID#<sid>` / `SMSSID` | |
 //! | opt-out | `ORG#<org>` / `OPTOUT#<e164>` | |
 //! | inbound message | `ORG#<org>` / `SMSIN#<ulid>`, and `SMSINSID#<MessageSid>` to dedupe | |
@@ -27,15 +27,14 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{
-    self, ShardedList, StuckInSent, bulk_pk, merged_query, record_partitions, record_pk,
-};
+use super::shards::{self, ShardedList, StuckInSent, merged_query, record_partitions, record_pk};
 use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
+use crate::queue::BulkSpan;
 
 /// Shards of the "SMS in `sent`" index (see the email store's `SENT_SHARDS`).
 pub const SMS_SENT_SHARDS: u32 = 8;
@@ -181,13 +180,6 @@ impl SmsStore {
         item.insert("pk".into(), s(sms_pk(&record.org_id, &record.id)));
         item.insert("sk".into(), s(sms_sk(&record.id)));
         item.insert("entity".into(), s("sms"));
-        if let Some(bulk) = &record.bulk_id {
-            item.insert(
-                "gsi2pk".into(),
-                s(bulk_pk("SMSBULK", &record.org_id, bulk, &record.id)),
-            );
-            item.insert("gsi2sk".into(), s(&record.id));
-        }
         Ok(item)
     }
 
@@ -276,7 +268,7 @@ impl SmsStore {
             .table_name(&self.table)
             .key("pk", s(sms_pk(org, id)))
             .key("sk", s(sms_sk(id)))
-            .update_expression("SET deleted_at = :now REMOVE gsi1pk, gsi1sk, gsi2pk, gsi2sk")
+            .update_expression("SET deleted_at = :now REMOVE gsi1pk, gsi1sk")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
             .expression_attribute_values(":now", s(now.to_rfc3339()))
             .send()
@@ -644,8 +636,9 @@ impl SmsStore {
         &self,
         org: &OrgId,
         bulk_id: &str,
+        span: &BulkSpan,
     ) -> Result<Vec<String>, StoreError> {
-        shards::queued_in_bulk(&self.dynamodb, &self.table, "SMSBULK", org, bulk_id).await
+        shards::queued_in_bulk(&self.dynamodb, &self.table, "SMS", org, bulk_id, span).await
     }
 
     /// Records in `sent` since before `cutoff`, across organizations (for the status check).

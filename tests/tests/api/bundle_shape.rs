@@ -222,3 +222,15 @@ fn functions_follow_the_bundle_conventions() {
         }
     }
 }
+
+#[test]
+fn the_events_queue_takes_the_messages_the_publisher_makes() {
+    // The publisher sizes messages to MAX_MESSAGE_BYTES; a smaller queue limit would refuse
+    // them, so the template states the limit instead of leaving it to the account default.
+    let template = template();
+    let (_, queue) = &template.resources["EventsQueue"];
+    assert_eq!(
+        queue["MaximumMessageSize"].as_u64(),
+        Some(shared::events::MAX_MESSAGE_BYTES as u64)
+    );
+}

@@ -101,6 +101,33 @@ async fn stored_items(app: &TestBundle, id: &str) -> Vec<HashMap<String, Attribu
 
 /// DynamoDB charges a status update for the whole item, so the bodies are written once in
 /// their own item and the status item that four or five writes rewrite stays small.
+/// Issue 15, defect 8: html and text of 256 KiB each are within the per-field limit but
+/// together exceed DynamoDB's 400 KB item: a clear 400 naming the field, nothing stored.
+#[tokio::test]
+async fn bodies_that_would_not_fit_one_item_are_refused_before_anything_is_stored() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let big = "x".repeat(250 * 1024);
+    let reply = app
+        .post(
+            "/services/email/",
+            &token,
+            json!({"to": "big@example.com", "subject": "Big", "html": big, "text": big}),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let problem = reply.problem(400);
+    assert!(
+        problem["errors"]["html"][0]
+            .as_str()
+            .unwrap()
+            .contains("400000"),
+        "{problem}"
+    );
+    let listed = app.get("/services/email/", &token).await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 0);
+}
+
 #[tokio::test]
 async fn a_large_body_is_written_once_beside_a_small_status_item() {
     let app = spawn_bundle().await;
@@ -243,6 +270,39 @@ async fn transient_failures_retry_then_land_in_the_dlq_with_the_record_failed() 
         .await;
     assert_eq!(reply.body["requeued"], 1, "{}", reply.body);
     app.email_reaches(&token, &id, "delivered", 60).await;
+}
+
+/// Issue 15, defect 4: a bulk with a cc (copied to every email) must respect SendGrid's
+/// rules (1,000 recipients per request counting cc, each address once per request), and a
+/// recipient equal to the cc is not named twice; nothing fails for the request's shape.
+#[tokio::test]
+async fn a_bulk_with_a_cc_keeps_to_sendgrid_rules_and_fails_nothing() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "member");
+    let mut recipients: Vec<Value> = (0..300)
+        .map(|n| json!({"to": format!("user{n}@example.com")}))
+        .collect();
+    recipients[7] = json!({"to": "boss@example.com"});
+    let reply = app
+        .post("/services/email/", &token, json!({"subject": "Update", "text": "Hello all", "cc": ["Boss@example.com"], "recipients": recipients}))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let ids: Vec<String> = reply.body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        let email = app.email_reaches(&token, id, "delivered", 240).await;
+        assert_eq!(email["status"], "delivered", "{email}");
+    }
+    assert_eq!(
+        app.sandbox().refusals(),
+        0,
+        "no request broke a Mail Send rule"
+    );
+    assert_eq!(app.sandbox().inbox().len(), 300);
 }
 
 #[tokio::test]

@@ -36,6 +36,9 @@ pub async fn spawn_bundle() -> TestBundle {
 
 /// A bundle with options adjusted by `tune`. Retries are immediate (no backoff wait) and
 /// schedules fire only when a test asks.
+/// How long the tests' indexes lag writes, unless `HERALD_LOCAL_GSI_LAG_MS` says otherwise.
+pub const TEST_INDEX_LAG: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBundle {
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let mut options = BundleOptions::new(workspace_root().join("template.yaml"), &prefix[..12]);
@@ -44,6 +47,12 @@ pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBun
     options.env.remove("TWILIO_ACCOUNT_SID");
     options.env.remove("STRIPE_SECRET_KEY");
     options.run_schedules = false;
+    // Indexes lag writes as on AWS, so code that reads an index right after writing it fails
+    // here too (a second: at 300 ms a bulk already lost records; override with
+    // HERALD_LOCAL_GSI_LAG_MS, 0 turns it off).
+    if std::env::var_os("HERALD_LOCAL_GSI_LAG_MS").is_none() {
+        options.index_lag = TEST_INDEX_LAG;
+    }
     // Each bundle its own database, like its own table prefix.
     options
         .overrides

@@ -485,6 +485,65 @@ async fn the_rate_cap_holds_across_concurrent_workers() {
     assert!(per_second.len() >= 4, "{per_second:?}");
 }
 
+/// Issue 15, defect 2: a record that failed transiently is set back to `queued`; when the
+/// rate cap then hands the rest of the job back, that record must not be left behind.
+#[tokio::test]
+async fn a_rate_hand_back_keeps_records_that_failed_transiently() {
+    let app = spawn_bundle_with(|options| {
+        options.env.remove("TWILIO_ACCOUNT_SID");
+        options.poll_queues = false;
+        for (name, value) in [("SMS_RATE_PER_SECOND", "1"), ("SMS_RATE_WAIT_SECONDS", "0")] {
+            options.overrides.insert(name.to_owned(), value.to_owned());
+        }
+    })
+    .await;
+    let token = app.token("acme", "member");
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let reply = send(
+            &app,
+            &token,
+            json!({"to": "+14155552671", "body": format!("Message {n}")}),
+        )
+        .await;
+        ids.push(reply["id"].as_str().unwrap().to_owned());
+    }
+    // The API's own jobs are not the point: only the one below is run.
+    app.message_bodies_in("SmsSendQueue").await;
+    twilio_fault(&app, json!({"status": 503, "count": 1})).await;
+    let worker = app
+        .bundle
+        .pollers
+        .iter()
+        .find(|p| p.function == "sms-worker")
+        .unwrap();
+    let event: SqsEvent = serde_json::from_value(json!({"Records": [{
+        "messageId": "m1",
+        "receiptHandle": "r1",
+        "body": json!({"v": 1, "org": "acme", "kind": "sms.send", "ids": ids}).to_string(),
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+    }]}))
+    .unwrap();
+    let response = worker.handler.call(event).await;
+    let first = app
+        .get(&format!("/services/sms/{}", ids[0]), &token)
+        .await
+        .body;
+    assert_eq!(first["status"], "queued", "the 503 set it back: {first}");
+
+    // Either the job itself comes back (a retry) or a handed-back job names the record.
+    let retried = !response.batch_item_failures.is_empty();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // hand-backs wait 1 s
+    let handed_back = app.message_bodies_in("SmsSendQueue").await;
+    assert!(
+        retried || handed_back.iter().any(|body| body.contains(&ids[0])),
+        "{} is queued but no job will send it (handed back: {handed_back:?})",
+        ids[0]
+    );
+}
+
 #[tokio::test]
 async fn the_status_check_applies_statuses_whose_callbacks_were_lost() {
     let app = spawn_bundle_with(|options| {
