@@ -12,9 +12,12 @@ use shared::config::{Env, OnFirstUse};
 use shared::domain::email::{EmailStatus, TimelineEntry};
 use shared::events::{Event, EventPublisher};
 use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
+use shared::queue::{Job, QueuePublisher};
 use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent};
 
+use crate::email_api::SEND_CHUNK;
 use crate::registry::{BoxFuture, ScheduledFunction};
+use crate::sweep::Sweep;
 
 /// Per run, so one run stays well inside the function timeout.
 const MAX_PER_RUN: usize = 500;
@@ -25,6 +28,7 @@ pub struct EmailStatusCheck {
     /// `None` when SendGrid is not configured.
     sendgrid: OnFirstUse<Option<SendGridClient>>,
     stuck_after: chrono::Duration,
+    sweep: Sweep,
 }
 
 impl ScheduledFunction for EmailStatusCheck {
@@ -43,9 +47,20 @@ impl EmailStatusCheck {
             .optional("EMAIL_STUCK_AFTER_MINUTES")
             .and_then(|v| v.parse().ok())
             .unwrap_or(15);
+        let events = EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL"));
+        let sweep = Sweep::new(
+            "email",
+            QueuePublisher::new(aws.sqs.clone()),
+            events.clone(),
+            env,
+            "EMAIL_SEND_QUEUE_URL",
+            SEND_CHUNK,
+            |ids| Job::EmailSend { ids },
+        )?;
         Ok(Self {
+            sweep,
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            events,
             sendgrid: crate::email_worker::sendgrid_on_first_use(aws, env),
             stuck_after: chrono::Duration::minutes(minutes),
         })
@@ -57,9 +72,15 @@ impl EmailStatusCheck {
     pub async fn handle(&self, _event: EventBridgeEvent) -> Result<serde_json::Value, String> {
         let span = shared::logging::invocation_span("email-status-check", "");
         async {
+            // First, whatever SendGrid's state: emails that never reached it need no lookup.
+            let swept = self
+                .sweep
+                .run(&self.emails)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
             let Some(sendgrid) = self.sendgrid.get().await.map_err(|e| format!("{e:#}"))? else {
                 tracing::warn!("SendGrid is not configured; nothing to check");
-                return Ok(json!({"checked": 0, "updated": 0}));
+                return Ok(json!({"checked": 0, "updated": 0, "swept": swept}));
             };
             let now = chrono::Utc::now();
             let stuck = self
@@ -133,7 +154,7 @@ impl EmailStatusCheck {
                 }
             }
             tracing::info!(checked = stuck.len(), updated, "email status check");
-            Ok(json!({"checked": stuck.len(), "updated": updated}))
+            Ok(json!({"checked": stuck.len(), "updated": updated, "swept": swept}))
         }
         .instrument(span)
         .await

@@ -20,5 +20,6 @@ pub mod sms_status_check;
 pub mod sms_worker;
 pub mod stripe_sync;
 pub mod stripe_webhook;
+pub mod sweep;
 pub mod templates_api;
 pub mod twilio_webhook;

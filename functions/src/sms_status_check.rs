@@ -9,10 +9,13 @@ use tracing::Instrument;
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, EventKind, EventPublisher};
+use shared::queue::{Job, QueuePublisher};
 use shared::store::{SmsStore, StatusApplied, StuckInSent};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
+use crate::sms_api::SMS_SEND_CHUNK;
 use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
+use crate::sweep::Sweep;
 
 /// Messages looked up per run; the rest wait for the next run.
 const MAX_PER_RUN: usize = 2_000;
@@ -23,6 +26,7 @@ pub struct SmsStatusCheck {
     twilio: OnFirstUse<Option<TwilioSettings>>,
     events: EventPublisher,
     min_age: chrono::Duration,
+    sweep: Sweep,
 }
 
 impl ScheduledFunction for SmsStatusCheck {
@@ -43,10 +47,21 @@ impl SmsStatusCheck {
     /// # Errors
     /// When a required variable is missing.
     pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
+        let events = EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL"));
+        let sweep = Sweep::new(
+            "sms",
+            QueuePublisher::new(aws.sqs.clone()),
+            events.clone(),
+            env,
+            "SMS_SEND_QUEUE_URL",
+            SMS_SEND_CHUNK,
+            |ids| Job::SmsSend { ids },
+        )?;
         Ok(Self {
+            sweep,
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             twilio: twilio_on_first_use(aws, env),
-            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            events,
             // Younger messages still have their callbacks on the way.
             min_age: chrono::Duration::seconds(
                 env.optional("SMS_STATUS_CHECK_MIN_AGE_SECONDS")
@@ -60,9 +75,13 @@ impl SmsStatusCheck {
     /// When the Twilio settings or the records cannot be read; single lookups that fail are
     /// counted and skipped.
     pub async fn run(&self) -> anyhow::Result<serde_json::Value> {
+        // First, whatever Twilio's state: records that never reached it need no lookup.
+        let swept = self.sweep.run(&self.sms).await?;
         let Some(twilio) = self.twilio.get().await? else {
             tracing::warn!("Twilio is not configured: nothing to check");
-            return Ok(json!({"checked": 0, "updated": 0, "skipped": "Twilio is not configured"}));
+            return Ok(
+                json!({"checked": 0, "updated": 0, "skipped": "Twilio is not configured", "swept": swept}),
+            );
         };
         let now = chrono::Utc::now();
         let stuck = self
@@ -121,6 +140,6 @@ impl SmsStatusCheck {
             failed,
             "SMS status check done"
         );
-        Ok(json!({"checked": stuck.len(), "updated": updated, "failed": failed}))
+        Ok(json!({"checked": stuck.len(), "updated": updated, "failed": failed, "swept": swept}))
     }
 }

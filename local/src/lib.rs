@@ -7,6 +7,7 @@
 //! provider sandbox plug in beside [`http_api`] as further event sources.
 
 pub mod auth;
+pub mod aws_limits;
 pub mod http_api;
 pub mod index_lag;
 pub mod report_schedules;
@@ -248,7 +249,10 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     let mut pollers = Vec::new();
     let mut schedules = HashMap::new();
     let sdk_calls = SdkCallCounter::new();
-    let function_aws = IndexLag::new(options.index_lag).instrument(&sdk_calls.instrument(&aws));
+    // The functions' clients: counted, with lagging indexes and AWS's size limits.
+    let function_aws = aws_limits::instrument(
+        &IndexLag::new(options.index_lag).instrument(&sdk_calls.instrument(&aws)),
+    );
     for function in &template.functions {
         let vars = function_environment(function, &template, &names, &base_env, &overrides);
         let handler = registry::load(&function.binary, &function_aws, &Env::from_map(vars))

@@ -168,6 +168,82 @@ fn unauthorized() -> Response {
     twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate")
 }
 
+/// Twilio's limit on a message body: "the concatenated message body exceeds the 1600
+/// character limit" (error 21617).
+const MAX_BODY_CHARS: usize = 1600;
+
+/// The Messages API rules the sandbox enforces beyond `To` (21211) and a sender (21603),
+/// each with Twilio's error code (Twilio error dictionary, `twilio.com/docs/api/errors`;
+/// Messages resource, "Create a Message resource"):
+/// - 21602: a `Body` is required (Herald sends no media);
+/// - 21617: the body is at most 1,600 characters;
+/// - 21212: `From` is an E.164 number, a short code (5–6 digits) or an alphanumeric sender
+///   ID (1–11 letters, digits and spaces, at least one letter);
+/// - 21266: `To` and `From` differ;
+/// - 21609: `StatusCallback`, when given, is an absolute http(s) URL;
+/// - `MessagingServiceSid` is `MG` and 32 hex digits (21701 otherwise).
+fn check_message(
+    to: &str,
+    from: Option<&str>,
+    service: Option<&str>,
+    body: &str,
+    status_callback: Option<&str>,
+) -> Result<(), (i64, String)> {
+    if body.is_empty() {
+        return Err((21602, "Message body is required.".to_owned()));
+    }
+    let chars = body.chars().count();
+    if chars > MAX_BODY_CHARS {
+        return Err((
+            21617,
+            format!("The concatenated message body exceeds the 1600 character limit ({chars})."),
+        ));
+    }
+    if let Some(from) = from {
+        let e164 = PhoneNumber::parse(from).is_ok() && from.starts_with('+');
+        let short_code = (5..=6).contains(&from.len()) && from.bytes().all(|b| b.is_ascii_digit());
+        let alphanumeric = (1..=11).contains(&from.len())
+            && from.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
+            && from.bytes().any(|b| b.is_ascii_alphabetic());
+        if !(e164 || short_code || alphanumeric) {
+            return Err((
+                21212,
+                format!(
+                    "The 'From' number {from} is not a valid phone number, shortcode, or alphanumeric sender ID."
+                ),
+            ));
+        }
+        if from == to {
+            return Err((
+                21266,
+                "'To' and 'From' number cannot be the same".to_owned(),
+            ));
+        }
+    }
+    if let Some(service) = service {
+        let valid = service.len() == 34
+            && service.starts_with("MG")
+            && service[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid {
+            return Err((
+                21701,
+                format!("The Messaging Service Sid {service} is invalid."),
+            ));
+        }
+    }
+    if let Some(callback) = status_callback {
+        let valid = url::Url::parse(callback)
+            .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host());
+        if !valid {
+            return Err((
+                21609,
+                format!("The StatusCallback URL {callback} is not a valid URL."),
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn create_message(
     State(sandbox): State<Arc<TwilioSandbox>>,
     Path(account): Path<String>,
@@ -222,8 +298,14 @@ async fn create_message(
         );
     }
     let text = form.get("Body").cloned().unwrap_or_default();
-    if text.is_empty() {
-        return twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
+    if let Err((code, message)) = check_message(
+        &to,
+        from.as_deref(),
+        service.as_deref(),
+        &text,
+        form.get("StatusCallback").map(String::as_str),
+    ) {
+        return twilio_error(StatusCode::BAD_REQUEST, code, &message);
     }
     let sid = new_sid("SM");
     let callback = form.get("StatusCallback").cloned();
@@ -383,5 +465,79 @@ async fn inbound(
                 .into_response()
         }
         Err(error) => (StatusCode::BAD_GATEWAY, error).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::check_message;
+
+    fn code(result: Result<(), (i64, String)>) -> Option<i64> {
+        result.err().map(|(code, _)| code)
+    }
+
+    #[test]
+    fn the_messages_api_rules() {
+        let to = "+14155552671";
+        let hook = Some("https://hooks.example.com/twilio");
+        assert_eq!(
+            code(check_message(to, Some("+14155550100"), None, "Hi", hook)),
+            None
+        );
+        assert_eq!(
+            code(check_message(to, Some("Herald"), None, "Hi", None)),
+            None
+        );
+        assert_eq!(
+            code(check_message(to, Some("12345"), None, "Hi", None)),
+            None
+        );
+        assert_eq!(
+            code(check_message(to, Some("+14155550100"), None, "", None)),
+            Some(21602)
+        );
+        let long = "x".repeat(1601);
+        assert_eq!(
+            code(check_message(to, Some("+14155550100"), None, &long, None)),
+            Some(21617)
+        );
+        let unicode = "é".repeat(1600);
+        assert_eq!(
+            code(check_message(
+                to,
+                Some("+14155550100"),
+                None,
+                &unicode,
+                None
+            )),
+            None,
+            "characters, not bytes"
+        );
+        assert_eq!(
+            code(check_message(to, Some("not a number!"), None, "Hi", None)),
+            Some(21212)
+        );
+        assert_eq!(
+            code(check_message(to, Some("TwelveLetters"), None, "Hi", None)),
+            Some(21212)
+        );
+        assert_eq!(
+            code(check_message(to, Some(to), None, "Hi", None)),
+            Some(21266)
+        );
+        assert_eq!(
+            code(check_message(to, None, Some("MG123"), "Hi", None)),
+            Some(21701)
+        );
+        assert_eq!(
+            code(check_message(
+                to,
+                Some("+14155550100"),
+                None,
+                "Hi",
+                Some("/relative")
+            )),
+            Some(21609)
+        );
     }
 }

@@ -37,7 +37,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{self, ShardedList, StuckInSent, merged_query, record_partitions, record_pk};
+use super::shards::{
+    self, PendingRecord, ShardedList, StuckInSent, Swept, merged_query, pending_index_key,
+    record_partitions, record_pk, status_index_shard,
+};
 use super::{Item, PartitionKey, StoreError, batch_get, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{
@@ -112,10 +115,12 @@ fn supp_sk(address: &str) -> String {
 }
 
 fn sent_shard(id: &str) -> String {
-    let shard = id.bytes().fold(0u32, |acc, b| {
-        acc.wrapping_mul(31).wrapping_add(u32::from(b))
-    }) % SENT_SHARDS;
-    format!("EMAIL#SENT#{shard}")
+    format!("EMAIL#SENT#{}", status_index_shard(id, SENT_SHARDS))
+}
+
+/// The pending-index key of an email waiting since `since` (see [`pending_index_key`]).
+fn pending_key(id: &str, since: DateTime<Utc>) -> (String, String) {
+    pending_index_key("EMAIL", SENT_SHARDS, id, since)
 }
 
 fn n(value: impl ToString) -> AttributeValue {
@@ -198,6 +203,11 @@ impl EmailStore {
         item.insert("sk".into(), s(email_sk(&record.id)));
         item.insert("entity".into(), s("email"));
         item.insert("status_rank".into(), n(record.status.rank()));
+        if record.status == EmailStatus::Queued {
+            let (pk, sk) = pending_key(&record.id, record.created_at);
+            item.insert("gsi1pk".into(), s(pk));
+            item.insert("gsi1sk".into(), s(sk));
+        }
         let mut items = vec![item];
         if !body.is_empty() {
             body.insert("pk".into(), s(body_pk(&record.org_id, &record.id)));
@@ -706,7 +716,9 @@ impl EmailStore {
                     .table_name(&self.table)
                     .key("pk", s(email_pk(org, &record.id)))
                     .key("sk", s(email_sk(&record.id)))
-                    .update_expression("SET #status = :queued, status_rank = :rank, updated_at = :now, version = version + :one, timeline = list_append(timeline, :entry) REMOVE failure_kind, failure_reason")
+                    .update_expression("SET #status = :queued, status_rank = :rank, updated_at = :now, version = version + :one, timeline = list_append(timeline, :entry), gsi1pk = :g1, gsi1sk = :g1s REMOVE failure_kind, failure_reason")
+                    .expression_attribute_values(":g1", s(pending_key(&record.id, now).0))
+                    .expression_attribute_values(":g1s", s(pending_key(&record.id, now).1))
                     .condition_expression("#status = :failed AND attribute_not_exists(deleted_at)")
                     .expression_attribute_names("#status", "status")
                     .expression_attribute_values(":queued", s("queued"))
@@ -767,6 +779,54 @@ impl EmailStore {
             max,
         )
         .await
+    }
+
+    /// Emails waiting (`queued`, or `sending` under a claim) since before `cutoff`, across
+    /// organizations, for the sweep: at most `max`, a fair share from every shard.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn pending_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<StuckInSent>, StoreError> {
+        shards::stuck_in_sent(
+            &self.dynamodb,
+            &self.table,
+            "EMAIL#PENDING",
+            SENT_SHARDS,
+            cutoff,
+            max,
+        )
+        .await
+    }
+
+    /// Settles one email the sweep found waiting: gives up on it when it was created
+    /// before `give_up_before`, else resets its waiting clock so it is enqueued again (see
+    /// [`Swept`]). Every step is conditional on what the email is now, so a worker or
+    /// webhook that moves it meanwhile wins.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn sweep(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+        give_up_before: DateTime<Utc>,
+    ) -> Result<Swept, StoreError> {
+        let record = PendingRecord {
+            pk: email_pk(org, id),
+            sk: email_sk(id),
+            kind: "EMAIL",
+            since: pending_key(id, now).1,
+            failed_rank: Some(EmailStatus::Failed.rank()),
+            entry: |reason: String| {
+                timeline_value(&[TimelineEntry::new(now, "failed", Some(reason))])
+            },
+        };
+        shards::sweep_record(&self.dynamodb, &self.table, record, now, give_up_before).await
     }
 
     /// Which of `addresses` are on the organization's suppression list.
@@ -925,12 +985,17 @@ fn finish_update(
                 ", provider_message_id = :msg, sent_at = :now, gsi1pk = :g1, gsi1sk = :g1s",
             )
         }
-        SendOutcome::Retry { reason } => (
-            EmailStatus::Queued,
-            "retry_scheduled",
-            Some(reason.clone()),
-            ", failure_reason = :reason",
-        ),
+        SendOutcome::Retry { reason } => {
+            let (pk, sk) = pending_key(id, now);
+            values.push((":g1".into(), s(pk)));
+            values.push((":g1s".into(), s(sk)));
+            (
+                EmailStatus::Queued,
+                "retry_scheduled",
+                Some(reason.clone()),
+                ", failure_reason = :reason, gsi1pk = :g1, gsi1sk = :g1s",
+            )
+        }
         SendOutcome::Failed { kind, reason } => {
             let kind = match kind {
                 FailureKind::Transient => "transient",
@@ -954,6 +1019,12 @@ fn finish_update(
     if let Some(detail) = &detail {
         values.push((":reason".into(), s(detail)));
     }
+    // A final status leaves the pending index (`sent` moved to the sent index above).
+    let final_removes = if matches!(status, EmailStatus::Failed | EmailStatus::Suppressed) {
+        ", gsi1pk, gsi1sk"
+    } else {
+        ""
+    };
     values.push((":status".into(), s(status.as_str())));
     values.push((":rank".into(), n(status.rank())));
     values.push((
@@ -965,7 +1036,7 @@ fn finish_update(
         id: id.to_owned(),
         expression: format!(
             "SET #status = :status, status_rank = :rank, updated_at = :now, version = version + :one, \
-             timeline = list_append(timeline, :entry){extra} REMOVE claim_until"
+             timeline = list_append(timeline, :entry){extra} REMOVE claim_until{final_removes}"
         ),
         condition: "#status = :sending".to_owned(),
         names: vec![("#status", "status")],
@@ -996,7 +1067,14 @@ fn change_update(
         names.push(("#status", "status"));
         values.push((":status".into(), s(after.status.as_str())));
         values.push((":rank".into(), n(after.status.rank())));
-        if before.status == EmailStatus::Sent {
+        // Off the sent or pending index once past them (a webhook can beat the worker).
+        let indexed = |status: EmailStatus| {
+            matches!(
+                status,
+                EmailStatus::Queued | EmailStatus::Sending | EmailStatus::Sent
+            )
+        };
+        if indexed(before.status) && !indexed(after.status) {
             removes.push("gsi1pk");
             removes.push("gsi1sk");
         }

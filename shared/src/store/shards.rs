@@ -46,6 +46,30 @@ pub(crate) fn record_partitions(org: &OrgId, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// The shard of a record on a status index (`SENT`, `PENDING`) with `shards` shards. A hash
+/// of its own, older than [`shard_of`] and kept so existing index keys stay put.
+pub(crate) fn status_index_shard(id: &str, shards: u32) -> u32 {
+    id.bytes().fold(0u32, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(u32::from(b))
+    }) % shards
+}
+
+/// The "waiting to be sent" index key of a record (GSI1 while `queued` or `sending`):
+/// `<kind>#PENDING#<shard>` / `<ms>#<id>`, `ms` the time it last started waiting. The
+/// sweep (issue 15) reads it for records that have waited too long. `kind` is `EMAIL` or
+/// `SMS`.
+pub(crate) fn pending_index_key(
+    kind: &str,
+    shards: u32,
+    id: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> (String, String) {
+    (
+        format!("{kind}#PENDING#{}", status_index_shard(id, shards)),
+        format!("{:013}#{id}", since.timestamp_millis()),
+    )
+}
+
 /// The ids of one bulk's records still `queued`, sorted. Read from the table itself with
 /// `ConsistentRead`, not from an index: DynamoDB's indexes are eventually consistent ("a
 /// query on a global secondary index might not return the most recent data", DynamoDB
@@ -105,9 +129,136 @@ pub struct StuckInSent {
     pub provider_message_id: Option<String>,
 }
 
-/// Messages on the "in `sent`" status-check index (GSI1, keys `<prefix>#<shard>` for each
-/// of `shards`) that have been there since before `cutoff`, oldest first per shard, at most
-/// `max`.
+/// What the sweep did with one record found waiting too long on the pending index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swept {
+    /// Still `queued` (or `sending` under a lapsed claim): its clock was reset and it must
+    /// be enqueued again.
+    Requeue,
+    /// Waiting since before the sweep's give-up time: recorded `failed` (transient, so
+    /// `resend-failed` can bring it back).
+    GaveUp,
+    /// It had moved on (a webhook beat the worker): taken off the pending index.
+    Cleared,
+    /// Another delivery holds a live claim on it: left alone.
+    Busy,
+}
+
+/// A record the sweep settles: its key, its pending-index prefix (`EMAIL`, `SMS`), the
+/// clock value a requeue sets, the `status_rank` of `failed` where the kind keeps one, and
+/// how its timeline entry is written.
+pub(crate) struct PendingRecord<F> {
+    pub pk: String,
+    pub sk: String,
+    pub kind: &'static str,
+    pub since: String,
+    pub failed_rank: Option<u8>,
+    pub entry: F,
+}
+
+/// Settles one record the sweep found waiting (see [`Swept`]): gives up on it when it was
+/// created (its ULID) before `give_up_before`, else restarts its waiting clock so it is
+/// enqueued again, else takes it off the pending index if it has moved on. Each step is
+/// conditional on what the record is now, so a worker or webhook that moves it meanwhile
+/// wins. (DynamoDB refuses expression values an expression does not use, so each update
+/// names exactly its own.)
+pub(crate) async fn sweep_record<F>(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    record: PendingRecord<F>,
+    now: chrono::DateTime<chrono::Utc>,
+    give_up_before: chrono::DateTime<chrono::Utc>,
+) -> Result<Swept, StoreError>
+where
+    F: Fn(String) -> Result<AttributeValue, StoreError>,
+{
+    let waiting = "attribute_not_exists(deleted_at) AND \
+                   (#status = :queued OR (#status = :sending AND claim_until < :epoch))";
+    let update = || {
+        dynamodb
+            .update_item()
+            .table_name(table)
+            .key("pk", s(&record.pk))
+            .key("sk", s(&record.sk))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":sending", s("sending"))
+    };
+    let number = |value: i64| AttributeValue::N(value.to_string());
+    let reason = format!(
+        "not sent: still waiting {} hours after it was accepted",
+        (now - give_up_before).num_hours()
+    );
+    let rank = record.failed_rank.map_or("", |_| ", status_rank = :rank");
+    let mut give_up = update()
+        .update_expression(format!(
+            "SET #status = :failed{rank}, failure_kind = :kind, failure_reason = :reason, \
+             updated_at = :now, version = version + :one, timeline = list_append(timeline, :entry) \
+             REMOVE claim_until, gsi1pk, gsi1sk"
+        ))
+        .condition_expression(format!("{waiting} AND id < :oldest"))
+        .expression_attribute_values(":epoch", number(now.timestamp()))
+        .expression_attribute_values(":failed", s("failed"))
+        .expression_attribute_values(":kind", s("transient"))
+        .expression_attribute_values(":reason", s(&reason))
+        .expression_attribute_values(":now", s(now.to_rfc3339()))
+        .expression_attribute_values(":one", number(1))
+        .expression_attribute_values(":entry", (record.entry)(reason.clone())?)
+        .expression_attribute_values(
+            ":oldest",
+            s(RecordId::lowest_at(give_up_before).to_string()),
+        );
+    if let Some(rank) = record.failed_rank {
+        give_up = give_up.expression_attribute_values(":rank", number(i64::from(rank)));
+    }
+    if conditional(give_up.send().await, "UpdateItem sweep give-up")? {
+        return Ok(Swept::GaveUp);
+    }
+    let requeue = update()
+        .update_expression("SET gsi1sk = :since, sweeps = if_not_exists(sweeps, :zero) + :one")
+        .condition_expression(waiting)
+        .expression_attribute_values(":epoch", number(now.timestamp()))
+        .expression_attribute_values(":since", s(&record.since))
+        .expression_attribute_values(":zero", number(0))
+        .expression_attribute_values(":one", number(1));
+    if conditional(requeue.send().await, "UpdateItem sweep requeue")? {
+        return Ok(Swept::Requeue);
+    }
+    let clear = update()
+        .update_expression("REMOVE gsi1pk, gsi1sk")
+        .condition_expression(
+            "begins_with(gsi1pk, :pending) AND NOT (#status IN (:queued, :sending))",
+        )
+        .expression_attribute_values(":pending", s(format!("{}#PENDING#", record.kind)));
+    Ok(
+        if conditional(clear.send().await, "UpdateItem sweep clear")? {
+            Swept::Cleared
+        } else {
+            Swept::Busy
+        },
+    )
+}
+
+/// `Ok(true)` when a conditional write happened, `Ok(false)` when its condition failed.
+fn conditional<T, E>(
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E>>,
+    context: &'static str,
+) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    match result {
+        Ok(_) => Ok(true),
+        Err(error) if error.code() == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(error) => Err(anyhow::Error::new(error).context(context).into()),
+    }
+}
+
+/// Records on a status index (GSI1, keys `<prefix>#<shard>` for each of `shards`: the
+/// "in `sent`" index of the status checks, the "pending" index of the sweep) that have been
+/// there since before `cutoff`, oldest first per shard, at most `max` and at most an even
+/// share of it from each shard.
 pub(crate) async fn stuck_in_sent(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -117,9 +268,14 @@ pub(crate) async fn stuck_in_sent(
     max: usize,
 ) -> Result<Vec<StuckInSent>, StoreError> {
     let mut found = Vec::new();
+    // Each shard gets its share of `max`, so records that stay on the index for good (a
+    // message no provider lookup can settle) cannot pin the first shards and starve the
+    // rest (issue 15).
+    let per_shard = max.div_ceil(usize::try_from(shards.max(1)).unwrap_or(1));
     for shard in 0..shards {
         let mut start = None;
-        loop {
+        let mut taken = 0;
+        'shard: loop {
             let output = dynamodb
                 .query()
                 .table_name(table)
@@ -140,8 +296,12 @@ pub(crate) async fn stuck_in_sent(
                 .context("Query the sent index")?;
             for item in output.items.unwrap_or_default() {
                 found.push(serde_dynamo::from_item(item).context("malformed sent-index item")?);
+                taken += 1;
                 if found.len() >= max {
                     return Ok(found);
+                }
+                if taken >= per_shard {
+                    break 'shard;
                 }
             }
             start = output.last_evaluated_key;

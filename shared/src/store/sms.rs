@@ -27,7 +27,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::shards::{self, ShardedList, StuckInSent, merged_query, record_partitions, record_pk};
+use super::shards::{
+    self, PendingRecord, ShardedList, StuckInSent, Swept, merged_query, pending_index_key,
+    record_partitions, record_pk, status_index_shard,
+};
 use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{FailureKind, TimelineEntry};
@@ -96,10 +99,12 @@ fn n(value: impl ToString) -> AttributeValue {
 }
 
 fn sent_shard(id: &str) -> String {
-    let shard = id.bytes().fold(0u32, |acc, b| {
-        acc.wrapping_mul(31).wrapping_add(u32::from(b))
-    }) % SMS_SENT_SHARDS;
-    format!("SMS#SENT#{shard}")
+    format!("SMS#SENT#{}", status_index_shard(id, SMS_SENT_SHARDS))
+}
+
+/// The pending-index key of an SMS waiting since `since` (see [`pending_index_key`]).
+fn pending_key(id: &str, since: DateTime<Utc>) -> (String, String) {
+    pending_index_key("SMS", SMS_SENT_SHARDS, id, since)
 }
 
 fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
@@ -180,6 +185,11 @@ impl SmsStore {
         item.insert("pk".into(), s(sms_pk(&record.org_id, &record.id)));
         item.insert("sk".into(), s(sms_sk(&record.id)));
         item.insert("entity".into(), s("sms"));
+        if record.status == SmsStatus::Queued {
+            let (pk, sk) = pending_key(&record.id, record.created_at);
+            item.insert("gsi1pk".into(), s(pk));
+            item.insert("gsi1sk".into(), s(sk));
+        }
         Ok(item)
     }
 
@@ -398,7 +408,11 @@ impl SmsStore {
                 (SmsStatus::Sent, "sent", None)
             }
             SendOutcome::Retry { reason } => {
-                extra.push_str(", failure_reason = :reason");
+                extra.push_str(", failure_reason = :reason, gsi1pk = :g1, gsi1sk = :g1s");
+                let (pk, sk) = pending_key(id, now);
+                request = request
+                    .expression_attribute_values(":g1", s(pk))
+                    .expression_attribute_values(":g1s", s(sk));
                 (SmsStatus::Queued, "retry_scheduled", Some(reason.clone()))
             }
             SendOutcome::Failed { kind, reason } => {
@@ -426,10 +440,16 @@ impl SmsStore {
         if let Some(detail) = &detail {
             request = request.expression_attribute_values(":reason", s(detail));
         }
+        // A final status leaves the pending index (`sent` moved to the sent index above).
+        let final_removes = if matches!(status, SmsStatus::Failed | SmsStatus::Suppressed) {
+            ", gsi1pk, gsi1sk"
+        } else {
+            ""
+        };
         let result = request
             .update_expression(format!(
                 "SET #status = :status, updated_at = :now, version = version + :one, \
-                 timeline = list_append(timeline, :entry){extra} REMOVE claim_until"
+                 timeline = list_append(timeline, :entry){extra} REMOVE claim_until{final_removes}"
             ))
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(
@@ -639,6 +659,51 @@ impl SmsStore {
         span: &BulkSpan,
     ) -> Result<Vec<String>, StoreError> {
         shards::queued_in_bulk(&self.dynamodb, &self.table, "SMS", org, bulk_id, span).await
+    }
+
+    /// Records waiting (`queued`, or `sending` under a claim) since before `cutoff`, across
+    /// organizations, for the sweep: at most `max`, a fair share from every shard.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn pending_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<StuckInSent>, StoreError> {
+        shards::stuck_in_sent(
+            &self.dynamodb,
+            &self.table,
+            "SMS#PENDING",
+            SMS_SENT_SHARDS,
+            cutoff,
+            max,
+        )
+        .await
+    }
+
+    /// Settles one record the sweep found waiting (see [`Swept`]).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn sweep(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+        give_up_before: DateTime<Utc>,
+    ) -> Result<Swept, StoreError> {
+        let record = PendingRecord {
+            pk: sms_pk(org, id),
+            sk: sms_sk(id),
+            kind: "SMS",
+            since: pending_key(id, now).1,
+            failed_rank: None,
+            entry: |reason: String| {
+                timeline_value(&[TimelineEntry::new(now, "failed", Some(reason))])
+            },
+        };
+        shards::sweep_record(&self.dynamodb, &self.table, record, now, give_up_before).await
     }
 
     /// Records in `sent` since before `cutoff`, across organizations (for the status check).

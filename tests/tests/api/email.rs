@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestBundle, eventually, spawn_bundle, spawn_bundle_with};
+use crate::helpers::{TEST_INDEX_LAG, TestBundle, eventually, spawn_bundle, spawn_bundle_with};
 
 fn simple(to: &str) -> Value {
     json!({"to": to, "subject": "Your order", "text": "Order 1042 shipped", "html": "<p>Order <b>1042</b> shipped</p>"})
@@ -767,4 +767,58 @@ async fn the_status_check_settles_emails_whose_webhook_was_lost() {
     assert_eq!(result["updated"], 1, "{result}");
     let email = app.email_reaches(&token, &id, "delivered", 5).await;
     assert!(events_of(&email).contains(&"status_check".to_owned()));
+}
+
+/// Issue 15, defect 3: an email whose job was lost after the API's 202 stays `queued`
+/// until the sweep (in the status check) enqueues it again; one waiting past the give-up
+/// bound is recorded `failed` (transient, so `resend-failed` can bring it back).
+#[tokio::test]
+async fn the_sweep_requeues_an_email_whose_job_was_lost_and_gives_up_after_the_bound() {
+    let app = spawn_bundle_with(|options| {
+        options.poll_queues = false;
+        options
+            .overrides
+            .insert("PENDING_SWEEP_AFTER_MINUTES".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    // The job is lost: taken off the queue and never run.
+    assert_eq!(app.message_bodies_in("EmailSendQueue").await.len(), 1);
+    // The sweep reads an index, which lags writes (as on AWS).
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
+
+    let result = app.fire_schedule("email-status-check").await;
+    assert_eq!(result["swept"]["requeued"], 1, "{result}");
+    let jobs = app.message_bodies_in("EmailSendQueue").await;
+    assert!(jobs.iter().any(|job| job.contains(&id)), "{jobs:?}");
+    let email = app.get(&format!("/services/email/{id}"), &token).await.body;
+    assert_eq!(email["status"], "queued");
+
+    let patient = spawn_bundle_with(|options| {
+        options.poll_queues = false;
+        for (name, value) in [
+            ("PENDING_SWEEP_AFTER_MINUTES", "0"),
+            ("PENDING_GIVE_UP_HOURS", "0"),
+        ] {
+            options.overrides.insert(name.to_owned(), value.to_owned());
+        }
+    })
+    .await;
+    let token = patient.token("acme", "admin");
+    let id = send(&patient, &token, simple("bob@example.com")).await;
+    patient.message_bodies_in("EmailSendQueue").await;
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
+    let result = patient.fire_schedule("email-status-check").await;
+    assert_eq!(result["swept"]["gave_up"], 1, "{result}");
+    let email = patient
+        .get(&format!("/services/email/{id}"), &token)
+        .await
+        .body;
+    assert_eq!(email["status"], "failed");
+    assert_eq!(email["failure_kind"], "transient");
+    let reply = patient
+        .post("/services/email/resend-failed/", &token, json!({}))
+        .await;
+    assert_eq!(reply.body["requeued"], 1, "{}", reply.body);
 }
