@@ -39,6 +39,8 @@ pub struct BulkRun {
     pub recipients: usize,
     /// Calls the provider sandbox received (Mail Send / Messages).
     pub provider_calls: u64,
+    /// Calls the SendGrid sandbox refused for breaking a Mail Send rule (0 for SMS).
+    pub refusals: u64,
     pub sdk: SdkCallCounts,
     /// Final statuses reached, by status.
     pub statuses: BTreeMap<String, usize>,
@@ -54,20 +56,30 @@ pub struct BulkRun {
 ///
 /// # Errors
 /// When the API refuses the send or not every email is final within `timeout`.
+///
+/// With `cc`, every email is copied to it and every hundredth recipient is the cc address
+/// itself (the shape SendGrid refuses when planned carelessly: issue 15).
 pub async fn bulk_email(
     bundle: &RunningBundle,
     recipients: usize,
+    cc: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<BulkRun> {
     let list: Vec<Value> = (0..recipients)
-        .map(|i| json!({"to": format!("r{i:05}@example.com"), "variables": {"n": i}}))
+        .map(|i| match cc {
+            Some(cc) if i % 100 == 99 => json!({"to": cc, "variables": {"n": i}}),
+            _ => json!({"to": format!("r{i:05}@example.com"), "variables": {"n": i}}),
+        })
         .collect();
-    let body = json!({
+    let mut body = json!({
         "recipients": list,
         "subject": "Bulk efficiency {{n}}",
         "text": "Hello recipient {{n}}.",
         "campaign": "bulk-efficiency",
     });
+    if let Some(cc) = cc {
+        body["cc"] = json!([cc]);
+    }
     run(bundle, Channel::Email, recipients, body, timeout).await
 }
 
@@ -105,6 +117,7 @@ async fn run(
         Channel::Sms => "/services/sms",
     };
     let provider_calls_before = provider_calls(bundle, channel)?;
+    let refusals_before = refusals(bundle);
     bundle.sdk_calls.reset();
     let started = Instant::now();
 
@@ -148,11 +161,19 @@ async fn run(
         channel,
         recipients,
         provider_calls: provider_calls(bundle, channel)? - provider_calls_before,
+        refusals: refusals(bundle) - refusals_before,
         sdk,
         statuses,
         elapsed,
         queue_names,
     })
+}
+
+fn refusals(bundle: &RunningBundle) -> u64 {
+    bundle
+        .sendgrid
+        .as_ref()
+        .map_or(0, |sandbox| sandbox.refusals())
 }
 
 fn provider_calls(bundle: &RunningBundle, channel: Channel) -> anyhow::Result<u64> {
@@ -273,6 +294,10 @@ impl BulkRun {
         row(
             format!("{} calls", self.channel.provider()),
             self.provider_calls,
+        );
+        row(
+            format!("{} refusals (request rules)", self.channel.provider()),
+            self.refusals,
         );
         row("SQS messages sent".to_owned(), self.sdk.sqs_messages_sent());
         for (queue, count) in &self.sdk.messages_by_queue {

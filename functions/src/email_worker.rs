@@ -241,6 +241,24 @@ impl EmailWorker {
                 Ok(accepted) => SendOutcome::Sent {
                     message_id: accepted.message_id,
                 },
+                // The key, not the email: wrong, revoked (a rotation this execution
+                // environment has not seen) or without the `mail.send` scope. Read the
+                // secret again (once) and retry; only the last attempt fails the emails.
+                Err(SendError::Permanent {
+                    status: status @ (401 | 403),
+                    message,
+                }) => {
+                    tracing::error!(
+                        status,
+                        message,
+                        alarm = "provider-credentials",
+                        "SendGrid refused Herald's API key: re-reading the secret"
+                    );
+                    self.sendgrid.rebuild_once();
+                    let reason = format!("SendGrid refused the API key ({status}): {message}");
+                    retry.get_or_insert(reason.clone());
+                    SendOutcome::transient(reason, last_attempt)
+                }
                 Err(SendError::Permanent { status, message }) => SendOutcome::Failed {
                     kind: FailureKind::Permanent,
                     reason: format!("SendGrid {status}: {message}"),

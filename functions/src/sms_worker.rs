@@ -299,6 +299,26 @@ impl SmsWorker {
                     .await?;
                 Ok(None)
             }
+            // The credentials, not the message (20003 "Authenticate"): a rotated or revoked
+            // token. Read the secret again (once) and retry; only the last attempt fails.
+            Err(TwilioError::Permanent {
+                status: status @ (401 | 403),
+                code,
+                message,
+            }) => {
+                tracing::error!(
+                    status,
+                    code,
+                    message,
+                    alarm = "provider-credentials",
+                    "Twilio refused Herald's credentials: re-reading the secret"
+                );
+                self.twilio.rebuild_once();
+                let reason = format!("Twilio refused the credentials ({status}): {message}");
+                let outcome = SendOutcome::transient(reason.clone(), last_attempt);
+                self.finish(org, record, &outcome, None, code).await?;
+                Ok(Some(reason))
+            }
             Err(TwilioError::Permanent {
                 status,
                 code,

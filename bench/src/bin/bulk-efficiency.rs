@@ -3,7 +3,7 @@
 //! (and optionally one bulk SMS) through the API and prints what it took: provider calls, SQS
 //! messages, DynamoDB item writes, per message.
 //!
-//! `cargo run -p herald-bench --bin bulk-efficiency -- --recipients 10000`
+//! `cargo run -p herald-bench --bin bulk-efficiency -- --recipients 10000 [--cc boss@example.com]`
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ struct Args {
     /// Recipients of the bulk send.
     #[arg(long, default_value_t = 10_000)]
     recipients: usize,
+    /// Copy every email to this address (and make every hundredth recipient that address).
+    #[arg(long)]
+    cc: Option<String>,
     /// Also send a bulk SMS to this many recipients (0: no SMS run).
     #[arg(long, default_value_t = 0)]
     sms_recipients: usize,
@@ -81,7 +84,8 @@ async fn main() -> anyhow::Result<()> {
         "bulk-efficiency {} ({machine}), resources prefixed {prefix}\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
-    let email = bulk_efficiency::bulk_email(&bundle, args.recipients, timeout).await?;
+    let email =
+        bulk_efficiency::bulk_email(&bundle, args.recipients, args.cc.as_deref(), timeout).await?;
     println!("{}", email.table());
     if args.sms_recipients > 0 {
         let sms = bulk_efficiency::bulk_sms(&bundle, args.sms_recipients, timeout).await?;

@@ -58,8 +58,17 @@ fn default_timeout_ms() -> u64 {
     5_000
 }
 
-/// The kinds chaos draws from, evenly.
-const CHAOS_KINDS: [&str; 6] = ["500", "503", "429", "timeout", "drop", "accept_then_drop"];
+/// The kinds chaos draws from, evenly. `401` stands for a key being rotated: the provider
+/// refuses it once, then takes it again (issue 15: a refused key is retried, not final).
+const CHAOS_KINDS: [&str; 7] = [
+    "500",
+    "503",
+    "429",
+    "401",
+    "timeout",
+    "drop",
+    "accept_then_drop",
+];
 
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -108,7 +117,8 @@ impl Faults {
         if rng.unit() >= chaos.share {
             return None;
         }
-        let kind = CHAOS_KINDS[usize::try_from(rng.next() % 6).unwrap_or(0)];
+        let kinds = CHAOS_KINDS.len() as u64;
+        let kind = CHAOS_KINDS[usize::try_from(rng.next() % kinds).unwrap_or(0)];
         Some(match kind {
             "timeout" => Fault {
                 delay_ms: Some(chaos.timeout_ms),

@@ -26,7 +26,8 @@ use super::faults::{self, ConnectionFault, Fault, Faults};
 const INBOX_LIMIT: usize = 20_000;
 
 pub struct SendGridSandbox {
-    api_key: String,
+    /// The key Mail Send accepts; [`Self::rotate_key`] replaces it, as revoking a key does.
+    api_key: Mutex<String>,
     signer: WebhookSigner,
     webhook_url: String,
     http: reqwest::Client,
@@ -51,7 +52,7 @@ struct SandboxState {
 impl SendGridSandbox {
     pub fn new(webhook_url: String) -> Arc<Self> {
         Arc::new(Self {
-            api_key: format!("SG.sandbox.{}", uuid::Uuid::new_v4().simple()),
+            api_key: Mutex::new(new_api_key()),
             signer: WebhookSigner::generate(),
             webhook_url,
             http: reqwest::Client::new(),
@@ -62,12 +63,27 @@ impl SendGridSandbox {
     /// What Herald's SendGrid secret holds in sandbox mode.
     pub fn secret_values(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("SENDGRID_API_KEY".to_owned(), self.api_key.clone()),
+            ("SENDGRID_API_KEY".to_owned(), self.api_key()),
             (
                 "SENDGRID_WEBHOOK_PUBLIC_KEY".to_owned(),
                 self.signer.public_key_base64(),
             ),
         ])
+    }
+
+    /// The key Mail Send accepts now.
+    pub fn api_key(&self) -> String {
+        self.api_key.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    /// Revokes the key and issues a new one (a key rotation): calls with the old key are
+    /// refused with SendGrid's 401 from now on. Returns the new key.
+    pub fn rotate_key(&self) -> String {
+        let key = new_api_key();
+        if let Ok(mut current) = self.api_key.lock() {
+            current.clone_from(&key);
+        }
+        key
     }
 
     pub fn calls(&self) -> u64 {
@@ -151,6 +167,10 @@ impl SendGridSandbox {
             }
         }
     }
+}
+
+fn new_api_key() -> String {
+    format!("SG.sandbox.{}", uuid::Uuid::new_v4().simple())
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -329,7 +349,7 @@ async fn mail_send(
     let authorized = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", sandbox.api_key));
+        .is_some_and(|v| v == format!("Bearer {}", sandbox.api_key()));
     if !authorized {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -532,7 +552,10 @@ mod tests {
 
     #[test]
     fn a_valid_request_passes() {
-        assert_eq!(check_mail_send(&mail(vec![to("a@x.test"), to("b@x.test")]), 100), Ok(()));
+        assert_eq!(
+            check_mail_send(&mail(vec![to("a@x.test"), to("b@x.test")]), 100),
+            Ok(())
+        );
     }
 
     #[test]
@@ -544,7 +567,11 @@ mod tests {
                 p
             })
             .collect();
-        assert_eq!(refusal_field(&mail(personalizations)), None, "exactly 1,000");
+        assert_eq!(
+            refusal_field(&mail(personalizations)),
+            None,
+            "exactly 1,000"
+        );
         let personalizations = (0..501)
             .map(|n| {
                 let mut p = to(&format!("u{n}@x.test"));
@@ -552,25 +579,35 @@ mod tests {
                 p
             })
             .collect();
-        assert_eq!(refusal_field(&mail(personalizations)).as_deref(), Some("personalizations"));
+        assert_eq!(
+            refusal_field(&mail(personalizations)).as_deref(),
+            Some("personalizations")
+        );
     }
 
     #[test]
     fn an_address_twice_in_the_request_is_refused_wherever_it_is() {
         let mut same = to("a@x.test");
         same.cc = vec![Address::new("A@x.test")];
-        assert_eq!(refusal_field(&mail(vec![same])).as_deref(), Some("personalizations.0.cc"));
+        assert_eq!(
+            refusal_field(&mail(vec![same])).as_deref(),
+            Some("personalizations.0.cc")
+        );
         let mut shared_cc = vec![to("a@x.test"), to("b@x.test")];
         for p in &mut shared_cc {
             p.cc = vec![Address::new("boss@x.test")];
         }
-        assert_eq!(refusal_field(&mail(shared_cc)).as_deref(), Some("personalizations.1.cc"));
+        assert_eq!(
+            refusal_field(&mail(shared_cc)).as_deref(),
+            Some("personalizations.1.cc")
+        );
     }
 
     #[test]
     fn size_subject_and_content_rules() {
         let mut big = to("a@x.test");
-        big.substitutions.insert("%t%".to_owned(), "x".repeat(10_000));
+        big.substitutions
+            .insert("%t%".to_owned(), "x".repeat(10_000));
         assert_eq!(
             refusal_field(&mail(vec![big])).as_deref(),
             Some("personalizations.0.substitutions")
@@ -588,7 +625,10 @@ mod tests {
         empty.content = vec![Content::plain("")];
         assert_eq!(refusal_field(&empty).as_deref(), Some("content.0.value"));
         let no_to = Personalization::default();
-        assert_eq!(refusal_field(&mail(vec![no_to])).as_deref(), Some("personalizations.0.to"));
+        assert_eq!(
+            refusal_field(&mail(vec![no_to])).as_deref(),
+            Some("personalizations.0.to")
+        );
         let too_large = check_mail_send(&mail(vec![to("a@x.test")]), MAX_REQUEST_BYTES + 1);
         assert_eq!(too_large.map_err(|r| r.status), Err(413));
     }

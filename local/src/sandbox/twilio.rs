@@ -265,13 +265,11 @@ async fn create_message(
     }
     if let Some(status) = fault.status {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = fault
-            .code
-            .unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
-                20429
-            } else {
-                20500
-            });
+        let code = fault.code.unwrap_or(match status {
+            StatusCode::TOO_MANY_REQUESTS => 20429,
+            StatusCode::UNAUTHORIZED => 20003,
+            _ => 20500,
+        });
         return twilio_error(status, code, "sandbox fault");
     }
     if fault.connection == Some(ConnectionFault::Drop) {

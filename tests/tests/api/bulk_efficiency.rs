@@ -15,7 +15,7 @@ const EVENTS_PER_MESSAGE: u64 = shared::events::EVENTS_PER_MESSAGE as u64;
 async fn bulk_email_keeps_its_call_message_and_write_bounds() {
     let t = spawn_bundle().await;
     let n: u64 = 1_001;
-    let run = bulk_efficiency::bulk_email(&t.bundle, 1_001, Duration::from_secs(300))
+    let run = bulk_efficiency::bulk_email(&t.bundle, 1_001, None, Duration::from_secs(300))
         .await
         .unwrap();
     let table = run.table();

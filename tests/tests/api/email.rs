@@ -822,3 +822,33 @@ async fn the_sweep_requeues_an_email_whose_job_was_lost_and_gives_up_after_the_b
         .await;
     assert_eq!(reply.body["requeued"], 1, "{}", reply.body);
 }
+
+/// Issue 15, defect 5: a rotated SendGrid key (the old one now refused with 401) fails
+/// nothing: the worker re-reads the secret and the retry goes out with the new key.
+#[tokio::test]
+async fn a_rotated_sendgrid_key_is_picked_up_without_failing_the_email() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let first = send(&app, &token, simple("ann@example.com")).await;
+    app.email_reaches(&token, &first, "delivered", 60).await;
+
+    // Rotate: SendGrid now refuses the key the worker holds; the secret has the new one.
+    app.sandbox().rotate_key();
+    let values = app.sandbox().secret_values();
+    app.bundle
+        .aws
+        .secrets
+        .put_secret_value()
+        .secret_id(app.bundle.resource("SendGridSecret"))
+        .secret_string(serde_json::to_string(&values).unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    let second = send(&app, &token, simple("bob@example.com")).await;
+    let email = app.email_reaches(&token, &second, "delivered", 60).await;
+    assert_eq!(
+        email["attempts"], 2,
+        "refused once, then sent with the new key"
+    );
+}
