@@ -13,7 +13,7 @@ use shared::domain::email::{EmailStatus, TimelineEntry};
 use shared::events::{Event, EventPublisher};
 use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
 use shared::queue::{Job, QueuePublisher};
-use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent};
+use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent, Unsettled};
 
 use crate::email_api::SEND_CHUNK;
 use crate::registry::{BoxFuture, ScheduledFunction};
@@ -21,6 +21,11 @@ use crate::sweep::Sweep;
 
 /// Per run, so one run stays well inside the function timeout.
 const MAX_PER_RUN: usize = 500;
+
+/// Lookups of one email without an answer before it is left `sent` for good (the webhook
+/// may still settle it). A looked-up email waits `EMAIL_STUCK_AFTER_MINUTES` for its next
+/// turn, so 24 lookups span six hours at the default 15 minutes.
+const MAX_LOOKUPS: u32 = 24;
 
 pub struct EmailStatusCheck {
     emails: EmailStore,
@@ -88,20 +93,33 @@ impl EmailStatusCheck {
                 .stuck_in_sent(now - self.stuck_after, MAX_PER_RUN)
                 .await
                 .map_err(|e| format!("{e:#}"))?;
-            let mut updated = 0;
+            let (mut updated, mut gave_up) = (0, 0);
             for StuckInSent {
                 org_id: org,
                 id,
                 provider_message_id,
+                to,
             } in &stuck
             {
-                let Some(message_id) = provider_message_id else {
+                let (Some(message_id), Some(to)) = (provider_message_id, to) else {
                     continue;
                 };
-                let status = match sendgrid.message_status(message_id).await {
+                let status = match sendgrid.recipient_status(message_id, to).await {
                     Ok(Some(ActivityStatus::Delivered)) => EmailStatus::Delivered,
                     Ok(Some(ActivityStatus::NotDelivered)) => EmailStatus::Bounced,
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        // Not known, or not final yet: back of the line, and after
+                        // MAX_LOOKUPS it stays `sent` and is no longer looked up.
+                        match self.emails.unsettled_check(org, id, now, MAX_LOOKUPS).await {
+                            Ok(Some(Unsettled::GaveUp)) => {
+                                gave_up += 1;
+                                tracing::warn!(email = id, "no final status after {MAX_LOOKUPS} lookups: left sent");
+                            }
+                            Ok(_) => {}
+                            Err(error) => tracing::warn!(error = format!("{error:#}"), email = id, "could not note the lookup"),
+                        }
+                        continue;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, email = id, "activity lookup failed");
                         continue;
@@ -154,7 +172,7 @@ impl EmailStatusCheck {
                 }
             }
             tracing::info!(checked = stuck.len(), updated, "email status check");
-            Ok(json!({"checked": stuck.len(), "updated": updated, "swept": swept}))
+            Ok(json!({"checked": stuck.len(), "updated": updated, "gave_up": gave_up, "swept": swept}))
         }
         .instrument(span)
         .await

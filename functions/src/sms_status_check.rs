@@ -8,9 +8,10 @@ use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
+use shared::domain::OrgId;
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::queue::{Job, QueuePublisher};
-use shared::store::{SmsStore, StatusApplied, StuckInSent};
+use shared::store::{SmsStore, StatusApplied, StuckInSent, Unsettled};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
 use crate::sms_api::SMS_SEND_CHUNK;
@@ -19,6 +20,10 @@ use crate::sweep::Sweep;
 
 /// Messages looked up per run; the rest wait for the next run.
 const MAX_PER_RUN: usize = 2_000;
+
+/// Lookups of one SMS that settle nothing before it is left `sent` for good (a callback
+/// may still settle it); hourly, that is a day of lookups.
+const MAX_LOOKUPS: u32 = 24;
 
 pub struct SmsStatusCheck {
     sms: SmsStore,
@@ -42,6 +47,29 @@ impl ScheduledFunction for SmsStatusCheck {
 }
 
 impl SmsStatusCheck {
+    /// Notes a lookup that settled nothing (back of the line); `true` when it was the last
+    /// allowed one and the record is left `sent` for good.
+    async fn unsettled(&self, org: &OrgId, id: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+        match self.sms.unsettled_check(org, id, now, MAX_LOOKUPS).await {
+            Ok(Some(Unsettled::GaveUp)) => {
+                tracing::warn!(
+                    sms = id,
+                    "no final status after {MAX_LOOKUPS} lookups: left sent"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    sms = id,
+                    "could not note the lookup"
+                );
+                false
+            }
+        }
+    }
+
     /// No I/O: the Twilio credentials are read by the first run.
     ///
     /// # Errors
@@ -88,11 +116,12 @@ impl SmsStatusCheck {
             .sms
             .stuck_in_sent(now - self.min_age, MAX_PER_RUN)
             .await?;
-        let (mut updated, mut failed) = (0, 0);
+        let (mut updated, mut failed, mut gave_up) = (0, 0, 0);
         for StuckInSent {
             org_id: org,
             id,
             provider_message_id,
+            ..
         } in &stuck
         {
             let Some(sid) = provider_message_id else {
@@ -100,7 +129,10 @@ impl SmsStatusCheck {
             };
             let message = match twilio.client.fetch(sid).await {
                 Ok(Some(message)) => message,
-                Ok(None) => continue,
+                Ok(None) => {
+                    gave_up += usize::from(self.unsettled(org, id, now).await);
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, sid, "Twilio lookup failed");
                     failed += 1;
@@ -123,6 +155,11 @@ impl SmsStatusCheck {
                     chrono::Utc::now(),
                 )
                 .await?;
+            let settled =
+                matches!(&applied, StatusApplied::Recorded(Some(status)) if status.is_final());
+            if !settled {
+                gave_up += usize::from(self.unsettled(org, id, now).await);
+            }
             if let StatusApplied::Recorded(Some(status)) = applied {
                 updated += 1;
                 self.events
@@ -140,6 +177,8 @@ impl SmsStatusCheck {
             failed,
             "SMS status check done"
         );
-        Ok(json!({"checked": stuck.len(), "updated": updated, "failed": failed, "swept": swept}))
+        Ok(
+            json!({"checked": stuck.len(), "updated": updated, "failed": failed, "gave_up": gave_up, "swept": swept}),
+        )
     }
 }

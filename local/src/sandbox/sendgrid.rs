@@ -38,7 +38,8 @@ pub struct SendGridSandbox {
 struct SandboxState {
     calls: u64,
     inbox: VecDeque<Value>,
-    statuses: HashMap<String, &'static str>,
+    /// Each recipient's message (`sg_message_id`) → its address and Activity status.
+    statuses: HashMap<String, (String, &'static str)>,
     faults: Faults,
     /// Recipients of sends that were carried out but never answered (the caller cannot
     /// know they went out): the bound on duplicates a retry may cause.
@@ -125,6 +126,7 @@ impl SendGridSandbox {
     pub fn router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
             .route("/sandbox/sendgrid/v3/mail/send", post(mail_send))
+            .route("/sandbox/sendgrid/v3/messages", get(filter_messages))
             .route("/sandbox/sendgrid/v3/messages/{id}", get(activity))
             .route("/sandbox/sendgrid/_inbox", get(inbox))
             .route(
@@ -431,12 +433,15 @@ async fn mail_send(
                     json!({"event": "delivered", "response": "250 OK"})
                 };
                 state.statuses.insert(
-                    message_id.clone(),
-                    if final_event["event"] == "delivered" {
-                        "delivered"
-                    } else {
-                        "not_delivered"
-                    },
+                    sg_message_id.clone(),
+                    (
+                        to.email.clone(),
+                        if final_event["event"] == "delivered" {
+                            "delivered"
+                        } else {
+                            "not_delivered"
+                        },
+                    ),
                 );
                 for (offset, event) in [json!({"event": "processed"}), final_event]
                     .into_iter()
@@ -490,15 +495,65 @@ async fn mail_send(
 }
 
 async fn activity(State(sandbox): State<Arc<SendGridSandbox>>, Path(id): Path<String>) -> Response {
-    let status = sandbox
+    let found = sandbox
         .state
         .lock()
         .ok()
-        .and_then(|state| state.statuses.get(&id).copied());
-    match status {
-        Some(status) => Json(json!({"msg_id": id, "status": status})).into_response(),
+        .and_then(|state| state.statuses.get(&id).cloned());
+    match found {
+        Some((to, status)) => {
+            Json(json!({"msg_id": id, "to_email": to, "status": status})).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, "message not found"),
     }
+}
+
+/// `GET /v3/messages?query=…&limit=…` (Email Activity, "Filter all messages"): the sandbox
+/// understands the two filters Herald sends, `msg_id LIKE "<prefix>%"` and
+/// `to_email="<address>"`, joined by `AND`; other terms are refused with a 400.
+async fn filter_messages(
+    State(sandbox): State<Arc<SendGridSandbox>>,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(10)
+        .min(1000);
+    let (mut prefix, mut to_email) = (None, None);
+    for term in params
+        .get("query")
+        .map(String::as_str)
+        .unwrap_or("")
+        .split(" AND ")
+    {
+        let term = term.trim();
+        if term.is_empty() {
+            continue;
+        }
+        if let Some(value) = term.strip_prefix("msg_id LIKE ") {
+            prefix = Some(value.trim_matches('"').trim_end_matches('%').to_owned());
+        } else if let Some(value) = term.strip_prefix("to_email=") {
+            to_email = Some(value.trim_matches('"').to_lowercase());
+        } else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid query term: {term}"),
+            );
+        }
+    }
+    let Ok(state) = sandbox.state.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let messages: Vec<Value> = state
+        .statuses
+        .iter()
+        .filter(|(id, _)| prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str())))
+        .filter(|(_, (to, _))| to_email.as_ref().is_none_or(|t| to.to_lowercase() == *t))
+        .take(limit)
+        .map(|(id, (to, status))| json!({"msg_id": id, "to_email": to, "status": status}))
+        .collect();
+    Json(json!({"messages": messages})).into_response()
 }
 
 async fn inbox(State(sandbox): State<Arc<SendGridSandbox>>) -> Response {

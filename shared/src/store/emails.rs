@@ -38,8 +38,8 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::shards::{
-    self, PendingRecord, ShardedList, StuckInSent, Swept, merged_query, pending_index_key,
-    record_partitions, record_pk, status_index_shard,
+    self, PendingRecord, ShardedList, StuckInSent, Swept, Unsettled, merged_query,
+    pending_index_key, record_partitions, record_pk, status_index_shard,
 };
 use super::{Item, PartitionKey, StoreError, batch_get, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
@@ -777,6 +777,36 @@ impl EmailStore {
             SENT_SHARDS,
             cutoff,
             max,
+        )
+        .await
+    }
+
+    /// Notes a status-check lookup of a `sent` email that settled nothing (see
+    /// [`Unsettled`]); `None` when the email is no longer `sent`.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn unsettled_check(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+        max_checks: u32,
+    ) -> Result<Option<Unsettled>, StoreError> {
+        shards::unsettled_check(
+            &self.dynamodb,
+            &self.table,
+            (email_pk(org, id), email_sk(id)),
+            id,
+            now,
+            max_checks,
+            |reason| {
+                timeline_value(&[TimelineEntry::new(
+                    now,
+                    "status_check_gave_up",
+                    Some(reason),
+                )])
+            },
         )
         .await
     }

@@ -42,7 +42,7 @@ pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
 pub use payments::{PaymentEntity, PaymentStore, SyncCheckpoint};
 pub use phonebooks::{Contact, Phonebook, PhonebookStore};
 pub use reports::{ExpiredReport, ReportStore};
-pub use shards::{RECORD_SHARDS, StuckInSent, Swept};
+pub use shards::{RECORD_SHARDS, StuckInSent, Swept, Unsettled};
 pub use sms::{InboundSms, SMS_SENT_SHARDS, SmsListQuery, SmsStore, StatusApplied};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};
 

@@ -127,6 +127,9 @@ pub struct StuckInSent {
     pub id: String,
     /// SendGrid's message id or Twilio's SID, when the provider gave one.
     pub provider_message_id: Option<String>,
+    /// The recipient (SendGrid's Activity API finds a recipient's message by it).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// What the sweep did with one record found waiting too long on the pending index.
@@ -239,6 +242,72 @@ where
     )
 }
 
+/// What became of a record the status check looked up without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsettled {
+    /// Back of the line: looked up again after the others.
+    Later,
+    /// Its last allowed lookup: it stays `sent` (the provider took it; whether it arrived is
+    /// unknown) and leaves the status index, with a timeline entry saying so.
+    GaveUp,
+}
+
+/// Notes a status-check lookup that settled nothing: the record goes to the back of its
+/// sent-index shard (its sort key restamped to `now`, a round robin), and its `max_checks`-th
+/// such lookup takes it off the index. Conditional on the record still being `sent`.
+pub(crate) async fn unsettled_check<F>(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    (pk, sk): (String, String),
+    id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    max_checks: u32,
+    entry: F,
+) -> Result<Option<Unsettled>, StoreError>
+where
+    F: Fn(String) -> Result<AttributeValue, StoreError>,
+{
+    let number = |value: i64| AttributeValue::N(value.to_string());
+    let update = || {
+        dynamodb
+            .update_item()
+            .table_name(table)
+            .key("pk", s(&pk))
+            .key("sk", s(&sk))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":sent", s("sent"))
+            .expression_attribute_values(":zero", number(0))
+            .expression_attribute_values(":one", number(1))
+    };
+    let reason = format!("no final status from the provider after {max_checks} lookups");
+    let mut give_up = update()
+        .update_expression(
+            "SET status_checks = if_not_exists(status_checks, :zero) + :one, \
+             timeline = list_append(timeline, :entry) REMOVE gsi1pk, gsi1sk",
+        )
+        .expression_attribute_values(":entry", entry(reason)?);
+    give_up = if max_checks <= 1 {
+        give_up.condition_expression("#status = :sent")
+    } else {
+        give_up
+            .condition_expression("#status = :sent AND status_checks >= :last")
+            .expression_attribute_values(":last", number(i64::from(max_checks - 1)))
+    };
+    if conditional(give_up.send().await, "UpdateItem status check give-up")? {
+        return Ok(Some(Unsettled::GaveUp));
+    }
+    let later = update()
+        .update_expression(
+            "SET status_checks = if_not_exists(status_checks, :zero) + :one, gsi1sk = :since",
+        )
+        .condition_expression("#status = :sent")
+        .expression_attribute_values(":since", s(format!("{:013}#{id}", now.timestamp_millis())));
+    Ok(
+        conditional(later.send().await, "UpdateItem status check later")?
+            .then_some(Unsettled::Later),
+    )
+}
+
 /// `Ok(true)` when a conditional write happened, `Ok(false)` when its condition failed.
 fn conditional<T, E>(
     result: Result<T, aws_sdk_dynamodb::error::SdkError<E>>,
@@ -286,10 +355,11 @@ pub(crate) async fn stuck_in_sent(
                     ":cutoff",
                     s(format!("{:013}", cutoff.timestamp_millis())),
                 )
-                .projection_expression("#org, #id, #message")
+                .projection_expression("#org, #id, #message, #to")
                 .expression_attribute_names("#org", "org_id")
                 .expression_attribute_names("#id", "id")
                 .expression_attribute_names("#message", "provider_message_id")
+                .expression_attribute_names("#to", "to")
                 .set_exclusive_start_key(start)
                 .send()
                 .await

@@ -28,8 +28,8 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::shards::{
-    self, PendingRecord, ShardedList, StuckInSent, Swept, merged_query, pending_index_key,
-    record_partitions, record_pk, status_index_shard,
+    self, PendingRecord, ShardedList, StuckInSent, Swept, Unsettled, merged_query,
+    pending_index_key, record_partitions, record_pk, status_index_shard,
 };
 use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
@@ -659,6 +659,36 @@ impl SmsStore {
         span: &BulkSpan,
     ) -> Result<Vec<String>, StoreError> {
         shards::queued_in_bulk(&self.dynamodb, &self.table, "SMS", org, bulk_id, span).await
+    }
+
+    /// Notes a status-check lookup of a `sent` SMS that settled nothing (see
+    /// [`Unsettled`]); `None` when it is no longer `sent`.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn unsettled_check(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+        max_checks: u32,
+    ) -> Result<Option<Unsettled>, StoreError> {
+        shards::unsettled_check(
+            &self.dynamodb,
+            &self.table,
+            (sms_pk(org, id), sms_sk(id)),
+            id,
+            now,
+            max_checks,
+            |reason| {
+                timeline_value(&[TimelineEntry::new(
+                    now,
+                    "status_check_gave_up",
+                    Some(reason),
+                )])
+            },
+        )
+        .await
     }
 
     /// Records waiting (`queued`, or `sending` under a claim) since before `cutoff`, across

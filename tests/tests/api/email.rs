@@ -769,6 +769,43 @@ async fn the_status_check_settles_emails_whose_webhook_was_lost() {
     assert!(events_of(&email).contains(&"status_check".to_owned()));
 }
 
+/// Issue 15, defect 6: one Mail Send call carries many recipients under one `X-Message-Id`,
+/// which is only the prefix of each recipient's message id. The status check must look each
+/// recipient up (`msg_id LIKE "<prefix>%" AND to_email=…`), so one call's emails settle
+/// each to its own status.
+#[tokio::test]
+async fn the_status_check_looks_each_recipient_of_a_call_up() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("EMAIL_STUCK_AFTER_MINUTES".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    app.sendgrid_fault(json!({"webhooks": false})).await;
+    let reply = app
+        .post("/services/email/", &token, json!({"subject": "Hi", "text": "Hello", "recipients": [
+            {"to": "ann@example.com"}, {"to": "gone@bounce.test"}, {"to": "bob@example.com"}]}))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let ids: Vec<String> = reply.body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        app.email_reaches(&token, id, "sent", 60).await;
+    }
+    assert_eq!(app.sandbox().calls(), 1, "one call for the three");
+
+    let result = app.fire_schedule("email-status-check").await;
+    assert_eq!(result["updated"], 3, "{result}");
+    app.email_reaches(&token, &ids[0], "delivered", 5).await;
+    app.email_reaches(&token, &ids[1], "bounced", 5).await;
+    app.email_reaches(&token, &ids[2], "delivered", 5).await;
+}
+
 /// Issue 15, defect 3: an email whose job was lost after the API's 202 stays `queued`
 /// until the sweep (in the status check) enqueues it again; one waiting past the give-up
 /// bound is recorded `failed` (transient, so `resend-failed` can bring it back).

@@ -431,6 +431,67 @@ impl SendGridClient {
         Ok(Some(ActivityStatus::from_sendgrid(&message.status)))
     }
 
+    /// One recipient's status in the Email Activity API. A Mail Send request's
+    /// `X-Message-Id` is only the prefix of each recipient's message id
+    /// (`<x-message-id>.<filter…>`), so the message is found as SendGrid's query language
+    /// expects: `msg_id LIKE "<prefix>%" AND to_email="<address>"` on `GET /v3/messages`
+    /// (Email Activity API, "Filter all messages" and its query reference). `Ok(None)` when
+    /// SendGrid lists no such message yet.
+    ///
+    /// # Errors
+    /// As for [`message_status`](Self::message_status).
+    pub async fn recipient_status(
+        &self,
+        request_message_id: &str,
+        to: &str,
+    ) -> Result<Option<ActivityStatus>, SendError> {
+        let quote = |value: &str| value.replace(['"', '\\'], "");
+        let query = format!(
+            "msg_id LIKE \"{}%\" AND to_email=\"{}\"",
+            quote(request_message_id),
+            quote(to)
+        );
+        let mut url = self.endpoint(&["v3", "messages"]);
+        url.query_pairs_mut()
+            .append_pair("query", &query)
+            .append_pair("limit", "10");
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.api_key.expose_secret())
+            .send()
+            .await
+            .map_err(|err| self.transport_error(&err))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.rejection(response).await);
+        }
+        #[derive(Deserialize)]
+        struct Listed {
+            messages: Vec<Listing>,
+        }
+        #[derive(Deserialize)]
+        struct Listing {
+            msg_id: String,
+            to_email: String,
+            status: String,
+        }
+        let body = read_capped(response)
+            .await
+            .map_err(|err| self.transport_error(&err))?;
+        let listed: Listed = serde_json::from_slice(&body).map_err(|err| SendError::Permanent {
+            status: status.as_u16(),
+            message: self.clean(format!("unexpected Email Activity response: {err}")),
+        })?;
+        Ok(listed
+            .messages
+            .iter()
+            .find(|m| {
+                m.msg_id.starts_with(request_message_id) && m.to_email.eq_ignore_ascii_case(to)
+            })
+            .map(|m| ActivityStatus::from_sendgrid(&m.status)))
+    }
+
     /// The base URL with `segments` appended, each percent-encoded, so an id from outside
     /// cannot change which endpoint is called.
     fn endpoint(&self, segments: &[&str]) -> Url {
