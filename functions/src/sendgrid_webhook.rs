@@ -137,8 +137,13 @@ impl SendGridWebhook {
         })
     }
 
+    /// Contention that outlasts the store's retries answers 503, never 409, so the
+    /// provider retries (SPEC §6; see [`ApiError::retryable`]).
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        http::respond("sendgrid-webhook", &request, || self.receive(&request)).await
+        http::respond("sendgrid-webhook", &request, || async {
+            self.receive(&request).await.map_err(ApiError::retryable)
+        })
+        .await
     }
 
     async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {

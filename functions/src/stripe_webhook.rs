@@ -83,8 +83,13 @@ impl StripeWebhook {
         })
     }
 
+    /// Contention that outlasts the store's retries answers 503, never 409, so the
+    /// provider retries (SPEC §6; see [`ApiError::retryable`]).
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        http::respond("stripe-webhook", &request, || self.receive(&request)).await
+        http::respond("stripe-webhook", &request, || async {
+            self.receive(&request).await.map_err(ApiError::retryable)
+        })
+        .await
     }
 
     async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {

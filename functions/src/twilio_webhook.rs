@@ -98,8 +98,13 @@ impl TwilioWebhook {
         })
     }
 
+    /// Contention that outlasts the store's retries answers 503, never 409, so the
+    /// provider retries (SPEC §6; see [`ApiError::retryable`]).
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        http::respond("twilio-webhook", &request, || self.receive(&request)).await
+        http::respond("twilio-webhook", &request, || async {
+            self.receive(&request).await.map_err(ApiError::retryable)
+        })
+        .await
     }
 
     async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {

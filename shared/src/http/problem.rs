@@ -36,6 +36,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0} is not configured")]
     ProviderNotConfigured(&'static str),
+    /// A transient failure, such as storage contention that outlasted Herald's own
+    /// retries: the same request may succeed later (answered with `Retry-After`).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -72,6 +76,18 @@ impl ApiError {
         Self::Internal(cause.into())
     }
 
+    /// The error as a webhook answers it (SPEC §6): a provider retries only on 5xx, so
+    /// contention that outlasted Herald's own retries ([`ApiError::Conflict`]) becomes
+    /// [`ApiError::Unavailable`], a 503 the provider retries, instead of a 409 it takes as
+    /// final. Anything else is unchanged.
+    #[must_use]
+    pub fn retryable(self) -> Self {
+        match self {
+            Self::Conflict(detail) => Self::Unavailable(detail),
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Self::Unauthenticated(_) => 401,
@@ -83,7 +99,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::Unprocessable(_) => 422,
-            Self::ProviderNotConfigured(_) => 503,
+            Self::ProviderNotConfigured(_) | Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
         }
     }
@@ -102,6 +118,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::Unprocessable(_) => "unprocessable",
             Self::ProviderNotConfigured(_) => "provider-not-configured",
+            Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal-error",
         }
     }
@@ -119,6 +136,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::Unprocessable(_) => "Unprocessable request",
             Self::ProviderNotConfigured(_) => "Provider not configured",
+            Self::Unavailable(_) => "Temporarily unavailable",
             Self::Internal(_) => "Internal server error",
         }
     }
@@ -137,6 +155,7 @@ impl ApiError {
             Self::Validation { errors, .. } => Some(errors),
             _ => None,
         };
+        let retry_later = matches!(self, Self::Unavailable(_));
         let body = ProblemBody {
             kind: format!("/problems/{}", self.slug()),
             title: self.title(),
@@ -152,6 +171,12 @@ impl ApiError {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/problem+json"),
         );
+        if retry_later {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
         response
     }
 }
@@ -179,6 +204,18 @@ mod tests {
         assert_eq!(body["type"], "/problems/validation-error");
         assert_eq!(body["errors"]["name"][0], "is required");
         assert_eq!(body["status"], 400);
+    }
+
+    #[test]
+    fn a_webhook_answers_contention_with_a_retryable_503() {
+        let response = ApiError::Conflict("the email kept changing".to_owned())
+            .retryable()
+            .into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(body_json(&response)["type"], "/problems/unavailable");
+        let other = ApiError::Forbidden("bad signature".to_owned()).retryable();
+        assert_eq!(other.status(), 403);
     }
 
     #[test]
