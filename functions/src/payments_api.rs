@@ -259,13 +259,9 @@ fn list_org(caller: &Caller, params: &BTreeMap<String, String>) -> Result<OrgId,
     }
 }
 
+/// One classification for every Stripe failure the API reports (see `From<StripeError>`).
 fn stripe_problem(error: &StripeError) -> ApiError {
-    match error {
-        StripeError::Transient { .. } => {
-            ApiError::internal(anyhow::anyhow!("Stripe unavailable: {}", error.reason()))
-        }
-        _ => ApiError::Unprocessable(format!("Stripe refused the request: {}", error.reason())),
-    }
+    ApiError::from(error.clone())
 }
 
 /// A Stripe object to create for a new Herald record of `kind` (`customer`,
@@ -809,9 +805,10 @@ impl PaymentsApi {
                 self.deliveries(&applied).await;
                 201
             }
-            Err(error) if error.is_transient() => {
-                // Stripe may or may not have the intent: it stays pending until the webhook
-                // or the sync says, and a retry with the same key cannot charge twice.
+            Err(error) if error.is_transient() || error.is_unexpected_answer() => {
+                // Stripe may or may not have the intent (an answer Herald cannot read may
+                // still be a charge): it stays pending until the webhook or the sync says,
+                // and a retry with the same key cannot charge twice.
                 tracing::warn!(
                     payment = id,
                     reason = error.reason(),

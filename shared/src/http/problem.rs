@@ -36,6 +36,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0} is not configured")]
     ProviderNotConfigured(&'static str),
+    /// A provider answered something Herald cannot use (a body that does not parse, or no
+    /// value where Herald needs one): the provider's fault, not the caller's nor Herald's.
+    #[error("{0}")]
+    Provider(String),
     /// A transient failure, such as storage contention that outlasted Herald's own
     /// retries: the same request may succeed later (answered with `Retry-After`).
     #[error("{0}")]
@@ -72,8 +76,24 @@ impl ApiError {
         }
     }
 
+    /// Herald's own failure (a 500), unless the cause is a provider's error carried in
+    /// `anyhow`: that is answered as the provider's failure (502/503, see each provider's
+    /// `From` impl), so a provider's unusable answer never reads as Herald's bug.
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
-        Self::Internal(cause.into())
+        use crate::providers::{sendgrid::SendError, stripe::StripeError, twilio::TwilioError};
+        let cause = cause.into();
+        for error in cause.chain() {
+            if let Some(error) = error.downcast_ref::<TwilioError>() {
+                return error.clone().into();
+            }
+            if let Some(error) = error.downcast_ref::<StripeError>() {
+                return error.clone().into();
+            }
+            if let Some(error) = error.downcast_ref::<SendError>() {
+                return error.clone().into();
+            }
+        }
+        Self::Internal(cause)
     }
 
     /// The error as a webhook answers it (SPEC §6): a provider retries only on 5xx, so
@@ -100,6 +120,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => 415,
             Self::Unprocessable(_) => 422,
             Self::ProviderNotConfigured(_) | Self::Unavailable(_) => 503,
+            Self::Provider(_) => 502,
             Self::Internal(_) => 500,
         }
     }
@@ -118,6 +139,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::Unprocessable(_) => "unprocessable",
             Self::ProviderNotConfigured(_) => "provider-not-configured",
+            Self::Provider(_) => "provider-error",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -136,6 +158,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::Unprocessable(_) => "Unprocessable request",
             Self::ProviderNotConfigured(_) => "Provider not configured",
+            Self::Provider(_) => "Provider error",
             Self::Unavailable(_) => "Temporarily unavailable",
             Self::Internal(_) => "Internal server error",
         }
@@ -216,6 +239,13 @@ mod tests {
         assert_eq!(body_json(&response)["type"], "/problems/unavailable");
         let other = ApiError::Forbidden("bad signature".to_owned()).retryable();
         assert_eq!(other.status(), 403);
+    }
+
+    #[test]
+    fn an_unusable_provider_answer_is_a_502() {
+        let response = ApiError::Provider("Twilio sent no balance".to_owned()).into_response();
+        assert_eq!(response.status(), 502);
+        assert_eq!(body_json(&response)["type"], "/problems/provider-error");
     }
 
     #[test]

@@ -286,11 +286,30 @@ impl SendError {
         matches!(self, Self::Transient { .. })
     }
 
+    /// SendGrid answered with success but Herald cannot use the answer (a body that is not
+    /// the documented shape).
+    pub fn is_unexpected_answer(&self) -> bool {
+        matches!(self, Self::Permanent { status, .. } if (200..300).contains(status))
+    }
+
     /// The HTTP status SendGrid answered with, when it answered at all.
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Transient { status, .. } => *status,
             Self::Permanent { status, .. } => Some(*status),
+        }
+    }
+}
+
+/// How the API answers a failed SendGrid call: the provider's failure, never Herald's own
+/// (not a 500). An outage is a retryable 503; anything else, an unusable answer included,
+/// is a 502 `provider-error`.
+impl From<SendError> for crate::http::ApiError {
+    fn from(error: SendError) -> Self {
+        if error.is_retryable() {
+            Self::Unavailable(error.to_string())
+        } else {
+            Self::Provider(error.to_string())
         }
     }
 }

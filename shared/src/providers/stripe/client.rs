@@ -58,6 +58,20 @@ impl StripeError {
         matches!(self, Self::Transient { .. })
     }
 
+    /// Stripe answered with success but Herald cannot use the answer (not a JSON object,
+    /// not the documented shape).
+    pub fn is_unexpected_answer(&self) -> bool {
+        matches!(self, Self::Rejected { status, .. } if (200..300).contains(status))
+    }
+
+    fn unexpected(status: u16, message: String) -> Self {
+        Self::Rejected {
+            status,
+            code: None,
+            message: format!("unexpected Stripe response: {message}"),
+        }
+    }
+
     /// A short reason for a record or a log line.
     pub fn reason(&self) -> String {
         match self {
@@ -71,6 +85,22 @@ impl StripeError {
                 None => message.clone(),
             },
             Self::Transient { message, .. } | Self::Rejected { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// How the API answers a failed Stripe call that is not a charge outcome: an outage is a
+/// retryable 503, an unusable answer a 502 `provider-error` (never a 500: the failure is
+/// Stripe's), and a refusal a 422 (the request was Stripe-valid in shape but not in
+/// substance, e.g. an unknown price).
+impl From<StripeError> for crate::http::ApiError {
+    fn from(error: StripeError) -> Self {
+        if error.is_transient() {
+            Self::Unavailable(format!("Stripe is unavailable: {}", error.reason()))
+        } else if error.is_unexpected_answer() {
+            Self::Provider(error.reason())
+        } else {
+            Self::Unprocessable(format!("Stripe refused the request: {}", error.reason()))
         }
     }
 }
@@ -225,11 +255,8 @@ impl StripeClient {
             }
         }
         let value = self.get(path, &query).await?;
-        serde_json::from_value(value).map_err(|e| StripeError::Rejected {
-            status: 200,
-            code: None,
-            message: format!("not a Stripe list: {e}"),
-        })
+        serde_json::from_value(value)
+            .map_err(|e| StripeError::unexpected(200, format!("not a Stripe list: {e}")))
     }
 
     async fn send(
@@ -275,7 +302,15 @@ impl StripeClient {
         })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(value);
+            // Every Stripe success is a JSON object; anything else is not Stripe's API.
+            return if value.is_object() {
+                Ok(value)
+            } else {
+                Err(StripeError::unexpected(
+                    status.as_u16(),
+                    "the body is not a JSON object".to_owned(),
+                ))
+            };
         }
         Err(classify(status, &value))
     }
@@ -481,5 +516,26 @@ mod tests {
                 .unwrap_err()
                 .is_transient()
         );
+    }
+
+    /// A success Herald cannot read (here an HTML page from a proxy) is the provider's
+    /// failure: a 502 `provider-error`, not a 500 and not `null` handed to the caller.
+    #[tokio::test]
+    async fn a_success_that_is_not_a_json_object_is_an_unexpected_answer() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("<html>ok</html>"))
+            .mount(&server)
+            .await;
+        let error = client(&server)
+            .get("/v1/invoices/in_1", &json!({}))
+            .await
+            .unwrap_err();
+        assert!(
+            error.is_unexpected_answer() && !error.is_transient(),
+            "{error}"
+        );
+        let problem = crate::http::ApiError::from(error);
+        assert_eq!((problem.status(), problem.slug()), (502, "provider-error"));
     }
 }

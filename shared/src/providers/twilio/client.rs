@@ -74,10 +74,20 @@ pub struct MessageResource {
 }
 
 /// The account balance as Twilio reports it (a decimal string, e.g. `"12.34"`).
+///
+/// Every field is nullable in Twilio's own API description: `api.v2010.account.balance` in
+/// `spec/json/twilio_api_v2010.json` of github.com/twilio/twilio-oai marks `account_sid`,
+/// `balance` and `currency` `nullable: true` ("Child accounts do not contain balance
+/// information"). [`TwilioClient::balance`] parses that shape and refuses an answer without
+/// a balance or currency as [`TwilioError::is_unexpected_answer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
-    pub balance: String,
-    pub currency: String,
+    #[serde(default)]
+    pub balance: Option<String>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub account_sid: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +132,33 @@ impl TwilioError {
     pub fn code(&self) -> Option<i64> {
         match self {
             Self::Transient { code, .. } | Self::Permanent { code, .. } => *code,
+        }
+    }
+
+    /// Twilio answered with success but Herald cannot use the answer (a body that does not
+    /// parse, or no value where Herald needs one). Permanent: asking again returns the same.
+    pub fn is_unexpected_answer(&self) -> bool {
+        matches!(self, Self::Permanent { status, .. } if (200..300).contains(status))
+    }
+
+    fn unexpected(status: u16, message: String) -> Self {
+        Self::Permanent {
+            status,
+            code: None,
+            message: format!("unexpected Twilio response: {message}"),
+        }
+    }
+}
+
+/// How the API answers a failed Twilio call: the provider's failure, never Herald's own
+/// (not a 500). A Twilio outage is a retryable 503; anything else, an unusable answer
+/// included, is a 502 `provider-error`.
+impl From<TwilioError> for crate::http::ApiError {
+    fn from(error: TwilioError) -> Self {
+        if error.is_retryable() {
+            Self::Unavailable(error.to_string())
+        } else {
+            Self::Provider(error.to_string())
         }
     }
 }
@@ -225,8 +262,12 @@ impl TwilioClient {
         self.read(response).await.map(Some)
     }
 
+    /// The account's balance, with its amount and currency present.
+    ///
     /// # Errors
-    /// [`TwilioError`] as for [`send`](Self::send).
+    /// [`TwilioError`] as for [`send`](Self::send); an answer without a balance or a
+    /// currency (Twilio reports none for subaccounts) is an
+    /// [unexpected answer](TwilioError::is_unexpected_answer).
     pub async fn balance(&self) -> Result<Balance, TwilioError> {
         let response = self
             .http
@@ -235,7 +276,15 @@ impl TwilioClient {
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
-        self.read(response).await
+        let status = response.status().as_u16();
+        let balance: Balance = self.read(response).await?;
+        if balance.balance.is_none() || balance.currency.is_none() {
+            return Err(TwilioError::unexpected(
+                status,
+                "the balance or its currency is null".to_owned(),
+            ));
+        }
+        Ok(balance)
     }
 
     fn endpoint(&self, tail: &[&str]) -> Url {
@@ -278,11 +327,8 @@ impl TwilioClient {
             .await
             .map_err(|e| self.transport_error(&e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| TwilioError::Permanent {
-                status: status.as_u16(),
-                code: None,
-                message: format!("unexpected Twilio response: {e}"),
-            });
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| TwilioError::unexpected(status.as_u16(), e.to_string()));
         }
         #[derive(Deserialize)]
         struct ErrorBody {
@@ -446,6 +492,73 @@ mod tests {
         assert_eq!(message.error_code, Some(30003));
         assert!(client.fetch("SM2").await.unwrap().is_none());
         assert!(client.fetch("../x").await.unwrap().is_none());
-        assert_eq!(client.balance().await.unwrap().balance, "12.34");
+        let balance = client.balance().await.unwrap();
+        assert_eq!(balance.balance.as_deref(), Some("12.34"));
+        assert_eq!(balance.currency.as_deref(), Some("USD"));
+    }
+
+    /// Twilio's API description lets every Balance field be null (a subaccount has no
+    /// balance): that, or a body that is not a Balance at all, is an unexpected answer the
+    /// API reports as a 502 `provider-error`, not a 500.
+    #[tokio::test]
+    async fn a_balance_without_a_value_is_an_unexpected_answer() {
+        for body in [
+            serde_json::json!({"balance": null, "currency": null, "account_sid": null}),
+            serde_json::json!({"balance": "1.00", "currency": null, "account_sid": "AC123"}),
+            serde_json::json!({"balance": 12.34}),
+        ] {
+            let server = MockServer::start().await;
+            Mock::given(method("GET"))
+                .and(path("/2010-04-01/Accounts/AC123/Balance.json"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(body.clone()))
+                .mount(&server)
+                .await;
+            let error = client(&server).balance().await.unwrap_err();
+            assert!(error.is_unexpected_answer(), "{body}: {error}");
+            assert!(!error.is_retryable(), "{body}");
+            let problem = crate::http::ApiError::from(error.clone());
+            assert_eq!(
+                (problem.status(), problem.slug()),
+                (502, "provider-error"),
+                "{body}"
+            );
+            // The balance handler wraps the error in `anyhow`: still the provider's.
+            let wrapped = crate::http::ApiError::internal(anyhow::anyhow!(error));
+            assert_eq!((wrapped.status(), wrapped.slug()), (502, "provider-error"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_does_not_parse_is_an_unexpected_answer() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"))
+            .mount(&server)
+            .await;
+        let error = client(&server).fetch("SM1").await.unwrap_err();
+        assert!(error.is_unexpected_answer(), "{error}");
+        assert_eq!(crate::http::ApiError::from(error).status(), 502);
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_a_retryable_503_and_a_rejection_a_502() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let error = client(&server).balance().await.unwrap_err();
+        assert!(!error.is_unexpected_answer());
+        assert_eq!(crate::http::ApiError::from(error).status(), 503);
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(401)
+                    .set_body_json(serde_json::json!({"code": 20003, "message": "no"})),
+            )
+            .mount(&server)
+            .await;
+        let error = client(&server).balance().await.unwrap_err();
+        assert_eq!(crate::http::ApiError::from(error).status(), 502);
     }
 }
