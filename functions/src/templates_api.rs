@@ -172,7 +172,10 @@ impl TemplatesApi {
         http::json(200, &json!({ "items": items, "next_cursor": next_cursor }))
     }
 
-    /// Publishes the audit entry of a change.
+    /// Publishes the audit entry of a change. The entry belongs to the template's
+    /// organization, whose admins audit it, even when a superuser of another organization
+    /// made the change; the actor's own organization is in `detail.actor_org`. (A top-level
+    /// field would need the event store's document shape to change too.)
     async fn audit(
         &self,
         request: &Request,
@@ -182,8 +185,11 @@ impl TemplatesApi {
         template: &Template,
     ) {
         let resource = format!("template/{}/{}", kind.as_str(), template.id);
-        let event = Event::audit(caller, &http::request_id(request), action, resource)
-            .with_detail(json!({"name": template.name}));
+        let event = Event {
+            org_id: template.org.clone(),
+            ..Event::audit(caller, &http::request_id(request), action, resource)
+        }
+        .with_detail(json!({"name": template.name, "actor_org": caller.org}));
         self.events.publish(vec![event]).await;
     }
 

@@ -98,6 +98,56 @@ async fn template_edits_are_in_the_audit_log_of_their_organization_only() {
 }
 
 #[tokio::test]
+async fn a_superusers_change_is_audited_in_the_templates_organization_with_the_actors() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let created = app
+        .post(
+            "/services/templates/sms/",
+            &admin,
+            json!({"name": "otp", "body": "Code {{c}}"}),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let root = app.token("platform", "superuser");
+    // A superuser finds another organization's template through an index, which lags.
+    let reply = eventually(30, "the superuser's update", || async {
+        let reply = app
+            .call(
+                "PATCH",
+                &format!("/services/templates/sms/{id}"),
+                Some(&root),
+                Some(json!({"name": "otp-by-platform"})),
+            )
+            .await;
+        (reply.status != 404).then_some(reply)
+    })
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["organization"], "acme");
+
+    let update = eventually(30, "acme's log lists the superuser's update", || async {
+        let body = audit_items(&app, &admin, "action=template.update").await;
+        body["items"].as_array().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(update["organization"], "acme", "{update}");
+    assert_eq!(update["detail"]["actor_org"], "platform", "{update}");
+    assert_eq!(update["resource"], format!("template/sms/{id}"));
+    // acme's own create names acme as the actor's organization too.
+    let create = audit_items(&app, &admin, "action=template.create").await;
+    assert_eq!(create["items"][0]["detail"]["actor_org"], "acme");
+    // The superuser's organization did not get the entry: not in its admins' log, nor in
+    // a superuser's view of it.
+    let platform = app.token("platform", "admin");
+    assert_eq!(audit_items(&app, &platform, "").await["items"], json!([]));
+    assert_eq!(
+        audit_items(&app, &root, "organization=platform").await["items"],
+        json!([])
+    );
+}
+
+#[tokio::test]
 async fn analytics_counts_match_the_deliveries() {
     let app = spawn_bundle().await;
     let token = app.token("acme", "admin");
