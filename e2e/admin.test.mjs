@@ -309,7 +309,7 @@ describe('template admin page', { timeout: 180_000 }, () => {
     await eventually(async () => assert.equal(await rows().count(), 2));
 
     const root = await newPage();
-    await logIn(root, await token('herald', 'superuser'), 'herald');
+    await logIn(root, await token('platform', 'superuser'), 'platform');
     await root.getByTestId('filter-organization').fill('acme');
     await search(root, RUN);
     await eventually(async () => assert.deepEqual((await rowNames(root)).sort(), [RECEIPT, WELCOME_V2]));

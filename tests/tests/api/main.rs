@@ -14,6 +14,7 @@ mod isolation;
 mod openapi;
 mod payments;
 mod reports;
+mod roles;
 mod secrets;
 mod sharding;
 mod sms;

@@ -1,0 +1,56 @@
+//! Roles and the organization claim cannot be spoofed (issue 17 §3), through the local
+//! authorizer and a real handler: the claim values are matched exactly, and `superuser`
+//! counts only for the platform organization. The parsing rules themselves are unit-tested
+//! in `shared::auth`.
+
+use serde_json::json;
+
+use crate::helpers::spawn_bundle;
+
+#[tokio::test]
+async fn group_names_that_contain_a_role_grant_nothing_and_a_tenant_superuser_is_an_admin() {
+    let app = spawn_bundle().await;
+    let mint = |org: &str, roles: &[&str]| {
+        app.bundle
+            .auth
+            .mint("user-1", Some(org), roles, 600)
+            .unwrap()
+    };
+    let template = json!({"name": "welcome", "body": "Hi"});
+
+    for roles in [
+        &["Billing Admin"][..],
+        &["admin "],
+        &["ADMIN"],
+        &["Not Superuser"],
+    ] {
+        let token = mint("acme", roles);
+        app.post("/services/templates/sms/", &token, template.clone())
+            .await
+            .problem(403);
+        app.get("/services/templates/sms/", &token)
+            .await
+            .problem(403);
+    }
+
+    // A superuser claim outside the platform organization is an admin of its own
+    // organization: it may create there, but not read across organizations.
+    let tenant_root = mint("acme", &["superuser"]);
+    assert_eq!(
+        app.post("/services/templates/sms/", &tenant_root, template.clone())
+            .await
+            .status,
+        201
+    );
+    app.get("/services/templates/sms/?organization=globex", &tenant_root)
+        .await
+        .problem(403);
+
+    let root = mint("platform", &["superuser"]);
+    assert_eq!(
+        app.get("/services/templates/sms/?organization=acme", &root)
+            .await
+            .status,
+        200
+    );
+}
