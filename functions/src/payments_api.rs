@@ -726,7 +726,29 @@ impl PaymentsApi {
                 Err(other) => return Err(other.into()),
             },
         };
-        let (Some(currency), true) = (currency, errors.is_empty()) else {
+        // No method named: the customer's default, or nothing is charged (never a made-up
+        // method). Looked up only for an otherwise valid request.
+        let payment_method = match (&body.payment_method, &customer) {
+            (Some(method), _) => Some(method.clone()),
+            (None, Some(customer)) if errors.is_empty() => {
+                self.default_payment_method(customer).await?
+            }
+            (None, _) => None,
+        };
+        if payment_method.is_none() && !errors.contains_key("customer_id") {
+            add(
+                &mut errors,
+                "payment_method",
+                if customer.is_some() {
+                    "is required: the customer has no default payment method"
+                } else {
+                    "is required unless customer_id names a customer with a default payment method"
+                },
+            );
+        }
+        let (Some(currency), Some(payment_method), true) =
+            (currency, payment_method, errors.is_empty())
+        else {
             return Err(ApiError::invalid(errors));
         };
         let now = chrono::Utc::now();
@@ -769,7 +791,7 @@ impl PaymentsApi {
             "amount": body.amount,
             "currency": currency.as_str(),
             "customer": record.stripe_customer,
-            "payment_method": body.payment_method.as_deref().unwrap_or("pm_card_visa"),
+            "payment_method": payment_method,
             "confirm": true,
             // Server-side confirmation: no redirect-based methods, which need a return URL.
             "automatic_payment_methods": {"enabled": true, "allow_redirects": "never"},
@@ -835,6 +857,27 @@ impl PaymentsApi {
         )
         .await;
         http::json(status, &record.to_json())
+    }
+
+    /// The customer's default payment method at Stripe
+    /// (`invoice_settings.default_payment_method`, an id or an expanded object), if it has one.
+    async fn default_payment_method(
+        &self,
+        customer: &CustomerRecord,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(stripe_id) = &customer.stripe_id else {
+            return Ok(None);
+        };
+        let stripe = self.stripe().await?;
+        let object = stripe
+            .get(&format!("/v1/customers/{stripe_id}"), &json!({}))
+            .await
+            .map_err(|e| stripe_problem(&e))?;
+        let method = &object["invoice_settings"]["default_payment_method"];
+        Ok(method
+            .as_str()
+            .or_else(|| method["id"].as_str())
+            .map(str::to_owned))
     }
 
     /// Marks a payment Stripe refused as failed.

@@ -7,7 +7,12 @@
 //! - A confirmed PaymentIntent answers `processing`, then succeeds shortly after and posts
 //!   `payment_intent.succeeded`. The test cards `pm_card_chargeDeclined` (and
 //!   `pm_card_chargeDeclinedInsufficientFunds`) are declined with a 402 card error and
-//!   `payment_intent.payment_failed`.
+//!   `payment_intent.payment_failed`. Confirming without a payment method is refused as
+//!   Stripe refuses it (400 `payment_intent_unexpected_state`; like Stripe, the customer's
+//!   `invoice_settings.default_payment_method` is not used for a PaymentIntent: the caller
+//!   names it).
+//! - Customers keep `invoice_settings[default_payment_method]` from create and update
+//!   (`POST /v1/customers/{id}`).
 //! - A subscription is charged at once: a paid invoice (`invoice.paid`) with its own
 //!   PaymentIntent; its PDF is served at the invoice's `invoice_pdf`.
 //! - Refunds post `charge.refunded`.
@@ -228,10 +233,49 @@ impl StripeSandbox {
             "id": new_id("cus"), "object": "customer", "created": now(),
             "email": params["email"], "name": params["name"], "description": params["description"],
             "metadata": params.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            "invoice_settings": {
+                "default_payment_method": params["invoice_settings"]["default_payment_method"],
+            },
             "livemode": false,
         });
         let customer = Self::store(state, "customers", customer);
         self.emit(state, "customer.created", &customer, 50);
+        (StatusCode::OK, customer)
+    }
+
+    /// `POST /v1/customers/{id}`: the fields given replace the stored ones (metadata keys
+    /// merge, as at Stripe).
+    fn update_customer(
+        self: &Arc<Self>,
+        state: &mut SandboxState,
+        id: &str,
+        params: &Value,
+    ) -> Reply {
+        let Some(mut customer) = state.objects.get(id).cloned() else {
+            return missing(id);
+        };
+        if customer["object"] != "customer" {
+            return missing(id);
+        }
+        for field in ["email", "name", "description"] {
+            if let Some(value) = params.get(field) {
+                customer[field] = value.clone();
+            }
+        }
+        if let Some(Value::Object(metadata)) = params.get("metadata")
+            && let Value::Object(stored) = &mut customer["metadata"]
+        {
+            stored.extend(metadata.clone());
+        }
+        if let Some(method) = params["invoice_settings"].get("default_payment_method") {
+            // An empty value unsets it, as at Stripe.
+            customer["invoice_settings"]["default_payment_method"] = method
+                .as_str()
+                .filter(|m| !m.is_empty())
+                .map_or(Value::Null, |m| json!(m));
+        }
+        state.objects.insert(id.to_owned(), customer.clone());
+        self.emit(state, "customer.updated", &customer, 50);
         (StatusCode::OK, customer)
     }
 
@@ -260,19 +304,32 @@ impl StripeSandbox {
         });
         let intent = Self::store(state, "payment_intents", intent);
         if params["confirm"] == "true" {
-            return self.confirm(state, intent["id"].as_str().unwrap_or_default());
+            return self.confirm(state, intent["id"].as_str().unwrap_or_default(), &json!({}));
         }
         (StatusCode::OK, intent)
     }
 
-    fn confirm(self: &Arc<Self>, state: &mut SandboxState, id: &str) -> Reply {
+    fn confirm(self: &Arc<Self>, state: &mut SandboxState, id: &str, params: &Value) -> Reply {
         let Some(mut intent) = state.objects.get(id).cloned() else {
             return missing(id);
         };
         if intent["status"] == "succeeded" || intent["status"] == "processing" {
             return invalid("This PaymentIntent's status does not allow confirmation");
         }
-        let method = intent["payment_method"].as_str().unwrap_or("pm_card_visa");
+        if let Some(method) = text(params, "payment_method") {
+            intent["payment_method"] = json!(method);
+        }
+        let Some(method) = intent["payment_method"].as_str().map(str::to_owned) else {
+            // Stripe's answer to a confirmation without a payment method: the intent waits
+            // for one.
+            intent["status"] = json!("requires_payment_method");
+            state.objects.insert(id.to_owned(), intent.clone());
+            let mut error = json!({"type": "invalid_request_error",
+                "code": "payment_intent_unexpected_state",
+                "message": "You cannot confirm this PaymentIntent because it's missing a payment method. You can either update the PaymentIntent with a payment method and then confirm it again, or confirm it again directly with a payment method."});
+            error["payment_intent"] = intent;
+            return (StatusCode::BAD_REQUEST, json!({"error": error}));
+        };
         if method.contains("chargeDeclined") {
             let decline = if method.ends_with("InsufficientFunds") {
                 "insufficient_funds"
@@ -527,7 +584,8 @@ impl StripeSandbox {
             ("GET", ["customers"]) => Self::list(state, "customers", params),
             ("POST", ["payment_intents"]) => self.create_intent(state, params),
             ("GET", ["payment_intents"]) => Self::list(state, "payment_intents", params),
-            ("POST", ["payment_intents", id, "confirm"]) => self.confirm(state, id),
+            ("POST", ["payment_intents", id, "confirm"]) => self.confirm(state, id, params),
+            ("POST", ["customers", id]) => self.update_customer(state, id, params),
             ("POST", ["refunds"]) => self.refund(state, params),
             ("POST", ["subscriptions"]) => self.create_subscription(state, params),
             ("GET", ["subscriptions"]) => Self::list(state, "subscriptions", params),

@@ -171,7 +171,7 @@ async fn a_customer_subscribes_pays_is_refunded_and_downloads_receipt_and_invoic
     let payment = charge(
         &app,
         &token,
-        json!({"amount": 1999, "currency": "USD", "customer_id": customer, "description": "Order 1042"}),
+        json!({"amount": 1999, "currency": "USD", "customer_id": customer, "description": "Order 1042", "payment_method": "pm_card_visa"}),
     )
     .await;
     let id = payment["id"].as_str().unwrap().to_owned();
@@ -397,7 +397,12 @@ async fn money_is_validated_and_nothing_is_recorded_for_bad_input() {
         assert!(problem["errors"][field].is_array(), "{body}: {problem}");
     }
     // Zero-decimal currencies take whole units.
-    let yen = charge(&app, &token, json!({"amount": 500, "currency": "JPY"})).await;
+    let yen = charge(
+        &app,
+        &token,
+        json!({"amount": 500, "currency": "JPY", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     assert_eq!(yen["zero_decimal"], true);
     assert_eq!(yen["display_amount"], "500 JPY");
     let listed = app.get("/services/payments/", &token).await;
@@ -459,7 +464,12 @@ async fn retries_reuse_the_stripe_idempotency_key_and_never_double_charge() {
     // Herald's first call times out while Stripe (the sandbox) still creates the intent;
     // the retry carries the same Idempotency-Key and gets that same intent back.
     app.sandbox_post("_faults", json!({"delay_ms": 2500})).await;
-    let payment = charge(&app, &token, json!({"amount": 4200, "currency": "usd"})).await;
+    let payment = charge(
+        &app,
+        &token,
+        json!({"amount": 4200, "currency": "usd", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     let id = payment["id"].as_str().unwrap().to_owned();
     app.payment_reaches(&token, &id, "succeeded").await;
     assert!(app.stripe().calls() >= 2, "the call was retried");
@@ -492,12 +502,15 @@ async fn retries_reuse_the_stripe_idempotency_key_and_never_double_charge() {
             (status, response.json::<Value>().await.unwrap())
         }
     };
-    let (first_status, first) = send(json!({"amount": 700, "currency": "usd"})).await;
+    let (first_status, first) =
+        send(json!({"amount": 700, "currency": "usd", "payment_method": "pm_card_visa"})).await;
     assert_eq!(first_status, 201);
-    let (again_status, again) = send(json!({"amount": 700, "currency": "usd"})).await;
+    let (again_status, again) =
+        send(json!({"amount": 700, "currency": "usd", "payment_method": "pm_card_visa"})).await;
     assert_eq!(again_status, 201);
     assert_eq!(again["id"], first["id"]);
-    let (other_status, _) = send(json!({"amount": 701, "currency": "usd"})).await;
+    let (other_status, _) =
+        send(json!({"amount": 701, "currency": "usd", "payment_method": "pm_card_visa"})).await;
     assert_eq!(other_status, 422);
 }
 
@@ -515,7 +528,12 @@ async fn organizations_are_isolated_on_every_endpoint() {
         )
         .await;
     let subscription = subscription.body["id"].as_str().unwrap().to_owned();
-    let payment = charge(&app, &acme, json!({"amount": 1000, "currency": "usd"})).await;
+    let payment = charge(
+        &app,
+        &acme,
+        json!({"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     let payment = payment["id"].as_str().unwrap().to_owned();
     app.payment_reaches(&acme, &payment, "succeeded").await;
     eventually(30, "acme's invoice", || async {
@@ -654,7 +672,12 @@ async fn duplicate_and_out_of_order_events_never_move_state_backwards() {
     let token = app.token("acme", "admin");
 
     // A payment that succeeded; then a replayed success and an older failure arrive.
-    let payment = charge(&app, &token, json!({"amount": 2500, "currency": "gbp"})).await;
+    let payment = charge(
+        &app,
+        &token,
+        json!({"amount": 2500, "currency": "gbp", "payment_method": "pm_card_visa"}),
+    )
+    .await;
     let id = payment["id"].as_str().unwrap().to_owned();
     let succeeded = app.payment_reaches(&token, &id, "succeeded").await;
     let event = app
@@ -820,5 +843,109 @@ async fn the_sync_pages_through_everything_and_resumes_from_its_checkpoint() {
             .as_array()
             .unwrap()
             .is_empty()
+    );
+}
+
+/// Test-mode payment methods live in tests and the sandbox only: a charge names its method,
+/// or the customer's default at Stripe is charged, or nothing happens.
+#[tokio::test]
+async fn a_charge_without_a_payment_method_uses_the_customers_default_or_is_refused() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+
+    // No method and no customer: 400 naming the field, no record, nothing at Stripe.
+    let calls_before = app.stripe().calls();
+    let reply = app
+        .post(
+            "/services/payments/",
+            &token,
+            json!({"amount": 1500, "currency": "usd"}),
+        )
+        .await;
+    assert!(
+        reply.problem(400)["errors"]["payment_method"].is_array(),
+        "{}",
+        reply.body
+    );
+    assert_eq!(app.stripe().calls(), calls_before, "no Stripe call");
+
+    // A customer without a default: refused the same way, no PaymentIntent.
+    let customer = create_customer(&app, &token, "ann@example.com").await;
+    let reply = app
+        .post(
+            "/services/payments/",
+            &token,
+            json!({"amount": 1500, "currency": "usd", "customer_id": customer}),
+        )
+        .await;
+    assert!(
+        reply.problem(400)["errors"]["payment_method"].is_array(),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        app.get("/services/payments/", &token).await.body["items"],
+        json!([]),
+        "nothing recorded"
+    );
+    let intents = app
+        .stripe_api("GET", "payment_intents", json!({"limit": 100}))
+        .await;
+    assert_eq!(intents["data"], json!([]), "no PaymentIntent at Stripe");
+
+    // The customer's default set at Stripe: the charge uses it.
+    let stripe_customer = app
+        .get(&format!("/services/payments/customers/{customer}"), &token)
+        .await
+        .body["stripe_customer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let updated = app
+        .stripe_api(
+            "POST",
+            &format!("customers/{stripe_customer}"),
+            json!({"invoice_settings": {"default_payment_method": "pm_card_mastercard"}}),
+        )
+        .await;
+    assert_eq!(
+        updated["invoice_settings"]["default_payment_method"],
+        "pm_card_mastercard"
+    );
+    let payment = charge(
+        &app,
+        &token,
+        json!({"amount": 1500, "currency": "usd", "customer_id": customer}),
+    )
+    .await;
+    let id = payment["id"].as_str().unwrap().to_owned();
+    app.payment_reaches(&token, &id, "succeeded").await;
+    let intents = app
+        .stripe_api("GET", "payment_intents", json!({"limit": 100}))
+        .await;
+    assert_eq!(intents["data"].as_array().unwrap().len(), 1, "{intents}");
+    assert_eq!(intents["data"][0]["payment_method"], "pm_card_mastercard");
+    assert_eq!(intents["data"][0]["customer"], stripe_customer.as_str());
+}
+
+/// The sandbox refuses a confirmation without a payment method the way Stripe does.
+#[tokio::test]
+async fn the_sandbox_refuses_to_confirm_an_intent_without_a_payment_method() {
+    let app = spawn_bundle().await;
+    let refused = app
+        .stripe_api(
+            "POST",
+            "payment_intents",
+            json!({"amount": 100, "currency": "usd", "confirm": true}),
+        )
+        .await;
+    assert_eq!(
+        refused["error"]["code"], "payment_intent_unexpected_state",
+        "{refused}"
+    );
+    assert_eq!(refused["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        refused["error"]["payment_intent"]["status"],
+        "requires_payment_method"
     );
 }
