@@ -47,6 +47,9 @@ struct SandboxState {
     statuses: HashMap<String, &'static str>,
     faults: Faults,
     webhooks_off: bool,
+    /// Messages carried out but never answered (the caller cannot know they went out):
+    /// the bound on duplicates a retry may cause.
+    unanswered: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +91,15 @@ impl TwilioSandbox {
 
     pub fn calls(&self) -> u64 {
         self.state.lock().map(|s| s.calls).unwrap_or(0)
+    }
+
+    /// The faults injected so far by kind, and the messages carried out but never answered
+    /// (`unanswered`).
+    pub fn fault_report(&self) -> Value {
+        self.state
+            .lock()
+            .map(|s| json!({"injected": s.faults.injected(), "unanswered": s.unanswered}))
+            .unwrap_or_default()
     }
 
     /// The messages accepted so far, oldest first.
@@ -357,6 +369,13 @@ async fn create_message(
                 }
             }
         });
+    }
+    if matches!(
+        fault.connection,
+        Some(ConnectionFault::AcceptThenHold | ConnectionFault::AcceptThenDrop)
+    ) && let Ok(mut state) = sandbox.state.lock()
+    {
+        state.unanswered += 1;
     }
     match fault.connection {
         Some(ConnectionFault::AcceptThenHold) => faults::hold_forever().await,
