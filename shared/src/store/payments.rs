@@ -3,15 +3,18 @@
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
-//! | customer | `ORG#<org>` / `CUSTOMER#<ulid>` | `GSI1` `STRIPE#<cus_…>` / `CUSTOMER#<org>#<ulid>` |
-//! | subscription | `ORG#<org>` / `SUBSCRIPTION#<ulid>` | `GSI1` `STRIPE#<sub_…>` / … |
-//! | payment | `ORG#<org>` / `PAYMENT#<ulid>` | `GSI1` `STRIPE#<pi_…>` / … |
-//! | invoice | `ORG#<org>` / `INVOICE#<ulid>` | `GSI1` `STRIPE#<in_…>` / … |
+//! | customer | `ORG#<org>` / `CUSTOMER#<ulid>` | |
+//! | subscription | `ORG#<org>` / `SUBSCRIPTION#<ulid>` | |
+//! | payment | `ORG#<org>` / `PAYMENT#<ulid>` | |
+//! | invoice | `ORG#<org>` / `INVOICE#<ulid>` | |
+//! | Stripe link | `STRIPE#<cus_…/sub_…/pi_…/in_…>` / `<PREFIX>#<org>#<ulid>` | |
 //! | webhook event seen | `STRIPE_EVENT#<evt_…>` / `EVENT` (TTL 30 days) | |
 //! | sync checkpoint | `STRIPE_SYNC` / `CHECKPOINT` | |
 //!
-//! `GSI1` finds a record from a Stripe id (webhook events and the sync); its sort key names
-//! the organization, which the caller checks against the object's `metadata.org_id`.
+//! A Stripe link finds a record from a Stripe id (webhook events and the sync) with a
+//! consistent read; its sort key names the organization, which the caller checks against
+//! the object's `metadata.org_id`. (Until issue 15 this was an index, `GSI1`, which a
+//! webhook arriving right after the create could miss.)
 //! Writes are conditional on the `version` the writer read, so a webhook and the sync
 //! racing on one record cannot lose either's change.
 
@@ -120,14 +123,25 @@ impl PaymentStore {
         item.insert("pk".into(), s(org_pk(record.org())));
         item.insert("sk".into(), s(sk::<T>(record.id())));
         item.insert("entity".into(), s(T::PREFIX.to_ascii_lowercase()));
-        if let Some(stripe) = record.stripe_id() {
-            item.insert("gsi1pk".into(), s(format!("STRIPE#{stripe}")));
-            item.insert(
-                "gsi1sk".into(),
-                s(format!("{}#{}#{}", T::PREFIX, record.org(), record.id())),
-            );
-        }
         Ok(item)
+    }
+
+    /// The item that finds `record` from its Stripe id: `STRIPE#<stripe id>` /
+    /// `<PREFIX>#<org>#<id>`, in the table itself rather than an index, so a webhook that
+    /// arrives a moment after the record was written finds it ("a query on a global
+    /// secondary index might not return the most recent data", DynamoDB Developer Guide;
+    /// issue 15).
+    fn link_of<T: PaymentEntity>(record: &T) -> Option<Item> {
+        let stripe = record.stripe_id()?;
+        Some(Item::from([
+            ("pk".to_owned(), s(format!("STRIPE#{stripe}"))),
+            (
+                "sk".to_owned(),
+                s(format!("{}#{}#{}", T::PREFIX, record.org(), record.id())),
+            ),
+            ("entity".to_owned(), s("stripe_link")),
+            ("id".to_owned(), s(record.id())),
+        ]))
     }
 
     /// Stores `record` if its `version` is still the stored one (0: it must be new), and
@@ -136,6 +150,17 @@ impl PaymentStore {
     /// # Errors
     /// [`StoreError::Conflict`] when someone else wrote it first.
     pub async fn save<T: PaymentEntity>(&self, record: &mut T) -> Result<(), StoreError> {
+        // The link first: one pointing at a record whose write then fails leads nowhere
+        // (`find_by_stripe` reads the record itself), never the other way round.
+        if let Some(link) = Self::link_of(record) {
+            self.dynamodb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(link))
+                .send()
+                .await
+                .context("PutItem Stripe link")?;
+        }
         let expected = record.version();
         record.set_version(expected + 1);
         let item = Self::item_of(record)?;
@@ -202,17 +227,16 @@ impl PaymentStore {
             .dynamodb
             .query()
             .table_name(&self.table)
-            .index_name("GSI1")
-            .key_condition_expression("gsi1pk = :pk AND begins_with(gsi1sk, :prefix)")
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", s(format!("STRIPE#{stripe_id}")))
             .expression_attribute_values(":prefix", s(format!("{}#{org}#", T::PREFIX)))
+            .consistent_read(true)
             .send()
             .await
-            .context("Query GSI1 by Stripe id")?;
+            .context("Query the Stripe links")?;
         let Some(item) = output.items.unwrap_or_default().into_iter().next() else {
             return Ok(None);
         };
-        // The index is eventually consistent: read the item itself.
         let id = match item.get("id") {
             Some(AttributeValue::S(id)) => id.clone(),
             _ => return Ok(None),

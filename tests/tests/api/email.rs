@@ -762,6 +762,8 @@ async fn the_status_check_settles_emails_whose_webhook_was_lost() {
     app.sendgrid_fault(json!({"webhooks": false})).await;
     let id = send(&app, &token, simple("ann@example.com")).await;
     app.email_reaches(&token, &id, "sent", 30).await;
+    // The check reads an index, which lags writes (as on AWS); its schedule runs minutes on.
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
 
     let result = app.fire_schedule("email-status-check").await;
     assert_eq!(result["updated"], 1, "{result}");
@@ -784,8 +786,12 @@ async fn the_status_check_looks_each_recipient_of_a_call_up() {
     let token = app.token("acme", "admin");
     app.sendgrid_fault(json!({"webhooks": false})).await;
     let reply = app
-        .post("/services/email/", &token, json!({"subject": "Hi", "text": "Hello", "recipients": [
-            {"to": "ann@example.com"}, {"to": "gone@bounce.test"}, {"to": "bob@example.com"}]}))
+        .post(
+            "/services/email/",
+            &token,
+            json!({"subject": "Hi", "text": "Hello", "recipients": [
+            {"to": "ann@example.com"}, {"to": "gone@bounce.test"}, {"to": "bob@example.com"}]}),
+        )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let ids: Vec<String> = reply.body["ids"]
@@ -798,6 +804,7 @@ async fn the_status_check_looks_each_recipient_of_a_call_up() {
         app.email_reaches(&token, id, "sent", 60).await;
     }
     assert_eq!(app.sandbox().calls(), 1, "one call for the three");
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
 
     let result = app.fire_schedule("email-status-check").await;
     assert_eq!(result["updated"], 3, "{result}");
@@ -853,7 +860,13 @@ async fn the_sweep_requeues_an_email_whose_job_was_lost_and_gives_up_after_the_b
         .await
         .body;
     assert_eq!(email["status"], "failed");
-    assert_eq!(email["failure_kind"], "transient");
+    assert!(
+        email["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("still waiting"),
+        "{email}"
+    );
     let reply = patient
         .post("/services/email/resend-failed/", &token, json!({}))
         .await;

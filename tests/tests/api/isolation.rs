@@ -114,7 +114,7 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
         app,
         owner,
         "/services/payments/",
-        json!({"amount": 1999, "currency": "usd", "customer_id": customer}),
+        json!({"amount": 1999, "currency": "usd", "customer_id": customer, "payment_method": "pm_card_visa"}),
     )
     .await;
     ids.push(payment.clone());

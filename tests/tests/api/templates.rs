@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestBundle, spawn_bundle};
+use crate::helpers::{TEST_INDEX_LAG, TestBundle, spawn_bundle};
 
 fn email(name: &str) -> Value {
     json!({"name": name, "subject": "Hi {{first_name}}", "html": "<p>Hello {{first_name}}</p>", "text": "Hello {{first_name}}", "variables": ["first_name"]})
@@ -298,6 +298,8 @@ async fn filters_search_and_ordering() {
     )
     .await;
 
+    // Name order comes from an index, which lags writes a moment (as on AWS).
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
     let get = |query: &str| {
         let path = format!("/services/templates/email/?{query}");
         let app = &app;
@@ -584,6 +586,8 @@ async fn superusers_list_across_organizations() {
     let root = app.token("platform", "superuser");
     let acme_id = create(&app, &acme, "sms", json!({"name": "a1", "body": "b"})).await;
     create(&app, &globex, "sms", json!({"name": "g1", "body": "b"})).await;
+    // Lists across organizations come from an index, which lags writes (as on AWS).
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
 
     let all = app.get("/services/templates/sms/", &root).await;
     assert_eq!(names(&all.body), vec!["g1", "a1"]);
