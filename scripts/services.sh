@@ -8,6 +8,7 @@
 #   scripts/services.sh start|stop|status|env
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/portable.sh
 
 MOTO_PORT=${HERALD_MOTO_PORT:-4566}
 MONGO_PORT=${HERALD_MONGO_PORT:-27018}
@@ -28,18 +29,20 @@ start_one() { # name port command...
   local name=$1 port=$2; shift 2
   if [ -f "$STATE/$name.pid" ] && kill -0 "$(cat "$STATE/$name.pid")" 2>/dev/null; then return 0; fi
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is already taken; set HERALD_${name^^}_PORT to another port" >&2; return 1
+    echo "port $port is already taken; set HERALD_$(upper "$name")_PORT to another port" >&2; return 1
   fi
   # Its own session, so stopping it also stops any children it spawned.
-  setsid nohup "$@" >"$STATE/$name.log" 2>&1 &
+  in_new_session nohup "$@" >"$STATE/$name.log" 2>&1
   echo $! >"$STATE/$name.pid"
   wait_for_port "$name" "$port" "$STATE/$name.pid"
 }
 
+# Returns once the process has exited (SecantusDB takes seconds on SIGTERM), so `stop`
+# then `start` finds the port free.
 stop_one() {
   local pidfile="$STATE/$1.pid"
   if [ -f "$pidfile" ]; then
-    kill -- "-$(cat "$pidfile")" 2>/dev/null || kill "$(cat "$pidfile")" 2>/dev/null || true
+    stop_group "$(cat "$pidfile")"
     rm -f "$pidfile"
   fi
 }
