@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestBundle, eventually, spawn_bundle_with};
+use crate::helpers::{TEST_INDEX_LAG, TestBundle, eventually, spawn_bundle_with};
 
 async fn sms_bundle() -> TestBundle {
     spawn_bundle_with(|options| {
@@ -564,6 +564,8 @@ async fn the_status_check_applies_statuses_whose_callbacks_were_lost() {
     .await;
     let id = reply["id"].as_str().unwrap().to_owned();
     sms_reaches(&app, &token, &id, "sent").await;
+    // The check reads an index, which lags writes (as on AWS); its schedule runs much later.
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
     let result = app.fire_schedule("sms-status-check").await;
     assert_eq!(result["updated"], 1, "{result}");
     let sms = sms_reaches(&app, &token, &id, "delivered").await;
