@@ -381,23 +381,30 @@ pub async fn sendgrid_client(
 /// recipient listed twice — go in different calls.
 pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
     type GroupKey = (String, Option<String>, Option<String>, bool, bool);
+    type ContentKey<'a> = (GroupKey, &'a str, Option<&'a str>, Option<&'a str>);
     let mut groups: BTreeMap<GroupKey, Vec<&EmailRecord>> = BTreeMap::new();
+    // Bodies too large to substitute go out as literal content, so only emails with the
+    // same content can share a call: a newsletter identical for every recipient still
+    // takes one call per 1,000 recipients, whatever its size (issue 20).
+    let mut identical: BTreeMap<ContentKey<'_>, Vec<&EmailRecord>> = BTreeMap::new();
     let mut planned = Vec::new();
     for record in records {
         let bytes = record.html.as_ref().map_or(0, String::len)
             + record.text.as_ref().map_or(0, String::len);
         if bytes + HTML_TOKEN.len() + TEXT_TOKEN.len() > MAX_SUBSTITUTION_BYTES {
-            planned.push(literal_mail(&[record]));
+            let key = (
+                sender_key(record),
+                record.subject.as_str(),
+                record.html.as_deref(),
+                record.text.as_deref(),
+            );
+            identical.entry(key).or_default().push(record);
             continue;
         }
-        let key = (
-            record.from.to_string(),
-            record.from_name.clone(),
-            record.reply_to.as_ref().map(ToString::to_string),
-            record.html.is_some(),
-            record.text.is_some(),
-        );
-        groups.entry(key).or_default().push(record);
+        groups.entry(sender_key(record)).or_default().push(record);
+    }
+    for same in identical.values() {
+        planned.extend(pack_calls(same).iter().map(|call| literal_mail(call)));
     }
     for group in groups.values() {
         for call in pack_calls(group) {
@@ -413,6 +420,18 @@ pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
         }
     }
     planned
+}
+
+/// What emails must share to go in one call: sender, sender name, reply-to, and which
+/// bodies they have.
+fn sender_key(record: &EmailRecord) -> (String, Option<String>, Option<String>, bool, bool) {
+    (
+        record.from.to_string(),
+        record.from_name.clone(),
+        record.reply_to.as_ref().map(ToString::to_string),
+        record.html.is_some(),
+        record.text.is_some(),
+    )
 }
 
 /// SendGrid's limit on recipients (`to` + `cc` + `bcc`, over every personalization) in one
@@ -667,6 +686,18 @@ mod tests {
         assert_eq!(planned.len(), 2);
         assert!(planned.iter().any(|p| p.ids == vec!["id9".to_owned()]
             && p.mail.personalizations[0].substitutions.is_empty()));
+    }
+
+    #[test]
+    fn a_large_identical_newsletter_takes_one_call_per_thousand_recipients() {
+        let newsletter = format!("<html>{}</html>", "<p>Spring news.</p>".repeat(700));
+        assert!(newsletter.len() > 12_000);
+        let mut records: Vec<_> = (0..2500).map(|n| record(n, &newsletter)).collect();
+        records.push(record(9999, &format!("{newsletter}<p>P.S.</p>")));
+        let planned = plan_mails(&records);
+        assert_eq!(planned.len(), 4, "three calls for the 2,500, one for the other content");
+        assert_within_mail_send_rules(&planned);
+        assert!(planned.iter().all(|p| p.mail.personalizations[0].substitutions.is_empty()));
     }
 
     /// Every planned call within SendGrid's recipient rules: at most 1,000 recipients
