@@ -695,9 +695,17 @@ mod tests {
         let mut records: Vec<_> = (0..2500).map(|n| record(n, &newsletter)).collect();
         records.push(record(9999, &format!("{newsletter}<p>P.S.</p>")));
         let planned = plan_mails(&records);
-        assert_eq!(planned.len(), 4, "three calls for the 2,500, one for the other content");
+        assert_eq!(
+            planned.len(),
+            4,
+            "three calls for the 2,500, one for the other content"
+        );
         assert_within_mail_send_rules(&planned);
-        assert!(planned.iter().all(|p| p.mail.personalizations[0].substitutions.is_empty()));
+        assert!(
+            planned
+                .iter()
+                .all(|p| p.mail.personalizations[0].substitutions.is_empty())
+        );
     }
 
     /// Every planned call within SendGrid's recipient rules: at most 1,000 recipients
