@@ -1,17 +1,31 @@
 //! The payments API (SPEC §5): customers, subscriptions, charges (PaymentIntents), refunds,
 //! invoices and receipts on the platform Stripe account.
 //!
-//! Every Stripe object Herald creates carries `metadata[org_id]` and `metadata[herald_id]`,
-//! and every creating call an `Idempotency-Key` derived from the Herald record id, so a
-//! retried call replays Stripe's first answer instead of charging twice. Stripe's answers
-//! are applied through the same [`Reconciler`] as webhook events, so whichever arrives
-//! first, the newer state wins.
+//! Every Stripe object Herald creates carries `metadata[org_id]` and `metadata[herald_id]`.
+//! A create (customer, subscription, PaymentIntent) sends Stripe an `Idempotency-Key` that
+//! is a function of the organization and the client's request: its `Idempotency-Key`
+//! header, or, when it sends none, API Gateway's request id (unique to that one HTTP
+//! request, and synchronous invocations are not retried by Lambda, so nothing but Herald's
+//! own attempts inside the request can repeat it). The request also names the Herald
+//! record through a create-request item, so any retry of the same request (after a
+//! timeout, a 5xx, or an invocation killed mid-call) sends Stripe the same parameters under
+//! the same key and reaches the same Stripe object: Stripe replays its first answer.
+//!
+//! All of one request's Stripe calls fit in a budget (`STRIPE_BUDGET_SECONDS`, default 20,
+//! less than the function's 29 s timeout and API Gateway's 30 s) that leaves time to record
+//! the outcome; an outcome still unknown then answers 202 `pending`, settled by the webhook
+//! or the sync, never by a second create. Stripe's answers are applied through the same
+//! [`Reconciler`] as webhook events, so whichever arrives first, the newer state wins.
 
 use std::collections::BTreeMap;
 
-use lambda_http::{Body, Request, Response};
+use std::time::Duration;
+
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::{AwsClients, S3Client};
@@ -19,7 +33,7 @@ use shared::config::{Env, OnFirstUse};
 use shared::domain::email::EmailAddress;
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventKind, EventPublisher};
-use shared::http::idempotency::run_once;
+use shared::http::idempotency::{self, run_once};
 use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
 use shared::payments::reconcile::{Applied, Reconciler, decline_reason};
 use shared::payments::{Currency, money};
@@ -28,7 +42,7 @@ use shared::payments::{
     receipt,
 };
 use shared::providers::stripe::{StripeClient, StripeError};
-use shared::store::{IdempotencyStore, PaymentEntity, PaymentStore, StoreError};
+use shared::store::{IdempotencyStore, PaymentEntity, PaymentStore, RequestClaim, StoreError};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
@@ -88,8 +102,21 @@ pub const ROUTES: &[Route] = &[
 ];
 const ROUTER: Router = Router::new(ROUTES);
 
-/// Attempts at one Stripe call that fails transiently (same idempotency key each time).
+/// Attempts at one Stripe call that fails transiently (same idempotency key each time), as
+/// many as fit in the request's Stripe budget.
 const STRIPE_ATTEMPTS: u32 = 3;
+/// How long all of one request's Stripe calls may take unless `STRIPE_BUDGET_SECONDS` says
+/// otherwise: three attempts of the default 6 s with their backoff (18.6 s) fit, and the
+/// function's 29 s timeout keeps [`RECORD_RESERVE`] beyond it.
+const DEFAULT_STRIPE_BUDGET: Duration = Duration::from_secs(20);
+/// Time kept after the Stripe calls to record the outcome (DynamoDB writes, events).
+const RECORD_RESERVE: Duration = Duration::from_secs(5);
+/// An attempt with less time than this left is not started.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+/// The wait before attempt `n + 1`.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200 * u64::from(attempt))
+}
 const MAX_METADATA: usize = 20;
 const MAX_ITEMS: usize = 20;
 const INVOICE_STATUSES: &[&str] = &["draft", "open", "paid", "uncollectible", "void"];
@@ -114,6 +141,19 @@ pub struct PaymentsApi {
     s3: S3Client,
     bucket: String,
     claims: ClaimNames,
+    /// How long one request's Stripe calls may take in all.
+    stripe_budget: Duration,
+}
+
+/// When a request's Stripe calls must be over: its Stripe budget from the start, and never
+/// later than the invocation's own deadline less [`RECORD_RESERVE`].
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Instant);
+
+impl Deadline {
+    fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
 }
 
 impl HttpFunction for PaymentsApi {
@@ -161,6 +201,11 @@ struct ChargeRequest {
     description: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// A charge of a saved method while the customer is away (Stripe `off_session`): a
+    /// bank that wants authentication declines it (`authentication_required`) and the
+    /// payment waits `requires_action` for the customer to come back.
+    #[serde(default)]
+    off_session: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,18 +304,84 @@ fn list_org(caller: &Caller, params: &BTreeMap<String, String>) -> Result<OrgId,
     }
 }
 
+/// The answer to a create request whose key was used for a different request.
+fn reused_key() -> ApiError {
+    ApiError::Unprocessable("this Idempotency-Key was used with a different request".to_owned())
+}
+
 /// One classification for every Stripe failure the API reports (see `From<StripeError>`).
 fn stripe_problem(error: &StripeError) -> ApiError {
     ApiError::from(error.clone())
 }
 
-/// A Stripe object to create for a new Herald record of `kind` (`customer`,
-/// `subscription`) with id `id`.
-struct NewStripeObject {
+/// A Stripe object to create for a Herald record of `kind` (`customer`, `subscription`);
+/// `params` are its parameters for the record id given.
+struct NewStripeObject<P: Fn(&str) -> Value> {
     kind: &'static str,
     path: &'static str,
-    params: Value,
-    id: String,
+    params: P,
+}
+
+/// SHA-256 of `parts` (NUL-separated), hex.
+fn digest(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0]);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// What names one client request: its `Idempotency-Key`, else API Gateway's request id
+/// (see the module docs for why that is safe).
+fn request_key(request: &Request) -> String {
+    match request
+        .headers()
+        .get(idempotency::HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(key) => format!("client:{key}"),
+        None => match http::request_id(request) {
+            id if !id.is_empty() => format!("request:{id}"),
+            // No request id (not API Gateway): a key no other request has.
+            _ => format!("fresh:{}", RecordId::new()),
+        },
+    }
+}
+
+/// A create request of `kind` by the caller's organization: its identity (the same for
+/// every retry) and its content.
+struct CreateRequest {
+    /// Hash of the organization, kind and request key.
+    name: String,
+    /// Hash of the request's method, path and body.
+    content: String,
+}
+
+impl CreateRequest {
+    fn of(request: &Request, org: &OrgId, kind: &str) -> Self {
+        let key = request_key(request);
+        Self {
+            name: digest(&[org.as_str().as_bytes(), kind.as_bytes(), key.as_bytes()]),
+            content: digest(&[
+                request.method().as_str().as_bytes(),
+                request.uri().path().trim_end_matches('/').as_bytes(),
+                http::body_bytes(request),
+            ]),
+        }
+    }
+
+    /// Stripe's `Idempotency-Key` for this request's create of `kind` (Stripe takes up to
+    /// 255 characters).
+    fn stripe_key(&self, kind: &str) -> String {
+        format!("herald-{kind}-{}", self.name)
+    }
+}
+
+/// Whether Stripe may have acted on a call that gave no usable answer: a timeout, an outage,
+/// an answer Herald cannot read, or a key Stripe holds for an earlier run of the request.
+fn outcome_unknown(error: &StripeError) -> bool {
+    error.is_transient() || error.is_unexpected_answer() || error.is_idempotency_conflict()
 }
 
 impl PaymentsApi {
@@ -281,7 +392,14 @@ impl PaymentsApi {
     pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
         let store = PaymentStore::new(aws.dynamodb.clone(), &table);
+        let stripe_budget = match env.optional("STRIPE_BUDGET_SECONDS") {
+            None => DEFAULT_STRIPE_BUDGET,
+            Some(value) => Duration::from_secs(value.parse().map_err(|_| {
+                anyhow::anyhow!("STRIPE_BUDGET_SECONDS must be whole seconds, not {value:?}")
+            })?),
+        };
         Ok(Self {
+            stripe_budget,
             reconciler: Reconciler::new(store.clone()),
             store,
             idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
@@ -310,7 +428,23 @@ impl PaymentsApi {
             .ok_or(ApiError::ProviderNotConfigured("Stripe"))
     }
 
+    /// The deadline of this request's Stripe calls.
+    fn deadline(&self, request: &Request) -> Deadline {
+        let started = Instant::now();
+        let mut deadline = started + self.stripe_budget;
+        // In Lambda the invocation's own deadline (unix ms) bounds it too.
+        if let Some(context) = request.lambda_context_ref()
+            && context.deadline > 0
+        {
+            let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            let left = Duration::from_millis(context.deadline.saturating_sub(now_ms));
+            deadline = deadline.min(started + left.saturating_sub(RECORD_RESERVE));
+        }
+        Deadline(deadline)
+    }
+
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let deadline = self.deadline(request);
         let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
@@ -322,7 +456,7 @@ impl PaymentsApi {
                     &caller.org,
                     "POST /services/payments",
                     request,
-                    || self.charge(request, &caller),
+                    || self.charge(request, &caller, deadline),
                 )
                 .await
             }
@@ -333,7 +467,7 @@ impl PaymentsApi {
                     &caller.org,
                     "POST /services/payments/customers",
                     request,
-                    || self.create_customer(request, &caller),
+                    || self.create_customer(request, &caller, deadline),
                 )
                 .await
             }
@@ -348,7 +482,7 @@ impl PaymentsApi {
                     &caller.org,
                     "POST /services/payments/subscriptions",
                     request,
-                    || self.create_subscription(request, &caller),
+                    || self.create_subscription(request, &caller, deadline),
                 )
                 .await
             }
@@ -378,7 +512,7 @@ impl PaymentsApi {
                     &caller.org,
                     "POST /services/payments/{id}/refund",
                     request,
-                    || self.refund(request, &caller, &id),
+                    || self.refund(request, &caller, &id, deadline),
                 )
                 .await
             }
@@ -389,33 +523,65 @@ impl PaymentsApi {
         }
     }
 
-    /// One creating call to Stripe, retried on transient failures with the same key, with
-    /// a provider event for its outcome.
-    /// Creates a Stripe object for a new Herald record (idempotency key
-    /// `herald-<kind>-<id>`, so a retried request creates it once), stores it through the
-    /// reconciler as a webhook would, audits `payment.<kind>.create`, and returns the record.
-    async fn create_through_stripe<R: PaymentEntity>(
+    /// Creates a Stripe object for the Herald record this request names (a new id the first
+    /// time, the first attempt's on a retry), stores it through the reconciler as a webhook
+    /// would, audits `payment.<kind>.create`, and answers 201 with the record. A retry of a
+    /// request whose record exists answers it without calling Stripe; an outcome Stripe did
+    /// not make known answers 202 `pending` with the id the record will have.
+    async fn create_through_stripe<R: PaymentEntity, P: Fn(&str) -> Value>(
         &self,
         request: &Request,
         caller: &Caller,
-        new: NewStripeObject,
-    ) -> Result<R, ApiError> {
-        let NewStripeObject {
-            kind,
-            path,
-            params,
-            id,
-        } = new;
-        let object = self
+        new: NewStripeObject<P>,
+        to_json: fn(&R) -> Value,
+        deadline: Deadline,
+    ) -> Result<Response<Body>, ApiError> {
+        let NewStripeObject { kind, path, params } = new;
+        let create = CreateRequest::of(request, &caller.org, kind);
+        let fresh = RecordId::new().to_string();
+        let id = match self
+            .store
+            .claim_request(
+                &caller.org,
+                kind,
+                &create.name,
+                &fresh,
+                &create.content,
+                chrono::Utc::now(),
+            )
+            .await?
+        {
+            RequestClaim::New => fresh,
+            RequestClaim::Existing(id) => match self.store.get::<R>(&caller.org, &id).await {
+                Ok(record) => return http::json(201, &to_json(&record)),
+                Err(StoreError::NotFound) => id,
+                Err(other) => return Err(other.into()),
+            },
+            RequestClaim::Mismatch => return Err(reused_key()),
+        };
+        let result = self
             .call_stripe(
                 caller,
                 &format!("{kind}.create"),
                 path,
-                &params,
-                &format!("herald-{kind}-{id}"),
+                &params(&id),
+                &create.stripe_key(kind),
+                deadline,
             )
-            .await
-            .map_err(|e| stripe_problem(&e))?;
+            .await;
+        let object = match result {
+            Ok(object) => object,
+            Err(error) if outcome_unknown(&error) => {
+                tracing::warn!(
+                    kind,
+                    record = id,
+                    reason = error.reason(),
+                    "Stripe's answer is unknown; the record is settled by the webhook or the sync"
+                );
+                return http::json(202, &json!({"id": id, "status": "pending"}));
+            }
+            Err(error) => return Err(stripe_problem(&error)),
+        };
         self.reconciler
             .apply(&object, object["created"].as_i64().unwrap_or(0))
             .await?;
@@ -428,7 +594,7 @@ impl PaymentsApi {
             json!({"stripe_id": record.stripe_id()}),
         )
         .await;
-        Ok(record)
+        http::json(201, &to_json(&record))
     }
 
     async fn call_stripe(
@@ -438,6 +604,7 @@ impl PaymentsApi {
         path: &str,
         params: &Value,
         idempotency_key: &str,
+        deadline: Deadline,
     ) -> Result<Value, StripeError> {
         // Every caller has checked `self.stripe()` first: the client is built by now.
         let Ok(Some(stripe)) = self.stripe.get().await else {
@@ -449,11 +616,24 @@ impl PaymentsApi {
         };
         let mut attempt = 1;
         let result = loop {
-            let result = stripe.post(path, params, Some(idempotency_key)).await;
+            let left = deadline.remaining();
+            if left < MIN_ATTEMPT {
+                break Err(StripeError::Transient {
+                    status: None,
+                    message: "no time left in the Stripe budget".to_owned(),
+                });
+            }
+            let timeout = stripe.timeout().min(left);
+            let result = stripe
+                .post_within(path, params, Some(idempotency_key), timeout)
+                .await;
             match &result {
-                Err(error) if error.is_transient() && attempt < STRIPE_ATTEMPTS => {
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                        .await;
+                Err(error)
+                    if error.is_transient()
+                        && attempt < STRIPE_ATTEMPTS
+                        && deadline.remaining() >= backoff(attempt) + MIN_ATTEMPT =>
+                {
+                    tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
                 _ => break result,
@@ -523,6 +703,7 @@ impl PaymentsApi {
         &self,
         request: &Request,
         caller: &Caller,
+        deadline: Deadline,
     ) -> Result<Response<Body>, ApiError> {
         self.stripe().await?;
         let body: CustomerRequest = http::parse_json(request)?;
@@ -541,27 +722,28 @@ impl PaymentsApi {
         if !errors.is_empty() {
             return Err(ApiError::invalid(errors));
         }
-        let id = RecordId::new().to_string();
-        let params = json!({
-            "email": email.map(|e| e.to_string()),
-            "name": body.name,
-            "description": body.description,
-            "metadata": metadata_for(&body.metadata, caller, &id),
-        });
+        let email = email.map(|e| e.to_string());
         let new = NewStripeObject {
             kind: "customer",
             path: "/v1/customers",
-            params,
-            id,
+            params: |id: &str| {
+                json!({
+                    "email": email,
+                    "name": body.name,
+                    "description": body.description,
+                    "metadata": metadata_for(&body.metadata, caller, id),
+                })
+            },
         };
-        let record: CustomerRecord = self.create_through_stripe(request, caller, new).await?;
-        http::json(201, &record.to_json())
+        self.create_through_stripe(request, caller, new, CustomerRecord::to_json, deadline)
+            .await
     }
 
     async fn create_subscription(
         &self,
         request: &Request,
         caller: &Caller,
+        deadline: Deadline,
     ) -> Result<Response<Body>, ApiError> {
         self.stripe().await?;
         let body: SubscriptionRequest = http::parse_json(request)?;
@@ -625,21 +807,24 @@ impl PaymentsApi {
                 "the customer has no Stripe customer",
             ));
         };
-        let id = RecordId::new().to_string();
-        let params = json!({
-            "customer": stripe_customer,
-            "items": items.iter().map(|(price, quantity)| json!({"price": price, "quantity": quantity})).collect::<Vec<_>>(),
-            "default_payment_method": body.payment_method,
-            "metadata": metadata_for(&body.metadata, caller, &id),
-        });
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(price, quantity)| json!({"price": price, "quantity": quantity}))
+            .collect();
         let new = NewStripeObject {
             kind: "subscription",
             path: "/v1/subscriptions",
-            params,
-            id,
+            params: |id: &str| {
+                json!({
+                    "customer": stripe_customer,
+                    "items": items,
+                    "default_payment_method": body.payment_method,
+                    "metadata": metadata_for(&body.metadata, caller, id),
+                })
+            },
         };
-        let record: SubscriptionRecord = self.create_through_stripe(request, caller, new).await?;
-        http::json(201, &record.to_json())
+        self.create_through_stripe(request, caller, new, SubscriptionRecord::to_json, deadline)
+            .await
     }
 
     async fn cancel_subscription(
@@ -689,7 +874,12 @@ impl PaymentsApi {
         http::json(200, &record.to_json())
     }
 
-    async fn charge(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+    async fn charge(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        deadline: Deadline,
+    ) -> Result<Response<Body>, ApiError> {
         self.stripe().await?;
         let body: ChargeRequest = http::parse_json(request)?;
         let mut errors = FieldErrors::new();
@@ -731,10 +921,17 @@ impl PaymentsApi {
         let payment_method = match (&body.payment_method, &customer) {
             (Some(method), _) => Some(method.clone()),
             (None, Some(customer)) if errors.is_empty() => {
-                self.default_payment_method(customer).await?
+                self.default_payment_method(customer, deadline).await?
             }
             (None, _) => None,
         };
+        if body.off_session && customer.is_none() && !errors.contains_key("customer_id") {
+            add(
+                &mut errors,
+                "customer_id",
+                "is required for an off-session charge (a saved method belongs to a customer)",
+            );
+        }
         if payment_method.is_none() && !errors.contains_key("customer_id") {
             add(
                 &mut errors,
@@ -751,70 +948,112 @@ impl PaymentsApi {
         else {
             return Err(ApiError::invalid(errors));
         };
-        let now = chrono::Utc::now();
-        let id = RecordId::new().to_string();
-        let mut record = PaymentRecord {
-            id: id.clone(),
-            org_id: caller.org.clone(),
-            customer_id: customer.as_ref().map(|c| c.id.clone()),
-            stripe_customer: customer.as_ref().and_then(|c| c.stripe_id.clone()),
-            stripe_id: None,
-            amount: body.amount,
-            currency: currency.clone(),
-            description: body.description.clone(),
-            status: PaymentStatus::Pending,
-            amount_refunded: 0,
-            failure_reason: None,
-            invoice_id: None,
-            metadata: body.metadata.clone(),
-            created_at: now,
-            updated_at: now,
-            state_at: 0,
-            state_rank: 0,
-            version: 0,
+        let create = CreateRequest::of(request, &caller.org, "payment");
+        let fresh = RecordId::new().to_string();
+        let claim = self
+            .store
+            .claim_request(
+                &caller.org,
+                "payment",
+                &create.name,
+                &fresh,
+                &create.content,
+                chrono::Utc::now(),
+            )
+            .await?;
+        let (id, existing) = match claim {
+            RequestClaim::New => (fresh, None),
+            RequestClaim::Existing(id) => {
+                match self.store.get::<PaymentRecord>(&caller.org, &id).await {
+                    Ok(record) => (id, Some(record)),
+                    Err(StoreError::NotFound) => (id, None),
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            RequestClaim::Mismatch => return Err(reused_key()),
         };
-        // Recorded before Stripe is called: whatever happens next, the charge is findable
-        // (and the sync can settle it from `metadata[herald_id]`).
-        self.store.save(&mut record).await?;
-        let pending = Applied {
-            payment_changes: vec![shared::payments::reconcile::PaymentChange {
-                org: caller.org.clone(),
-                id: id.clone(),
-                status: PaymentStatus::Pending,
-                amount: record.amount,
-                currency: currency.as_str().to_owned(),
-            }],
-            ..Applied::default()
+        let record = match existing {
+            // A retry of a charge whose outcome is known: answered from the record, never
+            // charged again.
+            Some(record) if record.status != PaymentStatus::Pending => {
+                return http::json(201, &record.to_json());
+            }
+            Some(record) => record,
+            None => {
+                let now = chrono::Utc::now();
+                let mut record = PaymentRecord {
+                    id: id.clone(),
+                    org_id: caller.org.clone(),
+                    customer_id: customer.as_ref().map(|c| c.id.clone()),
+                    stripe_customer: customer.as_ref().and_then(|c| c.stripe_id.clone()),
+                    stripe_id: None,
+                    amount: body.amount,
+                    currency: currency.clone(),
+                    description: body.description.clone(),
+                    status: PaymentStatus::Pending,
+                    amount_refunded: 0,
+                    failure_reason: None,
+                    invoice_id: None,
+                    payment_method: Some(payment_method),
+                    metadata: body.metadata.clone(),
+                    created_at: now,
+                    updated_at: now,
+                    state_at: 0,
+                    state_rank: 0,
+                    version: 0,
+                };
+                // Recorded before Stripe is called: whatever happens next, the charge is
+                // findable (and the sync can settle it from `metadata[herald_id]`).
+                self.store.save(&mut record).await?;
+                self.deliveries(&Applied {
+                    payment_changes: vec![shared::payments::reconcile::PaymentChange {
+                        org: caller.org.clone(),
+                        id: id.clone(),
+                        status: PaymentStatus::Pending,
+                        amount: record.amount,
+                        currency: currency.as_str().to_owned(),
+                    }],
+                    ..Applied::default()
+                })
+                .await;
+                record
+            }
         };
-        self.deliveries(&pending).await;
-        let params = json!({
-            "amount": body.amount,
-            "currency": currency.as_str(),
+        // Built from the record the request named, so every attempt sends Stripe the same
+        // parameters (the body is the same: the create request's content says so).
+        let mut params = json!({
+            "amount": record.amount,
+            "currency": record.currency.as_str(),
             "customer": record.stripe_customer,
-            "payment_method": payment_method,
+            "payment_method": record.payment_method,
             "confirm": true,
-            // Server-side confirmation: no redirect-based methods, which need a return URL.
+            // Server-side confirmation: no redirect-based methods, which need a return URL;
+            // a card's 3-D Secure is still possible (`next_action: use_stripe_sdk`).
             "automatic_payment_methods": {"enabled": true, "allow_redirects": "never"},
             "description": body.description,
             "metadata": metadata_for(&body.metadata, caller, &id),
         });
+        if body.off_session {
+            params["off_session"] = json!(true);
+        }
         let result = self
             .call_stripe(
                 caller,
                 "payment_intent.create",
                 "/v1/payment_intents",
                 &params,
-                &format!("herald-payment-{id}"),
+                &create.stripe_key("payment"),
+                deadline,
             )
             .await;
-        let status = match result {
+        let (status, intent) = match result {
             Ok(intent) => {
                 let applied = self
                     .reconciler
                     .apply(&intent, intent["created"].as_i64().unwrap_or(0))
                     .await?;
                 self.deliveries(&applied).await;
-                201
+                (201, Some(intent))
             }
             Err(StripeError::Card {
                 payment_intent: Some(intent),
@@ -825,18 +1064,18 @@ impl PaymentsApi {
                     .apply(&intent, intent["created"].as_i64().unwrap_or(0))
                     .await?;
                 self.deliveries(&applied).await;
-                201
+                (201, Some(*intent))
             }
-            Err(error) if error.is_transient() || error.is_unexpected_answer() => {
+            Err(error) if outcome_unknown(&error) => {
                 // Stripe may or may not have the intent (an answer Herald cannot read may
                 // still be a charge): it stays pending until the webhook or the sync says,
-                // and a retry with the same key cannot charge twice.
+                // and a retry of this request reaches the same intent, never a second one.
                 tracing::warn!(
                     payment = id,
                     reason = error.reason(),
-                    "Stripe unavailable; payment left pending"
+                    "Stripe's answer is unknown; payment left pending"
                 );
-                202
+                (202, None)
             }
             Err(error) => {
                 let reason = match &error {
@@ -844,7 +1083,7 @@ impl PaymentsApi {
                     _ => decline_reason(&json!({"message": error.reason()})),
                 };
                 self.fail(&caller.org, &id, reason).await?;
-                201
+                (201, None)
             }
         };
         let record: PaymentRecord = self.store.get(&caller.org, &id).await?;
@@ -856,7 +1095,17 @@ impl PaymentsApi {
             json!({"amount": record.amount, "currency": record.currency.as_str(), "status": record.status.as_str()}),
         )
         .await;
-        http::json(status, &record.to_json())
+        let mut answer = record.to_json();
+        // What Stripe.js needs to finish a payment that waits for the customer (3-D Secure):
+        // the intent's client secret, and its next action when Stripe names one. Only in
+        // this answer: Stripe asks that the secret not be stored or logged.
+        if let Some(intent) = intent.filter(|_| record.status == PaymentStatus::RequiresAction) {
+            answer["client_secret"] = intent["client_secret"].clone();
+            if intent["next_action"].is_object() {
+                answer["next_action"] = intent["next_action"].clone();
+            }
+        }
+        http::json(status, &answer)
     }
 
     /// The customer's default payment method at Stripe
@@ -864,13 +1113,18 @@ impl PaymentsApi {
     async fn default_payment_method(
         &self,
         customer: &CustomerRecord,
+        deadline: Deadline,
     ) -> Result<Option<String>, ApiError> {
         let Some(stripe_id) = &customer.stripe_id else {
             return Ok(None);
         };
         let stripe = self.stripe().await?;
         let object = stripe
-            .get(&format!("/v1/customers/{stripe_id}"), &json!({}))
+            .get_within(
+                &format!("/v1/customers/{stripe_id}"),
+                &json!({}),
+                stripe.timeout().min(deadline.remaining()),
+            )
             .await
             .map_err(|e| stripe_problem(&e))?;
         let method = &object["invoice_settings"]["default_payment_method"];
@@ -920,6 +1174,7 @@ impl PaymentsApi {
         request: &Request,
         caller: &Caller,
         id: &str,
+        deadline: Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let body: RefundRequest = if http::body_bytes(request)
             .iter()
@@ -971,7 +1226,14 @@ impl PaymentsApi {
         // replays it, a later refund of the same amount is a new one.
         let key = format!("herald-refund-{id}-{}-{amount}", record.amount_refunded);
         let refund = self
-            .call_stripe(caller, "refund.create", "/v1/refunds", &params, &key)
+            .call_stripe(
+                caller,
+                "refund.create",
+                "/v1/refunds",
+                &params,
+                &key,
+                deadline,
+            )
             .await
             .map_err(|e| stripe_problem(&e))?;
         if refund["status"] == "failed" || refund["status"] == "canceled" {
@@ -1163,5 +1425,35 @@ impl PaymentsApi {
             .list::<InvoiceRecord>(&org, &filters, &page)
             .await?;
         page_json(&page, &records, next, InvoiceRecord::to_json)
+    }
+}
+
+#[cfg(test)]
+mod budget {
+    use super::*;
+
+    /// The function's `Timeout` in template.yaml.
+    fn template_timeout() -> Duration {
+        let template = include_str!("../../template.yaml");
+        let at = template
+            .find("PaymentsApiFunction:")
+            .expect("the payments function");
+        let timeout = template[at..]
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("Timeout:"))
+            .expect("its Timeout");
+        Duration::from_secs(timeout.trim().parse().expect("whole seconds"))
+    }
+
+    /// Every attempt at its full timeout, with the backoff between them, fits the budget;
+    /// the budget and the time to record the outcome fit the function's timeout, which API
+    /// Gateway's 30 s bounds.
+    #[test]
+    fn the_stripe_budget_fits_inside_the_function_timeout() {
+        let backoffs: Duration = (1..STRIPE_ATTEMPTS).map(backoff).sum();
+        let timeout = shared::providers::stripe::DEFAULT_TIMEOUT;
+        assert!(timeout * STRIPE_ATTEMPTS + backoffs <= DEFAULT_STRIPE_BUDGET);
+        assert!(DEFAULT_STRIPE_BUDGET + RECORD_RESERVE <= template_timeout());
+        assert!(template_timeout() < Duration::from_secs(30));
     }
 }

@@ -25,6 +25,7 @@ pub const HANDLED: &[&str] = &[
     "payment_intent.payment_failed",
     "payment_intent.processing",
     "payment_intent.canceled",
+    "payment_intent.requires_action",
     "charge.refunded",
     "invoice.paid",
     "invoice.payment_failed",

@@ -24,6 +24,7 @@
 //! them), `_events/{id}/replay` (posts one again).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +43,11 @@ use super::faults::{self, ConnectionFault, Fault, Faults};
 const PRICES: &[(&str, i64)] = &[("price_basic_monthly", 1000), ("price_pro_monthly", 5000)];
 
 pub struct StripeSandbox {
-    secret_key: String,
+    /// Names this sandbox's keys and secrets.
+    tag: String,
+    /// Whether it holds a live-mode key (`sk_live_…`): then, as live Stripe, it refuses
+    /// test payment methods and its objects say `livemode: true`.
+    live: AtomicBool,
     webhook_secret: String,
     /// A second configured secret, as during a rotation; the sandbox signs with the first.
     retired_secret: String,
@@ -57,11 +62,23 @@ struct SandboxState {
     objects: HashMap<String, Value>,
     /// Ids by list path (`customers`, …), oldest first.
     lists: HashMap<&'static str, Vec<String>>,
-    idempotency: HashMap<String, (String, u16, Value)>,
+    /// Idempotency keys (one namespace per account, as at Stripe) and what they answered.
+    idempotency: HashMap<String, Kept>,
+    /// Requests answered from a kept idempotency key.
+    replays: u64,
     faults: Faults,
     events: Vec<Value>,
     held: Option<Vec<Value>>,
     calls: u64,
+}
+
+/// A request kept under its idempotency key: which endpoint and parameters it had, and its
+/// answer.
+struct Kept {
+    endpoint: String,
+    params: Value,
+    status: u16,
+    body: Value,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +118,94 @@ fn missing(id: &str) -> Reply {
     )
 }
 
+/// Stripe's minimum charge per currency, in minor units ("Minimum and maximum charge
+/// amounts", docs.stripe.com/currencies#minimum-and-maximum-charge-amounts); others are
+/// held to one minor unit here.
+const MINIMUM_CHARGE: &[(&str, i64)] = &[
+    ("aed", 200),
+    ("aud", 50),
+    ("bgn", 100),
+    ("brl", 50),
+    ("cad", 50),
+    ("chf", 50),
+    ("czk", 1500),
+    ("dkk", 250),
+    ("eur", 50),
+    ("gbp", 30),
+    ("hkd", 400),
+    ("huf", 17_500),
+    ("inr", 50),
+    ("jpy", 50),
+    ("mxn", 1000),
+    ("myr", 200),
+    ("nok", 300),
+    ("nzd", 50),
+    ("pln", 200),
+    ("ron", 200),
+    ("sek", 300),
+    ("sgd", 50),
+    ("thb", 1000),
+    ("usd", 50),
+];
+
+/// The largest amount Stripe takes: eight digits (same page).
+const MAXIMUM_CHARGE: i64 = 99_999_999;
+
+/// Stripe's refusal of an amount out of its bounds (`amount_too_small`,
+/// `amount_too_large`, docs.stripe.com/error-codes), or of a three-decimal amount whose last
+/// digit is not 0 ("the least significant (last) digit to be 0", docs.stripe.com/currencies#three-decimal).
+fn check_amount(amount: i64, currency: &str) -> Option<Reply> {
+    let zero_decimal =
+        shared::payments::Currency::parse(currency).is_ok_and(|c| c.is_zero_decimal());
+    let three_decimal =
+        shared::payments::Currency::parse(currency).is_ok_and(|c| c.exponent() == 3);
+    let minimum = MINIMUM_CHARGE
+        .iter()
+        .find(|(code, _)| *code == currency)
+        .map_or(1, |(_, minimum)| *minimum);
+    let shown = |minor: i64| {
+        if zero_decimal {
+            format!("{minor} {currency}")
+        } else {
+            format!("{}.{:02} {currency}", minor / 100, minor % 100)
+        }
+    };
+    let refusal = |code: &str, message: String| {
+        let (status, mut body) = stripe_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some(code),
+            &message,
+        );
+        body["error"]["param"] = json!("amount");
+        body["error"]["doc_url"] = json!(format!(
+            "https://stripe.com/docs/error-codes/{}",
+            code.replace('_', "-")
+        ));
+        (status, body)
+    };
+    if amount < minimum {
+        return Some(refusal(
+            "amount_too_small",
+            format!("Amount must be at least {}", shown(minimum)),
+        ));
+    }
+    if amount > MAXIMUM_CHARGE {
+        return Some(refusal(
+            "amount_too_large",
+            format!("Amount must be no more than {}", shown(MAXIMUM_CHARGE)),
+        ));
+    }
+    if three_decimal && amount % 10 != 0 {
+        let (status, mut body) = invalid(&format!(
+            "Invalid amount: {currency} amounts must end in 0 (the least significant digit must be 0)."
+        ));
+        body["error"]["param"] = json!("amount");
+        return Some((status, body));
+    }
+    None
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -118,9 +223,10 @@ impl StripeSandbox {
     pub fn new(webhook_url: String, public_url: String) -> Arc<Self> {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         Arc::new(Self {
-            secret_key: format!("sk_test_sandbox_{tag}"),
+            live: AtomicBool::new(false),
             webhook_secret: format!("whsec_sandbox_{tag}"),
             retired_secret: format!("whsec_retired_{tag}"),
+            tag,
             webhook_url,
             public_url,
             http: reqwest::Client::new(),
@@ -131,7 +237,7 @@ impl StripeSandbox {
     /// What Herald's Stripe secret holds in sandbox mode.
     pub fn secret_values(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("STRIPE_SECRET_KEY".to_owned(), self.secret_key.clone()),
+            ("STRIPE_SECRET_KEY".to_owned(), self.secret_key()),
             (
                 "STRIPE_WEBHOOK_SECRETS".to_owned(),
                 format!("{},{}", self.retired_secret, self.webhook_secret),
@@ -139,8 +245,25 @@ impl StripeSandbox {
         ])
     }
 
-    pub fn secret_key(&self) -> &str {
-        &self.secret_key
+    /// The key the sandbox takes: `sk_test_…`, or `sk_live_…` after [`Self::use_live_key`].
+    pub fn secret_key(&self) -> String {
+        let mode = if self.is_live() { "live" } else { "test" };
+        format!("sk_{mode}_sandbox_{}", self.tag)
+    }
+
+    /// From now on the sandbox holds a live-mode key and behaves as live Stripe (put
+    /// [`Self::secret_values`] into Herald's secret before Herald's first Stripe call).
+    pub fn use_live_key(&self) {
+        self.live.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// How many requests were answered from a kept idempotency key.
+    pub fn replays(&self) -> u64 {
+        self.state.lock().map(|s| s.replays).unwrap_or(0)
     }
 
     /// The `Stripe-Signature` of `body` now, with the endpoint secret (or the retired one).
@@ -170,6 +293,10 @@ impl StripeSandbox {
             .route("/sandbox/stripe/v1/{*path}", any(api))
             .route("/sandbox/stripe/invoices/{id}/pdf", get(invoice_pdf))
             .route("/sandbox/stripe/_faults", post(add_fault))
+            .route(
+                "/sandbox/stripe/_stripe_js/confirm_payment",
+                post(stripe_js_confirm),
+            )
             .route("/sandbox/stripe/_events", get(list_events))
             .route("/sandbox/stripe/_events/hold", post(hold_events))
             .route("/sandbox/stripe/_events/release", post(release_events))
@@ -206,7 +333,7 @@ impl StripeSandbox {
     fn emit(self: &Arc<Self>, state: &mut SandboxState, kind: &str, object: &Value, delay: u64) {
         let event = json!({
             "id": new_id("evt"), "object": "event", "api_version": API_VERSION,
-            "created": now(), "livemode": false, "type": kind,
+            "created": now(), "livemode": self.is_live(), "type": kind,
             "data": {"object": object}, "pending_webhooks": 1,
         });
         state.events.push(event.clone());
@@ -221,7 +348,13 @@ impl StripeSandbox {
         });
     }
 
-    fn store(state: &mut SandboxState, list: &'static str, object: Value) -> Value {
+    /// Keeps a new object; it is of the mode of the key in use.
+    fn store(&self, state: &mut SandboxState, list: &'static str, mut object: Value) -> Value {
+        object["livemode"] = json!(self.is_live());
+        Self::keep(state, list, object)
+    }
+
+    fn keep(state: &mut SandboxState, list: &'static str, object: Value) -> Value {
         let id = object["id"].as_str().unwrap_or_default().to_owned();
         state.lists.entry(list).or_default().push(id.clone());
         state.objects.insert(id, object.clone());
@@ -238,7 +371,7 @@ impl StripeSandbox {
             },
             "livemode": false,
         });
-        let customer = Self::store(state, "customers", customer);
+        let customer = self.store(state, "customers", customer);
         self.emit(state, "customer.created", &customer, 50);
         (StatusCode::OK, customer)
     }
@@ -283,30 +416,57 @@ impl StripeSandbox {
         let Some(amount) = text(params, "amount").and_then(|a| a.parse::<i64>().ok()) else {
             return invalid("Invalid integer: amount");
         };
-        if amount < 1 {
-            return invalid("Amount must be at least 1");
-        }
         let Some(currency) = text(params, "currency").filter(|c| c.len() == 3) else {
             return invalid("Invalid currency");
         };
+        if let Some(refused) = check_amount(amount, &currency) {
+            return refused;
+        }
         if let Some(customer) = text(params, "customer")
             && !state.objects.contains_key(&customer)
         {
             return missing(&customer);
         }
+        if let Some(refused) =
+            text(params, "payment_method").and_then(|m| self.refuse_test_method(&m))
+        {
+            return refused;
+        }
+        let id = new_id("pi");
         let intent = json!({
-            "id": new_id("pi"), "object": "payment_intent", "amount": amount, "amount_received": 0,
+            "id": id, "object": "payment_intent", "amount": amount, "amount_received": 0,
             "currency": currency, "customer": params["customer"], "description": params["description"],
             "payment_method": params["payment_method"], "status": "requires_confirmation",
             "metadata": params.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            "client_secret": format!("{id}_secret_{}", uuid::Uuid::new_v4().simple()),
+            "next_action": null,
             "created": now(), "latest_charge": null, "last_payment_error": null, "invoice": null,
-            "livemode": false,
         });
-        let intent = Self::store(state, "payment_intents", intent);
+        let intent = self.store(state, "payment_intents", intent);
         if params["confirm"] == "true" {
-            return self.confirm(state, intent["id"].as_str().unwrap_or_default(), &json!({}));
+            return self.confirm(state, intent["id"].as_str().unwrap_or_default(), params);
         }
         (StatusCode::OK, intent)
+    }
+
+    /// Live Stripe knows no test payment methods: a live-mode key naming one is told there
+    /// is no such object ("test mode and live mode … objects in one mode can't be used in
+    /// the other", docs.stripe.com/keys; the test methods are listed at
+    /// docs.stripe.com/testing).
+    fn refuse_test_method(&self, method: &str) -> Option<Reply> {
+        let test_method = method.starts_with("pm_card_") || method.starts_with("tok_");
+        (self.is_live() && test_method).then(|| {
+            let (status, mut body) = stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!(
+                    "No such PaymentMethod: '{method}'; a similar object exists in test mode, but a live mode key was used to make this request."
+                ),
+            );
+            body["error"]["param"] = json!("payment_method");
+            (status, body)
+        })
     }
 
     fn confirm(self: &Arc<Self>, state: &mut SandboxState, id: &str, params: &Value) -> Reply {
@@ -317,6 +477,9 @@ impl StripeSandbox {
             return invalid("This PaymentIntent's status does not allow confirmation");
         }
         if let Some(method) = text(params, "payment_method") {
+            if let Some(refused) = self.refuse_test_method(&method) {
+                return refused;
+            }
             intent["payment_method"] = json!(method);
         }
         let Some(method) = intent["payment_method"].as_str().map(str::to_owned) else {
@@ -338,19 +501,57 @@ impl StripeSandbox {
             };
             let error = json!({"type": "card_error", "code": "card_declined", "decline_code": decline,
                 "message": "Your card was declined."});
-            intent["status"] = json!("requires_payment_method");
-            intent["last_payment_error"] = error.clone();
-            state.objects.insert(id.to_owned(), intent.clone());
-            self.emit(state, "payment_intent.payment_failed", &intent, 100);
-            let mut error = error;
-            error["payment_intent"] = intent;
-            return (StatusCode::PAYMENT_REQUIRED, json!({"error": error}));
+            return self.decline(state, intent, error);
         }
+        // Stripe's "always authenticate" test card (4000 0027 6000 3184,
+        // `pm_card_authenticationRequired`: "requires authentication on all transactions,
+        // regardless of how the card is set up", docs.stripe.com/testing#authentication-and-setup).
+        // On session the intent waits for the customer (`requires_action`, finished by
+        // Stripe.js with the client secret); off session nobody can authenticate, so the
+        // bank declines it with `authentication_required` (docs.stripe.com/declines/codes).
+        if method == "pm_card_authenticationRequired" {
+            if params["off_session"] == "true" {
+                let error = json!({"type": "card_error", "code": "authentication_required",
+                    "decline_code": "authentication_required",
+                    "message": "Your card was declined. This transaction requires authentication."});
+                return self.decline(state, intent, error);
+            }
+            intent["status"] = json!("requires_action");
+            intent["next_action"] = json!({"type": "use_stripe_sdk", "use_stripe_sdk": {
+                "type": "three_d_secure_redirect", "stripe_js": format!("{}/sandbox/stripe/_stripe_js/confirm_payment", self.public_url)}});
+            state.objects.insert(id.to_owned(), intent.clone());
+            self.emit(state, "payment_intent.requires_action", &intent, 100);
+            return (StatusCode::OK, intent);
+        }
+        (StatusCode::OK, self.process(state, intent))
+    }
+
+    /// A declined confirmation: the intent waits for another method, with the error.
+    fn decline(
+        self: &Arc<Self>,
+        state: &mut SandboxState,
+        mut intent: Value,
+        error: Value,
+    ) -> Reply {
+        let id = intent["id"].as_str().unwrap_or_default().to_owned();
+        intent["status"] = json!("requires_payment_method");
+        intent["next_action"] = Value::Null;
+        intent["last_payment_error"] = error.clone();
+        state.objects.insert(id, intent.clone());
+        self.emit(state, "payment_intent.payment_failed", &intent, 100);
+        let mut error = error;
+        error["payment_intent"] = intent;
+        (StatusCode::PAYMENT_REQUIRED, json!({"error": error}))
+    }
+
+    /// The card is charged: `processing` now, `succeeded` (with its charge and event) a
+    /// moment later, as the card network answers.
+    fn process(self: &Arc<Self>, state: &mut SandboxState, mut intent: Value) -> Value {
+        let id = intent["id"].as_str().unwrap_or_default().to_owned();
         intent["status"] = json!("processing");
-        state.objects.insert(id.to_owned(), intent.clone());
-        // The card network answers a moment later.
+        intent["next_action"] = Value::Null;
+        state.objects.insert(id.clone(), intent.clone());
         let sandbox = Arc::clone(self);
-        let id = id.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let Ok(mut state) = sandbox.state.lock() else {
@@ -366,7 +567,34 @@ impl StripeSandbox {
             state.objects.insert(id, intent.clone());
             sandbox.emit(&mut state, "payment_intent.succeeded", &intent, 0);
         });
-        (StatusCode::OK, intent)
+        intent
+    }
+
+    /// What Stripe.js does with a client secret after the customer's 3-D Secure: the intent
+    /// is charged, or, when the customer fails the challenge, waits for another method with
+    /// `payment_intent_authentication_failure`.
+    fn authenticate(self: &Arc<Self>, client_secret: &str, passed: bool) -> Reply {
+        let Ok(mut state) = self.state.lock() else {
+            return invalid("sandbox state unavailable");
+        };
+        let id = client_secret.split("_secret_").next().unwrap_or_default();
+        let Some(intent) = state.objects.get(id).cloned() else {
+            return missing(id);
+        };
+        if intent["client_secret"] != client_secret {
+            return invalid(
+                "The client_secret provided does not match the client_secret associated with the PaymentIntent.",
+            );
+        }
+        if intent["status"] != "requires_action" {
+            return invalid("This PaymentIntent's status does not allow authentication");
+        }
+        if passed {
+            return (StatusCode::OK, self.process(&mut state, intent));
+        }
+        let error = json!({"type": "invalid_request_error", "code": "payment_intent_authentication_failure",
+            "message": "We are unable to authenticate your payment method. Please choose a different payment method and try again."});
+        self.decline(&mut state, intent, error)
     }
 
     /// The succeeded charge of an intent (charges copy their intent's metadata).
@@ -376,9 +604,9 @@ impl StripeSandbox {
             "amount_refunded": 0, "refunded": false, "currency": intent["currency"],
             "customer": intent["customer"], "payment_intent": intent["id"], "status": "succeeded",
             "paid": true, "metadata": intent["metadata"], "created": now(),
-            "receipt_url": null, "livemode": false,
+            "receipt_url": null, "livemode": intent["livemode"],
         });
-        Self::store(state, "charges", charge)
+        Self::keep(state, "charges", charge)
     }
 
     fn refund(self: &Arc<Self>, state: &mut SandboxState, params: &Value) -> Reply {
@@ -418,12 +646,17 @@ impl StripeSandbox {
             "reason": params["reason"], "metadata": params.get("metadata").cloned().unwrap_or_else(|| json!({})),
             "created": now(),
         });
-        let refund = Self::store(state, "refunds", refund);
+        let refund = self.store(state, "refunds", refund);
         self.emit(state, "charge.refunded", &charge, 100);
         (StatusCode::OK, refund)
     }
 
     fn create_subscription(self: &Arc<Self>, state: &mut SandboxState, params: &Value) -> Reply {
+        if let Some(refused) =
+            text(params, "default_payment_method").and_then(|m| self.refuse_test_method(&m))
+        {
+            return refused;
+        }
         let customer = text(params, "customer").unwrap_or_default();
         if !state.objects.contains_key(&customer) {
             return missing(&customer);
@@ -468,7 +701,7 @@ impl StripeSandbox {
             "canceled_at": null, "cancel_at_period_end": false, "metadata": metadata,
             "created": created, "livemode": false,
         });
-        let subscription = Self::store(state, "subscriptions", subscription);
+        let subscription = self.store(state, "subscriptions", subscription);
         // The first invoice is charged at once, through an intent of Stripe's own (no
         // Herald metadata: the invoice carries the subscription's in subscription_details).
         let intent = json!({
@@ -478,7 +711,7 @@ impl StripeSandbox {
             "metadata": {}, "created": created, "latest_charge": null, "last_payment_error": null,
             "livemode": false,
         });
-        let mut intent = Self::store(state, "payment_intents", intent);
+        let mut intent = self.store(state, "payment_intents", intent);
         let invoice_id = new_id("in");
         if !declined {
             let charge = Self::charge_for(state, &intent);
@@ -503,7 +736,7 @@ impl StripeSandbox {
             "subscription_details": {"metadata": subscription["metadata"]},
             "metadata": {}, "created": created, "livemode": false,
         });
-        let invoice = Self::store(state, "invoices", invoice);
+        let invoice = self.store(state, "invoices", invoice);
         self.emit(state, "customer.subscription.created", &subscription, 50);
         self.emit(
             state,
@@ -618,7 +851,7 @@ async fn api(
     body: axum::body::Bytes,
 ) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("authorization") != Some(&format!("Bearer {}", sandbox.secret_key)) {
+    if header("authorization") != Some(&format!("Bearer {}", sandbox.secret_key())) {
         let (status, body) = stripe_error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
@@ -651,49 +884,97 @@ async fn api(
     } else {
         form::decode(&String::from_utf8_lossy(&body))
     };
+    // Stripe's idempotency (docs.stripe.com/api/idempotent_requests): a key belongs to the
+    // account, not an endpoint; a retry with the same endpoint and parameters gets the
+    // first answer again (`Idempotent-Replayed: true`), anything else with that key is an
+    // `idempotency_error`; results are kept "only after the execution of an endpoint
+    // begins" (a request refused for its parameters keeps nothing) and not for 5xx.
+    let endpoint = format!("{method} /v1/{path}");
     let idempotency = header("idempotency-key")
         .filter(|_| method == Method::POST)
-        .map(|key| {
-            (
-                format!("{path}#{key}"),
-                String::from_utf8_lossy(&body).into_owned(),
-            )
-        });
-    let (status, reply) = {
+        .map(str::to_owned);
+    let replay: Result<(), Response> = {
         let Ok(mut state) = sandbox.state.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
-        if let Some((key, request)) = &idempotency
-            && let Some((first, status, body)) = state.idempotency.get(key)
+        if let Some(key) = &idempotency
+            && let Some(kept) = state.idempotency.get(key)
         {
-            if first != request {
-                let (status, body) = stripe_error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_error",
-                    None,
-                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-                );
+            let refusal = if kept.endpoint != endpoint {
+                Some(format!(
+                    "Keys for idempotent requests can only be used for the same endpoint they were first used for ('{}' vs '{endpoint}'). Try using a key other than '{key}' if you meant to execute a different request.",
+                    kept.endpoint
+                ))
+            } else if kept.params != params {
+                Some(format!(
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = refusal {
+                let (status, body) =
+                    stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, &message);
                 return (status, Json(body)).into_response();
             }
             let mut response = (
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
-                Json(body.clone()),
+                StatusCode::from_u16(kept.status).unwrap_or(StatusCode::OK),
+                Json(kept.body.clone()),
             )
                 .into_response();
             response.headers_mut().insert(
                 "idempotent-replayed",
                 axum::http::HeaderValue::from_static("true"),
             );
-            return response;
+            state.replays += 1;
+            Err(response)
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(response) = replay.err() {
+        match fault.connection {
+            Some(ConnectionFault::AcceptThenHold) => faults::hold_forever().await,
+            Some(ConnectionFault::AcceptThenDrop) => faults::drop_connection(),
+            _ => return response,
+        }
+    }
+    let (status, reply) = {
+        let Ok(mut state) = sandbox.state.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        // Another request with this key got in between: Stripe answers a concurrent one 409.
+        if idempotency
+            .as_ref()
+            .is_some_and(|key| state.idempotency.contains_key(key))
+        {
+            let (status, body) = stripe_error(
+                StatusCode::CONFLICT,
+                "idempotency_error",
+                Some("idempotency_key_in_use"),
+                "There is currently another in-progress request using this Stripe-Idempotency-Key. Please try again later.",
+            );
+            return (status, Json(body)).into_response();
         }
         let (status, reply) = sandbox.route(&mut state, &method, &path, &params);
-        // Stripe keeps the outcome of a key unless the request never ran (a 5xx of its own).
-        if let Some((key, request)) = idempotency
-            && !status.is_server_error()
+        // A 4xx that left no object behind was refused before the endpoint ran (a 402
+        // decline and a refused confirmation carry the intent they left).
+        let ran = !status.is_server_error()
+            && (status.is_success()
+                || status == StatusCode::PAYMENT_REQUIRED
+                || reply["error"]["payment_intent"].is_object());
+        if let Some(key) = idempotency
+            && ran
         {
-            state
-                .idempotency
-                .insert(key, (request, status.as_u16(), reply.clone()));
+            state.idempotency.insert(
+                key,
+                Kept {
+                    endpoint,
+                    params: params.clone(),
+                    status: status.as_u16(),
+                    body: reply.clone(),
+                },
+            );
         }
         (status, reply)
     };
@@ -722,6 +1003,19 @@ async fn invoice_pdf(
         "%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%% sandbox invoice {id}\n%%EOF\n"
     );
     ([("content-type", "application/pdf")], pdf).into_response()
+}
+
+/// Stands in for Stripe.js finishing a payment on the customer's device:
+/// `{"client_secret": "pi_…_secret_…", "authenticate": true}` passes the 3-D Secure
+/// challenge (`false` fails it). Answers what Stripe.js resolves with: the intent, or an
+/// error.
+async fn stripe_js_confirm(
+    State(sandbox): State<Arc<StripeSandbox>>,
+    Json(body): Json<Value>,
+) -> Response {
+    let secret = body["client_secret"].as_str().unwrap_or_default();
+    let (status, reply) = sandbox.authenticate(secret, body["authenticate"] != false);
+    (status, Json(reply)).into_response()
 }
 
 async fn add_fault(

@@ -34,6 +34,38 @@ const ZERO_DECIMAL: &[&str] = &[
 /// Three-decimal currencies: Stripe wants the last digit 0.
 const THREE_DECIMAL: &[&str] = &["bhd", "jod", "kwd", "omr", "tnd"];
 
+/// Stripe's minimum charge per currency in minor units ("Minimum and maximum charge
+/// amounts", docs.stripe.com/currencies#minimum-and-maximum-charge-amounts: 0.50 USD, 0.30
+/// GBP, 50 JPY, …). Stripe refuses less with `amount_too_small`; Herald refuses it first,
+/// naming the field. Currencies not listed there are held to their smallest unit (Stripe
+/// checks them against 0.50 USD at the day's rate, which Herald cannot know).
+const MINIMUM_CHARGE: &[(&str, i64)] = &[
+    ("aed", 200),
+    ("aud", 50),
+    ("bgn", 100),
+    ("brl", 50),
+    ("cad", 50),
+    ("chf", 50),
+    ("czk", 1500),
+    ("dkk", 250),
+    ("eur", 50),
+    ("gbp", 30),
+    ("hkd", 400),
+    ("huf", 17_500),
+    ("inr", 50),
+    ("jpy", 50),
+    ("mxn", 1000),
+    ("myr", 200),
+    ("nok", 300),
+    ("nzd", 50),
+    ("pln", 200),
+    ("ron", 200),
+    ("sek", 300),
+    ("sgd", 50),
+    ("thb", 1000),
+    ("usd", 50),
+];
+
 /// A validated ISO 4217 code, lowercase as Stripe takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -64,6 +96,14 @@ impl Currency {
         } else {
             2
         }
+    }
+
+    /// The smallest amount Stripe charges in this currency, in minor units.
+    pub fn minimum_charge(&self) -> i64 {
+        MINIMUM_CHARGE
+            .iter()
+            .find(|(code, _)| *code == self.0)
+            .map_or(1, |(_, minimum)| *minimum)
     }
 
     pub fn is_zero_decimal(&self) -> bool {
@@ -113,6 +153,13 @@ pub fn check_amount(amount: i64, currency: &Currency) -> Result<(), String> {
             "must be a whole number of minor units from 1 to {MAX_AMOUNT}"
         ));
     }
+    if amount < currency.minimum_charge() {
+        return Err(format!(
+            "must be at least {} (Stripe's minimum charge in {})",
+            currency.format(currency.minimum_charge()),
+            currency.as_str()
+        ));
+    }
     if currency.exponent() == 3 && amount % 10 != 0 {
         return Err(format!(
             "{} amounts must be a multiple of 10 (Stripe charges three-decimal currencies in tens)",
@@ -146,14 +193,23 @@ mod tests {
     #[test]
     fn amounts_are_positive_bounded_minor_units() {
         let usd = Currency::parse("usd").unwrap();
-        assert!(check_amount(1, &usd).is_ok());
+        assert!(check_amount(50, &usd).is_ok());
         assert!(check_amount(MAX_AMOUNT, &usd).is_ok());
-        for bad in [0, -5, MAX_AMOUNT + 1, i64::MAX] {
+        for bad in [0, -5, 1, 49, MAX_AMOUNT + 1, i64::MAX] {
             assert!(check_amount(bad, &usd).is_err(), "{bad}");
         }
         let kwd = Currency::parse("kwd").unwrap();
         assert!(check_amount(1005, &kwd).is_err());
         assert!(check_amount(1010, &kwd).is_ok());
+        let jpy = Currency::parse("jpy").unwrap();
+        assert!(check_amount(49, &jpy).is_err(), "50 yen at least");
+        assert!(check_amount(50, &jpy).is_ok());
+        assert!(check_amount(29, &Currency::parse("gbp").unwrap()).is_err());
+        assert!(
+            MINIMUM_CHARGE
+                .iter()
+                .all(|(code, _)| Currency::parse(code).is_ok())
+        );
     }
 
     #[test]

@@ -142,6 +142,7 @@ mod tests {
             amount_refunded: 500,
             failure_reason: None,
             invoice_id: None,
+            payment_method: None,
             metadata: Default::default(),
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),

@@ -331,6 +331,7 @@ impl Reconciler {
                 amount_refunded: 0,
                 failure_reason: None,
                 invoice_id: None,
+                payment_method: id_of(&object["payment_method"]),
                 metadata: user_metadata(object),
                 created_at: time_of(&object["created"]),
                 updated_at: now,
@@ -350,8 +351,14 @@ impl Reconciler {
         if let Some(invoice) = id_of(&object["invoice"]) {
             record.invoice_id = Some(invoice);
         }
+        // A failure, or an authentication the customer still owes (off-session
+        // `authentication_required`), keeps Stripe's code so the product can act on it.
         record.failure_reason = match intent_status {
-            PaymentStatus::Failed => Some(decline_reason(&object["last_payment_error"])),
+            PaymentStatus::Failed | PaymentStatus::RequiresAction
+                if object["last_payment_error"].is_object() =>
+            {
+                Some(decline_reason(&object["last_payment_error"]))
+            }
             _ => None,
         };
         record.settle_status(intent_status);
@@ -507,6 +514,7 @@ impl Reconciler {
             amount_refunded: 0,
             failure_reason: None,
             invoice_id: Some(invoice.stripe_id.clone()),
+            payment_method: None,
             metadata: BTreeMap::new(),
             created_at: invoice.created_at,
             updated_at: Utc::now(),

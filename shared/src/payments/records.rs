@@ -67,10 +67,22 @@ impl PaymentStatus {
             "canceled" => Self::Canceled,
             "processing" | "requires_capture" => Self::Processing,
             "requires_action" => Self::RequiresAction,
+            // An off-session charge the bank wants authenticated: the customer can still
+            // complete it on session, so it waits for them rather than failing (Stripe:
+            // "authentication_required … the card was declined as the transaction requires
+            // authentication", docs.stripe.com/declines/codes).
+            "requires_payment_method" if requires_authentication(&intent["last_payment_error"]) => {
+                Self::RequiresAction
+            }
             "requires_payment_method" if intent["last_payment_error"].is_object() => Self::Failed,
             _ => Self::Pending,
         }
     }
+}
+
+/// Whether a PaymentIntent's `last_payment_error` asks for the customer's authentication.
+pub fn requires_authentication(error: &Value) -> bool {
+    error["code"] == "authentication_required" || error["decline_code"] == "authentication_required"
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +173,10 @@ pub struct PaymentRecord {
     pub failure_reason: Option<String>,
     /// The Stripe invoice this payment pays, when there is one.
     pub invoice_id: Option<String>,
+    /// The payment method Herald asked Stripe to charge (named, or the customer's default
+    /// when the charge was made), so a retry of the charge sends Stripe the same request.
+    #[serde(default)]
+    pub payment_method: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
@@ -312,6 +328,12 @@ mod tests {
             PaymentStatus::of_intent(&json!({"status": "requires_payment_method"})),
             PaymentStatus::Pending
         );
+        assert_eq!(
+            PaymentStatus::of_intent(
+                &json!({"status": "requires_payment_method", "last_payment_error": {"code": "authentication_required", "decline_code": "authentication_required"}})
+            ),
+            PaymentStatus::RequiresAction
+        );
     }
 
     #[test]
@@ -329,6 +351,7 @@ mod tests {
             amount_refunded: 300,
             failure_reason: None,
             invoice_id: None,
+            payment_method: None,
             metadata: BTreeMap::new(),
             created_at: Utc::now(),
             updated_at: Utc::now(),

@@ -39,7 +39,7 @@ pub use emails::{
 pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
-pub use payments::{PaymentEntity, PaymentStore, SyncCheckpoint};
+pub use payments::{PaymentEntity, PaymentStore, RequestClaim, SyncCheckpoint};
 pub use phonebooks::{Contact, Phonebook, PhonebookStore};
 pub use reports::{ExpiredReport, ReportStore};
 pub use shards::{RECORD_SHARDS, StuckInSent, Swept, Unsettled};

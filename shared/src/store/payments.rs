@@ -8,6 +8,7 @@
 //! | payment | `ORG#<org>` / `PAYMENT#<ulid>` | |
 //! | invoice | `ORG#<org>` / `INVOICE#<ulid>` | |
 //! | Stripe link | `STRIPE#<cus_…/sub_…/pi_…/in_…>` / `<PREFIX>#<org>#<ulid>` | |
+//! | create request | `ORG#<org>` / `REQUEST#<kind>#<sha256 of the request key>` (TTL 24 h) | |
 //! | webhook event seen | `STRIPE_EVENT#<evt_…>` / `EVENT` (TTL 30 days) | |
 //! | sync checkpoint | `STRIPE_SYNC` / `CHECKPOINT` | |
 //!
@@ -15,6 +16,10 @@
 //! consistent read; its sort key names the organization, which the caller checks against
 //! the object's `metadata.org_id`. (Until issue 15 this was an index, `GSI1`, which a
 //! webhook arriving right after the create could miss.)
+//! A create request names the record a create makes for one client request (its
+//! `Idempotency-Key`), so a retry of that request, even after the invocation that began it
+//! was killed, works on the same record and sends Stripe the same parameters under the same
+//! Stripe `Idempotency-Key` (issue 16).
 //! Writes are conditional on the `version` the writer read, so a webhook and the sync
 //! racing on one record cannot lose either's change.
 
@@ -72,6 +77,22 @@ entity!(SubscriptionRecord, "SUBSCRIPTION", |r| r
     .as_deref());
 entity!(PaymentRecord, "PAYMENT", |r| r.stripe_id.as_deref());
 entity!(InvoiceRecord, "INVOICE", |r| Some(r.stripe_id.as_str()));
+
+/// How long a create request is remembered: as long as Stripe keeps an idempotency key
+/// ("keys … at least 24 hours old" may be pruned, docs.stripe.com/api/idempotent_requests)
+/// and Herald keeps the HTTP `Idempotency-Key`.
+const REQUEST_MEMORY_HOURS: i64 = 24;
+
+/// What [`PaymentStore::claim_request`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestClaim {
+    /// First time: the record is the one proposed.
+    New,
+    /// A retry of the same request: the record the first attempt named.
+    Existing(String),
+    /// The key was used for a different request.
+    Mismatch,
+}
 
 /// Where the Stripe sync stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -293,6 +314,72 @@ impl PaymentStore {
             .map(|item| serde_dynamo::from_item(item).context("malformed payment record"))
             .collect::<Result<Vec<T>, _>>()?;
         Ok((records, next))
+    }
+
+    /// Names the record of the create request `request` (a hash of the organization's request
+    /// key) of `kind`: `id` when the request is new, else the one named first. `request_hash`
+    /// is the request's content, so one key cannot stand for two different requests.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn claim_request(
+        &self,
+        org: &OrgId,
+        kind: &str,
+        request: &str,
+        id: &str,
+        request_hash: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RequestClaim, StoreError> {
+        let sk = format!("REQUEST#{kind}#{request}");
+        let expires = now + chrono::Duration::hours(REQUEST_MEMORY_HOURS);
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(org_pk(org)))
+            .item("sk", s(&sk))
+            .item("entity", s("payment_request"))
+            .item("id", s(id))
+            .item("request_hash", s(request_hash))
+            .item(
+                "expires_at",
+                AttributeValue::N(expires.timestamp().to_string()),
+            )
+            // TTL deletes lazily: an expired request is free again.
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", AttributeValue::N(now.timestamp().to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => return Ok(RequestClaim::New),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => {}
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context("PutItem create request")
+                    .into());
+            }
+        }
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(&sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("GetItem create request")?
+            .item
+            .ok_or_else(|| StoreError::Conflict("the create request changed; retry".to_owned()))?;
+        let text = |name: &str| match item.get(name) {
+            Some(AttributeValue::S(value)) => value.clone(),
+            _ => String::new(),
+        };
+        if text("request_hash") != request_hash {
+            return Ok(RequestClaim::Mismatch);
+        }
+        Ok(RequestClaim::Existing(text("id")))
     }
 
     /// Whether the webhook already applied the event `event_id`.

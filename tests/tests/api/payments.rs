@@ -949,3 +949,428 @@ async fn the_sandbox_refuses_to_confirm_an_intent_without_a_payment_method() {
         "requires_payment_method"
     );
 }
+
+impl TestBundle {
+    /// A POST with an `Idempotency-Key`, as a client that retries would send it.
+    async fn post_keyed(&self, path: &str, token: &str, key: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.bundle.url(path))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The same POST, abandoned after `seconds` with no answer: the client gives up as API
+    /// Gateway does at 30 s, and the invocation serving it is cut off mid-call.
+    async fn post_keyed_abandoned(&self, path: &str, token: &str, key: &str, body: &Value) {
+        let send = self.post_keyed(path, token, key, body);
+        let result = tokio::time::timeout(std::time::Duration::from_millis(1500), send).await;
+        assert!(result.is_err(), "the request was meant to hang: {result:?}");
+    }
+
+    /// What a minute later looks like to Herald's `Idempotency-Key` of a request that
+    /// never finished: its in-progress claim has lapsed, so a retry runs again.
+    async fn lapse_claim(&self, org: &str, scope: &str, key: &str) {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        self.bundle
+            .aws
+            .dynamodb
+            .update_item()
+            .table_name(self.table())
+            .key("pk", AttributeValue::S(format!("ORG#{org}")))
+            .key("sk", AttributeValue::S(format!("IDEM#{scope}#{key}")))
+            .update_expression("SET lease_until = :past")
+            .condition_expression("#state = :in_progress")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":past", AttributeValue::N("0".to_owned()))
+            .expression_attribute_values(
+                ":in_progress",
+                AttributeValue::S("in_progress".to_owned()),
+            )
+            .send()
+            .await
+            .expect("the first request's claim is still in progress: it was cut off");
+    }
+
+    async fn stripe_list(&self, list: &str) -> Vec<Value> {
+        self.stripe_api("GET", list, json!({"limit": 100})).await["data"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// Issue 16, defect 1: Stripe carries out each create and holds its answer past the point
+/// where the caller gives up (the invocation is cut off: no answer, nothing recorded); the
+/// client retries with the same `Idempotency-Key` once Herald's claim has lapsed. Each retry
+/// reaches the object the first attempt made (Stripe replays it), so there is one customer,
+/// one subscription and one PaymentIntent.
+#[tokio::test]
+async fn a_retry_of_a_cut_off_create_reaches_the_same_stripe_object() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("STRIPE_TIMEOUT_SECONDS".to_owned(), "20".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+
+    let customer_body = json!({"email": "ann@example.com", "name": "Ann Example"});
+    app.sandbox_post("_faults", json!({"connection": "accept_then_hold"}))
+        .await;
+    app.post_keyed_abandoned(
+        "/services/payments/customers/",
+        &token,
+        "cust-1",
+        &customer_body,
+    )
+    .await;
+    assert_eq!(
+        app.stripe_list("customers").await.len(),
+        1,
+        "Stripe made it"
+    );
+    app.lapse_claim("acme", "POST /services/payments/customers", "cust-1")
+        .await;
+    let replays = app.stripe().replays();
+    let (status, customer) = app
+        .post_keyed(
+            "/services/payments/customers/",
+            &token,
+            "cust-1",
+            &customer_body,
+        )
+        .await;
+    assert_eq!(status, 201, "{customer}");
+    assert_eq!(
+        app.stripe().replays(),
+        replays + 1,
+        "Stripe replayed its answer"
+    );
+    let customers = app.stripe_list("customers").await;
+    assert_eq!(customers.len(), 1, "one customer: {customers:?}");
+    assert_eq!(customers[0]["id"], customer["stripe_customer"]);
+    assert_eq!(customers[0]["metadata"]["herald_id"], customer["id"]);
+    let customer_id = customer["id"].as_str().unwrap().to_owned();
+
+    let subscription_body = json!({"customer_id": customer_id, "price": "price_basic_monthly"});
+    app.sandbox_post("_faults", json!({"connection": "accept_then_hold"}))
+        .await;
+    app.post_keyed_abandoned(
+        "/services/payments/subscriptions/",
+        &token,
+        "sub-1",
+        &subscription_body,
+    )
+    .await;
+    app.lapse_claim("acme", "POST /services/payments/subscriptions", "sub-1")
+        .await;
+    let (status, subscription) = app
+        .post_keyed(
+            "/services/payments/subscriptions/",
+            &token,
+            "sub-1",
+            &subscription_body,
+        )
+        .await;
+    assert_eq!(status, 201, "{subscription}");
+    let subscriptions = app.stripe_list("subscriptions").await;
+    assert_eq!(
+        subscriptions.len(),
+        1,
+        "one subscription: {subscriptions:?}"
+    );
+    assert_eq!(subscriptions[0]["id"], subscription["stripe_subscription"]);
+
+    let charge_body = json!({"amount": 4200, "currency": "usd", "payment_method": "pm_card_visa", "customer_id": customer_id});
+    app.sandbox_post("_faults", json!({"connection": "accept_then_hold"}))
+        .await;
+    app.post_keyed_abandoned("/services/payments/", &token, "order-1", &charge_body)
+        .await;
+    app.lapse_claim("acme", "POST /services/payments", "order-1")
+        .await;
+    let (status, payment) = app
+        .post_keyed("/services/payments/", &token, "order-1", &charge_body)
+        .await;
+    assert!(status == 201 || status == 202, "{status} {payment}");
+    let id = payment["id"].as_str().unwrap().to_owned();
+    app.payment_reaches(&token, &id, "succeeded").await;
+    let for_charges: Vec<Value> = app
+        .stripe_list("payment_intents")
+        .await
+        .into_iter()
+        .filter(|pi| pi["amount"] == 4200)
+        .collect();
+    assert_eq!(for_charges.len(), 1, "one PaymentIntent: {for_charges:?}");
+    assert_eq!(for_charges[0]["metadata"]["herald_id"], id.as_str());
+    let listed = app.get("/services/payments/?limit=100", &token).await;
+    let herald_charges = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["amount"] == 4200)
+        .count();
+    assert_eq!(herald_charges, 1, "one Herald payment");
+}
+
+/// Issue 16, defect 1: when Stripe holds its answer past the request's Stripe budget, the
+/// charge answers 202 `pending` (no second create), and Stripe's webhook settles it.
+#[tokio::test]
+async fn an_unknown_outcome_answers_pending_and_the_webhook_settles_it() {
+    let app = spawn_bundle_with(|options| {
+        for (name, value) in [
+            ("STRIPE_TIMEOUT_SECONDS", "1"),
+            ("STRIPE_BUDGET_SECONDS", "3"),
+        ] {
+            options.overrides.insert(name.to_owned(), value.to_owned());
+        }
+    })
+    .await;
+    let token = app.token("acme", "member");
+    app.sandbox_post(
+        "_faults",
+        // Each of Herald's attempts inside its 3 s budget (two of 1 s) is held.
+        json!({"connection": "accept_then_hold", "count": 2}),
+    )
+    .await;
+    // Stripe's events wait until the answer is read, so the answer alone says `pending`.
+    app.sandbox_post("_events/hold", json!({"hold": true}))
+        .await;
+    let started = std::time::Instant::now();
+    let (status, payment) = app
+        .post_keyed(
+            "/services/payments/",
+            &token,
+            "order-9",
+            &json!({"amount": 900, "currency": "usd", "payment_method": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &payment["status"]),
+        (202, &json!("pending")),
+        "{payment}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the Stripe calls kept to their budget"
+    );
+    let id = payment["id"].as_str().unwrap().to_owned();
+    app.stripe_emitted("payment_intent.succeeded").await;
+    app.sandbox_post("_events/release", json!({})).await;
+    app.payment_reaches(&token, &id, "succeeded").await;
+    let intents = app.stripe_list("payment_intents").await;
+    assert_eq!(intents.len(), 1, "{intents:?}");
+}
+
+/// Issue 16, defect 6: the sandbox keeps Stripe's idempotency rules — a key replays the
+/// first answer for the same endpoint and parameters, and is an `idempotency_error` for
+/// anything else.
+#[tokio::test]
+async fn the_sandbox_keeps_stripes_idempotency_rules() {
+    let app = spawn_bundle().await;
+    let send = |path: &'static str, params: Value| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.bundle.url(&format!("/sandbox/stripe/v1/{path}")))
+                .bearer_auth(app.stripe().secret_key())
+                .header("idempotency-key", "k-1")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(shared::providers::stripe::form::encode(&params))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = send("customers", json!({"email": "a@example.com"})).await;
+    let first: Value = first.json().await.unwrap();
+    let again = send("customers", json!({"email": "a@example.com"})).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    for (path, params) in [
+        ("customers", json!({"email": "b@example.com"})),
+        ("payment_intents", json!({"amount": 100, "currency": "usd"})),
+    ] {
+        let refused = send(path, params).await;
+        assert_eq!(refused.status(), 400);
+        let refused: Value = refused.json().await.unwrap();
+        assert_eq!(refused["error"]["type"], "idempotency_error", "{refused}");
+    }
+    assert_eq!(app.stripe_list("customers").await.len(), 1);
+}
+
+/// Issue 16, defect 3: a card that needs 3-D Secure. On session the answer carries what
+/// Stripe.js needs (`client_secret`, `next_action`); the customer authenticates (the
+/// sandbox's Stripe.js stand-in) and `payment_intent.succeeded` settles it. Off session the
+/// bank declines it with `authentication_required`: the payment waits `requires_action`
+/// with that code, so the product can bring the customer back.
+#[tokio::test]
+async fn a_charge_that_needs_authentication_is_finished_by_the_customer() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let payment = charge(
+        &app,
+        &token,
+        json!({"amount": 2000, "currency": "eur", "payment_method": "pm_card_authenticationRequired"}),
+    )
+    .await;
+    assert_eq!(payment["status"], "requires_action", "{payment}");
+    let secret = payment["client_secret"]
+        .as_str()
+        .expect("a client secret")
+        .to_owned();
+    assert!(secret.starts_with(payment["stripe_payment_intent"].as_str().unwrap()));
+    assert_eq!(payment["next_action"]["type"], "use_stripe_sdk");
+    let id = payment["id"].as_str().unwrap().to_owned();
+    let stored = app.get(&format!("/services/payments/{id}"), &token).await;
+    assert!(
+        stored.body.get("client_secret").is_none(),
+        "the secret is not stored"
+    );
+    let confirmed = app
+        .sandbox_post(
+            "_stripe_js/confirm_payment",
+            json!({"client_secret": secret, "authenticate": true}),
+        )
+        .await;
+    assert_eq!(confirmed["status"], "processing", "{confirmed}");
+    app.payment_reaches(&token, &id, "succeeded").await;
+
+    let customer = create_customer(&app, &token, "ann@example.com").await;
+    let away = charge(
+        &app,
+        &token,
+        json!({"amount": 2000, "currency": "eur", "customer_id": customer, "off_session": true,
+               "payment_method": "pm_card_authenticationRequired"}),
+    )
+    .await;
+    assert_eq!(away["status"], "requires_action", "{away}");
+    assert!(
+        away["failure_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("authentication_required"),
+        "{away}"
+    );
+    assert!(
+        away["client_secret"].is_string(),
+        "to bring the customer back"
+    );
+    let intent = app
+        .stripe_api(
+            "GET",
+            &format!(
+                "payment_intents/{}",
+                away["stripe_payment_intent"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(intent["status"], "requires_payment_method");
+    // An off-session charge names a customer.
+    let reply = app
+        .post(
+            "/services/payments/",
+            &token,
+            json!({"amount": 2000, "currency": "eur", "off_session": true, "payment_method": "pm_card_visa"}),
+        )
+        .await;
+    assert!(reply.problem(400)["errors"]["customer_id"].is_array());
+}
+
+/// Issue 16, defect 6: with a live-mode key the sandbox refuses Stripe's test payment
+/// methods as live Stripe does; below Stripe's minimum charge Herald answers 400 before
+/// Stripe is called, and the sandbox refuses it with Stripe's `amount_too_small`.
+#[tokio::test]
+async fn the_sandbox_is_as_strict_as_live_stripe() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    for (amount, currency) in [(49, "usd"), (29, "gbp"), (49, "jpy")] {
+        let reply = app
+            .post(
+                "/services/payments/",
+                &token,
+                json!({"amount": amount, "currency": currency, "payment_method": "pm_card_visa"}),
+            )
+            .await;
+        assert!(
+            reply.problem(400)["errors"]["amount"].is_array(),
+            "{amount} {currency}"
+        );
+        let refused = app
+            .stripe_api(
+                "POST",
+                "payment_intents",
+                json!({"amount": amount, "currency": currency}),
+            )
+            .await;
+        assert_eq!(refused["error"]["code"], "amount_too_small", "{refused}");
+        assert_eq!(refused["error"]["param"], "amount");
+    }
+    let refused = app
+        .stripe_api(
+            "POST",
+            "payment_intents",
+            json!({"amount": 1005, "currency": "kwd"}),
+        )
+        .await;
+    assert_eq!(
+        refused["error"]["type"], "invalid_request_error",
+        "{refused}"
+    );
+
+    // Live mode: a bundle whose Stripe secret holds the sandbox's sk_live_ key before
+    // Herald first reads it.
+    let app = spawn_bundle().await;
+    app.stripe().use_live_key();
+    assert!(app.stripe().secret_key().starts_with("sk_live_"));
+    app.bundle
+        .aws
+        .secrets
+        .put_secret_value()
+        .secret_id(app.bundle.resource("StripeSecret"))
+        .secret_string(serde_json::to_string(&app.stripe().secret_values()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let payment = charge(
+        &app,
+        &token,
+        json!({"amount": 1500, "currency": "usd", "payment_method": "pm_card_visa"}),
+    )
+    .await;
+    assert_eq!(payment["status"], "failed", "{payment}");
+    assert!(
+        payment["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("live mode key"),
+        "{payment}"
+    );
+    let live = charge(
+        &app,
+        &token,
+        json!({"amount": 1500, "currency": "usd", "payment_method": "pm_1LiveSavedCard"}),
+    )
+    .await;
+    let id = live["id"].as_str().unwrap().to_owned();
+    app.payment_reaches(&token, &id, "succeeded").await;
+    let intent = app
+        .stripe_api(
+            "GET",
+            &format!(
+                "payment_intents/{}",
+                live["stripe_payment_intent"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(intent["livemode"], true);
+}

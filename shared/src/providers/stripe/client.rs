@@ -21,7 +21,9 @@ use super::form;
 /// the account's default version is.
 pub const API_VERSION: &str = "2024-06-20";
 pub const DEFAULT_BASE_URL: &str = "https://api.stripe.com";
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+/// One attempt's limit unless `STRIPE_TIMEOUT_SECONDS` says otherwise. Callers that retry
+/// plan their attempts inside their own deadline (see the payments API's Stripe budget).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6);
 /// Stripe's largest list page.
 pub const MAX_PAGE_SIZE: u32 = 100;
 
@@ -60,6 +62,13 @@ impl StripeError {
 
     /// Stripe answered with success but Herald cannot use the answer (not a JSON object,
     /// not the documented shape).
+    /// Stripe refused an `Idempotency-Key` it already holds for another request
+    /// (`idempotency_error`): the key's first request ran, so its outcome is not this
+    /// answer.
+    pub fn is_idempotency_conflict(&self) -> bool {
+        matches!(self, Self::Rejected { code: Some(code), .. } if code == "idempotency_error")
+    }
+
     pub fn is_unexpected_answer(&self) -> bool {
         matches!(self, Self::Rejected { status, .. } if (200..300).contains(status))
     }
@@ -140,6 +149,7 @@ pub struct StripeClient {
     http: reqwest::Client,
     base_url: Url,
     key: SecretString,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for StripeClient {
@@ -171,7 +181,13 @@ impl StripeClient {
             http,
             base_url,
             key,
+            timeout,
         })
+    }
+
+    /// One attempt's limit.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The platform account's client as the environment configures it: `STRIPE_SECRET_KEY`
@@ -214,8 +230,51 @@ impl StripeClient {
             path,
             Some(form::encode(params)),
             idempotency_key,
+            None,
         )
         .await
+    }
+
+    /// [`Self::post`] given at most `timeout` (less than the client's own when a deadline
+    /// is near). A timeout is [`StripeError::Transient`]: Stripe may have acted.
+    ///
+    /// # Errors
+    /// A classified [`StripeError`].
+    pub async fn post_within(
+        &self,
+        path: &str,
+        params: &Value,
+        idempotency_key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Value, StripeError> {
+        self.send(
+            Method::POST,
+            path,
+            Some(form::encode(params)),
+            idempotency_key,
+            Some(timeout),
+        )
+        .await
+    }
+
+    /// [`Self::get`] given at most `timeout`.
+    ///
+    /// # Errors
+    /// A classified [`StripeError`].
+    pub async fn get_within(
+        &self,
+        path: &str,
+        query: &Value,
+        timeout: Duration,
+    ) -> Result<Value, StripeError> {
+        let query = form::encode(query);
+        let path = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
+        self.send(Method::GET, &path, None, None, Some(timeout))
+            .await
     }
 
     /// # Errors
@@ -227,13 +286,13 @@ impl StripeClient {
         } else {
             format!("{path}?{query}")
         };
-        self.send(Method::GET, &path, None, None).await
+        self.send(Method::GET, &path, None, None, None).await
     }
 
     /// # Errors
     /// A classified [`StripeError`].
     pub async fn delete(&self, path: &str) -> Result<Value, StripeError> {
-        self.send(Method::DELETE, path, None, None).await
+        self.send(Method::DELETE, path, None, None, None).await
     }
 
     /// One page of a list endpoint (`/v1/customers`, …) after `starting_after`.
@@ -265,6 +324,7 @@ impl StripeClient {
         path: &str,
         body: Option<String>,
         idempotency_key: Option<&str>,
+        timeout: Option<Duration>,
     ) -> Result<Value, StripeError> {
         let url = self
             .base_url
@@ -279,6 +339,9 @@ impl StripeClient {
             .request(method, url)
             .bearer_auth(self.key.expose_secret())
             .header("stripe-version", API_VERSION);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }
@@ -345,7 +408,10 @@ fn classify(status: StatusCode, body: &Value) -> StripeError {
     }
     StripeError::Rejected {
         status: code,
-        code: text("code"),
+        // An idempotency error has a type and no code (docs.stripe.com/api/errors).
+        code: text("code").or_else(|| {
+            (error["type"] == "idempotency_error").then(|| "idempotency_error".to_owned())
+        }),
         message,
     }
 }
