@@ -23,9 +23,6 @@ pub const EVENTS_PER_MESSAGE: usize = 100;
 /// Reference, `SendMessageBatch`).
 pub const MAX_MESSAGE_BYTES: usize = 262_144;
 
-/// Messages per `SendMessageBatch` (SQS's limit).
-const MESSAGES_PER_BATCH: usize = 10;
-
 /// Attempts at publishing one batch before its events are logged as lost.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
@@ -136,7 +133,7 @@ impl EventPublisher {
         let Some(queue_url) = &self.queue_url else {
             return;
         };
-        for batch in batches(pack_messages(events)) {
+        for batch in crate::queue::batches(pack_messages(events)) {
             if let Err((error, lost)) = self.send_batch(queue_url, batch).await {
                 for body in &lost {
                     tracing::error!(
@@ -241,27 +238,6 @@ fn event_json(mut event: Event) -> String {
     serde_json::to_string(&event).unwrap_or_default()
 }
 
-/// Messages grouped into batches of at most [`MESSAGES_PER_BATCH`] and [`MAX_MESSAGE_BYTES`]
-/// in total.
-fn batches(messages: Vec<String>) -> Vec<Vec<String>> {
-    let mut batches: Vec<Vec<String>> = Vec::new();
-    let mut bytes = 0;
-    for message in messages {
-        let full = batches.last().is_none_or(|batch| {
-            batch.len() == MESSAGES_PER_BATCH || bytes + message.len() > MAX_MESSAGE_BYTES
-        });
-        if full {
-            batches.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += message.len();
-        if let Some(batch) = batches.last_mut() {
-            batch.push(message);
-        }
-    }
-    batches
-}
-
 /// Reads one queue message of events.
 ///
 /// # Errors
@@ -290,9 +266,9 @@ mod tests {
             .map(|m| parse_message(m).unwrap().len())
             .sum();
         assert_eq!(recovered, 1000, "every event in some message");
-        for batch in batches(messages) {
-            assert!(batch.len() <= MESSAGES_PER_BATCH);
-            assert!(batch.iter().map(String::len).sum::<usize>() <= MAX_MESSAGE_BYTES);
+        for batch in crate::queue::batches(messages) {
+            assert!(batch.len() <= crate::queue::BATCH_MAX_MESSAGES);
+            assert!(batch.iter().map(String::len).sum::<usize>() <= crate::queue::BATCH_MAX_BYTES);
         }
     }
 

@@ -104,7 +104,36 @@ impl Envelope {
     }
 }
 
-/// Sends messages to SQS in batches of ten, retrying entries SQS reports as failed.
+/// The most a `SendMessageBatch` may carry: ten messages, and "the maximum total payload
+/// size (the sum of the individual lengths of all of the batched messages)" of 256 KiB
+/// (Amazon SQS API Reference, `SendMessageBatch`). Ten 1,000-id send jobs are ~290 KB: the
+/// bulk fan-out hit this against the runner's limits (issue 15).
+pub const BATCH_MAX_MESSAGES: usize = 10;
+pub const BATCH_MAX_BYTES: usize = 262_144;
+
+/// Message bodies grouped into `SendMessageBatch` calls within [`BATCH_MAX_MESSAGES`] and
+/// [`BATCH_MAX_BYTES`] (a body larger than that alone goes alone, for SQS to refuse).
+pub fn batches(bodies: Vec<String>) -> Vec<Vec<String>> {
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0;
+    for body in bodies {
+        let full = batches.last().is_none_or(|batch| {
+            batch.len() == BATCH_MAX_MESSAGES || bytes + body.len() > BATCH_MAX_BYTES
+        });
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += body.len();
+        if let Some(batch) = batches.last_mut() {
+            batch.push(body);
+        }
+    }
+    batches
+}
+
+/// Sends messages to SQS in batches within SQS's limits ([`batches`]), retrying entries SQS
+/// reports as failed.
 #[derive(Debug, Clone)]
 pub struct QueuePublisher {
     sqs: SqsClient,
@@ -118,14 +147,18 @@ impl QueuePublisher {
     /// # Errors
     /// When a batch cannot be sent after retries; messages before it were sent.
     pub async fn send_all(&self, queue_url: &str, messages: &[Envelope]) -> anyhow::Result<()> {
-        for chunk in messages.chunks(10) {
-            let mut entries: Vec<SendMessageBatchRequestEntry> = chunk
-                .iter()
+        let bodies = messages
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        for batch in batches(bodies) {
+            let mut entries: Vec<SendMessageBatchRequestEntry> = batch
+                .into_iter()
                 .enumerate()
-                .map(|(index, message)| {
+                .map(|(index, body)| {
                     Ok(SendMessageBatchRequestEntry::builder()
                         .id(index.to_string())
-                        .message_body(serde_json::to_string(message)?)
+                        .message_body(body)
                         .build()?)
                 })
                 .collect::<anyhow::Result<_>>()?;
@@ -224,6 +257,27 @@ impl RetryDelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_keep_to_ten_messages_and_256_kib() {
+        // Ten bulk fan-out jobs of 1,000 ids each: ~29 KB a message, ~290 KB together.
+        let job = Envelope::new(
+            OrgId::parse("acme").unwrap(),
+            Job::EmailSend {
+                ids: (0..1000)
+                    .map(|n| format!("01JD5Z3Q00000000000000{n:04}"))
+                    .collect(),
+            },
+        );
+        let bodies = vec![serde_json::to_string(&job).unwrap(); 25];
+        let grouped = batches(bodies);
+        assert_eq!(grouped.iter().map(Vec::len).sum::<usize>(), 25);
+        for batch in &grouped {
+            assert!(batch.len() <= BATCH_MAX_MESSAGES);
+            assert!(batch.iter().map(String::len).sum::<usize>() <= BATCH_MAX_BYTES);
+        }
+        assert!(grouped.len() >= 3, "not ten to a batch: {}", grouped.len());
+    }
 
     #[test]
     fn messages_are_versioned_and_carry_the_org() {
