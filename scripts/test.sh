@@ -41,7 +41,14 @@ eval "$(scripts/services.sh env)"
 export HERALD_TEST_AWS_ENDPOINT=$AWS_ENDPOINT_URL HERALD_TEST_MONGODB_URI=$MONGODB_URI
 
 step "cargo test (unit, handler, integration)"
-cargo test --workspace --locked --no-fail-fast
+# The local runner records every AWS call each function makes (local/src/iam.rs) into this
+# file, for the permissions check that follows.
+iam_usage=$PWD/target/iam-usage.tsv
+rm -f "$iam_usage"
+HERALD_IAM_USAGE_FILE=$iam_usage cargo test --workspace --locked --no-fail-fast
+
+step "permissions: each function's calls in that run = what template.yaml grants it"
+HERALD_IAM_USAGE_FROM=$iam_usage cargo test --locked -p herald-tests --test api -- --ignored permissions::
 
 step "contract fuzzing (schemathesis against docs/openapi.yaml)"
 scripts/contract.sh

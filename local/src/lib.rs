@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod aws_limits;
 pub mod http_api;
+pub mod iam;
 pub mod index_lag;
 pub mod report_schedules;
 pub mod resources;
@@ -253,8 +254,10 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     let function_aws = aws_limits::instrument(
         &IndexLag::new(options.index_lag).instrument(&sdk_calls.instrument(&aws)),
     );
+    let iam = iam::LocalIam::new(&template, &names)?;
     for function in &template.functions {
         let vars = function_environment(function, &template, &names, &base_env, &overrides);
+        let function_aws = iam.instrument(&function.logical_id, &function_aws);
         let handler = registry::load(&function.binary, &function_aws, &Env::from_map(vars))
             .await
             .with_context(|| format!("building {}", function.logical_id))?;

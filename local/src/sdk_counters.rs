@@ -100,45 +100,7 @@ impl SdkCallCounter {
     /// `aws` with every client also reporting to this counter. The clients keep their
     /// configuration (endpoint, region, S3 path style) and connection pool settings.
     pub fn instrument(self: &Arc<Self>, aws: &AwsClients) -> AwsClients {
-        let interceptor = CountingInterceptor(Arc::clone(self));
-        AwsClients {
-            config: aws.config.clone(),
-            dynamodb: LazyClient::ready(aws_sdk_dynamodb::Client::from_conf(
-                aws.dynamodb
-                    .config()
-                    .to_builder()
-                    .interceptor(interceptor.clone())
-                    .build(),
-            )),
-            sqs: LazyClient::ready(aws_sdk_sqs::Client::from_conf(
-                aws.sqs
-                    .config()
-                    .to_builder()
-                    .interceptor(interceptor.clone())
-                    .build(),
-            )),
-            s3: LazyClient::ready(aws_sdk_s3::Client::from_conf(
-                aws.s3
-                    .config()
-                    .to_builder()
-                    .interceptor(interceptor.clone())
-                    .build(),
-            )),
-            secrets: LazyClient::ready(aws_sdk_secretsmanager::Client::from_conf(
-                aws.secrets
-                    .config()
-                    .to_builder()
-                    .interceptor(interceptor.clone())
-                    .build(),
-            )),
-            scheduler: LazyClient::ready(aws_sdk_scheduler::Client::from_conf(
-                aws.scheduler
-                    .config()
-                    .to_builder()
-                    .interceptor(interceptor)
-                    .build(),
-            )),
-        }
+        with_interceptor(aws, CountingInterceptor(Arc::clone(self)))
     }
 
     fn record(&self, service: &str, operation: &str, items: u64, queue: Option<String>) {
@@ -154,6 +116,53 @@ impl SdkCallCounter {
         if let Some(queue) = queue {
             *counts.messages_by_queue.entry(queue).or_default() += items;
         }
+    }
+}
+
+/// `aws` with `interceptor` added to every client (this counter, the local IAM check). The
+/// clients keep their configuration (endpoint, region, S3 path style), their other
+/// interceptors and their connection pool.
+pub fn with_interceptor<I>(aws: &AwsClients, interceptor: I) -> AwsClients
+where
+    I: Intercept + Clone + 'static,
+{
+    AwsClients {
+        config: aws.config.clone(),
+        dynamodb: LazyClient::ready(aws_sdk_dynamodb::Client::from_conf(
+            aws.dynamodb
+                .config()
+                .to_builder()
+                .interceptor(interceptor.clone())
+                .build(),
+        )),
+        sqs: LazyClient::ready(aws_sdk_sqs::Client::from_conf(
+            aws.sqs
+                .config()
+                .to_builder()
+                .interceptor(interceptor.clone())
+                .build(),
+        )),
+        s3: LazyClient::ready(aws_sdk_s3::Client::from_conf(
+            aws.s3
+                .config()
+                .to_builder()
+                .interceptor(interceptor.clone())
+                .build(),
+        )),
+        secrets: LazyClient::ready(aws_sdk_secretsmanager::Client::from_conf(
+            aws.secrets
+                .config()
+                .to_builder()
+                .interceptor(interceptor.clone())
+                .build(),
+        )),
+        scheduler: LazyClient::ready(aws_sdk_scheduler::Client::from_conf(
+            aws.scheduler
+                .config()
+                .to_builder()
+                .interceptor(interceptor)
+                .build(),
+        )),
     }
 }
 

@@ -13,6 +13,7 @@ mod helpers;
 mod isolation;
 mod openapi;
 mod payments;
+mod permissions;
 mod reports;
 mod roles;
 mod secrets;
