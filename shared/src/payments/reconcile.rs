@@ -2,7 +2,10 @@
 //! and what the daily sync does with every object it lists.
 //!
 //! The organization comes from `metadata.org_id` on the object (for a subscription's
-//! invoice, from the subscription's metadata Stripe copies into `subscription_details`);
+//! invoice, from the subscription's metadata Stripe copies into `subscription_details`, or
+//! `parent.subscription_details` in newer API versions). A charge Stripe made for a
+//! subscription invoice has no metadata: it belongs to the organization of the customer
+//! Herald knows it by, else of the payment Herald recorded for its PaymentIntent. Other
 //! objects without one are not Herald's and are skipped. The record is the one named by
 //! `metadata.herald_id`, else the one already mirroring the Stripe id, else a new one whose
 //! id is derived from the object (its creation time and Stripe id), so importing the same
@@ -71,6 +74,34 @@ pub fn org_of(object: &Value) -> Option<OrgId> {
     .and_then(|org| OrgId::parse(org).ok())
 }
 
+/// The PaymentIntent that paid an invoice, in either shape Herald can receive: the
+/// invoice's `payment_intent` (API versions up to 2025-02-24.acacia, Herald's pinned
+/// 2024-06-20 among them), or, from 2025-03-31.basil on, its `payments` list of
+/// `invoice_payment`s (`payment.type` = `payment_intent`), the paid one first.
+pub fn invoice_intent(invoice: &Value) -> Option<String> {
+    if let Some(intent) = id_of(&invoice["payment_intent"]) {
+        return Some(intent);
+    }
+    let payments = invoice["payments"]["data"].as_array()?;
+    let intent_of = |payment: &&Value| {
+        (payment["payment"]["type"] == "payment_intent")
+            .then(|| id_of(&payment["payment"]["payment_intent"]))
+            .flatten()
+    };
+    payments
+        .iter()
+        .filter(|p| p["status"] == "paid")
+        .find_map(|p| intent_of(&p))
+        .or_else(|| payments.iter().find_map(|p| intent_of(&p)))
+}
+
+/// An invoice's subscription: `subscription`, or `parent.subscription_details.subscription`
+/// from 2025-03-31.basil on.
+fn invoice_subscription(invoice: &Value) -> Option<String> {
+    id_of(&invoice["subscription"])
+        .or_else(|| id_of(&invoice["parent"]["subscription_details"]["subscription"]))
+}
+
 /// A record id for an object Herald did not create: sorted by the object's creation time,
 /// the same for the same Stripe id.
 pub fn derived_id(created: i64, stripe_id: &str) -> String {
@@ -126,7 +157,12 @@ impl Reconciler {
     /// Storage failures (the caller answers 5xx so Stripe retries).
     pub async fn apply(&self, object: &Value, at: i64) -> Result<Applied, StoreError> {
         let kind = object["object"].as_str().unwrap_or_default();
-        let Some(org) = org_of(object) else {
+        let org = match org_of(object) {
+            Some(org) => Some(org),
+            None if kind == "charge" => self.org_of_charge(object).await?,
+            None => None,
+        };
+        let Some(org) = org else {
             return Ok(Applied::skipped("no metadata.org_id"));
         };
         let Some(stripe_id) = text(&object["id"]) else {
@@ -147,6 +183,24 @@ impl Reconciler {
             }
         }
         Err(StoreError::Conflict("record kept changing".to_owned()))
+    }
+
+    /// The organization of a charge without `metadata.org_id` (a subscription invoice's):
+    /// that of the customer Herald mirrors for its `customer`, else that of the payment
+    /// Herald recorded for its `payment_intent` (the invoice's payment).
+    async fn org_of_charge(&self, object: &Value) -> Result<Option<OrgId>, StoreError> {
+        if let Some(customer) = id_of(&object["customer"])
+            && let Some(org) = self
+                .store
+                .org_by_stripe::<CustomerRecord>(&customer)
+                .await?
+        {
+            return Ok(Some(org));
+        }
+        match id_of(&object["payment_intent"]) {
+            Some(intent) => self.store.org_by_stripe::<PaymentRecord>(&intent).await,
+            None => Ok(None),
+        }
     }
 
     /// The existing record for an object, by Herald id or Stripe id.
@@ -444,7 +498,7 @@ impl Reconciler {
                 record.customer_id = self.herald_customer(org, object).await?;
             }
             record.stripe_customer = id_of(&object["customer"]);
-            record.subscription = id_of(&object["subscription"]);
+            record.subscription = invoice_subscription(object);
             record.status = status.clone();
             record.amount_due = object["amount_due"].as_i64().unwrap_or(0);
             record.amount_paid = object["amount_paid"].as_i64().unwrap_or(0);
@@ -452,7 +506,7 @@ impl Reconciler {
             record.number = text(&object["number"]);
             record.invoice_pdf = text(&object["invoice_pdf"]);
             record.hosted_invoice_url = text(&object["hosted_invoice_url"]);
-            record.payment_intent = id_of(&object["payment_intent"]);
+            record.payment_intent = invoice_intent(object);
             record.state_at = at;
             record.state_rank = rank;
             record.updated_at = now;
@@ -601,6 +655,33 @@ mod tests {
         );
         assert!(org_of(&json!({"metadata": {}})).is_none());
         assert!(org_of(&json!({"metadata": {"org_id": "a#b"}})).is_none());
+    }
+
+    #[test]
+    fn an_invoice_names_its_payment_intent_in_either_api_shape() {
+        assert_eq!(
+            invoice_intent(&json!({"payment_intent": "pi_old"})).as_deref(),
+            Some("pi_old")
+        );
+        assert_eq!(
+            invoice_intent(&json!({"payment_intent": {"id": "pi_expanded"}})).as_deref(),
+            Some("pi_expanded")
+        );
+        let basil = json!({"payments": {"object": "list", "data": [
+            {"status": "canceled", "payment": {"type": "payment_intent", "payment_intent": "pi_first"}},
+            {"status": "paid", "payment": {"type": "payment_intent", "payment_intent": {"id": "pi_paid"}}},
+        ]}, "parent": {"subscription_details": {"subscription": "sub_1"}}});
+        assert_eq!(invoice_intent(&basil).as_deref(), Some("pi_paid"));
+        assert_eq!(invoice_subscription(&basil).as_deref(), Some("sub_1"));
+        let open = json!({"payments": {"data": [
+            {"status": "open", "payment": {"type": "payment_intent", "payment_intent": "pi_open"}},
+        ]}});
+        assert_eq!(invoice_intent(&open).as_deref(), Some("pi_open"));
+        assert_eq!(invoice_intent(&json!({"payments": {"data": []}})), None);
+        assert_eq!(
+            invoice_subscription(&json!({"subscription": "sub_old"})).as_deref(),
+            Some("sub_old")
+        );
     }
 
     #[test]

@@ -269,6 +269,56 @@ impl PaymentStore {
         }
     }
 
+    /// The organization whose record of kind `T` mirrors `stripe_id`, when exactly one
+    /// organization's does (a Stripe object Herald created belongs to one organization; an
+    /// id linked in two is trusted for neither). For Stripe objects without
+    /// `metadata.org_id`, such as the charges of subscription invoices (issue 16, defect 5).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn org_by_stripe<T: PaymentEntity>(
+        &self,
+        stripe_id: &str,
+    ) -> Result<Option<OrgId>, StoreError> {
+        let output = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(format!("STRIPE#{stripe_id}")))
+            .expression_attribute_values(":prefix", s(format!("{}#", T::PREFIX)))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("Query the Stripe links")?;
+        let mut found: Option<(OrgId, String)> = None;
+        for item in output.items.unwrap_or_default() {
+            let Some((org, id)) = item
+                .get("sk")
+                .and_then(|sk| sk.as_s().ok())
+                .and_then(|sk| sk.strip_prefix(T::PREFIX)?.strip_prefix('#'))
+                .and_then(|rest| rest.rsplit_once('#'))
+                .and_then(|(org, id)| Some((OrgId::parse(org).ok()?, id.to_owned())))
+            else {
+                continue;
+            };
+            match &found {
+                Some((first, _)) if *first != org => return Ok(None),
+                Some(_) => {}
+                None => found = Some((org, id)),
+            }
+        }
+        let Some((org, id)) = found else {
+            return Ok(None);
+        };
+        // A link whose record write failed leads nowhere.
+        match self.get::<T>(&org, &id).await {
+            Ok(_) => Ok(Some(org)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Lists an organization's records newest first; `filters` are attribute = value.
     ///
     /// # Errors

@@ -1374,3 +1374,137 @@ async fn the_sandbox_is_as_strict_as_live_stripe() {
         .await;
     assert_eq!(intent["livemode"], true);
 }
+
+/// Issue 16, defect 5: the charge of a subscription invoice is Stripe's own, without
+/// `metadata.org_id`. A refund of it made directly at Stripe (as in the dashboard) reaches
+/// the payment Herald recorded for the invoice, through the customer Herald knows. And
+/// `invoice.paid` in the newer API versions' shape (no `payment_intent`, a `payments` list,
+/// the subscription under `parent.subscription_details`) records its payment as the older
+/// shape does.
+#[tokio::test]
+async fn subscription_payments_are_found_in_both_invoice_shapes_and_refunds_reach_them() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let customer = create_customer(&app, &token, "ann@example.com").await;
+    let subscription = app
+        .post(
+            "/services/payments/subscriptions/",
+            &token,
+            json!({"customer_id": customer, "price": "price_pro_monthly"}),
+        )
+        .await;
+    assert_eq!(subscription.status, 201, "{}", subscription.body);
+    let subscription_id = subscription.body["id"].as_str().unwrap().to_owned();
+    let stripe_subscription = subscription.body["stripe_subscription"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoice_payment = |invoice: Option<String>| {
+        let (app, token, customer) = (&app, &token, &customer);
+        async move {
+            eventually(30, "the invoice's payment", || async {
+                let page = app
+                    .get(
+                        &format!("/services/payments/?customer_id={customer}"),
+                        token,
+                    )
+                    .await;
+                page.body["items"].as_array().and_then(|items| {
+                    items
+                        .iter()
+                        .find(|p| match &invoice {
+                            Some(invoice) => p["invoice"] == invoice.as_str(),
+                            None => p["invoice"].is_string(),
+                        })
+                        .cloned()
+                })
+            })
+            .await
+        }
+    };
+    let payment = invoice_payment(None).await;
+    let id = payment["id"].as_str().unwrap().to_owned();
+    assert_eq!(payment["status"], "succeeded", "{payment}");
+    let intent = app
+        .stripe_api(
+            "GET",
+            &format!(
+                "payment_intents/{}",
+                payment["stripe_payment_intent"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    let stripe_charge = app
+        .stripe_api(
+            "GET",
+            &format!("charges/{}", intent["latest_charge"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert!(
+        stripe_charge["metadata"]["org_id"].is_null(),
+        "Stripe's own charge: {stripe_charge}"
+    );
+
+    // Refunded at Stripe, not through Herald: only charge.refunded tells Herald.
+    let refund = app
+        .stripe_api(
+            "POST",
+            "refunds",
+            json!({"payment_intent": intent["id"], "amount": 1200}),
+        )
+        .await;
+    assert_eq!(refund["object"], "refund", "{refund}");
+    let refunded = app.payment_reaches(&token, &id, "partially_refunded").await;
+    assert_eq!(refunded["amount_refunded"], 1200);
+
+    // The next invoice, as an endpoint on 2025-03-31.basil or later sends it.
+    let created = chrono::Utc::now().timestamp();
+    let stripe_customer = app
+        .get(&format!("/services/payments/customers/{customer}"), &token)
+        .await
+        .body["stripe_customer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoice = json!({
+        "id": "in_basil_renewal", "object": "invoice", "customer": stripe_customer,
+        "status": "paid", "amount_due": 5000, "amount_paid": 5000, "currency": "usd",
+        "number": "SBX-0100", "created": created, "livemode": false, "metadata": {},
+        "parent": {"type": "subscription_details", "subscription_details": {
+            "subscription": stripe_subscription,
+            "metadata": {"org_id": "acme", "herald_id": subscription_id}}},
+        "payments": {"object": "list", "has_more": false, "data": [
+            {"object": "invoice_payment", "id": "inpay_failed", "status": "canceled",
+             "payment": {"type": "payment_intent", "payment_intent": "pi_basil_declined"}},
+            {"object": "invoice_payment", "id": "inpay_paid", "status": "paid",
+             "payment": {"type": "payment_intent", "payment_intent": "pi_basil_renewal"}},
+        ]},
+    });
+    let event = json!({
+        "id": "evt_basil_invoice_paid", "object": "event", "api_version": "2025-03-31.basil",
+        "created": created, "livemode": false, "type": "invoice.paid",
+        "data": {"object": invoice}, "pending_webhooks": 1,
+    });
+    let (status, reply) = app.post_event(&event).await;
+    assert_eq!(status, 200, "{reply}");
+    let renewal = invoice_payment(Some("in_basil_renewal".to_owned())).await;
+    assert_eq!(renewal["stripe_payment_intent"], "pi_basil_renewal");
+    assert_eq!(renewal["amount"], 5000);
+    assert_eq!(renewal["status"], "succeeded");
+    let invoices = app
+        .get(
+            &format!("/services/payments/invoices/?customer_id={customer}"),
+            &token,
+        )
+        .await;
+    let stored = invoices.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["stripe_invoice"] == "in_basil_renewal")
+        .cloned()
+        .unwrap_or_else(|| panic!("the invoice: {}", invoices.body));
+    assert_eq!(stored["subscription"], stripe_subscription.as_str());
+}
