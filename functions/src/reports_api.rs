@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::{AwsClients, S3Client, SchedulerClient};
 use shared::config::{Env, OnFirstUse};
-use shared::domain::RecordId;
 use shared::domain::email::EmailAddress;
+use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::run_once;
 use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
@@ -64,6 +64,55 @@ pub const DOWNLOAD_URL_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// The longest period one report covers.
 pub const MAX_PERIOD_DAYS: i64 = 366;
 const MAX_RECIPIENTS: usize = 50;
+/// Report schedules an organization may keep: each run aggregates, renders and emails, so
+/// schedules are a cost the platform bounds (issue 17).
+pub const MAX_SCHEDULES_PER_ORG: usize = 25;
+
+/// A schedule runs at most once an hour: `rate(n minutes)` needs n ≥ 60, and a
+/// `cron(...)` its minutes field one fixed minute (EventBridge Scheduler's cron has six
+/// fields, minutes first: "Schedule types on EventBridge Scheduler", Scheduler User Guide).
+fn at_most_hourly(expression: &str) -> Result<(), String> {
+    let too_often = || {
+        "runs at most once an hour (e.g. rate(1 hour), rate(1 day) or cron(0 8 * * ? *))".to_owned()
+    };
+    if let Some(rate) = expression
+        .strip_prefix("rate(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let mut parts = rate.split_whitespace();
+        let (Some(value), Some(unit), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("must be rate(<value> <unit>)".to_owned());
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            return Err("must be rate(<value> <unit>) with a whole number".to_owned());
+        };
+        let minutes = match unit {
+            "minute" | "minutes" => value,
+            "hour" | "hours" => value.saturating_mul(60),
+            "day" | "days" => value.saturating_mul(1440),
+            _ => return Err("a rate's unit is minutes, hours or days".to_owned()),
+        };
+        return if minutes >= 60 {
+            Ok(())
+        } else {
+            Err(too_often())
+        };
+    }
+    if let Some(cron) = expression
+        .strip_prefix("cron(")
+        .and_then(|c| c.strip_suffix(')'))
+    {
+        let fields: Vec<&str> = cron.split_whitespace().collect();
+        if fields.len() != 6 {
+            return Err("a cron expression has six fields: minutes hours day-of-month month day-of-week year".to_owned());
+        }
+        return match fields[0].parse::<u32>() {
+            Ok(minute) if minute < 60 => Ok(()),
+            _ => Err(too_often()),
+        };
+    }
+    Err("must be a cron(...) or rate(...) expression".to_owned())
+}
 
 pub struct ReportsApi {
     reports: ReportStore,
@@ -364,6 +413,21 @@ impl ReportsApi {
         http::json(200, &body)
     }
 
+    /// The organization's live schedules, counted up to the cap.
+    async fn schedule_count(&self, org: &OrgId) -> Result<usize, ApiError> {
+        let params = std::collections::BTreeMap::from([("limit".to_owned(), "100".to_owned())]);
+        let mut page = PageRequest::from_query(&params, org.as_str())?;
+        let mut count = 0;
+        loop {
+            let (schedules, next) = self.reports.list_schedules(org, &page).await?;
+            count += schedules.len();
+            match next {
+                Some(cursor) if count < MAX_SCHEDULES_PER_ORG => page.after = Some(cursor),
+                _ => return Ok(count),
+            }
+        }
+    }
+
     async fn create_schedule(
         &self,
         request: &Request,
@@ -382,6 +446,8 @@ impl ReportsApi {
                 .entry("expression".into())
                 .or_default()
                 .push("must be a cron(...) or rate(...) expression".into());
+        } else if let Err(message) = at_most_hourly(&expression) {
+            errors.entry("expression".into()).or_default().push(message);
         }
         if !(1..=MAX_PERIOD_DAYS as u32).contains(&body.period_days) {
             errors
@@ -410,6 +476,11 @@ impl ReportsApi {
         };
         if !errors.is_empty() {
             return Err(ApiError::invalid(errors));
+        }
+        if self.schedule_count(&caller.org).await? >= MAX_SCHEDULES_PER_ORG {
+            return Err(ApiError::BadRequest(format!(
+                "an organization may have at most {MAX_SCHEDULES_PER_ORG} report schedules; delete one first"
+            )));
         }
         // Every run emails its link: without an email provider a schedule cannot work.
         if !*self
@@ -588,6 +659,35 @@ pub async fn presigned_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedules_run_at_most_hourly() {
+        for ok in [
+            "rate(1 hour)",
+            "rate(60 minutes)",
+            "rate(2 days)",
+            "cron(0 8 * * ? *)",
+            "cron(15 * * * ? *)",
+        ] {
+            assert_eq!(at_most_hourly(ok), Ok(()), "{ok}");
+        }
+        for too_often in [
+            "rate(1 minute)",
+            "rate(59 minutes)",
+            "cron(* * * * ? *)",
+            "cron(0/5 * * * ? *)",
+            "cron(0,30 * * * ? *)",
+        ] {
+            assert!(
+                at_most_hourly(too_often)
+                    .unwrap_err()
+                    .contains("once an hour"),
+                "{too_often}"
+            );
+        }
+        assert!(at_most_hourly("rate(1 fortnight)").is_err());
+        assert!(at_most_hourly("cron(0 8 * *)").is_err());
+    }
 
     #[test]
     fn dates_cover_whole_days() {

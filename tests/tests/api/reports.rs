@@ -747,3 +747,63 @@ async fn a_report_that_cannot_be_written_fails_on_its_last_attempt_and_reaches_t
     })
     .await;
 }
+
+/// Issue 17 §2: a report schedule runs at most hourly, and an organization keeps at most
+/// `MAX_SCHEDULES_PER_ORG` of them; both refusals are 400s that create nothing.
+#[tokio::test]
+async fn schedules_run_at_most_hourly_and_an_organization_has_a_cap() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let schedule = |expression: &str| json!({"expression": expression, "type": "summary", "format": "csv", "period_days": 1, "recipients": ["ops@example.com"]});
+    let every_minute = app
+        .post(
+            "/services/reports/schedules/",
+            &admin,
+            schedule("rate(1 minute)"),
+        )
+        .await;
+    let problem = every_minute.problem(400);
+    assert!(
+        problem["errors"]["expression"][0]
+            .as_str()
+            .unwrap()
+            .contains("once an hour"),
+        "{problem}"
+    );
+    let cap = functions::reports_api::MAX_SCHEDULES_PER_ORG;
+    for n in 0..cap {
+        let created = app
+            .post(
+                "/services/reports/schedules/",
+                &admin,
+                schedule(&format!("cron({} 6 * * ? *)", n % 60)),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+    let one_more = app
+        .post(
+            "/services/reports/schedules/",
+            &admin,
+            schedule("rate(1 day)"),
+        )
+        .await;
+    assert!(
+        one_more.problem(400)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most"),
+        "{}",
+        one_more.body
+    );
+    // Another organization has its own allowance.
+    let globex = app.token("globex", "admin");
+    let theirs = app
+        .post(
+            "/services/reports/schedules/",
+            &globex,
+            schedule("rate(1 day)"),
+        )
+        .await;
+    assert_eq!(theirs.status, 201, "{}", theirs.body);
+}
