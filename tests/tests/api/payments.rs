@@ -1022,6 +1022,11 @@ async fn a_retry_of_a_cut_off_create_reaches_the_same_stripe_object() {
     let token = app.token("acme", "admin");
 
     let customer_body = json!({"email": "ann@example.com", "name": "Ann Example"});
+    // Stripe's customer.created is held until the retry has answered: delivered first, it
+    // would record the customer, and the retry would answer from that record without
+    // reaching Stripe (also one customer, but not the replay this shows).
+    app.sandbox_post("_events/hold", json!({"hold": true}))
+        .await;
     app.sandbox_post("_faults", json!({"connection": "accept_then_hold"}))
         .await;
     app.post_keyed_abandoned(
@@ -1053,6 +1058,7 @@ async fn a_retry_of_a_cut_off_create_reaches_the_same_stripe_object() {
         replays + 1,
         "Stripe replayed its answer"
     );
+    app.sandbox_post("_events/release", json!({})).await;
     let customers = app.stripe_list("customers").await;
     assert_eq!(customers.len(), 1, "one customer: {customers:?}");
     assert_eq!(customers[0]["id"], customer["stripe_customer"]);
