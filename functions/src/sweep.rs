@@ -48,45 +48,33 @@ pub trait PendingRecords: Send + Sync {
     ) -> BoxFuture<'a, Result<Swept, StoreError>>;
 }
 
-impl PendingRecords for shared::store::EmailStore {
-    fn pending_before(
-        &self,
-        cutoff: chrono::DateTime<chrono::Utc>,
-        max: usize,
-    ) -> BoxFuture<'_, Result<Vec<StuckInSent>, StoreError>> {
-        Box::pin(self.pending_before(cutoff, max))
-    }
+/// The email and SMS stores have the same two methods; the trait names them.
+macro_rules! pending_records {
+    ($store:ty) => {
+        impl PendingRecords for $store {
+            fn pending_before(
+                &self,
+                cutoff: chrono::DateTime<chrono::Utc>,
+                max: usize,
+            ) -> BoxFuture<'_, Result<Vec<StuckInSent>, StoreError>> {
+                Box::pin(self.pending_before(cutoff, max))
+            }
 
-    fn sweep<'a>(
-        &'a self,
-        org: &'a OrgId,
-        id: &'a str,
-        now: chrono::DateTime<chrono::Utc>,
-        give_up_before: chrono::DateTime<chrono::Utc>,
-    ) -> BoxFuture<'a, Result<Swept, StoreError>> {
-        Box::pin(self.sweep(org, id, now, give_up_before))
-    }
+            fn sweep<'a>(
+                &'a self,
+                org: &'a OrgId,
+                id: &'a str,
+                now: chrono::DateTime<chrono::Utc>,
+                give_up_before: chrono::DateTime<chrono::Utc>,
+            ) -> BoxFuture<'a, Result<Swept, StoreError>> {
+                Box::pin(self.sweep(org, id, now, give_up_before))
+            }
+        }
+    };
 }
 
-impl PendingRecords for shared::store::SmsStore {
-    fn pending_before(
-        &self,
-        cutoff: chrono::DateTime<chrono::Utc>,
-        max: usize,
-    ) -> BoxFuture<'_, Result<Vec<StuckInSent>, StoreError>> {
-        Box::pin(self.pending_before(cutoff, max))
-    }
-
-    fn sweep<'a>(
-        &'a self,
-        org: &'a OrgId,
-        id: &'a str,
-        now: chrono::DateTime<chrono::Utc>,
-        give_up_before: chrono::DateTime<chrono::Utc>,
-    ) -> BoxFuture<'a, Result<Swept, StoreError>> {
-        Box::pin(self.sweep(org, id, now, give_up_before))
-    }
-}
+pending_records!(shared::store::EmailStore);
+pending_records!(shared::store::SmsStore);
 
 /// One channel's sweep: where its send jobs go and how they look.
 pub struct Sweep {
