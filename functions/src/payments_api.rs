@@ -578,7 +578,8 @@ impl PaymentsApi {
                     reason = error.reason(),
                     "Stripe's answer is unknown; the record is settled by the webhook or the sync"
                 );
-                return http::json(202, &json!({"id": id, "status": "pending"}));
+                return http::json(202, &json!({"id": id, "status": "pending"}))
+                    .map(idempotency::unsettled);
             }
             Err(error) => return Err(stripe_problem(&error)),
         };
@@ -1105,7 +1106,14 @@ impl PaymentsApi {
                 answer["next_action"] = intent["next_action"].clone();
             }
         }
-        http::json(status, &answer)
+        let response = http::json(status, &answer)?;
+        // A pending charge is not kept under its Idempotency-Key: a retry asks Stripe again
+        // with the same Stripe key, which settles it either way.
+        Ok(if status == 202 {
+            idempotency::unsettled(response)
+        } else {
+            response
+        })
     }
 
     /// The customer's default payment method at Stripe

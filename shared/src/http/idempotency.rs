@@ -14,7 +14,8 @@ const MAX_KEY_LEN: usize = 255;
 
 /// Runs `handler` at most once per `Idempotency-Key` (per organization and `scope`): a repeat
 /// with the same body replays the first response, with another body answers 422, and while
-/// the first is still running answers 409. 5xx answers are not kept, so a retry runs again.
+/// the first is still running answers 409. 5xx answers, and answers marked [`unsettled`],
+/// are not kept, so a retry runs again.
 ///
 /// # Errors
 /// 400 for a malformed key, 409/422 as above, storage failures.
@@ -92,7 +93,9 @@ where
         Err(error) => error.into_response(),
     };
     let status = response.status().as_u16();
-    if status >= 500 {
+    let mut response = response;
+    let unsettled = response.headers_mut().remove(UNSETTLED_HEADER).is_some();
+    if status >= 500 || unsettled {
         store.abandon(org, scope, &key).await?;
     } else {
         let body = match response.body() {
@@ -104,6 +107,19 @@ where
     }
     Ok(response)
 }
+
+/// Marks an answer whose outcome is not known yet (a provider call that may or may not have
+/// happened: a payment's 202 `pending`). Like a 5xx it is not kept, so a retry with the same
+/// key runs again and can settle it; the handler makes that rerun safe (for payments, the same
+/// Stripe idempotency key). The header never leaves the function.
+pub fn unsettled(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(UNSETTLED_HEADER, http::HeaderValue::from_static("1"));
+    response
+}
+
+const UNSETTLED_HEADER: &str = "x-herald-unsettled";
 
 /// Decodes a percent-encoded path segment (such as an email address in a path).
 pub fn decode_segment(segment: &str) -> String {

@@ -1172,6 +1172,49 @@ async fn an_unknown_outcome_answers_pending_and_the_webhook_settles_it() {
     app.payment_reaches(&token, &id, "succeeded").await;
     let intents = app.stripe_list("payment_intents").await;
     assert_eq!(intents.len(), 1, "{intents:?}");
+
+    // A 202 is not kept under the key: the same request again answers what is now known,
+    // not the stale `pending`, and creates nothing.
+    let (status, again) = app
+        .post_keyed(
+            "/services/payments/",
+            &token,
+            "order-9",
+            &json!({"amount": 900, "currency": "usd", "payment_method": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &again["status"]),
+        (201, &json!("succeeded")),
+        "{again}"
+    );
+    assert_eq!(app.stripe_list("payment_intents").await.len(), 1);
+
+    // Stripe never got the call (every attempt's connection dropped before it acted): the
+    // charge is pending, and a retry with the same key makes it, once.
+    app.sandbox_post("_faults", json!({"connection": "drop", "count": 3}))
+        .await;
+    let body = json!({"amount": 1200, "currency": "usd", "payment_method": "pm_card_visa"});
+    let (status, lost) = app
+        .post_keyed("/services/payments/", &token, "order-10", &body)
+        .await;
+    assert_eq!(
+        (status, &lost["status"]),
+        (202, &json!("pending")),
+        "{lost}"
+    );
+    let (status, retried) = app
+        .post_keyed("/services/payments/", &token, "order-10", &body)
+        .await;
+    assert_eq!(retried["id"], lost["id"], "the same payment: {retried}");
+    assert!(matches!(status, 201 | 202), "{status} {retried}");
+    app.payment_reaches(&token, lost["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(
+        app.stripe_list("payment_intents").await.len(),
+        2,
+        "one intent per request"
+    );
 }
 
 /// Issue 16, defect 6: the sandbox keeps Stripe's idempotency rules — a key replays the
