@@ -225,7 +225,7 @@ mod tests {
         };
         let (failed, kinds) = run(7);
         assert!((2_700..3_300).contains(&failed), "{failed}");
-        assert_eq!(kinds.len(), 6, "{kinds:?}");
+        assert_eq!(kinds.len(), CHAOS_KINDS.len(), "{kinds:?}");
         assert_eq!(run(7), (failed, kinds));
     }
 }
