@@ -22,7 +22,7 @@ use shared::providers::sendgrid::{
     Address, Content, MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, MailSend, Personalization,
     SendError, SendGridClient,
 };
-use shared::queue::{Envelope, Job, RetryDelay};
+use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
 use shared::store::{EmailStore, SendOutcome};
 
 use crate::registry::{BoxFuture, SqsFunction, process_batch};
@@ -42,7 +42,17 @@ pub struct EmailWorker {
     events: EventPublisher,
     max_receives: u32,
     claim_lease: chrono::Duration,
+    queue: QueuePublisher,
+    send_queue: String,
+    /// How long one invocation starts new SendGrid calls before it hands the rest back.
+    send_budget: Duration,
 }
+
+/// Calls are started for this long, then the rest of the job goes back on the queue: the
+/// function's timeout is 60 s and a SendGrid call may take `SENDGRID_TIMEOUT_MS` (10 s), so
+/// a job whose emails cannot share calls (a bulk with a cc: one call per email) is handed
+/// on in slices instead of being killed mid-way and retried towards the DLQ (issue 15).
+const SEND_BUDGET_SECONDS: u64 = 30;
 
 impl SqsFunction for EmailWorker {
     fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse> {
@@ -91,14 +101,18 @@ impl EmailWorker {
     /// When a required variable is missing.
     pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let table = env.required("TABLE_NAME")?;
+        let send_queue = env.required("EMAIL_SEND_QUEUE_URL")?;
         Ok(Self {
+            queue: QueuePublisher::new(aws.sqs.clone()),
+            send_budget: Duration::from_secs(
+                env.optional("EMAIL_SEND_BUDGET_SECONDS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(SEND_BUDGET_SECONDS),
+            ),
             emails: EmailStore::new(aws.dynamodb.clone(), table),
             sendgrid: sendgrid_on_first_use(aws, env),
-            retry: RetryDelay::from_env(
-                aws.sqs.clone(),
-                env.required("EMAIL_SEND_QUEUE_URL")?,
-                env,
-            ),
+            retry: RetryDelay::from_env(aws.sqs.clone(), send_queue.clone(), env),
+            send_queue,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             max_receives: env
                 .optional("MAX_RECEIVES")
@@ -217,8 +231,18 @@ impl EmailWorker {
         let mut retry = None;
         let mut calls = plan_mails(&to_send);
         calls.reverse(); // sent in plan order, popped from the end
+        let deadline = tokio::time::Instant::now() + self.send_budget;
+        let mut made_a_call = false;
         while let Some(planned) = calls.pop() {
+            // At least one call per delivery, so a handed-back job always moves on.
+            if made_a_call && tokio::time::Instant::now() >= deadline {
+                calls.push(planned);
+                let rest: Vec<String> = calls.iter().flat_map(|c| c.ids.clone()).collect();
+                self.hand_back(&org, rest).await?;
+                break;
+            }
             let result = sendgrid.send(&planned.mail).await;
+            made_a_call = true;
             // A refused call of several emails may be refused for one of them: send it again
             // in halves, so one bad email fails alone and its call-mates go out (a bad email
             // costs at most ten more calls, log2 of 1,000).
@@ -287,6 +311,27 @@ impl EmailWorker {
                 Err(Retry(reason))
             }
         }
+    }
+
+    /// Puts the emails this delivery did not get to back in `queued` and on the queue as a
+    /// job of their own; the delivery itself then ends well.
+    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), Retry> {
+        let outcome = SendOutcome::Retry {
+            reason: "handed back: this invocation's send budget ran out".to_owned(),
+        };
+        self.finish_all(org, ids.iter().map(String::as_str), &outcome)
+            .await?;
+        tracing::info!(
+            org = org.as_str(),
+            emails = ids.len(),
+            "send budget spent: rest of the job handed back"
+        );
+        let job = Envelope::new(org.clone(), Job::EmailSend { ids });
+        self.queue
+            .send_all(&self.send_queue, &[job])
+            .await
+            // The emails are `queued` with no job: the sweep brings them back.
+            .map_err(|error| Retry(format!("handing the job back failed: {error:#}")))
     }
 
     /// A failure before any send: the emails go back to `queued` (or `failed` on the last

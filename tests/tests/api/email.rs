@@ -902,3 +902,40 @@ async fn a_rotated_sendgrid_key_is_picked_up_without_failing_the_email() {
         "refused once, then sent with the new key"
     );
 }
+
+/// Issue 15: a job whose emails cannot share calls (a bulk with a cc: one call per email)
+/// takes longer than one invocation may; past its send budget the worker hands the rest
+/// back as a job of its own. With no budget at all each delivery makes one call: every email
+/// still arrives, exactly once.
+#[tokio::test]
+async fn a_job_past_its_send_budget_hands_the_rest_back_and_every_email_arrives_once() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("EMAIL_SEND_BUDGET_SECONDS".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "member");
+    let recipients: Vec<Value> = (0..5)
+        .map(|n| json!({"to": format!("user{n}@example.com")}))
+        .collect();
+    let reply = app
+        .post(
+            "/services/email/",
+            &token,
+            json!({"subject": "Minutes", "text": "Attached", "cc": ["boss@example.com"], "recipients": recipients}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    for id in reply.body["ids"].as_array().unwrap() {
+        let email = app
+            .email_reaches(&token, id.as_str().unwrap(), "delivered", 120)
+            .await;
+        assert!(
+            events_of(&email).iter().any(|e| e == "retry_scheduled") || email["attempts"] == 1,
+            "{email}"
+        );
+    }
+    assert_eq!(app.sandbox().calls(), 5, "one call per email, none twice");
+    assert_eq!(app.sandbox().inbox().len(), 5);
+}
