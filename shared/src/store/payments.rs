@@ -131,6 +131,11 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error:
     error.code() == Some("ConditionalCheckFailedException")
 }
 
+/// The partition of a Stripe id's links.
+fn link_pk(stripe_id: &str) -> String {
+    format!("STRIPE#{stripe_id}")
+}
+
 impl PaymentStore {
     pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
@@ -155,7 +160,7 @@ impl PaymentStore {
     fn link_of<T: PaymentEntity>(record: &T) -> Option<Item> {
         let stripe = record.stripe_id()?;
         Some(Item::from([
-            ("pk".to_owned(), s(format!("STRIPE#{stripe}"))),
+            ("pk".to_owned(), s(link_pk(stripe))),
             (
                 "sk".to_owned(),
                 s(format!("{}#{}#{}", T::PREFIX, record.org(), record.id())),
@@ -244,18 +249,10 @@ impl PaymentStore {
         org: &OrgId,
         stripe_id: &str,
     ) -> Result<Option<T>, StoreError> {
-        let output = self
-            .dynamodb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(format!("STRIPE#{stripe_id}")))
-            .expression_attribute_values(":prefix", s(format!("{}#{org}#", T::PREFIX)))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Query the Stripe links")?;
-        let Some(item) = output.items.unwrap_or_default().into_iter().next() else {
+        let links = self
+            .stripe_links(stripe_id, &format!("{}#{org}#", T::PREFIX))
+            .await?;
+        let Some(item) = links.into_iter().next() else {
             return Ok(None);
         };
         let id = match item.get("id") {
@@ -280,19 +277,11 @@ impl PaymentStore {
         &self,
         stripe_id: &str,
     ) -> Result<Option<OrgId>, StoreError> {
-        let output = self
-            .dynamodb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(format!("STRIPE#{stripe_id}")))
-            .expression_attribute_values(":prefix", s(format!("{}#", T::PREFIX)))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Query the Stripe links")?;
         let mut found: Option<(OrgId, String)> = None;
-        for item in output.items.unwrap_or_default() {
+        for item in self
+            .stripe_links(stripe_id, &format!("{}#", T::PREFIX))
+            .await?
+        {
             let Some((org, id)) = item
                 .get("sk")
                 .and_then(|sk| sk.as_s().ok())
@@ -317,6 +306,27 @@ impl PaymentStore {
             Err(StoreError::NotFound) => Ok(None),
             Err(other) => Err(other),
         }
+    }
+
+    /// The Stripe links of `stripe_id` whose sort key starts with `sk_prefix`, read
+    /// consistently (see [`Self::link_of`]).
+    async fn stripe_links(
+        &self,
+        stripe_id: &str,
+        sk_prefix: &str,
+    ) -> Result<Vec<Item>, StoreError> {
+        let output = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(link_pk(stripe_id)))
+            .expression_attribute_values(":prefix", s(sk_prefix))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("Query the Stripe links")?;
+        Ok(output.items.unwrap_or_default())
     }
 
     /// Lists an organization's records newest first; `filters` are attribute = value.
