@@ -277,15 +277,19 @@ impl SmsWorker {
                 "outcome": match &result { Ok(m) => format!("accepted {} ({})", m.sid, m.status), Err(e) => e.to_string() },
             }),
         );
-        self.events.publish(vec![call]).await;
         let now = chrono::Utc::now();
+        if let Ok(accepted) = &result {
+            // The SID link before anything else: Twilio's callbacks carry only the SID and
+            // can arrive within moments; one that finds no link is settled only by the
+            // status check.
+            self.sms
+                .link_sid(&accepted.sid, org, &record.id, now)
+                .await
+                .map_err(|e| Retry(format!("recording the SID failed: {e:#}")))?;
+        }
+        self.events.publish(vec![call]).await;
         match result {
             Ok(accepted) => {
-                // The SID link first: Twilio's callbacks carry only the SID.
-                self.sms
-                    .link_sid(&accepted.sid, org, &record.id, now)
-                    .await
-                    .map_err(|e| Retry(format!("recording the SID failed: {e:#}")))?;
                 if let Err(error) = self.sms.remember_peer(&record.to, org, now).await {
                     tracing::warn!(
                         error = format!("{error:#}"),
