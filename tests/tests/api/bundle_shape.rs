@@ -219,7 +219,27 @@ fn functions_follow_the_bundle_conventions() {
                     .is_some_and(|p| !p.is_empty()),
                 "{id:?} has no policies"
             );
+            // A log group of its own, kept `LogRetentionDays` and named by the template
+            // (not Lambda's `/aws/lambda/…`, which Lambda creates itself, without
+            // retention, and which a later deploy could not create again).
+            let group = reference(&resource["Properties"]["LoggingConfig"]["LogGroup"])
+                .unwrap_or_else(|| panic!("{id:?} has no LoggingConfig.LogGroup"));
+            let group = &doc["Resources"][group];
+            assert_eq!(group["Type"], "AWS::Logs::LogGroup", "{id:?}");
+            assert_eq!(
+                reference(&group["Properties"]["RetentionInDays"]),
+                Some("LogRetentionDays"),
+                "{id:?}"
+            );
         }
+    }
+}
+
+/// The logical id a `!Ref` names.
+fn reference(value: &serde_yaml::Value) -> Option<&str> {
+    match value {
+        serde_yaml::Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+        other => other.get("Ref")?.as_str(),
     }
 }
 
