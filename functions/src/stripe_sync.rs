@@ -1,10 +1,18 @@
-//! The daily Stripe sync (SPEC §8, 03:00 UTC): reconciles customers, subscriptions,
-//! invoices and payment intents created since the last complete run (less a look-back, so
-//! recent objects whose state moved are read again), in case a webhook was lost.
+//! The daily Stripe sync (SPEC §8, 03:00 UTC): repairs what lost webhooks left behind.
 //!
-//! It pages through each list with `starting_after` and saves a checkpoint after every
-//! page, so a run that nears its time budget stops cleanly and the next run (or a re-run)
-//! resumes where it stopped. Only objects with `metadata.org_id` are imported.
+//! - Normally it reads Stripe's Events API (`GET /v1/events`, every type Herald handles,
+//!   created since the last complete run began) and applies each event through the same
+//!   reconciler as the webhook, once per event id: a refund made in the Stripe dashboard or
+//!   a deletion whose webhook was dropped is repaired however old its object is.
+//! - Stripe keeps events for 30 days only (docs.stripe.com/api/events/list: "going back up
+//!   to 30 days"). Without a complete run within that reach (the first run, or after a long
+//!   outage) it reads the object lists instead: customers, subscriptions, invoices and
+//!   payment intents created since the last complete run (less a look-back), or all of them.
+//!
+//! It pages with `starting_after` and saves a checkpoint after every page, so a run that
+//! nears its time budget stops cleanly and the next run (or a re-run) resumes where it
+//! stopped. Only objects with `metadata.org_id` (or that Herald can map to an organization)
+//! are imported.
 
 use std::time::{Duration, Instant};
 
@@ -13,22 +21,36 @@ use serde_json::{Value, json};
 
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
-use shared::events::{Event, EventPublisher};
-use shared::payments::reconcile::Reconciler;
-use shared::providers::stripe::{MAX_PAGE_SIZE, StripeClient};
+use shared::events::EventPublisher;
+use shared::payments::reconcile::{
+    Applied, EventApplied, HANDLED_EVENTS, PaymentChange, Reconciler,
+};
+use shared::providers::stripe::{MAX_PAGE_SIZE, StripeClient, StripeEvent};
 use shared::store::{PaymentStore, SyncCheckpoint};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
 
-/// The list endpoints, in the order they are read (customers first, so the others can be
-/// linked to Herald's customers). Subscriptions are listed with `status=all`, or Stripe
-/// leaves out canceled ones.
-pub const RESOURCES: &[(&str, &str)] = &[
+/// What a run reads, by checkpoint step: the events (step 0, a run of its own), or the
+/// object lists in order (customers first, so the others can be linked to Herald's
+/// customers). Subscriptions are listed with `status=all`, or Stripe leaves out canceled
+/// ones.
+const STEPS: &[(&str, &str)] = &[
+    ("/v1/events", ""),
     ("/v1/customers", ""),
     ("/v1/subscriptions", "all"),
     ("/v1/invoices", ""),
     ("/v1/payment_intents", ""),
 ];
+
+/// The step that reads the Events API.
+const EVENTS: usize = 0;
+
+/// How far back the events reach, with a day to spare for a long run and clock skew.
+const EVENTS_REACH_SECONDS: i64 = 29 * 86_400;
+
+/// Events read again from before the last complete run began: Stripe's clock and ours may
+/// differ by a little, and an event applied twice is recognised by its id.
+const EVENTS_OVERLAP_SECONDS: i64 = 300;
 
 pub struct StripeSync {
     store: PaymentStore,
@@ -90,7 +112,7 @@ impl StripeSync {
         })
     }
 
-    /// Runs until every resource is read or the budget is spent.
+    /// Runs until its step(s) are read or the budget is spent.
     ///
     /// # Errors
     /// Stripe or storage failures, or a Stripe key that cannot be read (the checkpoint keeps
@@ -100,33 +122,23 @@ impl StripeSync {
             tracing::warn!("Stripe is not configured; nothing to sync");
             return Ok(json!({"complete": false, "configured": false}));
         };
-        let now = chrono::Utc::now().timestamp();
         let mut checkpoint = self.store.checkpoint().await?;
         if !checkpoint.in_progress {
-            checkpoint = SyncCheckpoint {
-                since: checkpoint
-                    .last_complete
-                    .map_or(0, |last| (last - self.lookback_seconds).max(0)),
-                run_started: now,
-                resource: 0,
-                after: None,
-                in_progress: true,
-                last_complete: checkpoint.last_complete,
-                version: checkpoint.version,
-            };
+            checkpoint = self.next_run(&checkpoint, chrono::Utc::now().timestamp());
             self.store.save_checkpoint(&mut checkpoint).await?;
         }
-        let (mut pages, mut seen, mut imported, mut ignored) = (0u64, 0u64, 0u64, 0u64);
-        while let Some((path, status)) = RESOURCES.get(checkpoint.resource) {
-            if started.elapsed() >= self.budget || (self.max_pages > 0 && pages >= self.max_pages) {
+        let mut tally = Tally::default();
+        loop {
+            let (path, status) = STEPS[checkpoint.resource];
+            if started.elapsed() >= self.budget
+                || (self.max_pages > 0 && tally.pages >= self.max_pages)
+            {
                 tracing::info!(
-                    pages,
+                    pages = tally.pages,
                     resource = path,
                     "run budget spent; the next run resumes"
                 );
-                return Ok(
-                    json!({"complete": false, "pages": pages, "seen": seen, "imported": imported, "ignored": ignored}),
-                );
+                return Ok(tally.report(false));
             }
             let mut filters = json!({});
             if checkpoint.since > 0 {
@@ -134,6 +146,9 @@ impl StripeSync {
             }
             if !status.is_empty() {
                 filters["status"] = json!(status);
+            }
+            if checkpoint.resource == EVENTS {
+                filters["types"] = json!(HANDLED_EVENTS);
             }
             let page = stripe
                 .list(path, &filters, self.page_size, checkpoint.after.as_deref())
@@ -143,41 +158,103 @@ impl StripeSync {
             let read_at = chrono::Utc::now().timestamp();
             let mut deliveries = Vec::new();
             for object in &page.data {
-                seen += 1;
-                let applied = self.reconciler.apply(object, read_at).await?;
-                if applied.skipped.is_some() {
-                    ignored += 1;
-                } else if applied.changed {
-                    imported += 1;
+                let applied = if checkpoint.resource == EVENTS {
+                    self.apply_event(object).await?
+                } else {
+                    Some(self.reconciler.apply(object, read_at).await?)
+                };
+                tally.count(applied.as_ref());
+                if let Some(applied) = applied {
+                    deliveries.extend(applied.payment_changes.iter().map(PaymentChange::delivery));
                 }
-                deliveries.extend(applied.payment_changes.iter().map(|change| {
-                    Event::delivery(
-                        &change.org,
-                        "payment",
-                        format!("payment/{}", change.id),
-                        change.status.as_str(),
-                    )
-                    .with_detail(json!({"amount": change.amount, "currency": change.currency}))
-                }));
             }
             self.events.publish(deliveries).await;
-            pages += 1;
-            match page.next_after() {
-                Some(after) => checkpoint.after = Some(after),
-                None => {
-                    checkpoint.resource += 1;
-                    checkpoint.after = None;
+            tally.pages += 1;
+            let step_done = match page.next_after() {
+                Some(after) => {
+                    checkpoint.after = Some(after);
+                    false
                 }
-            }
-            if checkpoint.resource >= RESOURCES.len() {
+                None => true,
+            };
+            // The events are a run of their own; the lists run to the last one.
+            let run_done = step_done
+                && (checkpoint.resource == EVENTS || checkpoint.resource + 1 == STEPS.len());
+            if run_done {
                 checkpoint.in_progress = false;
                 checkpoint.last_complete = Some(checkpoint.run_started);
+            } else if step_done {
+                checkpoint.resource += 1;
+                checkpoint.after = None;
             }
             self.store.save_checkpoint(&mut checkpoint).await?;
+            if run_done {
+                break;
+            }
         }
-        tracing::info!(pages, seen, imported, ignored, "Stripe sync complete");
-        Ok(
-            json!({"complete": true, "pages": pages, "seen": seen, "imported": imported, "ignored": ignored}),
-        )
+        tracing::info!(
+            pages = tally.pages,
+            seen = tally.seen,
+            imported = tally.imported,
+            ignored = tally.ignored,
+            "Stripe sync complete"
+        );
+        Ok(tally.report(true))
+    }
+
+    /// A new run's checkpoint: the events since the last complete run, when they reach
+    /// back that far; else the lists.
+    fn next_run(&self, last: &SyncCheckpoint, now: i64) -> SyncCheckpoint {
+        let (resource, since) = match last.last_complete {
+            Some(last) if last >= now - EVENTS_REACH_SECONDS => {
+                (EVENTS, (last - EVENTS_OVERLAP_SECONDS).max(0))
+            }
+            Some(last) => (EVENTS + 1, (last - self.lookback_seconds).max(0)),
+            None => (EVENTS + 1, 0),
+        };
+        SyncCheckpoint {
+            since,
+            run_started: now,
+            resource,
+            after: None,
+            in_progress: true,
+            last_complete: last.last_complete,
+            version: last.version,
+        }
+    }
+
+    /// Applies one listed event; `None` when it was applied before (by the webhook or an
+    /// earlier run) or is of a type Herald does not act on.
+    async fn apply_event(&self, object: &Value) -> anyhow::Result<Option<Applied>> {
+        let event: StripeEvent = serde_json::from_value(object.clone())
+            .map_err(|e| anyhow::anyhow!("not a Stripe event: {e}"))?;
+        Ok(match self.reconciler.apply_event(&event).await? {
+            EventApplied::Applied(applied) => Some(applied),
+            EventApplied::Duplicate | EventApplied::NotHandled => None,
+        })
+    }
+}
+
+/// What a run read and did.
+#[derive(Debug, Default)]
+struct Tally {
+    pages: u64,
+    seen: u64,
+    imported: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn count(&mut self, applied: Option<&Applied>) {
+        self.seen += 1;
+        match applied {
+            Some(applied) if applied.skipped.is_some() => self.ignored += 1,
+            Some(applied) if applied.changed => self.imported += 1,
+            _ => {}
+        }
+    }
+
+    fn report(&self, complete: bool) -> Value {
+        json!({"complete": complete, "pages": self.pages, "seen": self.seen, "imported": self.imported, "ignored": self.ignored})
     }
 }

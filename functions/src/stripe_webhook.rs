@@ -11,31 +11,13 @@ use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
-use shared::payments::reconcile::Reconciler;
+use shared::payments::reconcile::{EventApplied, PaymentChange, Reconciler};
 use shared::providers::stripe::{
     DEFAULT_TOLERANCE, SIGNATURE_HEADER, SignatureError, StripeEvent, WebhookVerifier,
 };
 use shared::store::PaymentStore;
 
 use crate::registry::{BoxFuture, HttpFunction};
-
-/// The event types Herald acts on; others are logged and acknowledged.
-pub const HANDLED: &[&str] = &[
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-    "payment_intent.processing",
-    "payment_intent.canceled",
-    "payment_intent.requires_action",
-    "charge.refunded",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "invoice.finalized",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "customer.created",
-    "customer.updated",
-];
 
 /// The Herald resource kind an object maps to (`payment/<id>`, …).
 fn resource_kind(object: &serde_json::Value) -> &'static str {
@@ -48,7 +30,6 @@ fn resource_kind(object: &serde_json::Value) -> &'static str {
 }
 
 pub struct StripeWebhook {
-    store: PaymentStore,
     reconciler: Reconciler,
     events: EventPublisher,
     /// `None` when no signing secret is configured.
@@ -77,8 +58,7 @@ impl StripeWebhook {
         });
         let store = PaymentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?);
         Ok(Self {
-            reconciler: Reconciler::new(store.clone()),
-            store,
+            reconciler: Reconciler::new(store),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             verifier,
         })
@@ -126,31 +106,25 @@ impl StripeWebhook {
             })?;
         let event = StripeEvent::parse(body)
             .map_err(|e| ApiError::BadRequest(format!("not a Stripe event: {e}")))?;
-        if self.store.event_seen(&event.id).await? {
-            tracing::info!(
-                event = event.id,
-                kind = event.kind,
-                "duplicate Stripe event"
-            );
-            return http::json(200, &json!({"received": true, "duplicate": true}));
-        }
-        if !HANDLED.contains(&event.kind.as_str()) {
-            tracing::info!(
-                event = event.id,
-                kind = event.kind,
-                "Stripe event type not handled; acknowledged"
-            );
-            return http::json(200, &json!({"received": true, "handled": false}));
-        }
-        // The effect first, then the mark: a crash in between makes Stripe retry, and
-        // applying the same state again changes nothing.
-        let applied = self
-            .reconciler
-            .apply(&event.data.object, event.created)
-            .await?;
-        self.store
-            .mark_event(&event.id, &event.kind, chrono::Utc::now())
-            .await?;
+        let applied = match self.reconciler.apply_event(&event).await? {
+            EventApplied::Duplicate => {
+                tracing::info!(
+                    event = event.id,
+                    kind = event.kind,
+                    "duplicate Stripe event"
+                );
+                return http::json(200, &json!({"received": true, "duplicate": true}));
+            }
+            EventApplied::NotHandled => {
+                tracing::info!(
+                    event = event.id,
+                    kind = event.kind,
+                    "Stripe event type not handled; acknowledged"
+                );
+                return http::json(200, &json!({"received": true, "handled": false}));
+            }
+            EventApplied::Applied(applied) => applied,
+        };
         if let Some(reason) = applied.skipped {
             tracing::info!(
                 event = event.id,
@@ -174,15 +148,7 @@ impl StripeWebhook {
                 ..Event::new(org, EventKind::Webhook, format!("stripe.{}", event.kind))
             });
         }
-        log.extend(applied.payment_changes.iter().map(|change| {
-            Event::delivery(
-                &change.org,
-                "payment",
-                format!("payment/{}", change.id),
-                change.status.as_str(),
-            )
-            .with_detail(json!({"amount": change.amount, "currency": change.currency}))
-        }));
+        log.extend(applied.payment_changes.iter().map(PaymentChange::delivery));
         self.events.publish(log).await;
         tracing::info!(
             event = event.id,
@@ -225,6 +191,6 @@ mod tests {
         );
         let event = StripeEvent::parse(body).unwrap();
         assert_eq!(event.kind, "payment_intent.succeeded");
-        assert!(HANDLED.contains(&event.kind.as_str()));
+        assert!(shared::payments::reconcile::HANDLED_EVENTS.contains(&event.kind.as_str()));
     }
 }

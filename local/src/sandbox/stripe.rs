@@ -763,41 +763,51 @@ impl StripeSandbox {
     }
 
     fn list(state: &SandboxState, list: &'static str, query: &Value) -> Reply {
-        let limit = text(query, "limit")
-            .and_then(|l| l.parse::<usize>().ok())
-            .unwrap_or(10);
-        if !(1..=100).contains(&limit) {
-            return invalid("limit must be between 1 and 100");
-        }
-        let gte = text(&query["created"], "gte").and_then(|g| g.parse::<i64>().ok());
         let status = text(query, "status");
-        let after = text(query, "starting_after");
+        let customer = text(query, "customer");
         let ids = state.lists.get(list).cloned().unwrap_or_default();
-        let mut newest_first = ids.iter().rev().filter_map(|id| state.objects.get(id));
-        if let Some(after) = &after {
-            if !ids.contains(after) {
-                return missing(after);
-            }
-            for object in newest_first.by_ref() {
-                if object["id"] == after.as_str() {
-                    break;
-                }
-            }
-        }
-        let matching: Vec<&Value> = newest_first
-            .filter(|o| gte.is_none_or(|g| o["created"].as_i64().unwrap_or(0) >= g))
-            .filter(|o| match (list, status.as_deref()) {
+        let newest_first: Vec<&Value> = ids
+            .iter()
+            .rev()
+            .filter_map(|id| state.objects.get(id))
+            .collect();
+        page(list, &newest_first, query, |o| {
+            let status_matches = match (list, status.as_deref()) {
                 ("subscriptions", None) => o["status"] != "canceled",
                 (_, None | Some("all")) => true,
                 (_, Some(status)) => o["status"] == status,
-            })
-            .filter(|o| text(query, "customer").is_none_or(|c| o["customer"] == c.as_str()))
+            };
+            status_matches && customer.as_deref().is_none_or(|c| o["customer"] == c)
+        })
+    }
+
+    /// `GET /v1/events`: newest first, of the last 30 days only ("List events, going back
+    /// up to 30 days", docs.stripe.com/api/events/list), by `type` or by `types` (at most
+    /// 20 of them).
+    fn list_events(state: &SandboxState, query: &Value) -> Reply {
+        let types: Vec<&str> = query["types"]
+            .as_array()
+            .map(|t| t.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if types.len() > 20 {
+            return invalid("types: at most 20 event types");
+        }
+        let kind = text(query, "type");
+        if kind.is_some() && !types.is_empty() {
+            return invalid("You may only specify one of these parameters: type, types.");
+        }
+        let reach = now() - 30 * 86_400;
+        let newest_first: Vec<&Value> = state
+            .events
+            .iter()
+            .rev()
+            .filter(|e| e["created"].as_i64().unwrap_or(0) >= reach)
             .collect();
-        let page: Vec<Value> = matching.iter().take(limit).map(|o| (*o).clone()).collect();
-        (
-            StatusCode::OK,
-            json!({"object": "list", "url": format!("/v1/{list}"), "has_more": matching.len() > limit, "data": page}),
-        )
+        page("events", &newest_first, query, |e| {
+            let kind_of = e["type"].as_str().unwrap_or_default();
+            kind.as_deref().is_none_or(|k| k == kind_of)
+                && (types.is_empty() || types.contains(&kind_of))
+        })
     }
 
     fn route(
@@ -824,6 +834,11 @@ impl StripeSandbox {
             ("GET", ["subscriptions"]) => Self::list(state, "subscriptions", params),
             ("DELETE", ["subscriptions", id]) => self.cancel_subscription(state, id),
             ("GET", ["invoices"]) => Self::list(state, "invoices", params),
+            ("GET", ["events"]) => Self::list_events(state, params),
+            ("GET", ["events", id]) => match state.events.iter().find(|e| e["id"] == *id) {
+                Some(event) => (StatusCode::OK, event.clone()),
+                None => missing(id),
+            },
             (
                 "GET",
                 [
@@ -840,6 +855,38 @@ impl StripeSandbox {
             ),
         }
     }
+}
+
+/// One page of a list, `objects` newest first: `limit` (1 to 100), `starting_after`,
+/// `created[gte]` and the list's own filter, answered in Stripe's list shape.
+fn page(list: &str, objects: &[&Value], query: &Value, keep: impl Fn(&Value) -> bool) -> Reply {
+    let limit = text(query, "limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return invalid("limit must be between 1 and 100");
+    }
+    let gte = text(&query["created"], "gte").and_then(|g| g.parse::<i64>().ok());
+    let mut rest = objects.iter().copied();
+    if let Some(after) = text(query, "starting_after") {
+        if !objects.iter().any(|o| o["id"] == after.as_str()) {
+            return missing(&after);
+        }
+        for object in rest.by_ref() {
+            if object["id"] == after.as_str() {
+                break;
+            }
+        }
+    }
+    let matching: Vec<&Value> = rest
+        .filter(|o| gte.is_none_or(|g| o["created"].as_i64().unwrap_or(0) >= g))
+        .filter(|o| keep(o))
+        .collect();
+    let data: Vec<Value> = matching.iter().take(limit).map(|o| (*o).clone()).collect();
+    (
+        StatusCode::OK,
+        json!({"object": "list", "url": format!("/v1/{list}"), "has_more": matching.len() > limit, "data": data}),
+    )
 }
 
 async fn api(

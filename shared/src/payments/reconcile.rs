@@ -26,7 +26,28 @@ use super::records::{
     SubscriptionRecord, invoice_rank, subscription_rank, supersedes,
 };
 use crate::domain::{OrgId, RecordId};
+use crate::providers::stripe::StripeEvent;
 use crate::store::{PaymentEntity, PaymentStore, StoreError};
+
+/// The Stripe event types whose object the reconciler applies, from the webhook and from
+/// the sync's read of the Events API; others are logged and acknowledged. At most 20, the
+/// most `GET /v1/events` takes in `types[]` (docs.stripe.com/api/events/list).
+pub const HANDLED_EVENTS: &[&str] = &[
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.processing",
+    "payment_intent.canceled",
+    "payment_intent.requires_action",
+    "charge.refunded",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.finalized",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.created",
+    "customer.updated",
+];
 
 /// Attempts at a read-modify-write that lost a race.
 const ATTEMPTS: usize = 4;
@@ -39,6 +60,19 @@ pub struct PaymentChange {
     pub status: PaymentStatus,
     pub amount: i64,
     pub currency: String,
+}
+
+impl PaymentChange {
+    /// The delivery event (audit trail and analytics) of this change.
+    pub fn delivery(&self) -> crate::events::Event {
+        crate::events::Event::delivery(
+            &self.org,
+            "payment",
+            format!("payment/{}", self.id),
+            self.status.as_str(),
+        )
+        .with_detail(serde_json::json!({"amount": self.amount, "currency": self.currency}))
+    }
 }
 
 /// What applying one object did.
@@ -60,6 +94,16 @@ impl Applied {
             ..Self::default()
         }
     }
+}
+
+/// What [`Reconciler::apply_event`] did with an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventApplied {
+    /// Applied before (a redelivery, or the sync and the webhook both had it).
+    Duplicate,
+    /// A type Herald does not act on.
+    NotHandled,
+    Applied(Applied),
 }
 
 /// The organization an object belongs to, from its metadata.
@@ -149,6 +193,28 @@ pub struct Reconciler {
 impl Reconciler {
     pub fn new(store: PaymentStore) -> Self {
         Self { store }
+    }
+
+    /// Applies one Stripe event, from the webhook or the sync's read of the Events API:
+    /// once per event id, and only types in [`HANDLED_EVENTS`]. The effect first, then the
+    /// mark: a crash in between leaves the event unmarked, and applying the same state
+    /// again changes nothing.
+    ///
+    /// # Errors
+    /// Storage failures (the webhook answers 5xx so Stripe retries; the sync stops and
+    /// resumes from its checkpoint).
+    pub async fn apply_event(&self, event: &StripeEvent) -> Result<EventApplied, StoreError> {
+        if self.store.event_seen(&event.id).await? {
+            return Ok(EventApplied::Duplicate);
+        }
+        if !HANDLED_EVENTS.contains(&event.kind.as_str()) {
+            return Ok(EventApplied::NotHandled);
+        }
+        let applied = self.apply(&event.data.object, event.created).await?;
+        self.store
+            .mark_event(&event.id, &event.kind, Utc::now())
+            .await?;
+        Ok(EventApplied::Applied(applied))
     }
 
     /// Applies `object` as Stripe's state at `at` (unix seconds).

@@ -2,6 +2,8 @@
 //! Stripe sandbox speaking Stripe's form-encoded API and posting signed events back to the
 //! webhook function, receipts in S3 (moto) behind presigned URLs, and the daily sync.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::helpers::{TestBundle, eventually, spawn_bundle, spawn_bundle_with};
@@ -844,6 +846,94 @@ async fn the_sync_pages_through_everything_and_resumes_from_its_checkpoint() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Issue 16 defect 4: the daily sync repairs objects of any age from Stripe's Events API.
+/// With no look-back, the object lists of a run see only objects created since the last
+/// run; a refund made in the Stripe dashboard and a subscription canceled there, both with
+/// their webhooks lost, change older objects, and only their events say so.
+#[tokio::test]
+async fn the_sync_applies_events_whose_webhooks_were_lost_to_objects_of_any_age() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("STRIPE_SYNC_LOOKBACK_DAYS".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    let customer = create_customer(&app, &token, "old@example.com").await;
+    let subscription = app
+        .post(
+            "/services/payments/subscriptions/",
+            &token,
+            json!({"customer_id": customer, "items": [{"price": "price_basic_monthly"}]}),
+        )
+        .await;
+    assert_eq!(subscription.status, 201, "{}", subscription.body);
+    let subscription_id = subscription.body["id"].as_str().unwrap().to_owned();
+    let stripe_subscription = subscription.body["stripe_subscription"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let payment = charge(
+        &app,
+        &token,
+        json!({"amount": 2500, "currency": "usd", "customer_id": customer, "payment_method": "pm_card_visa"}),
+    )
+    .await;
+    let id = payment["id"].as_str().unwrap().to_owned();
+    let succeeded = app.payment_reaches(&token, &id, "succeeded").await;
+    let intent = succeeded["stripe_payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A complete run; the objects above are older than it (Stripe's clock is in seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let first = app.fire_schedule("stripe-sync").await;
+    assert_eq!(first["complete"], true, "{first}");
+
+    // In the dashboard: a refund and a cancellation, their webhooks lost.
+    app.sandbox_post("_events/hold", json!({"hold": true}))
+        .await;
+    let refund = app
+        .stripe_api("POST", "refunds", json!({"payment_intent": intent}))
+        .await;
+    assert_eq!(refund["status"], "succeeded", "{refund}");
+    let canceled = app
+        .stripe_api(
+            "DELETE",
+            &format!("subscriptions/{stripe_subscription}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
+    app.sandbox_post("_events/release", json!({"drop": true}))
+        .await;
+    let path = format!("/services/payments/{id}");
+    assert_eq!(app.get(&path, &token).await.body["status"], "succeeded");
+
+    let second = app.fire_schedule("stripe-sync").await;
+    assert_eq!(second["complete"], true, "{second}");
+    let payment = app.get(&path, &token).await.body;
+    assert_eq!(payment["status"], "refunded", "{payment}");
+    assert_eq!(payment["amount_refunded"], 2500);
+    let subscription = app
+        .get(
+            &format!("/services/payments/subscriptions/{subscription_id}"),
+            &token,
+        )
+        .await;
+    assert_eq!(
+        subscription.body["status"], "canceled",
+        "{}",
+        subscription.body
+    );
+
+    // The next run finds those events applied: nothing changes twice.
+    let third = app.fire_schedule("stripe-sync").await;
+    assert_eq!(third["complete"], true, "{third}");
+    assert_eq!(third["imported"], 0, "{third}");
 }
 
 /// Test-mode payment methods live in tests and the sandbox only: a charge names its method,
