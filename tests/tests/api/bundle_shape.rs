@@ -209,10 +209,7 @@ fn functions_follow_the_bundle_conventions() {
     assert_eq!(globals["Architectures"][0], "arm64");
     for (id, resource) in doc["Resources"].as_mapping().unwrap() {
         if resource["Type"] == "AWS::Serverless::Function" {
-            assert_eq!(
-                resource["Metadata"]["BuildMethod"], "rust-cargolambda",
-                "{id:?}"
-            );
+            assert_eq!(resource["Metadata"]["BuildMethod"], "makefile", "{id:?}");
             assert!(
                 resource["Properties"]["Policies"]
                     .as_sequence()
@@ -241,6 +238,72 @@ fn reference(value: &serde_yaml::Value) -> Option<&str> {
         serde_yaml::Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
         other => other.get("Ref")?.as_str(),
     }
+}
+
+/// The Makefile's `build-<LogicalId>` targets (what `sam build` runs for a function whose
+/// `BuildMethod` is `makefile`), each mapped to the binary its recipe copies: the target's
+/// line `build-<Id>: lambda-binaries` and, below it, `$(call copy-bootstrap,<binary>)`.
+fn makefile_build_targets(makefile: &str) -> std::collections::BTreeMap<String, String> {
+    let mut targets = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in makefile.lines() {
+        if let Some(rest) = line.strip_prefix("build-") {
+            let (id, prerequisites) = rest.split_once(':').expect("a build- rule");
+            assert_eq!(
+                prerequisites.trim(),
+                "lambda-binaries",
+                "build-{id} must depend on the one shared cargo build"
+            );
+            current = Some(id.to_owned());
+        } else if let Some(id) = &current
+            && let Some(call) = line.trim().strip_prefix("$(call copy-bootstrap,")
+        {
+            let binary = call
+                .strip_suffix(')')
+                .expect("$(call copy-bootstrap,<binary>)");
+            assert!(
+                targets.insert(id.clone(), binary.to_owned()).is_none(),
+                "build-{id} copies twice"
+            );
+            current = None;
+        }
+    }
+    targets
+}
+
+#[test]
+fn sam_build_builds_every_function_from_one_shared_cargo_build() {
+    let makefile = std::fs::read_to_string(workspace_root().join("Makefile")).unwrap();
+    let targets = makefile_build_targets(&makefile);
+    let in_template: std::collections::BTreeMap<String, String> = template()
+        .functions
+        .iter()
+        .map(|f| (f.logical_id.clone(), f.binary.clone()))
+        .collect();
+    assert_eq!(
+        targets, in_template,
+        "Makefile build-<LogicalId> targets vs template.yaml functions and their Binary"
+    );
+    // The shared build: every function, release profile, for Lambda's arm64 (provided.al2023
+    // runs the artifact root's `bootstrap`, which each target copies from cargo lambda's
+    // output directory).
+    let shared = makefile
+        .split("\nlambda-binaries:\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .expect("a lambda-binaries rule");
+    for part in [
+        "$(CARGO) lambda build",
+        "--release",
+        "--arm64",
+        "-p herald-functions",
+    ] {
+        assert!(
+            shared.contains(part),
+            "lambda-binaries runs {shared:?}, without {part}"
+        );
+    }
+    assert!(makefile.contains(r#"cp "$(LAMBDA_DIR)/$(1)/bootstrap" "$(ARTIFACTS_DIR)/bootstrap""#));
 }
 
 #[test]
