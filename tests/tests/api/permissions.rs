@@ -41,12 +41,6 @@ const EXPLAINED: &[(&str, &str, &str, &str)] = &[
         "error path: a report upload that fails part-way is aborted (shared/src/reports/upload.rs); no test makes a part fail",
     ),
     (
-        "StripeSyncFunction",
-        "sqs:SendMessage*",
-        "arn:*:sqs:*:*:EventsQueue",
-        "publishes the payment changes a sync applies (functions/src/stripe_sync.rs); the sync test's run reaches no changed payment",
-    ),
-    (
         "SmsStatusCheckFunction",
         "sqs:SendMessage*",
         "arn:*:sqs:*:*:SmsSendQueue",
