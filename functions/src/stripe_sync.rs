@@ -129,7 +129,11 @@ impl StripeSync {
         }
         let mut tally = Tally::default();
         loop {
-            let (path, status) = STEPS[checkpoint.resource];
+            // A checkpoint from an older version may name a step this one lacks: an error
+            // (the operator resets the checkpoint), never a panic of the function.
+            let &(path, status) = STEPS.get(checkpoint.resource).ok_or_else(|| {
+                anyhow::anyhow!("checkpoint step {} unknown", checkpoint.resource)
+            })?;
             if started.elapsed() >= self.budget
                 || (self.max_pages > 0 && tally.pages >= self.max_pages)
             {
