@@ -153,14 +153,8 @@ fn scope(
     caller: &Caller,
     params: &std::collections::BTreeMap<String, String>,
 ) -> Result<Option<OrgId>, ApiError> {
-    match params.get("organization") {
-        Some(_) if !caller.is_superuser() => Err(ApiError::Forbidden(
-            "only superusers may filter by organization".to_owned(),
-        )),
-        Some(org) => Ok(Some(
-            OrgId::parse(org).map_err(|m| ApiError::field("organization", m))?,
-        )),
-        None if caller.is_superuser() => Ok(None),
-        None => Ok(Some(caller.org.clone())),
+    match caller.organization_filter(params)? {
+        None if !caller.is_superuser() => Ok(Some(caller.org.clone())),
+        filter => Ok(filter),
     }
 }

@@ -47,18 +47,23 @@ impl BulkWorker {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let span = shared::logging::invocation_span("bulk-worker", "");
-        async {
+        shared::logging::invocation("bulk-worker", "", async {
             let mut failed = Vec::new();
             for message in &event.records {
-                if let Err(error) = self.process(message).await {
+                let id = message.message_id.as_deref().unwrap_or_default();
+                let job = shared::logging::job_span("bulk-worker", id);
+                if let Err(error) = self.process(message).instrument(job).await {
                     tracing::warn!(error = format!("{error:#}"), "bulk job will be retried");
                     failed.push(message.message_id.clone().unwrap_or_default());
                 }
             }
+            shared::metrics::jobs(
+                "bulk-worker",
+                event.records.len() - failed.len(),
+                failed.len(),
+            );
             batch_response(failed)
-        }
-        .instrument(span)
+        })
         .await
     }
 

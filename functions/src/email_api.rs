@@ -627,8 +627,9 @@ impl EmailApi {
             created_after: http::query_time(&params, "created_after")?,
             created_before: http::query_time(&params, "created_before")?,
         };
-        let page = PageRequest::from_query(&params, caller.org.as_str())?;
-        let (records, next) = self.emails.list(&caller.org, &query, &page).await?;
+        let org = caller.listed_org(&params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (records, next) = self.emails.list(&org, &query, &page).await?;
         let items: Vec<Value> = records.iter().map(|r| r.to_json(false)).collect();
         http::json(
             200,
@@ -643,8 +644,9 @@ impl EmailApi {
     ) -> Result<Response<Body>, ApiError> {
         caller.require(Role::Member)?;
         let params = http::query_map(request);
-        let page = PageRequest::from_query(&params, caller.org.as_str())?;
-        let (entries, next) = self.emails.list_suppressions(&caller.org, &page).await?;
+        let org = caller.listed_org(&params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (entries, next) = self.emails.list_suppressions(&org, &page).await?;
         http::json(
             200,
             &json!({"items": entries, "next_cursor": next.map(|p| page.next_cursor(p))}),

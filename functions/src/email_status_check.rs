@@ -5,7 +5,6 @@
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use serde_json::json;
-use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
@@ -75,8 +74,7 @@ impl EmailStatusCheck {
     /// When the SendGrid settings cannot be read or the stuck emails cannot be listed (a
     /// lookup that fails is skipped until the next run).
     pub async fn handle(&self, _event: EventBridgeEvent) -> Result<serde_json::Value, String> {
-        let span = shared::logging::invocation_span("email-status-check", "");
-        async {
+        shared::logging::invocation("email-status-check", "", async {
             // First, whatever SendGrid's state: emails that never reached it need no lookup.
             let swept = self
                 .sweep
@@ -173,8 +171,7 @@ impl EmailStatusCheck {
             }
             tracing::info!(checked = stuck.len(), updated, "email status check");
             Ok(json!({"checked": stuck.len(), "updated": updated, "gave_up": gave_up, "swept": swept}))
-        }
-        .instrument(span)
+        })
         .await
     }
 }

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use tracing::Instrument;
 
 use shared::aws::{AwsClients, SecretsClient};
 use shared::config::{Env, OnFirstUse};
@@ -127,11 +126,13 @@ impl EmailWorker {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let span = shared::logging::invocation_span("email-worker", "");
-        process_batch("email-worker", &event.records, |message| async move {
-            self.process(message).await.map_err(|Retry(reason)| reason)
-        })
-        .instrument(span)
+        shared::logging::invocation(
+            "email-worker",
+            "",
+            process_batch("email-worker", &event.records, |message| async move {
+                self.process(message).await.map_err(|Retry(reason)| reason)
+            }),
+        )
         .await
     }
 

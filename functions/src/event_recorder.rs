@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
@@ -46,8 +45,7 @@ impl EventRecorder {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let span = shared::logging::invocation_span("event-recorder", "");
-        async {
+        shared::logging::invocation("event-recorder", "", async {
             let mut failed = Vec::new();
             let mut batch: Vec<Event> = Vec::new();
             let mut owners: Vec<(usize, usize)> = Vec::new(); // message index → event range
@@ -104,8 +102,7 @@ impl EventRecorder {
                     .map(|i| event.records[i].message_id.clone().unwrap_or_default())
                     .collect(),
             )
-        }
-        .instrument(span)
+        })
         .await
     }
 }

@@ -292,18 +292,6 @@ fn path_id(found: &RouteMatch) -> Result<String, ApiError> {
         .ok_or(ApiError::NotFound)
 }
 
-/// The organization a list reads: the caller's own, or for a superuser the one named by
-/// `organization=`.
-fn list_org(caller: &Caller, params: &BTreeMap<String, String>) -> Result<OrgId, ApiError> {
-    match params.get("organization") {
-        None => Ok(caller.org.clone()),
-        Some(_) if !caller.is_superuser() => Err(ApiError::Forbidden(
-            "only superusers may filter by organization".to_owned(),
-        )),
-        Some(org) => OrgId::parse(org).map_err(|message| ApiError::field("organization", message)),
-    }
-}
-
 /// The answer to a create request whose key was used for a different request.
 fn reused_key() -> ApiError {
     ApiError::Unprocessable("this Idempotency-Key was used with a different request".to_owned())
@@ -687,15 +675,7 @@ impl PaymentsApi {
         let events = applied
             .payment_changes
             .iter()
-            .map(|change| {
-                Event::delivery(
-                    &change.org,
-                    "payment",
-                    format!("payment/{}", change.id),
-                    change.status.as_str(),
-                )
-                .with_detail(json!({"amount": change.amount, "currency": change.currency}))
-            })
+            .map(shared::payments::reconcile::PaymentChange::delivery)
             .collect();
         self.events.publish(events).await;
     }
@@ -1354,7 +1334,7 @@ impl PaymentsApi {
         if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
             filters.push(("customer_id", customer.clone()));
         }
-        let org = list_org(caller, &params)?;
+        let org = caller.listed_org(&params)?;
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store
@@ -1373,7 +1353,7 @@ impl PaymentsApi {
         if let Some(email) = params.get("email") {
             filters.push(("email", email.trim().to_ascii_lowercase()));
         }
-        let org = list_org(caller, &params)?;
+        let org = caller.listed_org(&params)?;
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store
@@ -1398,7 +1378,7 @@ impl PaymentsApi {
         if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
             filters.push(("customer_id", customer.clone()));
         }
-        let org = list_org(caller, &params)?;
+        let org = caller.listed_org(&params)?;
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store
@@ -1426,7 +1406,7 @@ impl PaymentsApi {
         if let Some(customer) = params.get("customer_id").or_else(|| params.get("customer")) {
             filters.push(("customer_id", customer.clone()));
         }
-        let org = list_org(caller, &params)?;
+        let org = caller.listed_org(&params)?;
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self
             .store

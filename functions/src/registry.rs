@@ -62,7 +62,7 @@ pub const MESSAGES_IN_FLIGHT: usize = 10;
 /// Runs `process` over a batch's messages, [`MESSAGES_IN_FLIGHT`] at once, and answers with
 /// the messages to retry (`process` gives the reason, which is logged).
 pub async fn process_batch<'a, F, Fut>(
-    worker: &str,
+    worker: &'static str,
     records: &'a [SqsMessage],
     process: F,
 ) -> SqsBatchResponse
@@ -75,7 +75,9 @@ where
     let jobs: Vec<_> = records
         .iter()
         .map(|message| {
-            let outcome = process(message);
+            use tracing::Instrument;
+            let id = message.message_id.as_deref().unwrap_or_default();
+            let outcome = process(message).instrument(shared::logging::job_span(worker, id));
             async move { (message, outcome.await) }
         })
         .collect();
@@ -91,6 +93,7 @@ where
             failed.push(id);
         }
     }
+    shared::metrics::jobs(worker, records.len() - failed.len(), failed.len());
     batch_response(failed)
 }
 

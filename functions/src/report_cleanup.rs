@@ -5,7 +5,6 @@
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use serde_json::json;
-use tracing::Instrument;
 
 use shared::aws::{AwsClients, S3Client};
 use shared::config::Env;
@@ -49,8 +48,7 @@ impl ReportCleanup {
     /// When the reports cannot be listed or an object or record cannot be deleted (the
     /// next run picks up where this one stopped).
     pub async fn handle(&self, _event: EventBridgeEvent) -> Result<serde_json::Value, String> {
-        let span = shared::logging::invocation_span("report-cleanup", "");
-        async {
+        shared::logging::invocation("report-cleanup", "", async {
             let cutoff = chrono::Utc::now() - chrono::Duration::days(self.retention_days);
             let mut deleted = 0;
             let mut position = None;
@@ -95,8 +93,7 @@ impl ReportCleanup {
                 "report cleanup done"
             );
             Ok(json!({"deleted": deleted, "cutoff": cutoff}))
-        }
-        .instrument(span)
+        })
         .await
     }
 }

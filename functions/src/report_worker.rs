@@ -101,11 +101,12 @@ impl ReportWorker {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let span = shared::logging::invocation_span("report-worker", "");
-        async {
+        shared::logging::invocation("report-worker", "", async {
             let mut failed = Vec::new();
             for message in &event.records {
-                if let Err(reason) = self.process(message).await {
+                let id = message.message_id.as_deref().unwrap_or_default();
+                let job = shared::logging::job_span("report-worker", id);
+                if let Err(reason) = self.process(message).instrument(job).await {
                     tracing::warn!(
                         message_id = message.message_id.as_deref().unwrap_or_default(),
                         reason = format!("{reason:#}"),
@@ -114,9 +115,13 @@ impl ReportWorker {
                     failed.push(message.message_id.clone().unwrap_or_default());
                 }
             }
+            shared::metrics::jobs(
+                "report-worker",
+                event.records.len() - failed.len(),
+                failed.len(),
+            );
             batch_response(failed)
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -266,6 +271,7 @@ impl ReportWorker {
             }
             return Ok(());
         };
+        let started = std::time::Instant::now();
         let written = async {
             let event_store = self.event_store.get().await?;
             let content = content::build(&report, &self.emails, event_store).await?;
@@ -280,6 +286,18 @@ impl ReportWorker {
             }
         };
         tracing::info!(report = id, rows, bytes, "report file written");
+        let format = [report.format.extension()];
+        shared::metrics::milliseconds(
+            &shared::metrics::REPORT_DURATION,
+            &format,
+            started.elapsed(),
+        );
+        shared::metrics::count(
+            &shared::metrics::REPORT_ROWS,
+            &format,
+            rows as u64,
+            Some(org.as_str()),
+        );
         if self
             .reports
             .mark_generated(org, id, rows, bytes, Utc::now())

@@ -245,8 +245,9 @@ impl ReportsApi {
             ("GET", "/services/reports") => {
                 caller.require(Role::Member)?;
                 let params = http::query_map(request);
-                let page = PageRequest::from_query(&params, caller.org.as_str())?;
-                let (reports, next) = self.reports.list(&caller.org, &page).await?;
+                let org = caller.listed_org(&params)?;
+                let page = PageRequest::from_query(&params, org.as_str())?;
+                let (reports, next) = self.reports.list(&org, &page).await?;
                 let items: Vec<Value> = reports.iter().map(Report::to_json).collect();
                 http::json(
                     200,
@@ -267,8 +268,9 @@ impl ReportsApi {
             ("GET", "/services/reports/schedules") => {
                 caller.require(Role::Member)?;
                 let params = http::query_map(request);
-                let page = PageRequest::from_query(&params, caller.org.as_str())?;
-                let (schedules, next) = self.reports.list_schedules(&caller.org, &page).await?;
+                let org = caller.listed_org(&params)?;
+                let page = PageRequest::from_query(&params, org.as_str())?;
+                let (schedules, next) = self.reports.list_schedules(&org, &page).await?;
                 let items: Vec<Value> = schedules.iter().map(ReportSchedule::to_json).collect();
                 http::json(
                     200,

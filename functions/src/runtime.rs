@@ -44,7 +44,9 @@ pub async fn serve_http(function: impl HttpFunction) -> Result<(), Error> {
 pub async fn serve_sqs(function: impl SqsFunction) -> Result<(), Error> {
     let function = &function;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(function.call(event.payload).await)
+        let id = event.context.request_id;
+        let response = shared::logging::with_lambda_request_id(id, function.call(event.payload));
+        Ok::<_, Error>(response.await)
     }))
     .await
 }
@@ -55,7 +57,10 @@ pub async fn serve_scheduled(function: impl ScheduledFunction) -> Result<(), Err
     let function = &function;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<EventBridgeEvent>| async move {
-            function.call(event.payload).await.map_err(Error::from)
+            let id = event.context.request_id;
+            shared::logging::with_lambda_request_id(id, function.call(event.payload))
+                .await
+                .map_err(Error::from)
         },
     ))
     .await

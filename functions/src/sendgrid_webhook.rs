@@ -15,6 +15,7 @@ use shared::domain::OrgId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, Engagement, TimelineEntry};
 use shared::events::{Event, EventKind as LogKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
+use shared::metrics;
 use shared::providers::sendgrid::{
     DEFAULT_TOLERANCE, EventKind, SIGNATURE_HEADER, SendGridEvent, SignatureError,
     TIMESTAMP_HEADER, WebhookVerifier, parse_batch,
@@ -140,8 +141,8 @@ impl SendGridWebhook {
     /// Contention that outlasts the store's retries answers 503, never 409, so the
     /// provider retries (SPEC §6; see [`ApiError::retryable`]).
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        http::respond("sendgrid-webhook", &request, || async {
-            self.receive(&request).await.map_err(ApiError::retryable)
+        http::respond_webhook("sendgrid-webhook", "sendgrid", &request, || {
+            self.receive(&request)
         })
         .await
     }
@@ -189,6 +190,7 @@ impl SendGridWebhook {
             })?;
         let events = parse_batch(body)
             .map_err(|e| ApiError::BadRequest(format!("not a SendGrid event batch: {e}")))?;
+        metrics::webhook_events("sendgrid", "received", events.len() as u64);
 
         let (by_email, ignored) = group_by_email(&events);
         // One read per organization for every email the batch touches, then one
@@ -283,6 +285,9 @@ impl SendGridWebhook {
             ignored,
             "SendGrid events"
         );
+        metrics::webhook_events("sendgrid", "applied", applied as u64);
+        metrics::webhook_events("sendgrid", "duplicate", duplicates as u64);
+        metrics::webhook_events("sendgrid", "ignored", ignored as u64);
         http::json(
             200,
             &json!({"received": events.len(), "applied": applied, "duplicates": duplicates, "ignored": ignored}),

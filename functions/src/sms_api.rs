@@ -378,10 +378,11 @@ impl SmsApi {
             ("GET", "/services/sms/inbound") => {
                 caller.require(Role::Member)?;
                 let params = http::query_map(request);
-                let page = PageRequest::from_query(&params, caller.org.as_str())?;
+                let org = caller.listed_org(&params)?;
+                let page = PageRequest::from_query(&params, org.as_str())?;
                 let (entries, next) = self
                     .sms
-                    .list_inbound(&caller.org, params.get("from").map(String::as_str), &page)
+                    .list_inbound(&org, params.get("from").map(String::as_str), &page)
                     .await?;
                 http::json(
                     200,
@@ -423,8 +424,9 @@ impl SmsApi {
             ("GET", "/services/phonebooks") => {
                 caller.require(Role::Member)?;
                 let params = http::query_map(request);
-                let page = PageRequest::from_query(&params, caller.org.as_str())?;
-                let (books, next) = self.phonebooks.list(&caller.org, &page).await?;
+                let org = caller.listed_org(&params)?;
+                let page = PageRequest::from_query(&params, org.as_str())?;
+                let (books, next) = self.phonebooks.list(&org, &page).await?;
                 http::json(
                     200,
                     &json!({"items": books, "next_cursor": next.map(|p| page.next_cursor(p))}),
@@ -469,13 +471,11 @@ impl SmsApi {
             ("GET", "/services/phonebooks/{id}/contacts") => {
                 caller.require(Role::Member)?;
                 let id = record_id(&found)?;
-                self.phonebooks.get(&caller.org, &id).await?;
                 let params = http::query_map(request);
-                let page = PageRequest::from_query(&params, caller.org.as_str())?;
-                let (contacts, next) = self
-                    .phonebooks
-                    .list_contacts(&caller.org, &id, &page)
-                    .await?;
+                let org = caller.listed_org(&params)?;
+                self.phonebooks.get(&org, &id).await?;
+                let page = PageRequest::from_query(&params, org.as_str())?;
+                let (contacts, next) = self.phonebooks.list_contacts(&org, &id, &page).await?;
                 http::json(
                     200,
                     &json!({"items": contacts, "next_cursor": next.map(|p| page.next_cursor(p))}),
@@ -804,8 +804,9 @@ impl SmsApi {
             created_after: http::query_time(&params, "created_after")?,
             created_before: http::query_time(&params, "created_before")?,
         };
-        let page = PageRequest::from_query(&params, caller.org.as_str())?;
-        let (records, next) = self.sms.list(&caller.org, &query, &page).await?;
+        let org = caller.listed_org(&params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (records, next) = self.sms.list(&org, &query, &page).await?;
         let items: Vec<Value> = records.iter().map(|r| r.to_json(false)).collect();
         http::json(
             200,

@@ -4,7 +4,6 @@
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use serde_json::json;
-use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
@@ -37,9 +36,7 @@ pub struct SmsStatusCheck {
 impl ScheduledFunction for SmsStatusCheck {
     fn call(&self, _event: EventBridgeEvent) -> BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move {
-            let span = shared::logging::invocation_span("sms-status-check", "");
-            self.run()
-                .instrument(span)
+            shared::logging::invocation("sms-status-check", "", self.run())
                 .await
                 .map_err(|e| format!("{e:#}"))
         })

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use secrecy::ExposeSecret;
-use tracing::Instrument;
 
 use shared::aws::{AwsClients, SecretsClient, SqsClient};
 use shared::config::{Env, OnFirstUse};
@@ -137,11 +136,13 @@ impl SmsWorker {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let span = shared::logging::invocation_span("sms-worker", "");
-        process_batch("sms-worker", &event.records, |message| async move {
-            self.process(message).await.map_err(|Retry(reason)| reason)
-        })
-        .instrument(span)
+        shared::logging::invocation(
+            "sms-worker",
+            "",
+            process_batch("sms-worker", &event.records, |message| async move {
+                self.process(message).await.map_err(|Retry(reason)| reason)
+            }),
+        )
         .await
     }
 

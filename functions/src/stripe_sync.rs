@@ -70,16 +70,13 @@ pub struct StripeSync {
 
 impl ScheduledFunction for StripeSync {
     fn call(&self, _event: EventBridgeEvent) -> BoxFuture<'_, Result<Value, String>> {
-        use tracing::Instrument;
-        let span = shared::logging::invocation_span("stripe-sync", "");
-        Box::pin(
-            async move {
-                self.run(Instant::now())
-                    .await
-                    .map_err(|error| format!("{error:#}"))
-            }
-            .instrument(span),
-        )
+        Box::pin(shared::logging::invocation("stripe-sync", "", async move {
+            let outcome = self.run(Instant::now()).await;
+            let runs = &shared::metrics::STRIPE_SYNC_RUNS;
+            let label = if outcome.is_ok() { "ok" } else { "failed" };
+            shared::metrics::count(runs, &[label], 1, None);
+            outcome.map_err(|error| format!("{error:#}"))
+        }))
     }
 }
 

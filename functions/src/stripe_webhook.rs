@@ -11,6 +11,7 @@ use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
+use shared::metrics;
 use shared::payments::reconcile::{EventApplied, PaymentChange, Reconciler};
 use shared::providers::stripe::{
     DEFAULT_TOLERANCE, SIGNATURE_HEADER, SignatureError, StripeEvent, WebhookVerifier,
@@ -67,8 +68,8 @@ impl StripeWebhook {
     /// Contention that outlasts the store's retries answers 503, never 409, so the
     /// provider retries (SPEC §6; see [`ApiError::retryable`]).
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        http::respond("stripe-webhook", &request, || async {
-            self.receive(&request).await.map_err(ApiError::retryable)
+        http::respond_webhook("stripe-webhook", "stripe", &request, || {
+            self.receive(&request)
         })
         .await
     }
@@ -106,6 +107,7 @@ impl StripeWebhook {
             })?;
         let event = StripeEvent::parse(body)
             .map_err(|e| ApiError::BadRequest(format!("not a Stripe event: {e}")))?;
+        metrics::webhook_events("stripe", "received", 1);
         let applied = match self.reconciler.apply_event(&event).await? {
             EventApplied::Duplicate => {
                 tracing::info!(
@@ -113,6 +115,7 @@ impl StripeWebhook {
                     kind = event.kind,
                     "duplicate Stripe event"
                 );
+                metrics::webhook_events("stripe", "duplicate", 1);
                 return http::json(200, &json!({"received": true, "duplicate": true}));
             }
             EventApplied::NotHandled => {
@@ -121,6 +124,7 @@ impl StripeWebhook {
                     kind = event.kind,
                     "Stripe event type not handled; acknowledged"
                 );
+                metrics::webhook_events("stripe", "ignored", 1);
                 return http::json(200, &json!({"received": true, "handled": false}));
             }
             EventApplied::Applied(applied) => applied,
@@ -132,6 +136,7 @@ impl StripeWebhook {
                 reason,
                 "Stripe event not applied; acknowledged"
             );
+            metrics::webhook_events("stripe", "ignored", 1);
             return http::json(
                 200,
                 &json!({"received": true, "applied": false, "reason": reason}),
@@ -156,6 +161,7 @@ impl StripeWebhook {
             changed = applied.changed,
             "Stripe event"
         );
+        metrics::webhook_events("stripe", "applied", 1);
         http::json(200, &json!({"received": true, "applied": applied.changed}))
     }
 }

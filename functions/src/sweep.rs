@@ -141,6 +141,13 @@ impl Sweep {
                     action = ?swept,
                     "stuck record swept"
                 );
+                let action = match swept {
+                    Swept::Requeue => "requeued",
+                    Swept::GaveUp => "failed",
+                    _ => "cleared",
+                };
+                let metric = &shared::metrics::STUCK_RECORDS;
+                shared::metrics::count(metric, &[self.channel, action], 1, Some(org_id.as_str()));
             }
             match swept {
                 Swept::Requeue => requeue.entry(org_id).or_default().push(id),

@@ -12,8 +12,8 @@ use serde_json::json;
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
 use shared::config::{ConfigError, Env};
+use shared::domain::RecordId;
 use shared::domain::template::{Template, TemplateInput, TemplateKind};
-use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
 use shared::http::{self, ApiError, PageRequest, Route, RouteMatch, Router};
 use shared::render::RenderError;
@@ -122,17 +122,9 @@ impl TemplatesApi {
     ) -> Result<Response<Body>, ApiError> {
         caller.require(Role::Member)?;
         let params = http::query_map(request);
-        let org = match params.get("organization") {
-            Some(_) if !caller.is_superuser() => {
-                return Err(ApiError::Forbidden(
-                    "only superusers may filter by organization".to_owned(),
-                ));
-            }
-            Some(org) => Some(
-                OrgId::parse(org).map_err(|message| ApiError::field("organization", message))?,
-            ),
-            None if caller.is_superuser() => None,
-            None => Some(caller.org.clone()),
+        let org = match caller.organization_filter(&params)? {
+            None if !caller.is_superuser() => Some(caller.org.clone()),
+            filter => filter,
         };
         let order = match params.get("ordering") {
             None => TemplateOrder::default(),

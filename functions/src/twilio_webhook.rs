@@ -28,6 +28,7 @@ use shared::domain::OrgId;
 use shared::domain::sms_message::{Keyword, PhoneNumber};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
+use shared::metrics;
 use shared::providers::twilio::{SIGNATURE_HEADER, verify};
 use shared::store::{InboundSms, SmsStore, StatusApplied, StoreError};
 
@@ -101,8 +102,8 @@ impl TwilioWebhook {
     /// Contention that outlasts the store's retries answers 503, never 409, so the
     /// provider retries (SPEC §6; see [`ApiError::retryable`]).
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        http::respond("twilio-webhook", &request, || async {
-            self.receive(&request).await.map_err(ApiError::retryable)
+        http::respond_webhook("twilio-webhook", "twilio", &request, || {
+            self.receive(&request)
         })
         .await
     }
@@ -147,6 +148,7 @@ impl TwilioWebhook {
         let Some(sid) = param("MessageSid").or_else(|| param("SmsSid")) else {
             return Err(ApiError::field("MessageSid", "is required"));
         };
+        metrics::webhook_events("twilio", "received", 1);
         if let Some(status) = param("MessageStatus").or_else(|| param("SmsStatus")) {
             if matches!(status, "received" | "receiving") {
                 return self.inbound(sid, &param).await;
@@ -165,6 +167,7 @@ impl TwilioWebhook {
     ) -> Result<Response<Body>, ApiError> {
         let Some((org, id)) = self.sms.find_sid(sid).await? else {
             tracing::warn!(sid, status, "status callback for an unknown message");
+            metrics::webhook_events("twilio", "ignored", 1);
             return Ok(twiml());
         };
         let key = format!("callback:{status}:{}", error_code.unwrap_or(0));
@@ -174,11 +177,15 @@ impl TwilioWebhook {
             .await
         {
             Ok(applied) => applied,
-            Err(StoreError::NotFound) => return Ok(twiml()), // deleted since
+            Err(StoreError::NotFound) => {
+                metrics::webhook_events("twilio", "ignored", 1); // deleted since
+                return Ok(twiml());
+            }
             Err(other) => return Err(other.into()),
         };
         if applied == StatusApplied::Duplicate {
             tracing::info!(sid, status, "repeated status callback ignored");
+            metrics::webhook_events("twilio", "duplicate", 1);
             return Ok(twiml());
         }
         let mut events = vec![
@@ -200,6 +207,7 @@ impl TwilioWebhook {
         }
         self.events.publish(events).await;
         tracing::info!(sid, status, "status callback applied");
+        metrics::webhook_events("twilio", "applied", 1);
         Ok(twiml())
     }
 
@@ -225,6 +233,7 @@ impl TwilioWebhook {
         };
         let Some(org) = org else {
             tracing::warn!(sid, "inbound SMS for no known organization acknowledged");
+            metrics::webhook_events("twilio", "ignored", 1);
             return Ok(twiml());
         };
         let keyword = Keyword::of(body);
@@ -239,6 +248,7 @@ impl TwilioWebhook {
         };
         if !self.sms.record_inbound(&org, &entry).await? {
             tracing::info!(sid, "repeated inbound SMS ignored");
+            metrics::webhook_events("twilio", "duplicate", 1);
             return Ok(twiml());
         }
         let mut events = vec![

@@ -84,7 +84,13 @@ pub async fn serve(
             &bytes,
         );
         return match lambda_http::request::from_str(&event.to_string()) {
-            Ok(request) => into_axum(function.call(request).await),
+            Ok(request) => into_axum(
+                shared::logging::with_lambda_request_id(
+                    uuid::Uuid::new_v4().to_string(),
+                    function.call(request),
+                )
+                .await,
+            ),
             Err(error) => into_axum(ApiError::internal(error).into_response()),
         };
     }
@@ -136,7 +142,13 @@ pub async fn serve(
         Ok(request) => request,
         Err(error) => return into_axum(ApiError::internal(error).into_response()),
     };
-    into_axum(route.function.call(request).await)
+    into_axum(
+        shared::logging::with_lambda_request_id(
+            uuid::Uuid::new_v4().to_string(),
+            route.function.call(request),
+        )
+        .await,
+    )
 }
 
 /// The payload format 2.0 event (API Gateway HTTP API and function URLs share it).

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod aws_limits;
+pub mod emf;
 pub mod http_api;
 pub mod iam;
 pub mod index_lag;
@@ -150,6 +151,7 @@ impl Drop for RunningBundle {
 /// When the template cannot be read, a resource cannot be created, a function cannot be
 /// built or the address cannot be bound.
 pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
+    emf::install(false);
     let template = BundleTemplate::load(&options.template)?;
     let base_env = Env::from_map(options.env.clone().into_iter().collect());
     base_env

@@ -47,6 +47,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     shared::logging::init_lambda();
+    local::emf::install(true);
     match Cli::parse().command {
         Command::Serve {
             template,

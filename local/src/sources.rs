@@ -73,7 +73,8 @@ impl QueuePoller {
             .collect();
         let event: SqsEvent = serde_json::from_value(json!({ "Records": records }))
             .context("building the SQS event")?;
-        let response = self.handler.call(event).await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let response = shared::logging::with_lambda_request_id(id, self.handler.call(event)).await;
         let failed: HashSet<String> = if self.report_failures {
             response
                 .batch_item_failures
@@ -149,7 +150,8 @@ impl Schedule {
             "detail": {},
         }))
         .map_err(|e| e.to_string())?;
-        self.handler.call(event).await
+        let id = uuid::Uuid::new_v4().to_string();
+        shared::logging::with_lambda_request_id(id, self.handler.call(event)).await
     }
 
     pub fn spawn(self) -> Option<tokio::task::JoinHandle<()>> {

@@ -180,6 +180,41 @@ impl Caller {
         self.has(Role::Superuser)
     }
 
+    /// The organization a list's `organization=` names, if any (SPEC §2): only a superuser may
+    /// name one, so anyone else who sends it gets 403 on every list, never a silent answer
+    /// about their own organization.
+    ///
+    /// # Errors
+    /// 403 for a caller who is not a superuser, 400 for a malformed organization id.
+    pub fn organization_filter(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<OrgId>, ApiError> {
+        match params.get("organization") {
+            None => Ok(None),
+            Some(_) if !self.is_superuser() => Err(ApiError::Forbidden(
+                "only superusers may filter by organization".to_owned(),
+            )),
+            Some(org) => OrgId::parse(org)
+                .map(Some)
+                .map_err(|message| ApiError::field("organization", message)),
+        }
+    }
+
+    /// The one organization a list keyed by organization reads: the one a superuser names
+    /// with `organization=`, else the caller's own.
+    ///
+    /// # Errors
+    /// As [`Caller::organization_filter`].
+    pub fn listed_org(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<OrgId, ApiError> {
+        Ok(self
+            .organization_filter(params)?
+            .unwrap_or_else(|| self.org.clone()))
+    }
+
     /// # Errors
     /// 403 when the caller lacks `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {

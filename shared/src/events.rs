@@ -111,6 +111,26 @@ impl Event {
     }
 }
 
+/// Every status change of a message or a payment is a delivery event, so counting them as
+/// they are published is the one place the `Messages` funnel (`Outcome` is the status
+/// reached: `queued` is accepted) and `Charges` are measured.
+fn count_status_change(event: &Event) {
+    use crate::metrics::{CHARGES, MESSAGES};
+    let (EventKind::Delivery, Some(channel), Some(status)) = (
+        &event.kind,
+        event.channel.as_deref(),
+        event.status.as_deref(),
+    ) else {
+        return;
+    };
+    let org = Some(event.org_id.as_str());
+    match channel {
+        "email" | "sms" => crate::metrics::count(&MESSAGES, &[channel, status], 1, org),
+        "payment" => crate::metrics::count(&CHARGES, &[status], 1, org),
+        _ => {}
+    }
+}
+
 /// Publishes events to the events queue, many per message and ten messages per call.
 #[derive(Debug, Clone)]
 pub struct EventPublisher {
@@ -130,6 +150,7 @@ impl EventPublisher {
     /// the log whole (`event not published`), so it can be found and replayed, never dropped
     /// without a trace.
     pub async fn publish(&self, events: Vec<Event>) {
+        events.iter().for_each(count_status_change);
         let Some(queue_url) = &self.queue_url else {
             return;
         };

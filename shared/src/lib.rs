@@ -14,6 +14,7 @@ pub mod domain;
 pub mod events;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod payments;
 pub mod pdf;
 pub mod providers;

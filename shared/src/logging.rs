@@ -30,13 +30,54 @@ pub fn take_cold_start() -> bool {
     COLD_START.swap(false, Ordering::Relaxed)
 }
 
-/// The span every invocation runs in; `org` is recorded once the caller is known.
-pub fn invocation_span(function: &'static str, request_id: &str) -> tracing::Span {
-    tracing::info_span!(
+tokio::task_local! {
+    /// The Lambda request id of the invocation running in this task, for event types whose
+    /// handlers are not handed the Lambda context (queues, schedules).
+    static LAMBDA_REQUEST_ID: String;
+}
+
+/// Runs `work` as the invocation Lambda (or the local runner) identifies by `id`.
+pub async fn with_lambda_request_id<F: std::future::Future>(id: String, work: F) -> F::Output {
+    LAMBDA_REQUEST_ID.scope(id, work).await
+}
+
+/// The Lambda request id of the running invocation ("" outside one).
+pub fn lambda_request_id() -> String {
+    LAMBDA_REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Runs one invocation of `function`: every log line in it carries the function, the
+/// request id (API Gateway's for HTTP; workers name each job's SQS message id in its
+/// [`job_span`]) and the Lambda request id; its metrics are written once it ends.
+pub async fn invocation<F: std::future::Future>(
+    function: &'static str,
+    request_id: &str,
+    work: F,
+) -> F::Output {
+    use tracing::Instrument;
+    let lambda_request_id = lambda_request_id();
+    let span = tracing::info_span!(
         "invocation",
         function,
         request_id,
+        lambda_request_id,
         cold_start = take_cold_start(),
+        org = tracing::field::Empty
+    );
+    crate::metrics::Recorder::new(function, &lambda_request_id)
+        .scope(work.instrument(span))
+        .await
+}
+
+/// The span of one queue message's job: the message id is its request id, and the
+/// organization is recorded once the envelope is read. Jobs of one batch run concurrently,
+/// so each needs its own span (the invocation's `org` would be overwritten).
+pub fn job_span(function: &'static str, message_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        function,
+        request_id = message_id,
+        lambda_request_id = lambda_request_id(),
         org = tracing::field::Empty
     )
 }

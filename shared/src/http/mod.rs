@@ -18,8 +18,10 @@ use serde::{Serialize, de::DeserializeOwned};
 /// own resources are far smaller, so anything bigger is a mistake or an attack.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Runs an endpoint function's dispatcher inside the invocation span, turns its error into
-/// a problem response and logs the outcome: what every HTTP function's `handle` does.
+/// Runs an endpoint function's dispatcher as one invocation ([`crate::logging::invocation`]),
+/// turns its error into a problem response, logs the outcome and counts it: what every
+/// HTTP function's `handle` does. A 5xx is a response, not a Lambda error, so the
+/// `ApiRequests` metric (not Lambda's `Errors`) is what the 5xx alarm watches.
 pub async fn respond<F, Fut>(
     function: &'static str,
     request: &Request,
@@ -29,20 +31,75 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, ApiError>>,
 {
-    use tracing::Instrument;
-    let span = crate::logging::invocation_span(function, &request_id(request));
-    async {
+    use crate::metrics::{API_LATENCY, API_REQUESTS};
+    let started = std::time::Instant::now();
+    let work = async {
         let response = dispatch().await.unwrap_or_else(ApiError::into_response);
+        let status = response.status().as_u16();
         tracing::info!(
             method = %request.method(),
             path = request.uri().path(),
-            status = response.status().as_u16(),
+            status,
             "request"
         );
+        let class = format!("{}xx", status / 100);
+        crate::metrics::count(&API_REQUESTS, &[function, &class], 1, None);
+        crate::metrics::milliseconds(&API_LATENCY, &[function], started.elapsed());
         response
+    };
+    let id = request_id(request);
+    let invocation = crate::logging::invocation(function, &id, work);
+    match request.lambda_context_ref() {
+        Some(context) => {
+            crate::logging::with_lambda_request_id(context.request_id.clone(), invocation).await
+        }
+        None => invocation.await,
     }
-    .instrument(span)
+}
+
+/// What every provider webhook's `handle` does: [`respond`], with contention that outlasts
+/// the store's retries answered 503 so the provider retries ([`ApiError::retryable`]), and
+/// every refusal counted by reason in `WebhookRejections` (a burst of `signature` usually
+/// means a rotated secret).
+pub async fn respond_webhook<F, Fut>(
+    function: &'static str,
+    provider: &'static str,
+    request: &Request,
+    receive: F,
+) -> Response<Body>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, ApiError>>,
+{
+    respond(function, request, || async {
+        receive().await.map_err(|error| {
+            let error = ApiError::retryable(error);
+            if let Some(reason) = rejection_reason(&error) {
+                let metric = &crate::metrics::WEBHOOK_REJECTIONS;
+                crate::metrics::count(metric, &[provider, reason], 1, None);
+            }
+            error
+        })
+    })
     .await
+}
+
+/// Why a webhook request was refused, or `None` for an answer that asks the provider to
+/// retry (5xx): that is not a rejection of the request.
+fn rejection_reason(error: &ApiError) -> Option<&'static str> {
+    Some(match error {
+        ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => "signature",
+        ApiError::PayloadTooLarge(_) => "too_large",
+        ApiError::UnsupportedMediaType(_) => "content_type",
+        ApiError::MethodNotAllowed => "method",
+        ApiError::ProviderNotConfigured(_) => "not_configured",
+        ApiError::Validation { .. }
+        | ApiError::BadRequest(_)
+        | ApiError::Unprocessable(_)
+        | ApiError::NotFound
+        | ApiError::Conflict(_) => "malformed",
+        ApiError::Provider(_) | ApiError::Unavailable(_) | ApiError::Internal(_) => return None,
+    })
 }
 
 /// A JSON response with the given status.

@@ -317,3 +317,97 @@ fn the_events_queue_takes_the_messages_the_publisher_makes() {
         Some(shared::events::MAX_MESSAGE_BYTES as u64)
     );
 }
+
+/// The dimension names a metric is published under: its own set and its rollups.
+fn published_dimension_sets(metric: &shared::metrics::Metric) -> Vec<BTreeSet<&'static str>> {
+    std::iter::once(metric.dimensions)
+        .chain(metric.rollups.iter().copied())
+        .map(|set| set.iter().copied().collect())
+        .collect()
+}
+
+/// Holds one use of a Herald metric (by name and dimension names) against the code.
+fn check_metric_use(context: &str, name: &str, dimensions: BTreeSet<String>) {
+    let Some(metric) = shared::metrics::ALL.iter().find(|m| m.name == name) else {
+        panic!("{context}: Herald emits no metric {name}");
+    };
+    let dimensions: BTreeSet<&str> = dimensions.iter().map(String::as_str).collect();
+    assert!(
+        published_dimension_sets(metric).contains(&dimensions),
+        "{context}: {name} is not published with dimensions {dimensions:?}"
+    );
+}
+
+fn is_herald_namespace(value: &serde_yaml::Value) -> bool {
+    let text = match value {
+        serde_yaml::Value::Tagged(tagged) => tagged.value.as_str(),
+        other => other.as_str(),
+    };
+    text == Some("Herald/${Stage}")
+}
+
+fn dimension_names(dimensions: Option<&serde_yaml::Value>) -> BTreeSet<String> {
+    dimensions
+        .and_then(serde_yaml::Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("Name")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// CloudWatch accepts an alarm or a dashboard on a metric nobody publishes and shows it as
+/// "no data" forever: so every Herald metric the template names must be one the code
+/// emits (`shared::metrics::ALL`), with a dimension set it is published under.
+#[test]
+fn alarms_and_the_dashboard_name_metrics_the_code_emits() {
+    let template = template();
+    let mut checked = 0;
+    for (id, alarm) in template.resources_of_type("AWS::CloudWatch::Alarm") {
+        if alarm.get("Namespace").is_some_and(is_herald_namespace) {
+            let name = alarm["MetricName"].as_str().unwrap();
+            check_metric_use(id, name, dimension_names(alarm.get("Dimensions")));
+            checked += 1;
+        }
+        for query in alarm
+            .get("Metrics")
+            .and_then(serde_yaml::Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let Some(metric) = query.get("MetricStat").map(|stat| &stat["Metric"]) else {
+                continue;
+            };
+            assert!(is_herald_namespace(&metric["Namespace"]), "{id}");
+            let name = metric["MetricName"].as_str().unwrap();
+            check_metric_use(id, name, dimension_names(metric.get("Dimensions")));
+            checked += 1;
+        }
+    }
+    let (_, dashboard) = template
+        .resources_of_type("AWS::CloudWatch::Dashboard")
+        .next()
+        .expect("an operations dashboard");
+    let serde_yaml::Value::Tagged(body) = &dashboard["DashboardBody"] else {
+        panic!("the dashboard body is a !Sub string");
+    };
+    // `${…}` substitutions stand inside JSON strings, so the body parses as it is.
+    let body: serde_json::Value = serde_json::from_str(body.value.as_str().unwrap()).unwrap();
+    for widget in body["widgets"].as_array().unwrap() {
+        let title = widget["properties"]["title"].as_str().unwrap_or_default();
+        for line in widget["properties"]["metrics"].as_array().unwrap() {
+            let parts: Vec<&str> = line
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            if parts[0] != "Herald/${Stage}" {
+                continue;
+            }
+            let dimensions = parts[2..].chunks(2).map(|kv| kv[0].to_owned()).collect();
+            check_metric_use(title, parts[1], dimensions);
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} metric uses found");
+}

@@ -11,6 +11,7 @@ mod events;
 mod faults;
 mod helpers;
 mod isolation;
+mod metrics;
 mod openapi;
 mod payments;
 mod permissions;

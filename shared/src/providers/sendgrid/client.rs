@@ -381,14 +381,15 @@ impl SendGridClient {
     /// [`SendError::Transient`] when retrying later may succeed, [`SendError::Permanent`]
     /// when SendGrid rejected the request itself.
     pub async fn send(&self, mail: &MailSend) -> Result<Accepted, SendError> {
-        let response = self
-            .http
-            .post(self.endpoint(&["v3", "mail", "send"]))
-            .bearer_auth(self.api_key.expose_secret())
-            .json(mail)
-            .send()
-            .await
-            .map_err(|err| self.transport_error(&err))?;
+        let response = crate::providers::send(
+            "sendgrid",
+            self.http
+                .post(self.endpoint(&["v3", "mail", "send"]))
+                .bearer_auth(self.api_key.expose_secret())
+                .json(mail),
+        )
+        .await
+        .map_err(|err| self.transport_error(&err))?;
 
         if !response.status().is_success() {
             return Err(self.rejection(response).await);
@@ -419,13 +420,14 @@ impl SendGridClient {
             // list (or its parent) instead of a message.
             return Ok(None);
         }
-        let response = self
-            .http
-            .get(self.endpoint(&["v3", "messages", message_id]))
-            .bearer_auth(self.api_key.expose_secret())
-            .send()
-            .await
-            .map_err(|err| self.transport_error(&err))?;
+        let response = crate::providers::send(
+            "sendgrid",
+            self.http
+                .get(self.endpoint(&["v3", "messages", message_id]))
+                .bearer_auth(self.api_key.expose_secret()),
+        )
+        .await
+        .map_err(|err| self.transport_error(&err))?;
 
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
@@ -474,13 +476,12 @@ impl SendGridClient {
         url.query_pairs_mut()
             .append_pair("query", &query)
             .append_pair("limit", "10");
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(self.api_key.expose_secret())
-            .send()
-            .await
-            .map_err(|err| self.transport_error(&err))?;
+        let response = crate::providers::send(
+            "sendgrid",
+            self.http.get(url).bearer_auth(self.api_key.expose_secret()),
+        )
+        .await
+        .map_err(|err| self.transport_error(&err))?;
         let status = response.status();
         if !status.is_success() {
             return Err(self.rejection(response).await);

@@ -350,14 +350,16 @@ impl StripeClient {
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(body);
         }
-        let response = request.send().await.map_err(|e| StripeError::Transient {
-            status: None,
-            message: if e.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                "connection failed".to_owned()
-            },
-        })?;
+        let response = crate::providers::send("stripe", request)
+            .await
+            .map_err(|e| StripeError::Transient {
+                status: None,
+                message: if e.is_timeout() {
+                    "timed out".to_owned()
+                } else {
+                    "connection failed".to_owned()
+                },
+            })?;
         let status = response.status();
         let text = response.text().await.map_err(|_| StripeError::Transient {
             status: Some(status.as_u16()),

@@ -229,15 +229,16 @@ impl TwilioClient {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(sms.form())
             .finish();
-        let response = self
-            .http
-            .post(self.endpoint(&["Messages.json"]))
-            .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let response = crate::providers::send(
+            "twilio",
+            self.http
+                .post(self.endpoint(&["Messages.json"]))
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body),
+        )
+        .await
+        .map_err(|e| self.transport_error(&e))?;
         self.read(response).await
     }
 
@@ -249,13 +250,14 @@ impl TwilioClient {
         if sid.is_empty() || !sid.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Ok(None);
         }
-        let response = self
-            .http
-            .get(self.endpoint(&["Messages", &format!("{sid}.json")]))
-            .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let response = crate::providers::send(
+            "twilio",
+            self.http
+                .get(self.endpoint(&["Messages", &format!("{sid}.json")]))
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret())),
+        )
+        .await
+        .map_err(|e| self.transport_error(&e))?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -269,13 +271,14 @@ impl TwilioClient {
     /// currency (Twilio reports none for subaccounts) is an
     /// [unexpected answer](TwilioError::is_unexpected_answer).
     pub async fn balance(&self) -> Result<Balance, TwilioError> {
-        let response = self
-            .http
-            .get(self.endpoint(&["Balance.json"]))
-            .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let response = crate::providers::send(
+            "twilio",
+            self.http
+                .get(self.endpoint(&["Balance.json"]))
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret())),
+        )
+        .await
+        .map_err(|e| self.transport_error(&e))?;
         let status = response.status().as_u16();
         let balance: Balance = self.read(response).await?;
         if balance.balance.is_none() || balance.currency.is_none() {
