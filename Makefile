@@ -66,6 +66,10 @@ build-EventRecorderFunction: lambda-binaries
 build-AuditApiFunction: lambda-binaries
 	$(call copy-bootstrap,audit-api)
 
+.PHONY: build-OperationsApiFunction
+build-OperationsApiFunction: lambda-binaries
+	$(call copy-bootstrap,operations-api)
+
 .PHONY: build-EmailApiFunction
 build-EmailApiFunction: lambda-binaries
 	$(call copy-bootstrap,email-api)

@@ -8,6 +8,7 @@ pub mod email_api;
 pub mod email_status_check;
 pub mod email_worker;
 pub mod event_recorder;
+pub mod operations_api;
 pub mod payments_api;
 pub mod registry;
 pub mod report_cleanup;

@@ -143,6 +143,10 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         routes: crate::admin_page::ROUTES,
     },
     FunctionInfo {
+        binary: "operations-api",
+        routes: crate::operations_api::ROUTES,
+    },
+    FunctionInfo {
         binary: "reports-api",
         routes: crate::reports_api::ROUTES,
     },
@@ -194,6 +198,9 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
             Handler::Http(Arc::new(crate::templates_api::TemplatesApi::new(aws, env)?))
         }
         "email-api" => Handler::Http(Arc::new(crate::email_api::EmailApi::new(aws, env)?)),
+        "operations-api" => Handler::Http(Arc::new(crate::operations_api::OperationsApi::new(
+            aws, env,
+        )?)),
         "email-worker" => Handler::Sqs(Arc::new(crate::email_worker::EmailWorker::new(aws, env)?)),
         "bulk-worker" => Handler::Sqs(Arc::new(crate::bulk_worker::BulkWorker::new(aws, env)?)),
         "sendgrid-webhook" => Handler::Http(Arc::new(

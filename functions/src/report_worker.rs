@@ -295,7 +295,7 @@ impl ReportWorker {
         shared::metrics::count(
             &shared::metrics::REPORT_ROWS,
             &format,
-            rows as u64,
+            rows,
             Some(org.as_str()),
         );
         if self

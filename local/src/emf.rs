@@ -3,7 +3,7 @@
 //! ([`shared::metrics::validate`]) and kept, so tests read what CloudWatch would have
 //! extracted, and a document CloudWatch would silently drop is on record as refused.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::Value;
 
@@ -18,14 +18,20 @@ pub fn install(print: bool) {
             println!("{line}");
         }
         match shared::metrics::validate(line) {
-            Ok(document) => DOCUMENTS.lock().unwrap().push(document),
+            Ok(document) => DOCUMENTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(document),
             Err(reason) => {
                 tracing::error!(
                     reason,
                     line,
                     "CloudWatch would not extract this EMF document"
                 );
-                REFUSED.lock().unwrap().push((reason, line.to_owned()));
+                REFUSED
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((reason, line.to_owned()));
             }
         }
     });
@@ -33,10 +39,16 @@ pub fn install(print: bool) {
 
 /// Every valid document so far.
 pub fn documents() -> Vec<Value> {
-    DOCUMENTS.lock().unwrap().clone()
+    DOCUMENTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 /// The documents refused so far, with the rule each broke.
 pub fn refused() -> Vec<(String, String)> {
-    REFUSED.lock().unwrap().clone()
+    REFUSED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }

@@ -804,6 +804,9 @@ fn dynamodb(operation: &str, input: &Input, name: &dyn Fn(&str) -> String) -> Ve
 }
 
 fn sqs(operation: &str, input: &Input, name: &dyn Fn(&str) -> String) -> Vec<Use> {
+    if operation == "StartMessageMoveTask" {
+        return message_move(input, name);
+    }
     use aws_sdk_sqs::operation::{
         change_message_visibility::ChangeMessageVisibilityInput,
         change_message_visibility_batch::ChangeMessageVisibilityBatchInput,
@@ -852,6 +855,36 @@ fn sqs(operation: &str, input: &Input, name: &dyn Fn(&str) -> String) -> Vec<Use
         |url| format!("arn:*:sqs:*:*:{}", name(url)),
     );
     vec![Use::new(&format!("sqs:{action}"), resource)]
+}
+
+/// A message move task is carried out by SQS with the caller's permissions: on the source
+/// (the DLQ) `sqs:StartMessageMoveTask`, `sqs:ReceiveMessage`, `sqs:DeleteMessage` and
+/// `sqs:GetQueueAttributes`, on the destination `sqs:SendMessage` (SQS Developer Guide,
+/// "Configure queue permissions for dead-letter queue redrive"). A role missing any of
+/// them starts a task that fails, so each is checked as the call's own.
+fn message_move(input: &Input, name: &dyn Fn(&str) -> String) -> Vec<Use> {
+    use aws_sdk_sqs::operation::start_message_move_task::StartMessageMoveTaskInput;
+    let Some(input) = input.downcast_ref::<StartMessageMoveTaskInput>() else {
+        return vec![Use::new("sqs:StartMessageMoveTask", "*".to_owned())];
+    };
+    let queue = |arn: Option<&str>| {
+        arn.map_or_else(
+            || "*".to_owned(),
+            |arn| format!("arn:*:sqs:*:*:{}", name(arn)),
+        )
+    };
+    let source = queue(input.source_arn());
+    let mut uses: Vec<Use> = [
+        "sqs:StartMessageMoveTask",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    ]
+    .iter()
+    .map(|action| Use::new(action, source.clone()))
+    .collect();
+    uses.push(Use::new("sqs:SendMessage", queue(input.destination_arn())));
+    uses
 }
 
 fn s3(operation: &str, input: &Input, name: &dyn Fn(&str) -> String) -> Vec<Use> {

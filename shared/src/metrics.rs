@@ -246,12 +246,16 @@ struct Group {
     values: BTreeMap<&'static str, Vec<f64>>,
 }
 
-/// The samples of one invocation, grouped by (dimension names and values, organization).
+/// What one document is for: its dimensions (name and value, in the metric's order) and the
+/// organization its samples belong to.
+type GroupKey = (Vec<(&'static str, String)>, Option<String>);
+
+/// The samples of one invocation, grouped by dimensions and organization.
 #[derive(Debug)]
 pub struct Recorder {
     function: String,
     lambda_request_id: String,
-    groups: BTreeMap<(Vec<(&'static str, String)>, Option<String>), Group>,
+    groups: BTreeMap<GroupKey, Group>,
 }
 
 impl Recorder {

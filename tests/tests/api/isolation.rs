@@ -15,6 +15,8 @@ const OTHER: &str = "globex";
 
 /// Routes that serve no organization's data (the static admin page).
 const PUBLIC: &[&str] = &["/admin", "/admin/{asset}"];
+/// Routes for platform superusers only: anyone else gets 403, whatever the organization.
+const SUPERUSER_ONLY: &[&str] = &["/services/admin/dead-letters/{queue}/redrive"];
 
 /// The owner's resources, by the route pattern that addresses them.
 struct Seeded {
@@ -196,6 +198,10 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
             "/services/phonebooks/{id}/contacts",
             format!("/services/phonebooks/{phonebook}/contacts/"),
         ),
+        (
+            "/services/admin/dead-letters/{queue}/redrive",
+            "/services/admin/dead-letters/email-send/redrive/".to_owned(),
+        ),
         // Collection routes that act on one of the owner's records by query parameter.
         (
             "DELETE /services/reports/schedules",
@@ -343,9 +349,14 @@ async fn another_organization_reaches_nothing_on_any_route() {
                     let reply = app
                         .call(method, path, Some(&other), body_for(method, pattern))
                         .await;
+                    let expected = if SUPERUSER_ONLY.contains(&pattern) {
+                        403
+                    } else {
+                        404
+                    };
                     assert_eq!(
-                        reply.status, 404,
-                        "{keyed}: another organization's record must answer 404, got {}",
+                        reply.status, expected,
+                        "{keyed}: another organization's record must answer {expected}, got {}",
                         reply.body
                     );
                     assert!(reply.content_type.starts_with("application/problem+json"));
@@ -459,8 +470,14 @@ async fn cursors_idempotency_keys_and_superuser_filters_stay_in_their_organizati
     assert_eq!(all.status, 200);
 }
 
-/// GET routes on a collection that are not lists of an organization's records.
-const NOT_LISTS: &[&str] = &["/services/sms/balance"];
+/// GET routes on a collection that are not lists of an organization's records: the API's
+/// own description, the provider account's balance, and the platform's dead-letter queues
+/// (superusers only).
+const NOT_LISTS: &[&str] = &[
+    "/services/openapi.yaml",
+    "/services/sms/balance",
+    "/services/admin/dead-letters",
+];
 
 /// Every list, from the route table (SPEC §2, issue 18): `organization=` from anyone but a
 /// superuser is 403 problem+json — never an answer about their own organization that
@@ -481,6 +498,8 @@ async fn every_list_takes_the_organization_filter_from_superusers_only() {
         if route.method != "GET" || PUBLIC.contains(&pattern) || NOT_LISTS.contains(&pattern) {
             continue;
         }
+        // An item's route (`…/{id}`, `…/{id}/invoice`) answers about one record, not a list.
+        let is_item = is_item || pattern.ends_with("/invoice");
         if is_item || pattern.ends_with("/preview") {
             continue;
         }

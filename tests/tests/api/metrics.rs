@@ -84,17 +84,22 @@ async fn sends_bounces_webhooks_and_charges_are_counted_as_cloudwatch_would_extr
             matching.extend(ours);
             total(&documents, "Messages", &matching)
         };
+        // The sandbox charges as Stripe does: processing, then succeeded by webhook.
+        let charged = total(&documents, "Charges", &[("Status", "succeeded"), ours[0]]);
         (email("queued") == 2.0
             && email("sent") == 2.0
             && email("delivered") == 1.0
-            && email("bounced") == 1.0)
+            && email("bounced") == 1.0
+            && charged == 1.0)
             .then_some(documents)
     })
     .await;
     assert_eq!(local::emf::refused(), [], "documents CloudWatch would drop");
 
-    let charged = [("Status", "succeeded"), ours[0]];
-    assert_eq!(total(&documents, "Charges", &charged), 1.0);
+    assert_eq!(
+        total(&documents, "Charges", &[("Status", "processing"), ours[0]]),
+        1.0
+    );
     for (metric, matching) in [
         (
             "ProviderCalls",
