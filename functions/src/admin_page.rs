@@ -47,6 +47,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../admin/admin.css"),
     ),
+    (
+        "dashboard.html",
+        "text/html; charset=utf-8",
+        include_str!("../admin/dashboard.html"),
+    ),
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../admin/dashboard.js"),
+    ),
 ];
 
 /// The page loads only its own files and calls only its own origin. Scripts come from

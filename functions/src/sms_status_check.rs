@@ -147,6 +147,7 @@ impl SmsStatusCheck {
                     org,
                     id,
                     &message.status,
+                    Some(&message.sid),
                     message.error_code,
                     &key,
                     chrono::Utc::now(),

@@ -268,7 +268,9 @@ impl SmsWorker {
             to: record.to.to_string(),
             sender: Sender::parse(&from),
             body: record.body.clone(),
-            status_callback: self.status_callback.clone(),
+            status_callback: self.status_callback.as_deref().map(|base| {
+                shared::providers::twilio::callback::status_callback_url(base, org, &record.id)
+            }),
         };
         let result = twilio.client.send(&sms).await;
         let call = Event::new(org, EventKind::Provider, "twilio.messages.create").with_detail(

@@ -29,7 +29,7 @@ use shared::domain::sms_message::{Keyword, PhoneNumber};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
 use shared::metrics;
-use shared::providers::twilio::{SIGNATURE_HEADER, verify};
+use shared::providers::twilio::{SIGNATURE_HEADER, callback, verify};
 use shared::store::{InboundSms, SmsStore, StatusApplied, StoreError};
 
 use crate::registry::{BoxFuture, HttpFunction};
@@ -134,7 +134,11 @@ impl TwilioWebhook {
             .get(SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if !verify(token.expose_secret(), url, &params, signature) {
+        // Twilio signs the URL it posted to, query string included: for a status callback
+        // that is the per-message URL the worker gave it (`callback`).
+        let query = request.uri().query();
+        let signed = callback::signed_url(url, query);
+        if !verify(token.expose_secret(), &signed, &params, signature) {
             tracing::warn!("rejected Twilio webhook: bad or missing signature");
             return Err(ApiError::Forbidden("invalid X-Twilio-Signature".to_owned()));
         }
@@ -154,18 +158,25 @@ impl TwilioWebhook {
                 return self.inbound(sid, &param).await;
             }
             let error_code = param("ErrorCode").and_then(|c| c.parse().ok());
-            return self.status(sid, status, error_code).await;
+            let named = callback::record_of(query);
+            return self.status(sid, named, status, error_code).await;
         }
         self.inbound(sid, &param).await
     }
 
+    /// Applies a status callback to the message with SID `sid`, or to the record its signed
+    /// callback URL names (`named`) when the SID is not linked yet: a callback that
+    /// overtakes the worker's write is applied, not dropped (Twilio does not retry an
+    /// answered callback).
     async fn status(
         &self,
         sid: &str,
+        named: Option<(OrgId, String)>,
         status: &str,
         error_code: Option<i64>,
     ) -> Result<Response<Body>, ApiError> {
-        let Some((org, id)) = self.sms.find_sid(sid).await? else {
+        let linked = self.sms.find_sid(sid).await?;
+        let Some((org, id)) = linked.or(named) else {
             tracing::warn!(sid, status, "status callback for an unknown message");
             metrics::webhook_events("twilio", "ignored", 1);
             return Ok(twiml());
@@ -173,7 +184,15 @@ impl TwilioWebhook {
         let key = format!("callback:{status}:{}", error_code.unwrap_or(0));
         let applied = match self
             .sms
-            .apply_status(&org, &id, status, error_code, &key, chrono::Utc::now())
+            .apply_status(
+                &org,
+                &id,
+                status,
+                Some(sid),
+                error_code,
+                &key,
+                chrono::Utc::now(),
+            )
             .await
         {
             Ok(applied) => applied,

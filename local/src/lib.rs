@@ -324,6 +324,10 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
             post(fire_schedule).with_state(Arc::clone(&schedules)),
         )
         .route(
+            "/local/queues/{logical_id}",
+            post(put_on_queue).with_state((aws.clone(), Arc::new(names.clone()))),
+        )
+        .route(
             "/local/report-schedules/{name}",
             post(report_schedules::fire_schedule).with_state(Arc::new(
                 report_schedules::ScheduleFirer::new(&aws, &template, &names),
@@ -421,6 +425,37 @@ async fn fire_schedule(
             Ok(result) => axum::Json(result).into_response(),
             Err(error) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
         },
+    }
+}
+
+/// `POST /local/queues/<LogicalId>` — puts the body on that queue as one message: what a
+/// DLQ holds after `maxReceiveCount` failed receives, put there by hand (the dashboard's
+/// browser test fills a DLQ this way; there is no such route on AWS).
+async fn put_on_queue(
+    State((aws, names)): State<(AwsClients, Arc<ResourceNames>)>,
+    Path(logical_id): Path<String>,
+    body: String,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let Some(queue) = names
+        .get(&logical_id)
+        .filter(|r| r.reference.starts_with("http"))
+    else {
+        return (StatusCode::NOT_FOUND, format!("no queue {logical_id}\n")).into_response();
+    };
+    let sent = aws
+        .sqs
+        .send_message()
+        .queue_url(&queue.reference)
+        .message_body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(output) => {
+            axum::Json(serde_json::json!({"message_id": output.message_id()})).into_response()
+        }
+        Err(error) => (StatusCode::BAD_GATEWAY, format!("{error:?}\n")).into_response(),
     }
 }
 

@@ -184,6 +184,51 @@ fn unauthorized() -> Response {
 /// character limit" (error 21617).
 const MAX_BODY_CHARS: usize = 1600;
 
+/// One message's status callbacks (`queued`, `sent`, `delivered`), signed like Twilio's.
+struct StatusCallbacks {
+    url: String,
+    account: String,
+    sid: String,
+    from: String,
+    to: String,
+}
+
+impl StatusCallbacks {
+    /// Posts each status `pause` after the one before. As Twilio does by default, an
+    /// answer of any status is final — a 4xx or 5xx is not retried — and only a
+    /// connection that fails is tried once more (Twilio, "Webhooks connection overrides":
+    /// retry count `rc` 1 and retry policy `rp` `ct`, connection timeout, by default).
+    async fn post(&self, sandbox: &TwilioSandbox, pause: Duration) {
+        for status in ["queued", "sent", "delivered"] {
+            tokio::time::sleep(pause).await;
+            let params: Vec<(String, String)> = [
+                ("AccountSid", self.account.as_str()),
+                ("ApiVersion", "2010-04-01"),
+                ("From", self.from.as_str()),
+                ("MessageSid", self.sid.as_str()),
+                ("MessageStatus", status),
+                ("SmsSid", self.sid.as_str()),
+                ("SmsStatus", status),
+                ("To", self.to.as_str()),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+            for attempt in 0..2u32 {
+                match sandbox.post_signed(&self.url, &params).await {
+                    Ok((code, _)) if (200..300).contains(&code) => {}
+                    Ok((code, body)) => tracing::warn!(code, body, "status callback refused"),
+                    Err(error) => {
+                        tracing::warn!(error, attempt, "status callback failed");
+                        continue;
+                    }
+                }
+                break;
+            }
+        }
+    }
+}
+
 /// The Messages API rules the sandbox enforces beyond `To` (21211) and a sender (21603),
 /// each with Twilio's error code (Twilio error dictionary, `twilio.com/docs/api/errors`;
 /// Messages resource, "Create a Message resource"):
@@ -339,36 +384,19 @@ async fn create_message(
     };
     let sender = from.clone().unwrap_or_else(|| SANDBOX_NUMBER.to_owned());
     if let (Some(url), false) = (callback, webhooks_off) {
-        let poster = Arc::clone(&sandbox);
-        let (sid, to, account) = (sid.clone(), to.clone(), account.clone());
-        tokio::spawn(async move {
-            for status in ["queued", "sent", "delivered"] {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let params: Vec<(String, String)> = [
-                    ("AccountSid", account.as_str()),
-                    ("ApiVersion", "2010-04-01"),
-                    ("From", sender.as_str()),
-                    ("MessageSid", sid.as_str()),
-                    ("MessageStatus", status),
-                    ("SmsSid", sid.as_str()),
-                    ("SmsStatus", status),
-                    ("To", to.as_str()),
-                ]
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-                for attempt in 0..4u32 {
-                    match poster.post_signed(&url, &params).await {
-                        Ok((code, _)) if (200..300).contains(&code) => break,
-                        Ok((code, body)) => {
-                            tracing::warn!(code, body, attempt, "status callback refused")
-                        }
-                        Err(error) => tracing::warn!(error, attempt, "status callback failed"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-            }
-        });
+        let callbacks = StatusCallbacks {
+            url,
+            account: account.clone(),
+            sid: sid.clone(),
+            from: sender,
+            to: to.clone(),
+        };
+        if fault.callbacks_first {
+            callbacks.post(&sandbox, Duration::ZERO).await;
+        } else {
+            let poster = Arc::clone(&sandbox);
+            tokio::spawn(async move { callbacks.post(&poster, Duration::from_millis(100)).await });
+        }
     }
     if matches!(
         fault.connection,

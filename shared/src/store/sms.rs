@@ -553,6 +553,7 @@ impl SmsStore {
         org: &OrgId,
         id: &str,
         twilio_status: &str,
+        sid: Option<&str>,
         error_code: Option<i64>,
         key: &str,
         now: DateTime<Utc>,
@@ -571,6 +572,11 @@ impl SmsStore {
                     .to_owned(),
                 "timeline = list_append(timeline, :entry)".to_owned(),
             ];
+            // A callback can overtake the send worker's own write of the SID.
+            let sid = sid.filter(|_| record.provider_message_id.is_none());
+            if sid.is_some() {
+                sets.push("provider_message_id = :sid".to_owned());
+            }
             let mut removes = Vec::new();
             let detail = error_code.map(|c| format!("Twilio error {c}"));
             let mut request = self
@@ -593,6 +599,9 @@ impl SmsStore {
                         detail.clone(),
                     )])?,
                 );
+            if let Some(sid) = sid {
+                request = request.expression_attribute_values(":sid", s(sid));
+            }
             if let Some(next) = next {
                 sets.push("#status = :status".to_owned());
                 sets.push("twilio_status = :tw".to_owned());

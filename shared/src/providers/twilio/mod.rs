@@ -2,9 +2,11 @@
 //!
 //! - [`client`]: the Messages API (create, fetch) and the account balance, with errors that
 //!   say whether a retry can help ([`TwilioError::is_retryable`]).
+//! - [`callback`]: the per-message status callback URL that names its record.
 //! - [`signature`]: `X-Twilio-Signature` (HMAC-SHA1 over the URL and the sorted form
 //!   parameters), to verify webhooks and, in the local sandbox, to sign them.
 
+pub mod callback;
 pub mod client;
 pub mod signature;
 
