@@ -10,7 +10,7 @@ use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::queue::{Job, QueuePublisher};
-use shared::store::{SmsStore, StatusApplied, StuckInSent, Unsettled};
+use shared::store::{SmsStore, StatusApplied, StuckInSent, TwilioReport, Unsettled};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
 use crate::sms_api::SMS_SEND_CHUNK;
@@ -146,9 +146,11 @@ impl SmsStatusCheck {
                 .apply_status(
                     org,
                     id,
-                    &message.status,
-                    Some(&message.sid),
-                    message.error_code,
+                    &TwilioReport {
+                        status: &message.status,
+                        sid: Some(&message.sid),
+                        error_code: message.error_code,
+                    },
                     &key,
                     chrono::Utc::now(),
                 )

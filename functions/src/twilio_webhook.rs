@@ -30,7 +30,7 @@ use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
 use shared::metrics;
 use shared::providers::twilio::{SIGNATURE_HEADER, callback, verify};
-use shared::store::{InboundSms, SmsStore, StatusApplied, StoreError};
+use shared::store::{InboundSms, SmsStore, StatusApplied, StoreError, TwilioReport};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
@@ -187,9 +187,11 @@ impl TwilioWebhook {
             .apply_status(
                 &org,
                 &id,
-                status,
-                Some(sid),
-                error_code,
+                &TwilioReport {
+                    status,
+                    sid: Some(sid),
+                    error_code,
+                },
                 &key,
                 chrono::Utc::now(),
             )

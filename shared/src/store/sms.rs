@@ -172,6 +172,15 @@ pub(crate) async fn put_all(
         .await
 }
 
+/// What Twilio says about a message (a status callback or a fetch): its status, its SID
+/// when known, and the error code of a failure.
+#[derive(Debug, Clone, Copy)]
+pub struct TwilioReport<'a> {
+    pub status: &'a str,
+    pub sid: Option<&'a str>,
+    pub error_code: Option<i64>,
+}
+
 impl SmsStore {
     pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
         Self {
@@ -552,12 +561,15 @@ impl SmsStore {
         &self,
         org: &OrgId,
         id: &str,
-        twilio_status: &str,
-        sid: Option<&str>,
-        error_code: Option<i64>,
+        report: &TwilioReport<'_>,
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<StatusApplied, StoreError> {
+        let TwilioReport {
+            status: twilio_status,
+            sid,
+            error_code,
+        } = *report;
         for _ in 0..5 {
             let record = self.get(org, id).await?;
             if record.applied_events.iter().any(|k| k == key) {
