@@ -259,6 +259,9 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     let iam = iam::LocalIam::new(&template, &names)?;
     for function in &template.functions {
         let vars = function_environment(function, &template, &names, &base_env, &overrides);
+        if let Some(namespace) = vars.get("METRICS_NAMESPACE") {
+            shared::metrics::set_namespace(namespace);
+        }
         let function_aws = iam.instrument(&function.logical_id, &function_aws);
         let handler = registry::load(&function.binary, &function_aws, &Env::from_map(vars))
             .await

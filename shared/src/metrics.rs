@@ -180,6 +180,22 @@ pub const ALL: &[Metric] = &[
 type Sink = Box<dyn Fn(&str) + Send + Sync>;
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+static NAMESPACE: OnceLock<String> = OnceLock::new();
+
+/// The namespace when the process has no `METRICS_NAMESPACE` (the local runner, whose
+/// functions share one process, sets the one the template gives them; the first call wins).
+pub fn set_namespace(namespace: &str) {
+    let _ = NAMESPACE.set(namespace.to_owned());
+}
+
+fn namespace() -> String {
+    std::env::var("METRICS_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| NAMESPACE.get().cloned())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+}
+
 /// Sends every document of this process to `sink` instead of stdout (the local runner;
 /// only the first call counts).
 pub fn set_sink(sink: impl Fn(&str) + Send + Sync + 'static) {
@@ -305,10 +321,7 @@ impl Recorder {
 
     /// The invocation's documents (a value array is split across documents at 100).
     pub fn documents(&self) -> Vec<Value> {
-        let namespace = std::env::var("METRICS_NAMESPACE")
-            .ok()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let namespace = namespace();
         let timestamp = chrono::Utc::now().timestamp_millis();
         let mut documents = Vec::new();
         for ((dimensions, org), group) in &self.groups {

@@ -155,12 +155,8 @@ async fn sends_bounces_webhooks_and_charges_are_counted_as_cloudwatch_would_extr
     );
     for document in &documents {
         let directive = &document["_aws"]["CloudWatchMetrics"][0];
-        assert!(
-            directive["Namespace"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("Herald")),
-            "{document}"
-        );
+        // The template's `Herald/${Stage}`, with the local stage.
+        assert_eq!(directive["Namespace"], "Herald/dev", "{document}");
         assert!(!directive["Dimensions"].to_string().contains("Organization"));
     }
     // Every invocation the runner made for this organization names its Lambda request id
