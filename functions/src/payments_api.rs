@@ -596,14 +596,16 @@ impl PaymentsApi {
         deadline: Deadline,
     ) -> Result<Value, StripeError> {
         // Every caller has checked `self.stripe()` first: the client is built by now.
-        let Ok(Some(stripe)) = self.stripe.get().await else {
+        let Ok(Some(first)) = self.stripe.get().await else {
             return Err(StripeError::Rejected {
                 status: 0,
                 code: None,
                 message: "Stripe is not configured".to_owned(),
             });
         };
+        let mut stripe: &StripeClient = first;
         let mut attempt = 1;
+        let mut key_reread = false;
         let result = loop {
             let left = deadline.remaining();
             if left < MIN_ATTEMPT {
@@ -623,6 +625,22 @@ impl PaymentsApi {
                         && deadline.remaining() >= backoff(attempt) + MIN_ATTEMPT =>
                 {
                     tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                // 401: Stripe refuses the key this environment holds (rolled in the
+                // Dashboard). Read the secret again, once, and repeat the call with the same
+                // idempotency key: nothing was created with the refused key.
+                Err(StripeError::Rejected { status: 401, .. }) if !key_reread => {
+                    tracing::error!(
+                        alarm = "provider-credentials",
+                        "Stripe refused Herald's key: re-reading the secret"
+                    );
+                    key_reread = true;
+                    self.stripe.rebuild_once();
+                    match self.stripe.get().await {
+                        Ok(Some(fresh)) => stripe = fresh,
+                        _ => break result,
+                    }
                     attempt += 1;
                 }
                 _ => break result,

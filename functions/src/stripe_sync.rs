@@ -151,10 +151,21 @@ impl StripeSync {
             if checkpoint.resource == EVENTS {
                 filters["types"] = json!(HANDLED_EVENTS);
             }
-            let page = stripe
+            let listed = stripe
                 .list(path, &filters, self.page_size, checkpoint.after.as_deref())
-                .await
-                .map_err(|e| anyhow::anyhow!("listing {path}: {e}"))?;
+                .await;
+            if let Err(shared::providers::stripe::StripeError::Rejected { status: 401, .. }) =
+                &listed
+            {
+                // A key rolled in the Dashboard: the next run (EventBridge Scheduler retries
+                // a failed one) reads the secret again and resumes from the checkpoint.
+                tracing::error!(
+                    alarm = "provider-credentials",
+                    "Stripe refused Herald's key: the next run re-reads the secret"
+                );
+                self.stripe.rebuild_once();
+            }
+            let page = listed.map_err(|e| anyhow::anyhow!("listing {path}: {e}"))?;
             // The state read now is Stripe's state as of now.
             let read_at = chrono::Utc::now().timestamp();
             let mut deliveries = Vec::new();

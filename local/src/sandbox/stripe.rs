@@ -48,6 +48,8 @@ pub struct StripeSandbox {
     /// Whether it holds a live-mode key (`sk_live_…`): then, as live Stripe, it refuses
     /// test payment methods and its objects say `livemode: true`.
     live: AtomicBool,
+    /// How many times the key was rolled ([`Self::rotate_key`]): the old key is refused.
+    rotations: std::sync::atomic::AtomicU32,
     webhook_secret: String,
     /// A second configured secret, as during a rotation; the sandbox signs with the first.
     retired_secret: String,
@@ -224,6 +226,7 @@ impl StripeSandbox {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         Arc::new(Self {
             live: AtomicBool::new(false),
+            rotations: std::sync::atomic::AtomicU32::new(0),
             webhook_secret: format!("whsec_sandbox_{tag}"),
             retired_secret: format!("whsec_retired_{tag}"),
             tag,
@@ -248,7 +251,16 @@ impl StripeSandbox {
     /// The key the sandbox takes: `sk_test_…`, or `sk_live_…` after [`Self::use_live_key`].
     pub fn secret_key(&self) -> String {
         let mode = if self.is_live() { "live" } else { "test" };
-        format!("sk_{mode}_sandbox_{}", self.tag)
+        match self.rotations.load(Ordering::Acquire) {
+            0 => format!("sk_{mode}_sandbox_{}", self.tag),
+            n => format!("sk_{mode}_sandbox_{}_r{n}", self.tag),
+        }
+    }
+
+    /// Rolls the secret key, as in the Dashboard: from now on Stripe refuses the old one
+    /// (401, "Invalid API Key provided"). Put [`Self::secret_values`] into Herald's secret.
+    pub fn rotate_key(&self) {
+        self.rotations.fetch_add(1, Ordering::AcqRel);
     }
 
     /// From now on the sandbox holds a live-mode key and behaves as live Stripe (put

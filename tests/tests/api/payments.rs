@@ -1647,3 +1647,60 @@ async fn subscription_payments_are_found_in_both_invoice_shapes_and_refunds_reac
         .unwrap_or_else(|| panic!("the invoice: {}", invoices.body));
     assert_eq!(stored["subscription"], stripe_subscription.as_str());
 }
+
+/// Issue 16: a key rolled in the Stripe Dashboard (Stripe then answers 401 "Invalid API
+/// Key provided" to the old one) is picked up from the secret by the next charge, without a
+/// cold start and without failing that charge: the API reads the secret again once and
+/// repeats the call with the same idempotency key.
+#[tokio::test]
+async fn a_rolled_stripe_key_is_picked_up_without_failing_the_charge() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let body = json!({"amount": 1500, "currency": "usd", "payment_method": "pm_card_visa"});
+    charge(&app, &token, body.clone()).await;
+
+    app.stripe().rotate_key();
+    app.bundle
+        .aws
+        .secrets
+        .put_secret_value()
+        .secret_id(app.bundle.resource("StripeSecret"))
+        .secret_string(serde_json::to_string(&app.stripe().secret_values()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let second = charge(&app, &token, body).await;
+    assert_ne!(second["status"], "failed", "{second}");
+    assert!(
+        second["stripe_payment_intent"].as_str().is_some(),
+        "{second}"
+    );
+}
+
+/// The Stripe sync holds its key for as long as its execution environment lives: a run
+/// refused with 401 marks the key stale, so the next run (EventBridge retries a failed
+/// one) reads the rolled key and completes.
+#[tokio::test]
+async fn a_sync_refused_for_a_rolled_key_reads_the_secret_again_on_its_next_run() {
+    let app = spawn_bundle().await;
+    app.fire_schedule("stripe-sync").await;
+    app.stripe().rotate_key();
+    app.bundle
+        .aws
+        .secrets
+        .put_secret_value()
+        .secret_id(app.bundle.resource("StripeSecret"))
+        .secret_string(serde_json::to_string(&app.stripe().secret_values()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let refused = app
+        .http
+        .post(app.bundle.url("/local/schedules/stripe-sync"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 500, "the run with the old key fails");
+    let next = app.fire_schedule("stripe-sync").await;
+    assert_ne!(next.get("configured"), Some(&json!(false)), "{next}");
+}
