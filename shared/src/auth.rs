@@ -238,7 +238,7 @@ impl Caller {
 ///
 /// What flattening cannot tell apart is a group whose name holds a space-separated role
 /// value (`[Billing admin]`); deployments whose identity provider lets such groups exist set
-/// namespaced role values (`herald:admin`, README "Deploy").
+/// namespaced role values (`herald:admin`, docs/guides/deploy.md).
 pub fn parse_list_claim(value: &str) -> Vec<String> {
     if let Ok(items) = serde_json::from_str::<Vec<String>>(value) {
         return items;

@@ -125,7 +125,7 @@ impl ApiError {
         }
     }
 
-    /// The problem `type` slug; documented in the README under "Errors".
+    /// The problem `type` slug; documented in docs/guides/conventions.md under "Errors".
     pub fn slug(&self) -> &'static str {
         match self {
             Self::Unauthenticated(_) => "unauthenticated",

@@ -7,6 +7,7 @@ mod audit;
 mod bulk_efficiency;
 mod bundle_shape;
 mod dead_letters;
+mod docs;
 mod email;
 mod events;
 mod faults;
