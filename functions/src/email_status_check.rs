@@ -47,10 +47,7 @@ impl EmailStatusCheck {
     /// # Errors
     /// When a required variable is missing.
     pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
-        let minutes = env
-            .optional("EMAIL_STUCK_AFTER_MINUTES")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(15);
+        let minutes = env.number("EMAIL_STUCK_AFTER_MINUTES", 15)?;
         let events = EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL"));
         let sweep = Sweep::new(
             "email",
@@ -65,7 +62,7 @@ impl EmailStatusCheck {
             sweep,
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events,
-            sendgrid: crate::email_worker::sendgrid_on_first_use(aws, env),
+            sendgrid: crate::email_worker::sendgrid_on_first_use(aws, env)?,
             stuck_after: chrono::Duration::minutes(minutes),
         })
     }

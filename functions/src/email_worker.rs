@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 use shared::aws::{AwsClients, SecretsClient};
-use shared::config::{Env, OnFirstUse};
+use shared::config::{ConfigError, Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
 use shared::events::{Event, EventKind, EventPublisher};
@@ -104,23 +104,16 @@ impl EmailWorker {
         Ok(Self {
             queue: QueuePublisher::new(aws.sqs.clone()),
             send_budget: Duration::from_secs(
-                env.optional("EMAIL_SEND_BUDGET_SECONDS")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(SEND_BUDGET_SECONDS),
+                env.number("EMAIL_SEND_BUDGET_SECONDS", SEND_BUDGET_SECONDS)?,
             ),
             emails: EmailStore::new(aws.dynamodb.clone(), table),
-            sendgrid: sendgrid_on_first_use(aws, env),
-            retry: RetryDelay::from_env(aws.sqs.clone(), send_queue.clone(), env),
+            sendgrid: sendgrid_on_first_use(aws, env)?,
+            retry: RetryDelay::from_env(aws.sqs.clone(), send_queue.clone(), env)?,
             send_queue,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            max_receives: env
-                .optional("MAX_RECEIVES")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3),
+            max_receives: env.number("MAX_RECEIVES", 3)?,
             claim_lease: chrono::Duration::seconds(
-                env.optional("EMAIL_CLAIM_LEASE_SECONDS")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(CLAIM_LEASE_SECONDS),
+                env.number("EMAIL_CLAIM_LEASE_SECONDS", CLAIM_LEASE_SECONDS)?,
             ),
         })
     }
@@ -382,10 +375,21 @@ impl EmailWorker {
 }
 
 /// The SendGrid client, built on first use by [`sendgrid_client`].
-pub fn sendgrid_on_first_use(aws: &AwsClients, env: &Env) -> OnFirstUse<Option<SendGridClient>> {
-    env.on_first_use(&aws.secrets, |env, secrets| async move {
-        sendgrid_client(&env, &secrets).await
-    })
+/// `SENDGRID_TIMEOUT_MS` is read now, at init: a malformed value fails the function's
+/// start, naming the variable.
+///
+/// # Errors
+/// [`ConfigError::Malformed`] for a timeout that is not a number.
+pub fn sendgrid_on_first_use(
+    aws: &AwsClients,
+    env: &Env,
+) -> Result<OnFirstUse<Option<SendGridClient>>, ConfigError> {
+    let timeout = Duration::from_millis(env.number("SENDGRID_TIMEOUT_MS", 10_000)?);
+    Ok(
+        env.on_first_use(&aws.secrets, move |env, secrets| async move {
+            sendgrid_client(&env, &secrets, timeout).await
+        }),
+    )
 }
 
 /// Builds the SendGrid client from `SENDGRID_API_KEY` (secret) and `SENDGRID_BASE_URL`;
@@ -396,6 +400,7 @@ pub fn sendgrid_on_first_use(aws: &AwsClients, env: &Env) -> OnFirstUse<Option<S
 pub async fn sendgrid_client(
     env: &Env,
     secrets: &SecretsClient,
+    timeout: Duration,
 ) -> anyhow::Result<Option<SendGridClient>> {
     let Some(key) = env.secret("SENDGRID_API_KEY", secrets).await? else {
         return Ok(None);
@@ -403,11 +408,6 @@ pub async fn sendgrid_client(
     let base = env
         .optional("SENDGRID_BASE_URL")
         .unwrap_or_else(|| "https://api.sendgrid.com".to_owned());
-    let timeout = Duration::from_millis(
-        env.optional("SENDGRID_TIMEOUT_MS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000),
-    );
     Ok(Some(SendGridClient::new(&base, key, timeout)?))
 }
 

@@ -40,7 +40,7 @@ impl EventRecorder {
                 store.ensure_indexes().await?;
                 Ok(store)
             }),
-            retry: RetryDelay::from_env(aws.sqs.clone(), env.required("EVENTS_QUEUE_URL")?, env),
+            retry: RetryDelay::from_env(aws.sqs.clone(), env.required("EVENTS_QUEUE_URL")?, env)?,
         })
     }
 

@@ -37,10 +37,7 @@ impl ReportCleanup {
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             s3: aws.s3.clone(),
             bucket: env.required("BUCKET_NAME")?,
-            retention_days: env
-                .optional("REPORT_RETENTION_DAYS")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(90),
+            retention_days: env.number("REPORT_RETENTION_DAYS", 90)?,
         })
     }
 

@@ -22,7 +22,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use shared::aws::{AwsClients, S3Client};
-use shared::config::{Env, OnFirstUse};
+use shared::config::{ConfigError, Env, OnFirstUse};
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
@@ -60,10 +60,8 @@ impl SqsFunction for ReportWorker {
     }
 }
 
-fn max_receives(env: &Env, name: &str, default: u32) -> u32 {
-    env.optional(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+fn max_receives(env: &Env, name: &str, default: u32) -> Result<u32, ConfigError> {
+    env.number(name, default)
 }
 
 impl ReportWorker {
@@ -74,10 +72,7 @@ impl ReportWorker {
         let table = env.required("TABLE_NAME")?;
         let generate_queue = env.required("REPORT_GENERATE_QUEUE_URL")?;
         let export_queue = env.required("REPORT_EXPORT_QUEUE_URL")?;
-        let hours: u64 = env
-            .optional("REPORT_EMAIL_LINK_HOURS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(24);
+        let hours: u64 = env.number("REPORT_EMAIL_LINK_HOURS", 24)?;
         Ok(Self {
             reports: ReportStore::new(aws.dynamodb.clone(), &table),
             emails: EmailStore::new(aws.dynamodb.clone(), &table),
@@ -92,11 +87,11 @@ impl ReportWorker {
             email_from: env.optional("EMAIL_DEFAULT_FROM"),
             // SigV4 presigned URLs live at most 7 days.
             link_lifetime: Duration::from_secs(hours.clamp(1, 168) * 3600),
-            generate_retry: RetryDelay::from_env(aws.sqs.clone(), generate_queue, env),
-            export_retry: RetryDelay::from_env(aws.sqs.clone(), &export_queue, env),
+            generate_retry: RetryDelay::from_env(aws.sqs.clone(), generate_queue, env)?,
+            export_retry: RetryDelay::from_env(aws.sqs.clone(), &export_queue, env)?,
             export_queue,
-            generate_max_receives: max_receives(env, "GENERATE_MAX_RECEIVES", 2),
-            export_max_receives: max_receives(env, "EXPORT_MAX_RECEIVES", 3),
+            generate_max_receives: max_receives(env, "GENERATE_MAX_RECEIVES", 2)?,
+            export_max_receives: max_receives(env, "EXPORT_MAX_RECEIVES", 3)?,
         })
     }
 

@@ -345,7 +345,7 @@ impl SmsApi {
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             send_queue: env.required("SMS_SEND_QUEUE_URL")?,
             bulk_queue: env.required("SMS_BULK_QUEUE_URL")?,
-            twilio: twilio_on_first_use(aws, env),
+            twilio: twilio_on_first_use(aws, env)?,
             claims: ClaimNames::from_env(env),
         })
     }

@@ -85,13 +85,11 @@ impl SmsStatusCheck {
         Ok(Self {
             sweep,
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            twilio: twilio_on_first_use(aws, env),
+            twilio: twilio_on_first_use(aws, env)?,
             events,
             // Younger messages still have their callbacks on the way.
             min_age: chrono::Duration::seconds(
-                env.optional("SMS_STATUS_CHECK_MIN_AGE_SECONDS")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(300),
+                env.number("SMS_STATUS_CHECK_MIN_AGE_SECONDS", 300)?,
             ),
         })
     }

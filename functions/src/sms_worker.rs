@@ -20,7 +20,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use secrecy::ExposeSecret;
 
 use shared::aws::{AwsClients, SecretsClient, SqsClient};
-use shared::config::{Env, OnFirstUse};
+use shared::config::{ConfigError, Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::domain::email::FailureKind;
 use shared::domain::sms_message::{SmsRecord, SmsStatus};
@@ -42,10 +42,21 @@ pub struct TwilioSettings {
 }
 
 /// The Twilio settings, built on first use by [`twilio_settings`].
-pub fn twilio_on_first_use(aws: &AwsClients, env: &Env) -> OnFirstUse<Option<TwilioSettings>> {
-    env.on_first_use(&aws.secrets, |env, secrets| async move {
-        twilio_settings(&env, &secrets).await
-    })
+/// `TWILIO_TIMEOUT_MS` is read now, at init: a malformed value fails the function's start,
+/// naming the variable.
+///
+/// # Errors
+/// [`ConfigError::Malformed`] for a timeout that is not a number.
+pub fn twilio_on_first_use(
+    aws: &AwsClients,
+    env: &Env,
+) -> Result<OnFirstUse<Option<TwilioSettings>>, ConfigError> {
+    let timeout = Duration::from_millis(env.number("TWILIO_TIMEOUT_MS", 10_000)?);
+    Ok(
+        env.on_first_use(&aws.secrets, move |env, secrets| async move {
+            twilio_settings(&env, &secrets, timeout).await
+        }),
+    )
 }
 
 /// Builds the Twilio client from `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN` and the optional
@@ -56,6 +67,7 @@ pub fn twilio_on_first_use(aws: &AwsClients, env: &Env) -> OnFirstUse<Option<Twi
 pub async fn twilio_settings(
     env: &Env,
     secrets: &SecretsClient,
+    timeout: Duration,
 ) -> anyhow::Result<Option<TwilioSettings>> {
     let sid = env.secret("TWILIO_ACCOUNT_SID", secrets).await?;
     let token = env.secret("TWILIO_AUTH_TOKEN", secrets).await?;
@@ -69,11 +81,6 @@ pub async fn twilio_settings(
     let base = env
         .optional("TWILIO_BASE_URL")
         .unwrap_or_else(|| "https://api.twilio.com".to_owned());
-    let timeout = Duration::from_millis(
-        env.optional("TWILIO_TIMEOUT_MS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000),
-    );
     Ok(Some(TwilioSettings {
         client: TwilioClient::new(&base, sid.expose_secret(), token, timeout)?,
         default_from,
@@ -112,26 +119,15 @@ impl SmsWorker {
         let send_queue = env.required("SMS_SEND_QUEUE_URL")?;
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            twilio: twilio_on_first_use(aws, env),
-            retry: RetryDelay::from_env(aws.sqs.clone(), &send_queue, env),
+            twilio: twilio_on_first_use(aws, env)?,
+            retry: RetryDelay::from_env(aws.sqs.clone(), &send_queue, env)?,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             sqs: aws.sqs.clone(),
             send_queue,
             status_callback: env.optional("TWILIO_WEBHOOK_URL"),
-            max_receives: env
-                .optional("MAX_RECEIVES")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3),
-            rate_per_second: env
-                .optional("SMS_RATE_PER_SECOND")
-                .and_then(|v| v.parse().ok())
-                .filter(|r| *r > 0)
-                .unwrap_or(10),
-            rate_wait: Duration::from_secs(
-                env.optional("SMS_RATE_WAIT_SECONDS")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(20),
-            ),
+            max_receives: env.number("MAX_RECEIVES", 3)?,
+            rate_per_second: env.number("SMS_RATE_PER_SECOND", 10)?.max(1),
+            rate_wait: Duration::from_secs(env.number("SMS_RATE_WAIT_SECONDS", 20)?),
         })
     }
 

@@ -102,7 +102,7 @@ impl Sweep {
         job_size: usize,
         job: fn(Vec<String>) -> Job,
     ) -> anyhow::Result<Self> {
-        let number = |name: &str| env.optional(name).and_then(|v| v.parse::<i64>().ok());
+        let number = |name: &str| env.number::<i64>(name, -1).map(|n| (n >= 0).then_some(n));
         Ok(Self {
             channel,
             queue,
@@ -110,9 +110,9 @@ impl Sweep {
             job_size,
             job,
             events,
-            sweep_after: number("PENDING_SWEEP_AFTER_MINUTES")
+            sweep_after: number("PENDING_SWEEP_AFTER_MINUTES")?
                 .map_or(SWEEP_AFTER, chrono::Duration::minutes),
-            give_up_after: number("PENDING_GIVE_UP_HOURS")
+            give_up_after: number("PENDING_GIVE_UP_HOURS")?
                 .map_or(GIVE_UP_AFTER, chrono::Duration::hours),
         })
     }

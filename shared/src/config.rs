@@ -30,6 +30,12 @@ pub enum ConfigError {
     Missing(String),
     #[error("could not read secret {name}: {cause:#}")]
     Secret { name: String, cause: anyhow::Error },
+    #[error("environment variable {name} is {value:?}, not {expected}")]
+    Malformed {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl Env {
@@ -53,6 +59,26 @@ impl Env {
             .get(name)
             .filter(|value| !value.is_empty())
             .cloned()
+    }
+
+    /// A whole number from the environment, `default` when the variable is unset. A value
+    /// that is not one fails (at init, where every function reads its numbers), naming the
+    /// variable: a typo must not silently become the default (issue 21).
+    ///
+    /// # Errors
+    /// [`ConfigError::Malformed`] for a value that is not a non-negative whole number.
+    pub fn number<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr,
+    {
+        let Some(value) = self.optional(name) else {
+            return Ok(default);
+        };
+        value.trim().parse().map_err(|_| ConfigError::Malformed {
+            name: name.to_owned(),
+            value,
+            expected: "a non-negative whole number",
+        })
     }
 
     /// # Errors
@@ -203,6 +229,18 @@ mod tests {
         assert!(env.optional("A").is_none());
         assert!(matches!(env.required("A"), Err(ConfigError::Missing(_))));
         assert_eq!(env.required("B").unwrap(), "b");
+    }
+
+    #[test]
+    fn a_malformed_number_is_an_error_naming_the_variable_not_the_default() {
+        let env = Env::from_map(HashMap::from([
+            ("GOOD".to_owned(), "250".to_owned()),
+            ("BAD".to_owned(), "10s".to_owned()),
+        ]));
+        assert_eq!(env.number("GOOD", 1_u64).unwrap(), 250);
+        assert_eq!(env.number("UNSET", 7_u64).unwrap(), 7);
+        let error = env.number("BAD", 7_u64).unwrap_err().to_string();
+        assert!(error.contains("BAD") && error.contains("10s"), "{error}");
     }
 
     fn counting(builds: &Arc<AtomicUsize>, fail_first: bool) -> OnFirstUse<usize> {

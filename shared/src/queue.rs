@@ -208,12 +208,9 @@ impl RetryDelay {
         sqs: SqsClient,
         queue_url: impl Into<String>,
         env: &crate::config::Env,
-    ) -> Self {
-        let base = env
-            .optional("RETRY_BASE_SECONDS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
-        Self::new(sqs, queue_url, base)
+    ) -> Result<Self, crate::config::ConfigError> {
+        let base = env.number("RETRY_BASE_SECONDS", 10)?;
+        Ok(Self::new(sqs, queue_url, base))
     }
 
     /// The receive count SQS reports on a message (1 for the first delivery).

@@ -80,10 +80,7 @@ impl EventStore {
         let database = env
             .optional("MONGODB_DATABASE")
             .unwrap_or_else(|| "herald".to_owned());
-        let retention = env
-            .optional("EVENT_RETENTION_DAYS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(400);
+        let retention = env.number("EVENT_RETENTION_DAYS", 400)?;
         Self::connect(
             secrecy::ExposeSecret::expose_secret(&uri),
             &database,

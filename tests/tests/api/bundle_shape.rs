@@ -411,3 +411,28 @@ fn alarms_and_the_dashboard_name_metrics_the_code_emits() {
     }
     assert!(checked > 40, "only {checked} metric uses found");
 }
+
+/// Issue 21: a number the environment gets wrong fails the function's start, naming the
+/// variable, instead of silently becoming the default (a provider timeout included, though
+/// the client itself is built on first use).
+#[tokio::test]
+async fn a_malformed_number_fails_the_function_at_init_naming_the_variable() {
+    for variable in [
+        "SENDGRID_TIMEOUT_MS",
+        "TWILIO_TIMEOUT_MS",
+        "STRIPE_TIMEOUT_SECONDS",
+        "MAX_RECEIVES",
+        "RETRY_BASE_SECONDS",
+    ] {
+        let options = crate::helpers::test_options(|options| {
+            options
+                .overrides
+                .insert(variable.to_owned(), "10s".to_owned());
+        });
+        let Err(error) = local::start(options).await else {
+            panic!("{variable}=10s: the bundle started");
+        };
+        let error = format!("{error:#}");
+        assert!(error.contains(variable) && error.contains("10s"), "{error}");
+    }
+}

@@ -40,6 +40,20 @@ pub async fn spawn_bundle() -> TestBundle {
 pub const TEST_INDEX_LAG: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBundle {
+    let options = test_options(tune);
+    let database = options.overrides["MONGODB_DATABASE"].clone();
+    let bundle = local::start(options)
+        .await
+        .expect("the local bundle starts");
+    TestBundle {
+        bundle,
+        database,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// The options of a test bundle (see [`spawn_bundle_with`]), adjusted by `tune`.
+pub fn test_options(tune: impl FnOnce(&mut BundleOptions)) -> BundleOptions {
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let mut options = BundleOptions::new(workspace_root().join("template.yaml"), &prefix[..12]);
     // Provider keys in the developer's shell must not reach the real providers from tests.
@@ -70,15 +84,7 @@ pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBun
         options.env.insert(name.to_owned(), value);
     }
     tune(&mut options);
-    let database = options.overrides["MONGODB_DATABASE"].clone();
-    let bundle = local::start(options)
-        .await
-        .expect("the local bundle starts");
-    TestBundle {
-        bundle,
-        database,
-        http: reqwest::Client::new(),
-    }
+    options
 }
 
 #[derive(Debug)]

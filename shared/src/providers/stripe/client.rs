@@ -190,8 +190,20 @@ impl StripeClient {
         self.timeout
     }
 
+    /// `STRIPE_TIMEOUT_SECONDS`, read at init so a malformed value fails the function's start.
+    ///
+    /// # Errors
+    /// [`crate::config::ConfigError::Malformed`] for a value that is not a number.
+    pub fn timeout_from_env(
+        env: &crate::config::Env,
+    ) -> Result<Duration, crate::config::ConfigError> {
+        let seconds = env.number("STRIPE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT.as_secs())?;
+        Ok(Duration::from_secs(seconds))
+    }
+
     /// The platform account's client as the environment configures it: `STRIPE_SECRET_KEY`
-    /// (a secret), `STRIPE_BASE_URL` (default the real API), `STRIPE_TIMEOUT_SECONDS`.
+    /// (a secret), `STRIPE_BASE_URL` (default the real API), and `timeout`
+    /// ([`Self::timeout_from_env`]).
     /// `None` when no key is configured: callers answer 503 and record nothing. Functions
     /// build it on first use ([`crate::config::OnFirstUse`]): reading the key is a network call.
     ///
@@ -200,6 +212,7 @@ impl StripeClient {
     pub async fn from_env(
         env: &crate::config::Env,
         secrets: &aws_sdk_secretsmanager::Client,
+        timeout: Duration,
     ) -> anyhow::Result<Option<Self>> {
         let Some(key) = env.secret("STRIPE_SECRET_KEY", secrets).await? else {
             return Ok(None);
@@ -207,10 +220,6 @@ impl StripeClient {
         let base_url = env
             .optional("STRIPE_BASE_URL")
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
-        let timeout = env
-            .optional("STRIPE_TIMEOUT_SECONDS")
-            .and_then(|s| s.parse().ok())
-            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
         Ok(Some(Self::new(&base_url, key, timeout)?))
     }
 
