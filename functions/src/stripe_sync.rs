@@ -87,7 +87,6 @@ impl StripeSync {
     /// When `TABLE_NAME` is missing.
     pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         let store = PaymentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?);
-        let number = |name: &str, default: u64| env.number(name, default);
         Ok(Self {
             reconciler: Reconciler::new(store.clone()),
             store,
@@ -98,13 +97,17 @@ impl StripeSync {
                     StripeClient::from_env(&env, &secrets, timeout).await
                 })
             },
-            page_size: u32::try_from(number("STRIPE_SYNC_PAGE_SIZE", u64::from(MAX_PAGE_SIZE))?)
-                .unwrap_or(MAX_PAGE_SIZE)
-                .clamp(1, MAX_PAGE_SIZE),
-            budget: Duration::from_secs(number("STRIPE_SYNC_BUDGET_SECONDS", 780)?),
-            lookback_seconds: i64::try_from(number("STRIPE_SYNC_LOOKBACK_DAYS", 7)? * 86_400)
-                .unwrap_or(0),
-            max_pages: number("STRIPE_SYNC_MAX_PAGES", 0)?,
+            page_size: u32::try_from(
+                env.number::<u64>("STRIPE_SYNC_PAGE_SIZE", u64::from(MAX_PAGE_SIZE))?,
+            )
+            .unwrap_or(MAX_PAGE_SIZE)
+            .clamp(1, MAX_PAGE_SIZE),
+            budget: Duration::from_secs(env.number::<u64>("STRIPE_SYNC_BUDGET_SECONDS", 780)?),
+            lookback_seconds: i64::try_from(
+                env.number::<u64>("STRIPE_SYNC_LOOKBACK_DAYS", 7)? * 86_400,
+            )
+            .unwrap_or(0),
+            max_pages: env.number::<u64>("STRIPE_SYNC_MAX_PAGES", 0)?,
         })
     }
 

@@ -102,7 +102,6 @@ impl Sweep {
         job_size: usize,
         job: fn(Vec<String>) -> Job,
     ) -> anyhow::Result<Self> {
-        let number = |name: &str| env.number::<i64>(name, -1).map(|n| (n >= 0).then_some(n));
         Ok(Self {
             channel,
             queue,
@@ -110,10 +109,12 @@ impl Sweep {
             job_size,
             job,
             events,
-            sweep_after: number("PENDING_SWEEP_AFTER_MINUTES")?
-                .map_or(SWEEP_AFTER, chrono::Duration::minutes),
-            give_up_after: number("PENDING_GIVE_UP_HOURS")?
-                .map_or(GIVE_UP_AFTER, chrono::Duration::hours),
+            sweep_after: chrono::Duration::minutes(
+                env.number("PENDING_SWEEP_AFTER_MINUTES", SWEEP_AFTER.num_minutes())?,
+            ),
+            give_up_after: chrono::Duration::hours(
+                env.number("PENDING_GIVE_UP_HOURS", GIVE_UP_AFTER.num_hours())?,
+            ),
         })
     }
 

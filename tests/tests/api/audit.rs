@@ -261,12 +261,7 @@ async fn events_delivered_twice_are_recorded_once_and_retention_is_indexed() {
         .await
         .unwrap();
 
-    let recorder = app
-        .bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == "event-recorder")
-        .unwrap();
+    let recorder = app.poller("event-recorder");
     eventually(30, "both deliveries recorded", || async {
         let _ = recorder.poll_once().await;
         (app.queue_depth("EventsQueue").await == 0).then_some(())
@@ -306,12 +301,7 @@ async fn with_mongodb_down_events_wait_and_all_arrive_after_it_returns() {
     })
     .await;
     let admin = app.token("acme", "admin");
-    let recorder = app
-        .bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == "event-recorder")
-        .unwrap();
+    let recorder = app.poller("event-recorder");
 
     app.post(
         "/services/templates/sms/",

@@ -125,12 +125,7 @@ async fn a_superuser_sees_a_dead_letter_decoded_and_redrives_it_and_the_email_go
             .then_some(())
     })
     .await;
-    let worker = app
-        .bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == "email-worker")
-        .unwrap();
+    let worker = app.poller("email-worker");
     while app.queue_depth("EmailSendQueue").await > 0 {
         worker.poll_once().await.unwrap();
     }
@@ -143,12 +138,7 @@ async fn a_superuser_sees_a_dead_letter_decoded_and_redrives_it_and_the_email_go
     assert_eq!(app.sandbox().calls(), 1);
 
     // The redrive is in the platform's audit trail.
-    let recorder = app
-        .bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == "event-recorder")
-        .unwrap();
+    let recorder = app.poller("event-recorder");
     while recorder.poll_once().await.unwrap() > 0 {}
     let audit = app
         .get(

@@ -359,12 +359,7 @@ async fn a_duplicate_queue_delivery_sends_once() {
         .await
         .unwrap();
 
-    let poller = app
-        .bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == "email-worker")
-        .unwrap();
+    let poller = app.poller("email-worker");
     let mut received = 0;
     while received < 2 || app.queue_depth("EmailSendQueue").await > 0 {
         received += poller.poll_once().await.unwrap();

@@ -24,12 +24,7 @@ const BULK_RECIPIENTS: usize = 400;
 const CAMPAIGN: &str = "faults";
 
 fn poller(app: &TestBundle, function: &str) -> Arc<QueuePoller> {
-    app.bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == function)
-        .cloned()
-        .unwrap()
+    Arc::clone(app.poller(function))
 }
 
 /// Lambda's event source mappings for the email pipeline: the bulk fan-out and two

@@ -167,6 +167,15 @@ impl TestBundle {
         Reply::read(request.send().await.expect("the bundle answers")).await
     }
 
+    /// The queue poller of a worker function (for tests that drive pollers by hand).
+    pub fn poller(&self, function: &str) -> &std::sync::Arc<local::sources::QueuePoller> {
+        self.bundle
+            .pollers
+            .iter()
+            .find(|p| p.function == function)
+            .unwrap_or_else(|| panic!("no poller for {function}"))
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Reply {
         self.call("GET", path, Some(token), None).await
     }

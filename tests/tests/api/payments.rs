@@ -117,6 +117,20 @@ async fn charge(app: &TestBundle, token: &str, body: Value) -> Value {
     reply.body
 }
 
+/// Puts what the Stripe sandbox now takes (a live key, a rolled key) into Herald's secret,
+/// as an operator would.
+async fn store_stripe_secret(app: &TestBundle) {
+    app.bundle
+        .aws
+        .secrets
+        .put_secret_value()
+        .secret_id(app.bundle.resource("StripeSecret"))
+        .secret_string(serde_json::to_string(&app.stripe().secret_values()).unwrap())
+        .send()
+        .await
+        .unwrap();
+}
+
 async fn fetch_pdf(app: &TestBundle, url: &str) -> Vec<u8> {
     let response = app.http.get(url).send().await.unwrap();
     assert!(
@@ -1470,15 +1484,7 @@ async fn the_sandbox_is_as_strict_as_live_stripe() {
     let app = spawn_bundle().await;
     app.stripe().use_live_key();
     assert!(app.stripe().secret_key().starts_with("sk_live_"));
-    app.bundle
-        .aws
-        .secrets
-        .put_secret_value()
-        .secret_id(app.bundle.resource("StripeSecret"))
-        .secret_string(serde_json::to_string(&app.stripe().secret_values()).unwrap())
-        .send()
-        .await
-        .unwrap();
+    store_stripe_secret(&app).await;
     let payment = charge(
         &app,
         &token,
@@ -1660,15 +1666,7 @@ async fn a_rolled_stripe_key_is_picked_up_without_failing_the_charge() {
     charge(&app, &token, body.clone()).await;
 
     app.stripe().rotate_key();
-    app.bundle
-        .aws
-        .secrets
-        .put_secret_value()
-        .secret_id(app.bundle.resource("StripeSecret"))
-        .secret_string(serde_json::to_string(&app.stripe().secret_values()).unwrap())
-        .send()
-        .await
-        .unwrap();
+    store_stripe_secret(&app).await;
     let second = charge(&app, &token, body).await;
     assert_ne!(second["status"], "failed", "{second}");
     assert!(
@@ -1685,15 +1683,7 @@ async fn a_sync_refused_for_a_rolled_key_reads_the_secret_again_on_its_next_run(
     let app = spawn_bundle().await;
     app.fire_schedule("stripe-sync").await;
     app.stripe().rotate_key();
-    app.bundle
-        .aws
-        .secrets
-        .put_secret_value()
-        .secret_id(app.bundle.resource("StripeSecret"))
-        .secret_string(serde_json::to_string(&app.stripe().secret_values()).unwrap())
-        .send()
-        .await
-        .unwrap();
+    store_stripe_secret(&app).await;
     let refused = app
         .http
         .post(app.bundle.url("/local/schedules/stripe-sync"))

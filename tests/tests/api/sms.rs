@@ -432,12 +432,7 @@ async fn the_rate_cap_holds_across_concurrent_workers() {
         .await;
         ids.push(reply["id"].as_str().unwrap().to_owned());
     }
-    let worker = app
-        .bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == "sms-worker")
-        .unwrap();
+    let worker = app.poller("sms-worker");
     let event = |ids: &[String], n: usize| -> SqsEvent {
         serde_json::from_value(json!({"Records": [{
             "messageId": format!("m{n}"),
@@ -515,12 +510,7 @@ async fn a_rate_hand_back_keeps_records_that_failed_transiently() {
     // The API's own jobs are not the point: only the one below is run.
     app.message_bodies_in("SmsSendQueue").await;
     twilio_fault(&app, json!({"status": 503, "count": 1})).await;
-    let worker = app
-        .bundle
-        .pollers
-        .iter()
-        .find(|p| p.function == "sms-worker")
-        .unwrap();
+    let worker = app.poller("sms-worker");
     let event: SqsEvent = serde_json::from_value(json!({"Records": [{
         "messageId": "m1",
         "receiptHandle": "r1",
