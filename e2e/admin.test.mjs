@@ -2,56 +2,20 @@
 // driven by playwright-core. It needs a running bundle: HERALD_URL=http://127.0.0.1:PORT
 // (scripts/e2e.sh starts one). Steps run in order and share one browser and one set of
 // templates; it saves e2e/screenshots/admin.png (and failure.png when a step fails).
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { BASE, SHOTS, apiCall, eventually, launchBrowser, stepper, token } from './lib.mjs';
 
-const BASE = (process.env.HERALD_URL || '').replace(/\/$/, '');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SHOTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'screenshots');
 // Names unique to this run, so a rerun against the same tables cannot see old rows.
 const RUN = Math.random().toString(36).slice(2, 8);
 const WELCOME = `Welcome ${RUN}`;
 const WELCOME_V2 = `Welcome ${RUN} v2`;
 const RECEIPT = `Receipt ${RUN}`;
 
-let context;
-let userDataDir;
+let browser;
 let page;
 const browserErrors = [];
-
-async function token(org, role) {
-  const reply = await fetch(`${BASE}/local/token?org=${org}&role=${role}`);
-  assert.equal(reply.status, 200, 'the local runner mints tokens');
-  return (await reply.text()).trim();
-}
-
-async function apiCall(method, url, bearer, body) {
-  const reply = await fetch(`${BASE}${url}`, {
-    method,
-    headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await reply.text();
-  return { status: reply.status, body: text ? JSON.parse(text) : null };
-}
-
-// Retries an assertion until it holds or time runs out (playwright-core has no `expect`).
-async function eventually(check, timeout = 10_000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    try {
-      return await check();
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  }
-}
 
 const text = (locator) => locator.innerText();
 const rows = (p = page) => p.getByTestId('template-row');
@@ -62,7 +26,7 @@ async function rowNames(p = page) {
 }
 
 async function newPage() {
-  const p = await context.newPage();
+  const p = await browser.context.newPage();
   p.setDefaultTimeout(10_000);
   p.on('pageerror', (error) => browserErrors.push(`pageerror: ${error.message}`));
   p.on('console', (message) => {
@@ -89,56 +53,20 @@ async function search(p, words) {
   await p.getByTestId('filter-apply').click();
 }
 
-// Each step builds on the ones before it, so after a failure the rest are skipped rather
-// than failing one timeout at a time; the failing step leaves a screenshot to look at.
-let failedStep = null;
-function step(name, fn) {
-  it(name, async (t) => {
-    if (failedStep) {
-      t.skip(`skipped: "${failedStep}" failed`);
-      return;
-    }
-    try {
-      await fn();
-    } catch (error) {
-      failedStep = name;
-      if (page) await page.screenshot({ path: path.join(SHOTS, 'failure.png'), fullPage: true }).catch(() => {});
-      throw error;
-    }
-  });
-}
+const step = stepper('failure.png', () => page);
 
 describe('template admin page', { timeout: 180_000 }, () => {
   let admin;
   let welcomeId;
 
   before(async () => {
-    assert.ok(BASE, 'set HERALD_URL to the running bundle, e.g. http://127.0.0.1:3000');
-    fs.mkdirSync(SHOTS, { recursive: true });
-    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-e2e-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 1360, height: 900 },
-      // No sandbox: the tests run as root. The rest keeps Chromium off the network (this
-      // machine has none) and quiet: only the bundle on loopback is contacted.
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchBrowser('admin');
     page = await newPage();
     admin = await token('acme', 'admin');
   });
 
   after(async () => {
-    await context?.close();
-    if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+    await browser?.close();
   });
 
   step('without a token the page says what to do; a bad token is explained', async () => {

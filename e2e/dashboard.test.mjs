@@ -4,52 +4,20 @@
 // runner's POST /local/queues/<LogicalId>), then reads the charts, rates and failures as an
 // organization's admin and redrives the DLQ as a platform superuser. It saves
 // e2e/screenshots/dashboard.png (committed) and dashboard-failure.png when a step fails.
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { BASE, SHOTS, apiCall, eventually as eventuallyWithin, launchBrowser, stepper, token } from './lib.mjs';
 
-const BASE = (process.env.HERALD_URL || '').replace(/\/$/, '');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SHOTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'screenshots');
+// Sends, webhooks and the events queue take their time: wait up to 30 s.
+const eventually = (check) => eventuallyWithin(check, 30_000);
+
 // An organization of this run's own, so reruns against the same tables start from zero.
 const ORG = `dash-${Math.random().toString(36).slice(2, 8)}`;
 
-let context;
-let userDataDir;
+let browser;
 let page;
 const browserErrors = [];
-
-async function token(org, role) {
-  const reply = await fetch(`${BASE}/local/token?org=${org}&role=${role}`);
-  assert.equal(reply.status, 200, 'the local runner mints tokens');
-  return (await reply.text()).trim();
-}
-
-async function apiCall(method, url, bearer, body) {
-  const reply = await fetch(`${BASE}${url}`, {
-    method,
-    headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await reply.text();
-  return { status: reply.status, body: text ? JSON.parse(text) : null };
-}
-
-async function eventually(check, timeout = 30_000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    try {
-      return await check();
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 250));
-    }
-  }
-}
 
 async function reaches(bearer, channel, id, statuses) {
   return eventually(async () => {
@@ -59,23 +27,7 @@ async function reaches(bearer, channel, id, statuses) {
   });
 }
 
-let failedStep = null;
-function step(name, fn) {
-  it(name, async (t) => {
-    if (failedStep) {
-      t.skip(`skipped: "${failedStep}" failed`);
-      return;
-    }
-    try {
-      await fn();
-    } catch (error) {
-      failedStep = name;
-      if (page) await page.screenshot({ path: path.join(SHOTS, 'dashboard-failure.png'), fullPage: true }).catch(() => {});
-      throw error;
-    }
-  });
-}
-
+const step = stepper('dashboard-failure.png', () => page);
 const text = (testId) => page.getByTestId(testId).innerText();
 
 async function useToken(bearer, organization = '') {
@@ -90,17 +42,8 @@ describe('dashboard page', { timeout: 180_000 }, () => {
   let lastEmail;
 
   before(async () => {
-    assert.ok(BASE, 'set HERALD_URL to the running bundle, e.g. http://127.0.0.1:3000');
-    fs.mkdirSync(SHOTS, { recursive: true });
-    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-e2e-dashboard-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 1360, height: 900 },
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-    page = await context.newPage();
+    browser = await launchBrowser('dashboard');
+    page = await browser.context.newPage();
     page.setDefaultTimeout(10_000);
     page.on('pageerror', (error) => browserErrors.push(`pageerror: ${error.message}`));
     page.on('console', (message) => {
@@ -113,8 +56,7 @@ describe('dashboard page', { timeout: 180_000 }, () => {
   });
 
   after(async () => {
-    await context?.close();
-    if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+    await browser?.close();
   });
 
   step('sends, a bounce and a failed SMS go through the API', async () => {
