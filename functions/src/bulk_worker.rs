@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 use shared::aws::AwsClients;
 use shared::config::Env;
-use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
+use shared::metrics::JobOutcome;
+use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher, RetryDelay};
 use shared::store::{EmailStore, SmsStore};
 
 use crate::email_api::SEND_CHUNK;
@@ -25,6 +26,8 @@ pub struct BulkWorker {
     sms: SmsStore,
     /// Set where the SMS bulk queue is also an event source of this function.
     sms_send_queue: Option<String>,
+    /// The bulk queues' `maxReceiveCount`: a job failing on that receive goes to the DLQ.
+    max_receives: u32,
 }
 
 impl SqsFunction for BulkWorker {
@@ -43,25 +46,26 @@ impl BulkWorker {
             email_send_queue: env.required("EMAIL_SEND_QUEUE_URL")?,
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             sms_send_queue: env.optional("SMS_SEND_QUEUE_URL"),
+            max_receives: env.number("MAX_RECEIVES", 2)?,
         })
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         shared::logging::invocation("bulk-worker", "", async {
             let mut failed = Vec::new();
+            let mut outcomes = Vec::new();
             for message in &event.records {
                 let id = message.message_id.as_deref().unwrap_or_default();
                 let job = shared::logging::job_span("bulk-worker", id);
-                if let Err(error) = self.process(message).instrument(job).await {
-                    tracing::warn!(error = format!("{error:#}"), "bulk job will be retried");
-                    failed.push(message.message_id.clone().unwrap_or_default());
+                let result = self.process(message).instrument(job).await;
+                let receives = RetryDelay::receives(message);
+                outcomes.push(JobOutcome::of(result.is_err(), receives, self.max_receives));
+                if let Err(error) = result {
+                    tracing::warn!(error = format!("{error:#}"), receives, "bulk job failed");
+                    failed.push(id.to_owned());
                 }
             }
-            shared::metrics::jobs(
-                "bulk-worker",
-                event.records.len() - failed.len(),
-                failed.len(),
-            );
+            shared::metrics::jobs("bulk-worker", outcomes);
             batch_response(failed)
         })
         .await

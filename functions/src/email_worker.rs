@@ -122,7 +122,7 @@ impl EmailWorker {
         shared::logging::invocation(
             "email-worker",
             "",
-            process_batch("email-worker", &event.records, |message| async move {
+            process_batch("email-worker", self.max_receives, &event.records, |message| async move {
                 self.process(message).await.map_err(|Retry(reason)| reason)
             }),
         )
@@ -358,17 +358,24 @@ impl EmailWorker {
             .await
             // The claim lease runs out and a retry picks the emails up again.
             .map_err(|error| Retry(format!("recording the outcome failed: {error:#}")))?;
-        let status = match outcome {
-            SendOutcome::Sent { .. } => "sent",
-            SendOutcome::Failed { .. } => "failed",
-            SendOutcome::Suppressed => "suppressed",
-            SendOutcome::Retry { .. } => return Ok(()),
-        };
         // Only the changes this wrote: where a webhook got there first, it reported its own.
-        let events = written
-            .iter()
-            .map(|id| Event::delivery(org, "email", format!("email/{id}"), status))
-            .collect();
+        let event = |id: &String| {
+            let resource = format!("email/{id}");
+            match outcome {
+                SendOutcome::Sent { .. } => Some(Event::delivery(org, "email", resource, "sent")),
+                SendOutcome::Failed { kind, .. } => {
+                    Some(Event::failed(org, "email", resource, *kind))
+                }
+                SendOutcome::Suppressed => {
+                    Some(Event::delivery(org, "email", resource, "suppressed"))
+                }
+                SendOutcome::Retry { .. } => None,
+            }
+        };
+        if matches!(outcome, SendOutcome::Retry { .. }) {
+            shared::metrics::messages_retried("email", written.len(), org.as_str());
+        }
+        let events = written.iter().filter_map(event).collect();
         self.events.publish(events).await;
         Ok(())
     }

@@ -12,6 +12,7 @@ use lambda_http::{Body, Request, Response};
 use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::http::Route;
+use shared::metrics::JobOutcome;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -60,9 +61,11 @@ pub fn batch_response(failed_message_ids: Vec<String>) -> SqsBatchResponse {
 pub const MESSAGES_IN_FLIGHT: usize = 10;
 
 /// Runs `process` over a batch's messages, [`MESSAGES_IN_FLIGHT`] at once, and answers with
-/// the messages to retry (`process` gives the reason, which is logged).
+/// the messages to retry (`process` gives the reason, which is logged). `max_receives` is
+/// the queue's `maxReceiveCount`: a job failing on that receive is counted dead-lettered.
 pub async fn process_batch<'a, F, Fut>(
     worker: &'static str,
+    max_receives: u32,
     records: &'a [SqsMessage],
     process: F,
 ) -> SqsBatchResponse
@@ -86,14 +89,17 @@ where
         .collect()
         .await;
     let mut failed = Vec::new();
+    let mut counted = Vec::new();
     for (message, outcome) in outcomes {
+        let receives = shared::queue::RetryDelay::receives(message);
+        counted.push(JobOutcome::of(outcome.is_err(), receives, max_receives));
         if let Err(reason) = outcome {
             let id = message.message_id.clone().unwrap_or_default();
-            tracing::warn!(worker, message_id = id, reason, "the job will be retried");
+            tracing::warn!(worker, message_id = id, reason, receives, "the job failed");
             failed.push(id);
         }
     }
-    shared::metrics::jobs(worker, records.len() - failed.len(), failed.len());
+    shared::metrics::jobs(worker, counted);
     batch_response(failed)
 }
 

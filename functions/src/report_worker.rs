@@ -26,6 +26,7 @@ use shared::config::{ConfigError, Env, OnFirstUse};
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
+use shared::metrics::JobOutcome;
 use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
 use shared::reports::{Report, ReportStatus, content, file};
 use shared::store::{EmailStore, EventStore, ReportStore, StoreError};
@@ -98,42 +99,59 @@ impl ReportWorker {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         shared::logging::invocation("report-worker", "", async {
             let mut failed = Vec::new();
+            let mut outcomes = Vec::new();
             for message in &event.records {
                 let id = message.message_id.as_deref().unwrap_or_default();
                 let job = shared::logging::job_span("report-worker", id);
-                if let Err(reason) = self.process(message).instrument(job).await {
+                let result = self.process(message).instrument(job).await;
+                let receives = RetryDelay::receives(message);
+                let max_receives = self.max_receives_of(message);
+                outcomes.push(JobOutcome::of(result.is_err(), receives, max_receives));
+                if let Err(reason) = result {
                     tracing::warn!(
-                        message_id = message.message_id.as_deref().unwrap_or_default(),
+                        message_id = id,
                         reason = format!("{reason:#}"),
-                        "report job will be retried"
+                        receives,
+                        "report job failed"
                     );
-                    failed.push(message.message_id.clone().unwrap_or_default());
+                    failed.push(id.to_owned());
                 }
             }
-            shared::metrics::jobs(
-                "report-worker",
-                event.records.len() - failed.len(),
-                failed.len(),
-            );
+            shared::metrics::jobs("report-worker", outcomes);
             batch_response(failed)
         })
         .await
+    }
+
+    /// How a job is retried and after how many receives its queue dead-letters it: exports
+    /// come from the export queue, everything else from the generate queue.
+    fn policy_of(&self, job: &Job) -> (&RetryDelay, u32) {
+        match job {
+            Job::ReportExport { .. } => (&self.export_retry, self.export_max_receives),
+            _ => (&self.generate_retry, self.generate_max_receives),
+        }
+    }
+
+    /// The dead-letter receive count of `message`'s queue (the generate queue's for a
+    /// message that cannot be read).
+    fn max_receives_of(&self, message: &SqsMessage) -> u32 {
+        let body = message.body.as_deref().unwrap_or_default();
+        match Envelope::parse(body) {
+            Ok(envelope) => self.policy_of(&envelope.job).1,
+            Err(_) => self.generate_max_receives,
+        }
     }
 
     async fn process(&self, message: &SqsMessage) -> anyhow::Result<()> {
         let envelope = Envelope::parse(message.body.as_deref().unwrap_or_default())?;
         let org = envelope.org;
         tracing::Span::current().record("org", org.as_str());
-        let receives = RetryDelay::receives(message);
-        let (report_id, result, retry, last) = match envelope.job {
+        let (retry, max_receives) = self.policy_of(&envelope.job);
+        let last = RetryDelay::receives(message) >= max_receives;
+        let (report_id, result) = match envelope.job {
             Job::ReportGenerate { report_id } => {
                 let result = self.generate(&org, &report_id).await;
-                (
-                    Some(report_id),
-                    result,
-                    &self.generate_retry,
-                    receives >= self.generate_max_receives,
-                )
+                (Some(report_id), result)
             }
             Job::ReportScheduleRun { schedule_id } => {
                 let message_id = message.message_id.clone().unwrap_or_default();
@@ -143,30 +161,15 @@ impl ReportWorker {
                 {
                     Ok(Some(report_id)) => {
                         let result = self.generate(&org, &report_id).await;
-                        (
-                            Some(report_id),
-                            result,
-                            &self.generate_retry,
-                            receives >= self.generate_max_receives,
-                        )
+                        (Some(report_id), result)
                     }
                     Ok(None) => return Ok(()),
-                    Err(error) => (
-                        None,
-                        Err(error),
-                        &self.generate_retry,
-                        receives >= self.generate_max_receives,
-                    ),
+                    Err(error) => (None, Err(error)),
                 }
             }
             Job::ReportExport { report_id } => {
                 let result = self.export(&org, &report_id).await;
-                (
-                    Some(report_id),
-                    result,
-                    &self.export_retry,
-                    receives >= self.export_max_receives,
-                )
+                (Some(report_id), result)
             }
             other => anyhow::bail!("not a report job: {other:?}"),
         };

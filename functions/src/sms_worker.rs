@@ -5,15 +5,18 @@
 //!   duplicate delivery of the same job finds nothing left to send.
 //! - Opted-out numbers end `suppressed` without a call.
 //! - Every call first takes a slot of the organization's per-second cap
-//!   (`SMS_RATE_PER_SECOND`) from an atomic conditional counter in DynamoDB, so the cap holds
-//!   across any number of concurrent workers. A worker without a slot waits for the next
-//!   second; when its wait budget runs out it hands the rest of the job back to the queue
-//!   (as a new message, delayed a second) instead of burning the Lambda's time.
+//!   (`SMS_RATE_PER_SECOND`) in its send window in DynamoDB (`shared::store::SendRate`: one
+//!   conditional write), so the cap holds over every sliding second across any number of
+//!   concurrent workers. A worker without a slot waits until one frees; when its wait budget
+//!   runs out it hands the rest of the job back to the queue (as a new message, delayed a
+//!   second) instead of burning the Lambda's time.
 //! - Permanent Twilio errors (e.g. 21211 invalid number, 21610 unsubscribed) are recorded as
 //!   `failed` at once; transient ones (429, 20429, 5xx, timeouts) put the record back in
 //!   `queued` and the job back on the queue with backoff, and the last allowed attempt
 //!   records `failed` before SQS moves the job to the DLQ.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -27,7 +30,7 @@ use shared::domain::sms_message::{SmsRecord, SmsStatus};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::twilio::{OutboundSms, Sender, TwilioClient, TwilioError};
 use shared::queue::{Envelope, Job, RetryDelay};
-use shared::store::{SendOutcome, SmsStore};
+use shared::store::{SendOutcome, SendRate, SlotClaim, SmsStore};
 
 use crate::registry::{BoxFuture, SqsFunction, process_batch};
 
@@ -99,6 +102,11 @@ pub struct SmsWorker {
     max_receives: u32,
     rate_per_second: u32,
     rate_wait: Duration,
+    send_rate: SendRate,
+    /// The window slot each organization's next send should try, as the last attempt
+    /// learned it: right whenever this worker is its organization's only sender, which
+    /// makes a send slot one write.
+    next_slot: Mutex<HashMap<OrgId, u32>>,
 }
 
 impl SqsFunction for SmsWorker {
@@ -128,6 +136,8 @@ impl SmsWorker {
             max_receives: env.number("MAX_RECEIVES", 3)?,
             rate_per_second: env.number("SMS_RATE_PER_SECOND", 10)?.max(1),
             rate_wait: Duration::from_secs(env.number("SMS_RATE_WAIT_SECONDS", 20)?),
+            send_rate: SendRate::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            next_slot: Mutex::default(),
         })
     }
 
@@ -135,7 +145,7 @@ impl SmsWorker {
         shared::logging::invocation(
             "sms-worker",
             "",
-            process_batch("sms-worker", &event.records, |message| async move {
+            process_batch("sms-worker", self.max_receives, &event.records, |message| async move {
                 self.process(message).await.map_err(|Retry(reason)| reason)
             }),
         )
@@ -377,49 +387,73 @@ impl SmsWorker {
             .await
             // The claim lease runs out and a retry picks the record up again.
             .map_err(|e| Retry(format!("recording the outcome failed: {e:#}")))?;
-        let status = match outcome {
-            SendOutcome::Sent { .. } => "sent",
-            SendOutcome::Failed { .. } => "failed",
-            SendOutcome::Suppressed => "suppressed",
-            SendOutcome::Retry { .. } => return Ok(()),
-        };
-        if written {
-            self.events
-                .publish(vec![Event::delivery(
-                    org,
-                    "sms",
-                    format!("sms/{}", record.id),
-                    status,
-                )])
-                .await;
+        if !written {
+            return Ok(());
         }
+        let resource = format!("sms/{}", record.id);
+        let event = match outcome {
+            SendOutcome::Sent { .. } => Event::delivery(org, "sms", resource, "sent"),
+            SendOutcome::Failed { kind, .. } => Event::failed(org, "sms", resource, *kind),
+            SendOutcome::Suppressed => Event::delivery(org, "sms", resource, "suppressed"),
+            SendOutcome::Retry { .. } => {
+                shared::metrics::messages_retried("sms", 1, org.as_str());
+                return Ok(());
+            }
+        };
+        self.events.publish(vec![event]).await;
         Ok(())
     }
 
-    /// Waits for a send slot of `org`; `false` when `deadline` passes first.
+    /// Waits for a send slot of `org` (`shared::store::SendRate`: the cap holds over every
+    /// sliding second); `false` when `deadline` passes first.
     async fn wait_for_slot(
         &self,
         org: &OrgId,
         deadline: tokio::time::Instant,
     ) -> Result<bool, Retry> {
+        let cap = self.rate_per_second;
+        let mut slot = self.slot_hint(org);
         loop {
-            let now = chrono::Utc::now();
-            let taken = self
-                .sms
-                .take_rate_slot(org, now.timestamp(), self.rate_per_second)
+            let now = chrono::Utc::now().timestamp_millis();
+            let claim = self
+                .send_rate
+                .take(org, cap, slot, now)
                 .await
                 .map_err(|e| Retry(format!("{e:#}")))?;
-            if taken {
-                return Ok(true);
+            let (next, free_at) = match claim {
+                SlotClaim::Taken { next } => {
+                    self.remember_slot(org, next);
+                    return Ok(true);
+                }
+                SlotClaim::TryAgain { next, free_at } => (next, free_at),
+            };
+            slot = next;
+            let wait = Duration::from_millis(u64::try_from(free_at - now).unwrap_or(0));
+            if wait.is_zero() {
+                continue; // another sender took the slot tried: the next one is free
             }
-            // Sleep to just past the next second, when a fresh counter starts.
-            let into_second = u64::from(now.timestamp_subsec_millis());
-            let wait = Duration::from_millis(1000 - into_second.min(999) + 5);
             if tokio::time::Instant::now() + wait > deadline {
+                self.remember_slot(org, next);
                 return Ok(false);
             }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    fn slot_hint(&self, org: &OrgId) -> u32 {
+        let hints = self
+            .next_slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        hints.get(org).copied().unwrap_or(0)
+    }
+
+    fn remember_slot(&self, org: &OrgId, next: u32) {
+        let mut hints = self
+            .next_slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        hints.insert(org.clone(), next);
     }
 
     /// Puts the unsent rest of a job back on the queue as a new message, a second out.

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use shared::config::Env;
 use shared::domain::OrgId;
+use shared::domain::email::FailureKind;
 use shared::events::{Event, EventPublisher};
 use shared::queue::{Envelope, Job, QueuePublisher};
 use shared::store::{StoreError, StuckInSent, Swept};
@@ -155,7 +156,8 @@ impl Sweep {
                 Swept::GaveUp => {
                     gave_up += 1;
                     let resource = format!("{}/{id}", self.channel);
-                    let event = Event::delivery(&org_id, self.channel, resource, "failed");
+                    let kind = FailureKind::Transient;
+                    let event = Event::failed(&org_id, self.channel, resource, kind);
                     self.events.publish(vec![event]).await;
                 }
                 Swept::Cleared => cleared += 1,

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::aws::SqsClient;
+use crate::domain::email::FailureKind;
 use crate::domain::{OrgId, RecordId};
 
 /// Events per queue message at most (the recorder writes a message's events in one insert).
@@ -22,6 +23,9 @@ pub const EVENTS_PER_MESSAGE: usize = 100;
 /// the individual lengths of all of the batched messages) are both 256 KiB", Amazon SQS API
 /// Reference, `SendMessageBatch`).
 pub const MAX_MESSAGE_BYTES: usize = 262_144;
+
+/// The detail member of a `failed` delivery event naming its [`FailureKind`].
+const FAILURE_KIND: &str = "failure_kind";
 
 /// Attempts at publishing one batch before its events are logged as lost.
 const PUBLISH_ATTEMPTS: u32 = 3;
@@ -105,6 +109,18 @@ impl Event {
         }
     }
 
+    /// A record of `channel` reaching `failed`, naming why: a `transient` failure Herald gave
+    /// up on (which `resend-failed` may retry) or a `permanent` one.
+    pub fn failed(
+        org: &OrgId,
+        channel: &str,
+        resource: impl Into<String>,
+        kind: FailureKind,
+    ) -> Self {
+        Self::delivery(org, channel, resource, "failed")
+            .with_detail(serde_json::json!({ FAILURE_KIND: kind }))
+    }
+
     pub fn with_detail(mut self, detail: Value) -> Self {
         self.detail = detail;
         self
@@ -125,7 +141,18 @@ fn count_status_change(event: &Event) {
     };
     let org = Some(event.org_id.as_str());
     match channel {
-        "email" | "sms" => crate::metrics::count(&MESSAGES, &[channel, status], 1, org),
+        "email" | "sms" => {
+            let outcome = match status {
+                // A `failed` that names no kind is the provider's word (a webhook, a status
+                // check): final.
+                "failed" => match event.detail[FAILURE_KIND].as_str() {
+                    Some("transient") => "failed_transient",
+                    _ => "failed_permanent",
+                },
+                status => status,
+            };
+            crate::metrics::count(&MESSAGES, &[channel, outcome], 1, org);
+        }
         "payment" => crate::metrics::count(&CHARGES, &[status], 1, org),
         _ => {}
     }

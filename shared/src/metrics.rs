@@ -61,10 +61,16 @@ pub struct Metric {
     pub rollups: &'static [&'static [&'static str]],
 }
 
-/// Messages by channel (`email`, `sms`) and outcome: `accepted` (202), `sent` (the
-/// provider took it), `delivered`, `bounced`, `failed_transient` (will be retried),
-/// `failed_permanent`, `suppressed`, `retried` (a job handed back to its queue),
-/// `dead_lettered` (the last attempt failed: the job goes to the DLQ).
+/// Messages by channel (`email`, `sms`) and outcome. Every status a message reaches
+/// (counted where its delivery event is published, [`crate::events`]): `queued` (accepted:
+/// the API answered 202), `sent` (the provider took it), `delivered`, `bounced`,
+/// `undelivered`, `suppressed`, and `failed` split by kind: `failed_transient` (Herald gave
+/// up after its last attempt, or the sweep did: `resend-failed` may try again) and
+/// `failed_permanent` (refused, or reported failed by the provider). Besides the statuses,
+/// `retried`: put back in `queued` for another attempt (a transient failure with attempts
+/// left, or handed back when an invocation's send budget ran out). Jobs that reach the DLQ
+/// are counted by [`JOBS`] (`dead_lettered`): the DLQ holds jobs, and the messages of a
+/// send job dead-lettered on a transient failure are its `failed_transient`.
 pub const MESSAGES: Metric = Metric {
     name: "Messages",
     unit: Unit::Count,
@@ -150,8 +156,9 @@ pub const STRIPE_SYNC_RUNS: Metric = Metric {
     rollups: &[],
 };
 
-/// Queue jobs by worker and outcome: `done`, `retried` (handed back to the queue; after the
-/// queue's `maxReceiveCount` receives SQS moves it to the DLQ, whose depth is alarmed).
+/// Queue jobs by worker and outcome ([`JobOutcome`]): `done`, `retried` (handed back to the
+/// queue), `dead_lettered` (failed on the last receive the queue's `maxReceiveCount`
+/// allows: SQS moves it to the DLQ, whose depth is alarmed).
 pub const JOBS: Metric = Metric {
     name: "Jobs",
     unit: Unit::Count,
@@ -233,12 +240,52 @@ pub fn webhook_events(provider: &str, outcome: &str, n: u64) {
     }
 }
 
-/// Counts a batch's jobs: those done and those handed back for a retry.
-pub fn jobs(function: &str, done: usize, retried: usize) {
-    for (outcome, n) in [("done", done), ("retried", retried)] {
-        if n > 0 {
-            count(&JOBS, &[function, outcome], n as u64, None);
+/// What became of one queue job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Done,
+    /// Handed back to its queue for another receive.
+    Retried,
+    /// Failed on its last receive (`ApproximateReceiveCount` reached the queue's
+    /// `maxReceiveCount`): SQS moves it to the DLQ instead of delivering it again.
+    DeadLettered,
+}
+
+impl JobOutcome {
+    /// The outcome of a job that ended with `failed` on its `receives`-th receive from a
+    /// queue that dead-letters after `max_receives`.
+    pub fn of(failed: bool, receives: u32, max_receives: u32) -> Self {
+        match (failed, receives >= max_receives) {
+            (false, _) => Self::Done,
+            (true, false) => Self::Retried,
+            (true, true) => Self::DeadLettered,
         }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Counts a batch's jobs by outcome.
+pub fn jobs(function: &str, outcomes: impl IntoIterator<Item = JobOutcome>) {
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for outcome in outcomes {
+        *counts.entry(outcome.as_str()).or_default() += 1;
+    }
+    for (outcome, n) in counts {
+        count(&JOBS, &[function, outcome], n, None);
+    }
+}
+
+/// Counts `n` messages of `channel` put back in `queued` for another attempt.
+pub fn messages_retried(channel: &str, n: usize, org: &str) {
+    if n > 0 {
+        count(&MESSAGES, &[channel, "retried"], n as u64, Some(org));
     }
 }
 

@@ -1,4 +1,5 @@
-//! SMS records, opt-outs, inbound conversation entries and the per-organization send rate.
+//! SMS records, opt-outs and inbound conversation entries (the per-organization send rate
+//! is `send_rate.rs`).
 //!
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
@@ -7,7 +8,6 @@
 //! | opt-out | `ORG#<org>` / `OPTOUT#<e164>` | |
 //! | inbound message | `ORG#<org>` / `SMSIN#<ulid>`, and `SMSINSID#<MessageSid>` to dedupe | |
 //! | last sender to a number | `SMSPEER#<e164>` / `SMSPEER` (org of the latest outbound SMS to it) | |
-//! | rate counter | `RATE#SMS#<org>` / `<unix second>` (expires after a minute) | |
 //!
 //! SMS records are write-sharded: `<shard>` is the record id's shard of
 //! [`RECORD_SHARDS`](super::RECORD_SHARDS) (see `shards.rs`), so one organization's claim,
@@ -978,63 +978,5 @@ impl SmsStore {
             Some(AttributeValue::S(org)) => OrgId::parse(org).ok(),
             _ => None,
         }))
-    }
-
-    /// Takes one of `limit` send slots of `org` in the unix second `second`: an atomic
-    /// conditional counter, so the cap holds across any number of concurrent workers.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub async fn take_rate_slot(
-        &self,
-        org: &OrgId,
-        second: i64,
-        limit: u32,
-    ) -> Result<bool, StoreError> {
-        let result = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("RATE#SMS#{org}")))
-            .key("sk", s(second.to_string()))
-            .update_expression("ADD #count :one SET expires_at = :ttl")
-            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
-            .expression_attribute_names("#count", "count")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(limit))
-            .expression_attribute_values(":ttl", n(second + 60))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("UpdateItem SMS rate")
-                .into()),
-        }
-    }
-
-    /// How many slots `org` used in `second` (for tests and diagnostics).
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub async fn rate_used(&self, org: &OrgId, second: i64) -> Result<u32, StoreError> {
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("RATE#SMS#{org}")))
-            .key("sk", s(second.to_string()))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem SMS rate")?
-            .item;
-        Ok(item
-            .and_then(|item| match item.get("count") {
-                Some(AttributeValue::N(count)) => count.parse().ok(),
-                _ => None,
-            })
-            .unwrap_or(0))
     }
 }

@@ -169,3 +169,49 @@ async fn sends_bounces_webhooks_and_charges_are_counted_as_cloudwatch_would_extr
         assert!(id.is_some_and(|id| !id.is_empty()), "{document}");
     }
 }
+
+/// Failures are counted by kind, a retry as `retried`, and a job that fails on the last
+/// receive its queue allows as `dead_lettered` (the email send queue's `maxReceiveCount` is 3).
+#[tokio::test]
+async fn failures_are_counted_by_kind_and_a_job_failing_its_last_receive_as_dead_lettered() {
+    let app = spawn_bundle().await;
+    let org = format!("emf-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let token = app.token(&org, "admin");
+
+    // SendGrid refuses the first call outright: a permanent failure, no retry.
+    app.sendgrid_fault(json!({"status": 400})).await;
+    let refused = send_email(&app, &token, "ann@example.com").await;
+    app.email_reaches(&token, &refused, "failed", 30).await;
+    // Then it is unavailable for longer than the queue's three receives: two retries, and
+    // the third receive gives the email up (transient) and sends its job to the DLQ.
+    app.sendgrid_fault(json!({"status": 503, "count": 50}))
+        .await;
+    let given_up = send_email(&app, &token, "bob@example.com").await;
+    app.email_reaches(&token, &given_up, "failed", 60).await;
+
+    let ours = ("Organization", org.as_str());
+    let documents = eventually(30, "the failure metrics", || async {
+        let documents = local::emf::documents();
+        let email = |outcome| {
+            let matching = [("Channel", "email"), ("Outcome", outcome), ours];
+            total(&documents, "Messages", &matching)
+        };
+        (email("failed_permanent") == 1.0 && email("failed_transient") == 1.0).then_some(documents)
+    })
+    .await;
+    assert_eq!(local::emf::refused(), [], "documents CloudWatch would drop");
+    let email = |outcome| {
+        let matching = [("Channel", "email"), ("Outcome", outcome), ours];
+        total(&documents, "Messages", &matching)
+    };
+    assert_eq!(email("retried"), 2.0, "two receives with attempts left");
+    assert_eq!(email("failed"), 0.0, "a failure always names its kind");
+    assert_eq!(email("sent"), 0.0);
+    // Jobs carry no organization; other tests' workers share the collector, so at least.
+    let jobs = |outcome| {
+        let matching = [("Function", "email-worker"), ("Outcome", outcome)];
+        total(&documents, "Jobs", &matching)
+    };
+    assert!(jobs("retried") >= 2.0);
+    assert!(jobs("dead_lettered") >= 1.0);
+}
