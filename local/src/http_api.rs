@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body as AxumBody, to_bytes};
 use axum::extract::State;
@@ -24,13 +25,22 @@ pub struct HttpRoute {
     pub path: String,
     pub authorized: bool,
     pub function: Arc<dyn HttpFunction>,
+    /// The function's `Timeout`.
+    pub timeout: Duration,
+}
+
+/// A function URL's function.
+pub struct FunctionUrl {
+    pub function: Arc<dyn HttpFunction>,
+    /// The function's `Timeout`.
+    pub timeout: Duration,
 }
 
 pub struct HttpApi {
     pub routes: Vec<HttpRoute>,
     /// Function URLs, served at `/hooks/<binary>/…` (no authorizer: the function checks
     /// the provider's signature).
-    pub function_urls: HashMap<String, Arc<dyn HttpFunction>>,
+    pub function_urls: HashMap<String, FunctionUrl>,
     pub auth: LocalAuth,
 }
 
@@ -84,13 +94,12 @@ pub async fn serve(
             &bytes,
         );
         return match lambda_http::request::from_str(&event.to_string()) {
-            Ok(request) => into_axum(
-                shared::logging::with_lambda_request_id(
-                    uuid::Uuid::new_v4().to_string(),
-                    function.call(request),
-                )
-                .await,
-            ),
+            Ok(request) => invoke(binary, &function.function, function.timeout, request)
+                .await
+                .unwrap_or_else(|_| {
+                    // A function URL answers a function error with 502 and this body.
+                    plain(http::StatusCode::BAD_GATEWAY, "Internal Server Error")
+                }),
             Err(error) => into_axum(ApiError::internal(error).into_response()),
         };
     }
@@ -142,13 +151,49 @@ pub async fn serve(
         Ok(request) => request,
         Err(error) => return into_axum(ApiError::internal(error).into_response()),
     };
-    into_axum(
-        shared::logging::with_lambda_request_id(
-            uuid::Uuid::new_v4().to_string(),
-            route.function.call(request),
-        )
-        .await,
-    )
+    invoke(&route_key, &route.function, route.timeout, request)
+        .await
+        .unwrap_or_else(|_| {
+            // What an HTTP API answers when its Lambda integration fails (the AWS guide,
+            // "Troubleshooting issues with HTTP API Lambda integrations").
+            json_message(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+            )
+        })
+}
+
+/// Invokes `function` with `request`, its context carrying the invocation's deadline.
+async fn invoke(
+    name: &str,
+    function: &Arc<dyn HttpFunction>,
+    timeout: Duration,
+    request: lambda_http::Request,
+) -> Result<AxumResponse, crate::invocation::TimedOut> {
+    use lambda_http::RequestExt;
+    // Boxed: the server's future for a request stays small (debug builds poll it on the
+    // test thread's stack).
+    Box::pin(crate::invocation::run(name, timeout, |invocation| {
+        function.call(request.with_lambda_context(invocation.lambda_context()))
+    }))
+    .await
+    .map(into_axum)
+}
+
+fn plain(status: http::StatusCode, body: &'static str) -> AxumResponse {
+    let mut response = AxumResponse::new(AxumBody::from(body));
+    *response.status_mut() = status;
+    response
+}
+
+fn json_message(status: http::StatusCode, message: &str) -> AxumResponse {
+    let mut response = AxumResponse::new(AxumBody::from(json!({ "message": message }).to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// The payload format 2.0 event (API Gateway HTTP API and function URLs share it).

@@ -12,6 +12,7 @@ pub mod emf;
 pub mod http_api;
 pub mod iam;
 pub mod index_lag;
+pub mod invocation;
 pub mod report_schedules;
 pub mod resources;
 pub mod sandbox;
@@ -32,7 +33,7 @@ use shared::aws::AwsClients;
 use shared::config::Env;
 
 use crate::auth::LocalAuth;
-use crate::http_api::{HttpApi, HttpRoute};
+use crate::http_api::{FunctionUrl, HttpApi, HttpRoute};
 use crate::index_lag::IndexLag;
 use crate::resources::ResourceNames;
 use crate::sandbox::sendgrid::SendGridSandbox;
@@ -73,6 +74,9 @@ pub struct BundleOptions {
     /// How long an item written by a function stays missing from index queries, as on AWS
     /// ([`index_lag`]); `HERALD_LOCAL_GSI_LAG_MS`, zero (off) unless set.
     pub index_lag: std::time::Duration,
+    /// A function's `Timeout` other than the template's, by binary name: tests shorten one
+    /// to see what its callers get when Lambda stops it.
+    pub timeouts: BTreeMap<String, std::time::Duration>,
 }
 
 impl BundleOptions {
@@ -94,6 +98,7 @@ impl BundleOptions {
                     .and_then(|ms| ms.parse().ok())
                     .unwrap_or(0),
             ),
+            timeouts: BTreeMap::new(),
         }
     }
 }
@@ -263,6 +268,11 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
             shared::metrics::set_namespace(namespace);
         }
         let function_aws = iam.instrument(&function.logical_id, &function_aws);
+        let timeout = options
+            .timeouts
+            .get(&function.binary)
+            .copied()
+            .unwrap_or(function.timeout);
         let handler = registry::load(&function.binary, &function_aws, &Env::from_map(vars))
             .await
             .with_context(|| format!("building {}", function.logical_id))?;
@@ -274,10 +284,17 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
                         path: route.path.clone(),
                         authorized: route.authorized,
                         function: Arc::clone(&http_function),
+                        timeout,
                     });
                 }
                 if function.function_url {
-                    function_urls.insert(function.binary.clone(), http_function);
+                    function_urls.insert(
+                        function.binary.clone(),
+                        FunctionUrl {
+                            function: http_function,
+                            timeout,
+                        },
+                    );
                 }
             }
             Handler::Sqs(sqs_function) => {
@@ -292,6 +309,7 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
                         batch_size: source.batch_size,
                         report_failures: source.report_failures,
                         handler: Arc::clone(&sqs_function),
+                        timeout,
                         sqs: aws.sqs.clone(),
                     }));
                 }
@@ -304,6 +322,7 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
                             function: function.binary.clone(),
                             expression: expression.clone(),
                             handler: Arc::clone(&scheduled),
+                            timeout,
                         },
                     );
                 }

@@ -14,6 +14,8 @@ use functions::registry::{ScheduledFunction, SqsFunction};
 use serde_json::{Value, json};
 use shared::aws::SqsClient;
 
+use crate::invocation;
+
 /// One SQS event source mapping.
 pub struct QueuePoller {
     pub function: String,
@@ -22,12 +24,16 @@ pub struct QueuePoller {
     pub batch_size: usize,
     pub report_failures: bool,
     pub handler: Arc<dyn SqsFunction>,
+    /// The function's `Timeout`.
+    pub timeout: Duration,
     pub sqs: SqsClient,
 }
 
 impl QueuePoller {
     /// Receives one batch (long-polling a second), invokes the worker and deletes the
     /// messages it did not report as failed. Returns how many messages it received.
+    /// An invocation stopped at the function's timeout deletes nothing: the whole batch
+    /// comes back once its visibility timeout ends, as with Lambda's event source mapping.
     ///
     /// # Errors
     /// When SQS cannot be reached.
@@ -73,8 +79,11 @@ impl QueuePoller {
             .collect();
         let event: SqsEvent = serde_json::from_value(json!({ "Records": records }))
             .context("building the SQS event")?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let response = shared::logging::with_lambda_request_id(id, self.handler.call(event)).await;
+        let Ok(response) =
+            invocation::run(&self.function, self.timeout, |_| self.handler.call(event)).await
+        else {
+            return Ok(messages.len());
+        };
         let failed: HashSet<String> = if self.report_failures {
             response
                 .batch_item_failures
@@ -115,6 +124,8 @@ pub struct Schedule {
     pub function: String,
     pub expression: String,
     pub handler: Arc<dyn ScheduledFunction>,
+    /// The function's `Timeout`.
+    pub timeout: Duration,
 }
 
 impl Schedule {
@@ -136,7 +147,7 @@ impl Schedule {
     /// Fires the schedule now, with the event EventBridge would send.
     ///
     /// # Errors
-    /// The function's own error.
+    /// The function's own error, or Lambda's when the function's timeout stopped it.
     pub async fn fire(&self) -> Result<Value, String> {
         let event: EventBridgeEvent = serde_json::from_value(json!({
             "version": "0",
@@ -150,8 +161,9 @@ impl Schedule {
             "detail": {},
         }))
         .map_err(|e| e.to_string())?;
-        let id = uuid::Uuid::new_v4().to_string();
-        shared::logging::with_lambda_request_id(id, self.handler.call(event)).await
+        invocation::run(&self.function, self.timeout, |_| self.handler.call(event))
+            .await
+            .map_err(|stopped| stopped.to_string())?
     }
 
     pub fn spawn(self) -> Option<tokio::task::JoinHandle<()>> {

@@ -22,6 +22,8 @@ pub struct FunctionDef {
     pub schedules: Vec<String>,
     /// Whether the function has a function URL (webhooks).
     pub function_url: bool,
+    /// `Timeout` (the function's, else the Globals'), at which Lambda stops an invocation.
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +62,13 @@ impl BundleTemplate {
     /// When the YAML is malformed or a function has no binary.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let doc: Value = serde_yaml::from_str(text).context("template.yaml is not YAML")?;
-        let global_env = doc
+        let global_function = doc
             .get("Globals")
             .and_then(|g| g.get("Function"))
-            .and_then(|f| f.get("Environment"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let global_env = global_function
+            .get("Environment")
             .and_then(|e| e.get("Variables"))
             .map(mapping_of)
             .unwrap_or_default();
@@ -98,7 +103,13 @@ impl BundleTemplate {
                 .to_owned();
             let properties = resource.get("Properties").cloned().unwrap_or(Value::Null);
             if kind == "AWS::Serverless::Function" {
-                functions.push(function_def(&id, resource, &properties, &global_env)?);
+                functions.push(function_def(
+                    &id,
+                    resource,
+                    &properties,
+                    &global_function,
+                    &global_env,
+                )?);
             }
             resources.insert(id, (kind, properties));
         }
@@ -124,8 +135,17 @@ fn function_def(
     id: &str,
     resource: &Value,
     properties: &Value,
+    global_function: &Value,
     global_env: &BTreeMap<String, Value>,
 ) -> anyhow::Result<FunctionDef> {
+    let timeout = properties
+        .get("Timeout")
+        .or_else(|| global_function.get("Timeout"))
+        .and_then(Value::as_u64)
+        .map_or(
+            crate::invocation::DEFAULT_TIMEOUT,
+            std::time::Duration::from_secs,
+        );
     let binary = resource
         .get("Metadata")
         .and_then(|m| m.get("BuildProperties"))
@@ -209,6 +229,7 @@ fn function_def(
         queues,
         schedules,
         function_url,
+        timeout,
     })
 }
 

@@ -34,7 +34,11 @@ where
     use crate::metrics::{API_LATENCY, API_REQUESTS};
     let started = std::time::Instant::now();
     let work = async {
-        let response = dispatch().await.unwrap_or_else(ApiError::into_response);
+        // Boxed: a handler's future (every route's arm) lives on the heap, not in each
+        // frame that polls it; unoptimized builds otherwise overflow a 2 MiB stack.
+        let response = Box::pin(dispatch())
+            .await
+            .unwrap_or_else(ApiError::into_response);
         let status = response.status().as_u16();
         tracing::info!(
             method = %request.method(),

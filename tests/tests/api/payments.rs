@@ -1229,6 +1229,42 @@ async fn a_retry_of_a_cut_off_create_reaches_the_same_stripe_object() {
     assert_eq!(herald_charges, 1, "one Herald payment");
 }
 
+/// Issue 16, defect 1 (and issue 15's strict runner): the runner stops an invocation at its
+/// function's `Timeout` as Lambda does, and hands the handler the deadline in its context.
+/// With the function's Timeout at 8 s and Stripe holding every answer, the Stripe calls end
+/// at the deadline less the time kept to record the outcome: the client gets 202 `pending`,
+/// not the API's 500 for a function Lambda stopped.
+#[tokio::test]
+async fn the_lambda_deadline_bounds_the_stripe_calls_so_a_held_charge_answers_pending() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .timeouts
+            .insert("payments-api".to_owned(), std::time::Duration::from_secs(8));
+    })
+    .await;
+    let token = app.token("acme", "member");
+    app.sandbox_post(
+        "_faults",
+        json!({"connection": "accept_then_hold", "count": 5}),
+    )
+    .await;
+    app.sandbox_post("_events/hold", json!({"hold": true}))
+        .await;
+    let (status, payment) = app
+        .post_keyed(
+            "/services/payments/",
+            &token,
+            "order-deadline",
+            &json!({"amount": 700, "currency": "usd", "payment_method": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &payment["status"]),
+        (202, &json!("pending")),
+        "{payment}"
+    );
+}
+
 /// Issue 16, defect 1: when Stripe holds its answer past the request's Stripe budget, the
 /// charge answers 202 `pending` (no second create), and Stripe's webhook settles it.
 #[tokio::test]
