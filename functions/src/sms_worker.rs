@@ -4,12 +4,13 @@
 //! - Each record is claimed before its call (`queued → sending`, conditional), so a
 //!   duplicate delivery of the same job finds nothing left to send.
 //! - Opted-out numbers end `suppressed` without a call.
-//! - Every call first takes a slot of the organization's per-second cap
-//!   (`SMS_RATE_PER_SECOND`) in its send window in DynamoDB (`shared::store::SendRate`: one
-//!   conditional write), so the cap holds over every sliding second across any number of
-//!   concurrent workers. A worker without a slot waits until one frees; when its wait budget
-//!   runs out it hands the rest of the job back to the queue (as a new message, delayed a
-//!   second) instead of burning the Lambda's time.
+//! - Every call goes at a send time booked in the organization's send window in DynamoDB
+//!   (`shared::store::SendRate`: one conditional write books up to a second's worth), so
+//!   the cap (`SMS_RATE_PER_SECOND`) holds over every sliding second across any number of
+//!   concurrent workers. Each send sleeps until its booked time, the sends of a booking
+//!   concurrently, so a slow Twilio call does not make the next one late; when no time
+//!   within its wait budget is left the job hands the rest back to the queue (as a new
+//!   message, delayed a second) instead of burning the Lambda's time.
 //! - Permanent Twilio errors (e.g. 21211 invalid number, 21610 unsubscribed) are recorded as
 //!   `failed` at once; transient ones (429, 20429, 5xx, timeouts) put the record back in
 //!   `queued` and the job back on the queue with backoff, and the last allowed attempt
@@ -30,12 +31,20 @@ use shared::domain::sms_message::{SmsRecord, SmsStatus};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::twilio::{OutboundSms, Sender, TwilioClient, TwilioError};
 use shared::queue::{Envelope, Job, RetryDelay};
-use shared::store::{SendOutcome, SendRate, SlotClaim, SmsStore};
+use shared::store::{Booking, SendOutcome, SendRate, SmsStore, Window};
 
 use crate::registry::{BoxFuture, SqsFunction, process_batch};
 
 /// How long a claim holds before another delivery may take the record over.
 const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// The longest `SMS_RATE_WAIT_SECONDS`: a record is claimed before it waits for its send
+/// time, so the wait and the call must end well inside [`CLAIM_LEASE`] (and inside the
+/// function's 60 s timeout).
+const MAX_RATE_WAIT_SECONDS: u64 = 30;
+
+/// How late a send may wake for its booked time and still go (more, and it books again).
+const LATE_GRACE_MS: i64 = 20;
 
 /// Twilio as configured: the client and the default sender.
 #[derive(Debug, Clone)]
@@ -103,10 +112,9 @@ pub struct SmsWorker {
     rate_per_second: u32,
     rate_wait: Duration,
     send_rate: SendRate,
-    /// The window slot each organization's next send should try, as the last attempt
-    /// learned it: right whenever this worker is its organization's only sender, which
-    /// makes a send slot one write.
-    next_slot: Mutex<HashMap<OrgId, u32>>,
+    /// Each organization's send window as this worker last saw it: current whenever the
+    /// worker is its organization's only sender, which makes a booking one write.
+    windows: Mutex<HashMap<OrgId, Window>>,
 }
 
 impl SqsFunction for SmsWorker {
@@ -117,6 +125,15 @@ impl SqsFunction for SmsWorker {
 
 #[derive(Debug)]
 struct Retry(String);
+
+/// How one booked send went.
+enum Sent {
+    Done,
+    /// The job must be retried, for this reason.
+    Retry(String),
+    /// Another delivery has a live claim on the record.
+    HeldElsewhere(String),
+}
 
 impl SmsWorker {
     /// No I/O: the Twilio credentials are read by the first job that sends.
@@ -135,9 +152,9 @@ impl SmsWorker {
             status_callback: env.optional("TWILIO_WEBHOOK_URL"),
             max_receives: env.number("MAX_RECEIVES", 3)?,
             rate_per_second: env.number("SMS_RATE_PER_SECOND", 10)?.max(1),
-            rate_wait: Duration::from_secs(env.number("SMS_RATE_WAIT_SECONDS", 20)?),
+            rate_wait: rate_wait(env)?,
             send_rate: SendRate::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            next_slot: Mutex::default(),
+            windows: Mutex::default(),
         })
     }
 
@@ -171,7 +188,9 @@ impl SmsWorker {
         let deadline = tokio::time::Instant::now() + self.rate_wait;
         let mut retry = None;
         let mut held_elsewhere = Vec::new();
-        for (index, record) in records.iter().enumerate() {
+        // First what needs no send slot: duplicates, opted-out numbers, no Twilio.
+        let mut to_send = Vec::new();
+        for record in &records {
             if !matches!(record.status, SmsStatus::Queued | SmsStatus::Sending) {
                 continue; // already sent or final: a duplicate delivery
             }
@@ -187,8 +206,8 @@ impl SmsWorker {
                 }
                 continue;
             }
-            let twilio = match twilio {
-                Ok(twilio) => twilio,
+            match twilio {
+                Ok(twilio) => to_send.push((record, twilio)),
                 Err(reason) => {
                     if self.claim(&org, record).await?.is_some() {
                         let reason = reason.to_owned();
@@ -196,11 +215,17 @@ impl SmsWorker {
                         let outcome = SendOutcome::transient(reason, last_attempt);
                         self.finish(&org, record, &outcome, None, None).await?;
                     }
-                    continue;
                 }
-            };
-            if !self.wait_for_slot(&org, deadline).await? {
-                // Records this delivery already set back to `queued` are behind `index`:
+            }
+        }
+        // Then the sends, each at a time booked in the organization's send window.
+        let mut sent = 0;
+        while sent < to_send.len() {
+            let times = self
+                .book_send_times(&org, deadline, to_send.len() - sent)
+                .await?;
+            if times.is_empty() {
+                // Records this delivery already set back to `queued` are not in the rest:
                 // handing back only the rest would leave them `queued` for good. Retry the
                 // whole job instead (with backoff, counting towards the DLQ); the records
                 // it already sent are skipped as duplicates.
@@ -211,17 +236,26 @@ impl SmsWorker {
                 // Those another delivery holds go back too, in case that delivery died.
                 let rest = held_elsewhere
                     .into_iter()
-                    .chain(records[index..].iter().map(|r| r.id.clone()))
+                    .chain(to_send[sent..].iter().map(|(r, _)| r.id.clone()))
                     .collect();
                 return self.hand_back(&org, rest).await;
             }
-            let Some(claimed) = self.claim(&org, record).await? else {
-                held_elsewhere.push(record.id.clone()); // another delivery has a live claim
-                continue;
-            };
-            if let Some(reason) = self.send_one(&org, twilio, &claimed, last_attempt).await? {
-                retry.get_or_insert(reason);
+            let booked = &to_send[sent..sent + times.len()];
+            // Each send leaves at its own time, so the booked times are kept even when a
+            // Twilio call takes longer than the gap to the next.
+            let sends = booked.iter().zip(&times).map(|((record, twilio), at)| {
+                self.send_at(*at, deadline, (&org, twilio), record, last_attempt)
+            });
+            for result in futures::future::join_all(sends).await {
+                match result? {
+                    Sent::Done => {}
+                    Sent::Retry(reason) => {
+                        retry.get_or_insert(reason);
+                    }
+                    Sent::HeldElsewhere(id) => held_elsewhere.push(id),
+                }
             }
+            sent += times.len();
         }
         match retry {
             Some(reason) => {
@@ -404,56 +438,89 @@ impl SmsWorker {
         Ok(())
     }
 
-    /// Waits for a send slot of `org` (`shared::store::SendRate`: the cap holds over every
-    /// sliding second); `false` when `deadline` passes first.
-    async fn wait_for_slot(
+    /// Books the times of up to `wanted` sends of `org` (`shared::store::SendRate`: the cap
+    /// holds over every sliding second); none when no time before `deadline` is left.
+    async fn book_send_times(
         &self,
         org: &OrgId,
         deadline: tokio::time::Instant,
-    ) -> Result<bool, Retry> {
-        let cap = self.rate_per_second;
-        let mut slot = self.slot_hint(org);
+        wanted: usize,
+    ) -> Result<Vec<i64>, Retry> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let latest = now_ms() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        let mut window = self.window_of(org);
         loop {
-            let now = chrono::Utc::now().timestamp_millis();
-            let claim = self
-                .send_rate
-                .take(org, cap, slot, now)
-                .await
-                .map_err(|e| Retry(format!("{e:#}")))?;
-            let (next, free_at) = match claim {
-                SlotClaim::Taken { next } => {
-                    self.remember_slot(org, next);
-                    return Ok(true);
+            let times = window.next_times(wanted, now_ms(), latest);
+            if times.is_empty() {
+                self.remember_window(org, window);
+                return Ok(times);
+            }
+            match self.send_rate.book(org, &window, &times).await {
+                Ok(Booking::Booked(after)) => {
+                    self.remember_window(org, after);
+                    return Ok(times);
                 }
-                SlotClaim::TryAgain { next, free_at } => (next, free_at),
-            };
-            slot = next;
-            let wait = Duration::from_millis(u64::try_from(free_at - now).unwrap_or(0));
-            if wait.is_zero() {
-                continue; // another sender took the slot tried: the next one is free
+                Ok(Booking::Changed(current)) => window = current,
+                Err(error) => return Err(Retry(format!("{error:#}"))),
             }
-            if tokio::time::Instant::now() + wait > deadline {
-                self.remember_slot(org, next);
-                return Ok(false);
-            }
-            tokio::time::sleep(wait).await;
         }
     }
 
-    fn slot_hint(&self, org: &OrgId) -> u32 {
-        let hints = self
-            .next_slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        hints.get(org).copied().unwrap_or(0)
+    /// Claims `record`, then sleeps until unix ms `at` and sends it. The claim comes first
+    /// so that nothing but the wake-up stands between the booked time and the call. A send
+    /// that wakes more than [`LATE_GRACE_MS`] late books a new time if one is left before
+    /// `deadline`: the slot's next send is booked a second after `at`, so going late could
+    /// put two of its sends under a second apart.
+    async fn send_at(
+        &self,
+        mut at: i64,
+        deadline: tokio::time::Instant,
+        booking: (&OrgId, &TwilioSettings),
+        record: &SmsRecord,
+        last_attempt: bool,
+    ) -> Result<Sent, Retry> {
+        let (org, twilio) = booking;
+        let Some(claimed) = self.claim(org, record).await? else {
+            return Ok(Sent::HeldElsewhere(record.id.clone()));
+        };
+        loop {
+            let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let late = now_ms() - at;
+            if late <= LATE_GRACE_MS {
+                break;
+            }
+            match self.book_send_times(org, deadline, 1).await?.first() {
+                Some(&later) => at = later,
+                None => {
+                    tracing::warn!(
+                        sms = record.id,
+                        late_ms = late,
+                        "no later send time left: sent late"
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(
+            match self.send_one(org, twilio, &claimed, last_attempt).await? {
+                Some(reason) => Sent::Retry(reason),
+                None => Sent::Done,
+            },
+        )
     }
 
-    fn remember_slot(&self, org: &OrgId, next: u32) {
-        let mut hints = self
-            .next_slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        hints.insert(org.clone(), next);
+    fn window_of(&self, org: &OrgId) -> Window {
+        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        windows
+            .get(org)
+            .cloned()
+            .unwrap_or_else(|| Window::unseen(self.rate_per_second))
+    }
+
+    fn remember_window(&self, org: &OrgId, window: Window) {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        windows.insert(org.clone(), window);
     }
 
     /// Puts the unsent rest of a job back on the queue as a new message, a second out.
@@ -481,4 +548,19 @@ impl SmsWorker {
         );
         Ok(())
     }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `SMS_RATE_WAIT_SECONDS`, at most [`MAX_RATE_WAIT_SECONDS`].
+fn rate_wait(env: &Env) -> anyhow::Result<Duration> {
+    let seconds = env.number("SMS_RATE_WAIT_SECONDS", 20)?;
+    anyhow::ensure!(
+        seconds <= MAX_RATE_WAIT_SECONDS,
+        "SMS_RATE_WAIT_SECONDS is {seconds}: at most {MAX_RATE_WAIT_SECONDS}, so a claimed \
+         record is sent before its claim lapses"
+    );
+    Ok(Duration::from_secs(seconds))
 }

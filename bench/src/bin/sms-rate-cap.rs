@@ -4,9 +4,12 @@
 //! Starts the bundle in-process against local services (moto and a MongoDB-compatible
 //! server, e.g. from `scripts/services.sh start`) without queue pollers, accepts `--sms`
 //! SMS for one organization through the API, then runs `--workers` SMS-worker invocations
-//! at once, each with an equal share of the records, and reads the times the Twilio sandbox
-//! received the sends. It prints the most sends any sliding second held (goal: at most the
-//! cap) and the rate achieved from the first send to the last (goal: at least 90 % of it).
+//! at once, each with an equal share of the records (then drains what they handed back
+//! through the queue), and reads the times the Twilio sandbox received the sends. It prints
+//! the most sends any sliding second held (goal: at most the cap, allowing a few ms of
+//! clock jitter) and the rate achieved from the first send to the last (goal: at least
+//! 90 % of it where the machine can send that fast; a cap far above what it can send shows
+//! that ceiling).
 //!
 //! `cargo run --release -p herald-bench --bin sms-rate-cap -- --sms 1000 --cap 50 --workers 20`
 
@@ -58,8 +61,8 @@ async fn main() -> anyhow::Result<()> {
         ("AWS_ENDPOINT_URL".to_owned(), args.aws_endpoint.clone()),
         ("MONGODB_URI".to_owned(), args.mongodb_uri.clone()),
     ]));
-    // Long enough a wait that no worker hands its job back: every send is measured here.
-    let wait = (args.sms as u32 / args.cap + 30).to_string();
+    // The longest wait the worker allows; what it hands back is drained below.
+    let wait = "30".to_owned();
     options.overrides.extend(BTreeMap::from([
         ("MONGODB_DATABASE".to_owned(), prefix.clone()),
         ("SMS_RATE_PER_SECOND".to_owned(), args.cap.to_string()),
@@ -111,6 +114,16 @@ async fn main() -> anyhow::Result<()> {
     let invocations = events.into_iter().map(|event| worker.handler.call(event));
     // Polled together: the invocations run at once, as concurrent Lambdas do.
     let responses = futures::future::join_all(invocations).await;
+    // Jobs handed back (a worker's wait ran out) go through the queue as on AWS.
+    // (A handed-back job is delayed a second: three empty one-second polls mean none is left.)
+    let mut empty_polls = 0;
+    while empty_polls < 3 {
+        empty_polls = if worker.poll_once().await? == 0 {
+            empty_polls + 1
+        } else {
+            0
+        };
+    }
     let wall = started.elapsed();
     let failed: usize = responses.iter().map(|r| r.batch_item_failures.len()).sum();
 
@@ -126,7 +139,8 @@ async fn main() -> anyhow::Result<()> {
         .map(|at| at.timestamp_millis())
         .collect();
     sent.sort_unstable();
-    let busiest = busiest_second(&sent);
+    let busiest = busiest_window(&sent, 1_000);
+    let busiest_less_jitter = busiest_window(&sent, 1_000 - CLOCK_JITTER_MS);
     let span_ms = sent.last().zip(sent.first()).map_or(0, |(l, f)| l - f);
     // Sends after the first, over the time they took: the rate the cap let through.
     let rate = (sent.len().saturating_sub(1)) as f64 / (span_ms.max(1) as f64 / 1000.0);
@@ -145,7 +159,8 @@ async fn main() -> anyhow::Result<()> {
         wall.as_secs_f64()
     );
     println!(
-        "busiest sliding second: {busiest} sends (cap {}); achieved rate {rate:.1}/s ({:.0} % of the cap)",
+        "busiest sliding second: {busiest} sends, {busiest_less_jitter} less {CLOCK_JITTER_MS} ms of \
+         clock jitter (cap {}); achieved rate {rate:.1}/s ({:.0} % of the cap)",
         args.cap,
         rate / f64::from(args.cap) * 100.0
     );
@@ -153,12 +168,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The most of the sorted `times` (unix ms) any half-open window of 1,000 ms holds.
-fn busiest_second(times: &[i64]) -> usize {
+/// Sends booked exactly a second apart reach the provider a little either side of it: the
+/// worker may wake up to 20 ms late before it books again (`LATE_GRACE_MS`), and the call
+/// and the provider's clock add a few ms. A window that much shorter counts what the cap
+/// promises.
+const CLOCK_JITTER_MS: i64 = 25;
+
+/// The most of the sorted `times` (unix ms) any half-open window of `window_ms` holds.
+fn busiest_window(times: &[i64], window_ms: i64) -> usize {
     let mut start = 0;
     let mut most = 0;
     for (end, at) in times.iter().enumerate() {
-        while times[start] <= at - 1_000 {
+        while times[start] <= at - window_ms {
             start += 1;
         }
         most = most.max(end + 1 - start);

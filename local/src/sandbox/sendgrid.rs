@@ -1,7 +1,9 @@
 //! A SendGrid stand-in: v3 Mail Send (Bearer key, personalizations, substitutions,
 //! `custom_args`), the Email Activity lookup, and the Signed Event Webhook posting
 //! `processed` and `delivered` events (or `bounce`/`dropped` for `@bounce.test` and
-//! `@drop.test` recipients) back to Herald, signed with ECDSA P-256 like SendGrid.
+//! `@drop.test` recipients, and `deferred` for `@deferred.test` ones, whose receiving server
+//! keeps answering "try again later", so the Email Activity API says `processed` and never
+//! more) back to Herald, signed with ECDSA P-256 like SendGrid.
 //!
 //! Test hooks: `GET /sandbox/sendgrid/_inbox` lists what was "sent";
 //! `POST /sandbox/sendgrid/_faults` makes the next calls fail (see [`super::faults`]:
@@ -429,6 +431,8 @@ async fn mail_send(
                     json!({"event": "bounce", "type": "bounce", "reason": "550 5.1.1 The email account does not exist", "status": "5.1.1"})
                 } else if to.email.ends_with("@drop.test") {
                     json!({"event": "dropped", "reason": "Invalid"})
+                } else if to.email.ends_with("@deferred.test") {
+                    json!({"event": "deferred", "response": "451 4.7.1 Try again later", "attempt": "1"})
                 } else {
                     json!({"event": "delivered", "response": "250 OK"})
                 };
@@ -436,10 +440,10 @@ async fn mail_send(
                     sg_message_id.clone(),
                     (
                         to.email.clone(),
-                        if final_event["event"] == "delivered" {
-                            "delivered"
-                        } else {
-                            "not_delivered"
+                        match final_event["event"].as_str() {
+                            Some("delivered") => "delivered",
+                            Some("deferred") => "processed",
+                            _ => "not_delivered",
                         },
                     ),
                 );

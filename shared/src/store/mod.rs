@@ -43,7 +43,7 @@ pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
 pub use payments::{PaymentEntity, PaymentStore, RequestClaim, SyncCheckpoint};
 pub use phonebooks::{Contact, Phonebook, PhonebookStore};
 pub use reports::{ExpiredReport, ReportStore};
-pub use send_rate::{SendRate, SlotClaim};
+pub use send_rate::{Booking, SendRate, Window};
 pub use shards::{RECORD_SHARDS, StuckInSent, Swept, Unsettled};
 pub use sms::{InboundSms, SMS_SENT_SHARDS, SmsListQuery, SmsStore, StatusApplied, TwilioReport};
 pub use templates::{TemplateListQuery, TemplateOrder, TemplateStore};

@@ -254,6 +254,10 @@ impl TestBundle {
             .attribute_names(
                 aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
             )
+            // A job handed back with a delay is neither visible nor in flight until it ends.
+            .attribute_names(
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            )
             .send()
             .await
             .unwrap();
@@ -263,7 +267,7 @@ impl TestBundle {
             .unwrap_or(0)
     }
 
-    /// Waits until the queue holds no message, visible or in flight.
+    /// Waits until the queue holds no message, visible, in flight or delayed.
     pub async fn queue_empties(&self, logical_id: &str, seconds: u64) {
         eventually(seconds, &format!("{logical_id} to empty"), || async {
             (self.queue_depth(logical_id).await == 0).then_some(())

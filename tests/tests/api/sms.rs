@@ -454,8 +454,9 @@ async fn the_rate_cap_holds_over_every_sliding_second_across_concurrent_workers(
 
     // No sliding second held more than three of the sends Twilio received. (A cap counted
     // per calendar second lets three through at the end of one second and three more at the
-    // start of the next.) Twilio receives each send a few ms after its slot was taken, so
-    // the window checked is 950 ms: the slack is the jitter between taking and arriving.
+    // start of the next, a few ms apart.) Twilio receives each send a little after its
+    // booked time (the worker wakes, claims the record, then calls; more under a loaded
+    // test machine), so the window checked is 900 ms: the slack is that jitter.
     let mut received: Vec<i64> = twilio(&app)
         .inbox()
         .iter()
@@ -467,7 +468,7 @@ async fn the_rate_cap_holds_over_every_sliding_second_across_concurrent_workers(
     for (n, at) in received.iter().enumerate().skip(3) {
         let gap = at - received[n - 3];
         assert!(
-            gap >= 950,
+            gap >= 900,
             "sends {} and {n} were {gap} ms apart: {received:?}",
             n - 3
         );

@@ -404,63 +404,17 @@ impl SendGridClient {
         Ok(Accepted { message_id })
     }
 
-    /// Looks a message up in the Email Activity API (a paid SendGrid add-on). `Ok(None)` when
-    /// SendGrid does not know the message, which is also what it says for a message too new
-    /// to be indexed.
-    ///
-    /// # Errors
-    /// As for [`send`](Self::send); a success whose body is not the documented shape is
-    /// [`SendError::Permanent`], since asking again returns the same body.
-    pub async fn message_status(
-        &self,
-        message_id: &str,
-    ) -> Result<Option<ActivityStatus>, SendError> {
-        if matches!(message_id, "" | "." | "..") {
-            // No message has such an id, and as a path segment it would address the message
-            // list (or its parent) instead of a message.
-            return Ok(None);
-        }
-        let response = crate::providers::send(
-            "sendgrid",
-            self.http
-                .get(self.endpoint(&["v3", "messages", message_id]))
-                .bearer_auth(self.api_key.expose_secret()),
-        )
-        .await
-        .map_err(|err| self.transport_error(&err))?;
-
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(self.rejection(response).await);
-        }
-
-        #[derive(Deserialize)]
-        struct Message {
-            status: String,
-        }
-        let body = read_capped(response)
-            .await
-            .map_err(|err| self.transport_error(&err))?;
-        let message: Message =
-            serde_json::from_slice(&body).map_err(|err| SendError::Permanent {
-                status: status.as_u16(),
-                message: self.clean(format!("unexpected Email Activity response: {err}")),
-            })?;
-        Ok(Some(ActivityStatus::from_sendgrid(&message.status)))
-    }
-
     /// One recipient's status in the Email Activity API. A Mail Send request's
     /// `X-Message-Id` is only the prefix of each recipient's message id
     /// (`<x-message-id>.<filter…>`), so the message is found as SendGrid's query language
     /// expects: `msg_id LIKE "<prefix>%" AND to_email="<address>"` on `GET /v3/messages`
     /// (Email Activity API, "Filter all messages" and its query reference). `Ok(None)` when
-    /// SendGrid lists no such message yet.
+    /// SendGrid lists no such message yet, which is also what it says for a message too new
+    /// to be indexed. The Email Activity API is a paid SendGrid add-on.
     ///
     /// # Errors
-    /// As for [`message_status`](Self::message_status).
+    /// As for [`send`](Self::send); a success whose body is not the documented shape is
+    /// [`SendError::Permanent`], since asking again returns the same body.
     pub async fn recipient_status(
         &self,
         request_message_id: &str,
@@ -654,7 +608,7 @@ mod tests {
     use super::*;
 
     use serde_json::json;
-    use wiremock::matchers::{body_json, header, method, path};
+    use wiremock::matchers::{body_json, header, method, path, query_param};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     const KEY: &str = "SG.test-key-0123456789.abcdefghijklmnopqrstuvwxyz";
@@ -945,7 +899,10 @@ mod tests {
         let client = client(&server);
 
         let rejected = client.send(&mail()).await.unwrap_err();
-        let unavailable = client.message_status("abc").await.unwrap_err();
+        let unavailable = client
+            .recipient_status("abc", "ann@example.com")
+            .await
+            .unwrap_err();
         let timed_out = client_with_timeout(&server, Duration::from_millis(1))
             .send(&mail())
             .await
@@ -984,75 +941,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn message_status_maps_the_activity_api() {
+    async fn recipient_status_finds_the_recipient_under_the_request_prefix() {
         let server = MockServer::start().await;
-        for (id, status) in [
-            ("m1", "delivered"),
-            ("m2", "not_delivered"),
-            ("m3", "processed"),
-            ("m4", "something_new"),
-        ] {
-            Mock::given(method("GET"))
-                .and(path(format!("/v3/messages/{id}")))
-                .and(header("authorization", format!("Bearer {KEY}").as_str()))
-                .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                    "msg_id": id, "status": status, "to_email": "ann@example.com", "events": []
-                })))
-                .mount(&server)
-                .await;
-        }
+        Mock::given(method("GET"))
+            .and(path("/v3/messages"))
+            .and(query_param(
+                "query",
+                r#"msg_id LIKE "req1%" AND to_email="ann@example.com""#,
+            ))
+            .and(header("authorization", format!("Bearer {KEY}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"messages": [
+                // Another request's message whose id shares no prefix is not this one.
+                {"msg_id": "other.filter1", "to_email": "ann@example.com", "status": "delivered"},
+                {"msg_id": "req1.filter0001.1", "to_email": "Ann@Example.com", "status": "not_delivered"},
+            ]})))
+            .mount(&server)
+            .await;
         let client = client(&server);
 
         assert_eq!(
-            client.message_status("m1").await,
+            client.recipient_status("req1", "ann@example.com").await,
+            Ok(Some(ActivityStatus::NotDelivered))
+        );
+    }
+
+    #[tokio::test]
+    async fn recipient_status_maps_statuses_and_is_none_when_nothing_is_listed() {
+        let server = MockServer::start().await;
+        for (to, status) in [
+            ("a@example.com", "delivered"),
+            ("b@example.com", "processed"),
+            ("c@example.com", "something_new"),
+        ] {
+            Mock::given(method("GET"))
+                .and(query_param(
+                    "query",
+                    format!(r#"msg_id LIKE "r%" AND to_email="{to}""#),
+                ))
+                .respond_with(
+                    ResponseTemplate::new(200).set_body_json(json!({"messages": [
+                        {"msg_id": "r.f", "to_email": to, "status": status}
+                    ]})),
+                )
+                .mount(&server)
+                .await;
+        }
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"messages": []})))
+            .mount(&server)
+            .await;
+        let client = client(&server);
+
+        let status = |to: &'static str| {
+            let client = &client;
+            async move { client.recipient_status("r", to).await }
+        };
+        assert_eq!(
+            status("a@example.com").await,
             Ok(Some(ActivityStatus::Delivered))
         );
         assert_eq!(
-            client.message_status("m2").await,
-            Ok(Some(ActivityStatus::NotDelivered))
-        );
-        assert_eq!(
-            client.message_status("m3").await,
+            status("b@example.com").await,
             Ok(Some(ActivityStatus::Processing))
         );
         assert_eq!(
-            client.message_status("m4").await,
+            status("c@example.com").await,
             Ok(Some(ActivityStatus::Processing))
         );
-    }
-
-    #[tokio::test]
-    async fn message_status_is_none_for_an_unknown_message() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .respond_with(
-                ResponseTemplate::new(404)
-                    .set_body_json(json!({"errors": [{"message": "not found"}]})),
-            )
-            // Only "nope" is asked about: the others cannot name a message.
-            .expect(1)
-            .mount(&server)
-            .await;
-
-        assert_eq!(client(&server).message_status("nope").await, Ok(None));
-        for id in ["", ".", ".."] {
-            assert_eq!(client(&server).message_status(id).await, Ok(None));
-        }
-    }
-
-    #[tokio::test]
-    async fn message_ids_cannot_change_the_endpoint() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .and(path("/v3/messages/a%2F..%2F..%2Fmail%2Fsend%3Fx"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"status": "delivered"})))
-            .expect(1)
-            .mount(&server)
-            .await;
-
-        let status = client(&server).message_status("a/../../mail/send?x").await;
-
-        assert_eq!(status, Ok(Some(ActivityStatus::Delivered)));
+        assert_eq!(status("d@example.com").await, Ok(None));
     }
 
     #[tokio::test]
@@ -1063,7 +1019,10 @@ mod tests {
             .mount(&server)
             .await;
 
-        let err = client(&server).message_status("m1").await.unwrap_err();
+        let err = client(&server)
+            .recipient_status("m1", "ann@example.com")
+            .await
+            .unwrap_err();
 
         assert!(
             matches!(err, SendError::Permanent { status: 200, .. }),
