@@ -10,7 +10,7 @@ use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::domain::email::{EmailStatus, TimelineEntry};
 use shared::events::{Event, EventPublisher};
-use shared::providers::sendgrid::{ActivityStatus, SendGridClient};
+use shared::providers::sendgrid::{ActivityStatus, RecipientStatus, SendError, SendGridClient};
 use shared::queue::{Job, QueuePublisher};
 use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent, Unsettled};
 
@@ -20,6 +20,12 @@ use crate::sweep::Sweep;
 
 /// Per run, so one run stays well inside the function timeout.
 const MAX_PER_RUN: usize = 500;
+
+/// Email Activity calls per run. SendGrid allows 6 requests a minute ("Rate limits",
+/// Twilio SendGrid API reference, Email Activity; more get 429) and the check runs every 5
+/// minutes: 5 keeps one of the minute's requests for anyone else using the account. Each
+/// call covers every stuck recipient of one Mail Send request (up to 1,000).
+const LOOKUPS_PER_RUN: usize = 5;
 
 /// Lookups of one email without an answer before it is left `sent` for good (the webhook
 /// may still settle it). A looked-up email waits `EMAIL_STUCK_AFTER_MINUTES` for its next
@@ -88,87 +94,131 @@ impl EmailStatusCheck {
                 .stuck_in_sent(now - self.stuck_after, MAX_PER_RUN)
                 .await
                 .map_err(|e| format!("{e:#}"))?;
-            let (mut updated, mut gave_up) = (0, 0);
-            for StuckInSent {
-                org_id: org,
-                id,
-                provider_message_id,
-                to,
-            } in &stuck
-            {
-                let (Some(message_id), Some(to)) = (provider_message_id, to) else {
-                    continue;
-                };
-                let status = match sendgrid.recipient_status(message_id, to).await {
-                    Ok(Some(ActivityStatus::Delivered)) => EmailStatus::Delivered,
-                    Ok(Some(ActivityStatus::NotDelivered)) => EmailStatus::Bounced,
-                    Ok(_) => {
-                        // Not known, or not final yet: back of the line, and after
-                        // MAX_LOOKUPS it stays `sent` and is no longer looked up.
-                        match self.emails.unsettled_check(org, id, now, MAX_LOOKUPS).await {
-                            Ok(Some(Unsettled::GaveUp)) => {
-                                gave_up += 1;
-                                tracing::warn!(email = id, "no final status after {MAX_LOOKUPS} lookups: left sent");
-                            }
-                            Ok(_) => {}
-                            Err(error) => tracing::warn!(error = format!("{error:#}"), email = id, "could not note the lookup"),
-                        }
-                        continue;
+            let (mut updated, mut gave_up, mut looked_up) = (0, 0, 0);
+            for (message_id, emails) in by_request(&stuck) {
+                let statuses = match sendgrid.request_statuses(message_id).await {
+                    Ok(statuses) => statuses,
+                    Err(SendError::Transient { status: Some(429), .. }) => {
+                        // Someone else spent the minute's lookups: the rest wait their turn.
+                        tracing::warn!("Email Activity rate limit reached: the rest wait for the next run");
+                        break;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, email = id, "activity lookup failed");
+                        tracing::warn!(%error, request = message_id, "activity lookup failed");
                         continue;
                     }
                 };
-                let key = format!("sendgrid-activity#{message_id}#{}", status.as_str());
-                let effect = |current: &shared::domain::email::EmailRecord, _: usize| EventEffect {
-                    status: Some(status).filter(|s| current.status.can_become(*s)),
-                    engagement: None,
-                    timeline: Some(TimelineEntry::new(
-                        now,
-                        "status_check",
-                        Some(format!("Email Activity: {}", status.as_str())),
-                    )),
-                    failure_reason: (status == EmailStatus::Bounced)
-                        .then(|| "not delivered (Email Activity)".to_owned()),
-                };
-                match self
-                    .emails
-                    .apply_events(
-                        org,
-                        Some(id),
-                        None,
-                        &[EventInput {
-                            key,
-                            suppress: None,
-                        }],
-                        now,
-                        effect,
-                    )
-                    .await
-                {
-                    Ok(outcome) => {
-                        if let Some(status) = outcome.new_status {
-                            updated += 1;
-                            let event = Event::delivery(
-                                org,
-                                "email",
-                                format!("email/{id}"),
-                                status.as_str(),
-                            );
-                            self.events.publish(vec![event]).await;
+                looked_up += 1;
+                for email in emails {
+                    let status = match RecipientStatus::of(&statuses, email.to.as_deref().unwrap_or_default()) {
+                        Some(ActivityStatus::Delivered) => EmailStatus::Delivered,
+                        Some(ActivityStatus::NotDelivered) => EmailStatus::Bounced,
+                        // Not listed yet, or not final: back of the line, and after
+                        // MAX_LOOKUPS it stays `sent` and is no longer looked up.
+                        _ => {
+                            gave_up += usize::from(self.note_unsettled(email, now).await);
+                            continue;
                         }
-                    }
-                    Err(error) => tracing::warn!(
-                        error = format!("{error:#}"),
-                        email = id,
-                        "status update failed"
-                    ),
+                    };
+                    updated += usize::from(self.apply_found(email, message_id, status, now).await);
                 }
             }
-            tracing::info!(checked = stuck.len(), updated, "email status check");
-            Ok(json!({"checked": stuck.len(), "updated": updated, "gave_up": gave_up, "swept": swept}))
+            tracing::info!(checked = stuck.len(), looked_up, updated, "email status check");
+            Ok(json!({"checked": stuck.len(), "looked_up": looked_up, "updated": updated, "gave_up": gave_up, "swept": swept}))
         })
         .await
     }
+    /// Notes a lookup that found no final status; `true` when it was the last one allowed.
+    async fn note_unsettled(
+        &self,
+        email: &StuckInSent,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let (org, id) = (&email.org_id, &email.id);
+        match self.emails.unsettled_check(org, id, now, MAX_LOOKUPS).await {
+            Ok(Some(Unsettled::GaveUp)) => {
+                tracing::warn!(
+                    email = id,
+                    "no final status after {MAX_LOOKUPS} lookups: left sent"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    email = id,
+                    "could not note the lookup"
+                );
+                false
+            }
+        }
+    }
+
+    /// Applies a status the Email Activity API reported, once and forward only, as a
+    /// webhook event would be; `true` when it moved the email on.
+    async fn apply_found(
+        &self,
+        email: &StuckInSent,
+        message_id: &str,
+        status: EmailStatus,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let (org, id) = (&email.org_id, &email.id);
+        let key = format!("sendgrid-activity#{message_id}#{}", status.as_str());
+        let effect = |current: &shared::domain::email::EmailRecord, _: usize| EventEffect {
+            status: Some(status).filter(|s| current.status.can_become(*s)),
+            engagement: None,
+            timeline: Some(TimelineEntry::new(
+                now,
+                "status_check",
+                Some(format!("Email Activity: {}", status.as_str())),
+            )),
+            failure_reason: (status == EmailStatus::Bounced)
+                .then(|| "not delivered (Email Activity)".to_owned()),
+        };
+        let input = [EventInput {
+            key,
+            suppress: None,
+        }];
+        match self
+            .emails
+            .apply_events(org, Some(id), None, &input, now, effect)
+            .await
+        {
+            Ok(outcome) => {
+                let Some(status) = outcome.new_status else {
+                    return false;
+                };
+                let event = Event::delivery(org, "email", format!("email/{id}"), status.as_str());
+                self.events.publish(vec![event]).await;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    email = id,
+                    "status update failed"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The stuck emails that can be looked up, by the Mail Send request that carried them
+/// (one Email Activity call each), oldest request first, at most [`LOOKUPS_PER_RUN`].
+fn by_request(stuck: &[StuckInSent]) -> Vec<(&str, Vec<&StuckInSent>)> {
+    let mut requests: Vec<(&str, Vec<&StuckInSent>)> = Vec::new();
+    for email in stuck {
+        let (Some(message_id), Some(_)) = (email.provider_message_id.as_deref(), &email.to) else {
+            continue;
+        };
+        if let Some((_, emails)) = requests.iter_mut().find(|(id, _)| *id == message_id) {
+            emails.push(email);
+        } else if requests.len() < LOOKUPS_PER_RUN {
+            requests.push((message_id, vec![email]));
+        }
+    }
+    requests
 }

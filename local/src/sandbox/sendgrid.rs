@@ -50,7 +50,17 @@ struct SandboxState {
     webhooks_off: bool,
     /// Requests refused for breaking a Mail Send rule ([`check_mail_send`]).
     refusals: u64,
+    /// When the Email Activity requests of the last minute came ([`activity_gate`]).
+    activity_window: VecDeque<std::time::Instant>,
+    /// Email Activity requests answered, and refused for the rate limit.
+    activity_lookups: u64,
+    activity_throttled: u64,
 }
+
+/// The Email Activity API's rate limit: "The current limit is 6 requests per minute. If your
+/// integration exceeds this limit, the API returns an HTTP 429" (Twilio SendGrid API
+/// reference, Email Activity, "Rate limits"; since 2025-12-09). Held here over any 60 s.
+const ACTIVITY_REQUESTS_PER_MINUTE: usize = 6;
 
 impl SendGridSandbox {
     pub fn new(webhook_url: String) -> Arc<Self> {
@@ -115,6 +125,24 @@ impl SendGridSandbox {
     /// Signs a body as SendGrid would at `timestamp` (for tests of the webhook itself).
     pub fn sign(&self, timestamp: &str, body: &[u8]) -> String {
         self.signer.sign(timestamp, body)
+    }
+
+    /// Email Activity requests answered so far.
+    pub fn activity_lookups(&self) -> u64 {
+        self.state.lock().map(|s| s.activity_lookups).unwrap_or(0)
+    }
+
+    /// Email Activity requests refused with 429 for the rate limit.
+    pub fn activity_throttled(&self) -> u64 {
+        self.state.lock().map(|s| s.activity_throttled).unwrap_or(0)
+    }
+
+    /// Forgets the Email Activity requests made so far, as if a minute had passed (the
+    /// status check runs every five minutes on AWS, and many times a second in tests).
+    pub fn let_a_minute_pass(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.activity_window.clear();
+        }
     }
 
     /// The messages received so far (each recipient once), oldest first.
@@ -498,7 +526,44 @@ async fn mail_send(
     response
 }
 
-async fn activity(State(sandbox): State<Arc<SendGridSandbox>>, Path(id): Path<String>) -> Response {
+/// What every Email Activity request passes first: SendGrid's key, then its rate limit.
+fn activity_gate(sandbox: &SendGridSandbox, headers: &HeaderMap) -> Option<Response> {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", sandbox.api_key()));
+    if !authorized {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "The provided authorization grant is invalid, expired, or revoked",
+        ));
+    }
+    let mut state = sandbox.state.lock().ok()?;
+    let now = std::time::Instant::now();
+    while state
+        .activity_window
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(60))
+    {
+        state.activity_window.pop_front();
+    }
+    if state.activity_window.len() >= ACTIVITY_REQUESTS_PER_MINUTE {
+        state.activity_throttled += 1;
+        return Some(error(StatusCode::TOO_MANY_REQUESTS, "too many requests"));
+    }
+    state.activity_window.push_back(now);
+    state.activity_lookups += 1;
+    None
+}
+
+async fn activity(
+    State(sandbox): State<Arc<SendGridSandbox>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = activity_gate(&sandbox, &headers) {
+        return refused;
+    }
     let found = sandbox
         .state
         .lock()
@@ -517,8 +582,12 @@ async fn activity(State(sandbox): State<Arc<SendGridSandbox>>, Path(id): Path<St
 /// `to_email="<address>"`, joined by `AND`; other terms are refused with a 400.
 async fn filter_messages(
     State(sandbox): State<Arc<SendGridSandbox>>,
+    headers: HeaderMap,
     axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(refused) = activity_gate(&sandbox, &headers) {
+        return refused;
+    }
     let limit = params
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())

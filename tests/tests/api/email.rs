@@ -808,6 +808,89 @@ async fn the_status_check_looks_each_recipient_of_a_call_up() {
     app.email_reaches(&token, &ids[2], "delivered", 5).await;
 }
 
+/// Issue 15, defect 6: SendGrid's Email Activity API allows 6 requests a minute (more get
+/// 429; the sandbox holds the limit). The check makes one call per Mail Send request, at
+/// most 5 a run, and a 429 ends the run's lookups instead of spending more on refusals.
+#[tokio::test]
+async fn the_status_check_keeps_to_the_email_activity_rate_limit() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("EMAIL_STUCK_AFTER_MINUTES".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    app.sendgrid_fault(json!({"webhooks": false})).await;
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        ids.push(send(&app, &token, simple(&format!("user{n}@example.com"))).await);
+    }
+    for id in &ids {
+        app.email_reaches(&token, id, "sent", 30).await;
+    }
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
+
+    let first = app.fire_schedule("email-status-check").await;
+    assert_eq!(
+        (&first["looked_up"], &first["updated"]),
+        (&json!(5), &json!(5)),
+        "{first}"
+    );
+    // Within the same minute only one more lookup is allowed: the run stops at the 429.
+    let second = app.fire_schedule("email-status-check").await;
+    assert_eq!(second["looked_up"], 1, "{second}");
+    assert_eq!(app.sandbox().activity_throttled(), 1);
+    app.sandbox().let_a_minute_pass();
+    let third = app.fire_schedule("email-status-check").await;
+    assert_eq!(third["looked_up"], 5, "{third}");
+    app.sandbox().let_a_minute_pass();
+    let fourth = app.fire_schedule("email-status-check").await;
+    assert_eq!(fourth["looked_up"], 1, "{fourth}");
+    for id in &ids {
+        app.email_reaches(&token, id, "delivered", 5).await;
+    }
+    assert_eq!(app.sandbox().activity_lookups(), 12);
+    assert_eq!(app.sandbox().activity_throttled(), 1);
+}
+
+/// Issue 15, defect 6: an email SendGrid never settles (its receiving server keeps
+/// deferring it) gets 24 lookups, then stays `sent` with a timeline entry saying so, and
+/// is no longer looked up.
+#[tokio::test]
+async fn the_status_check_gives_up_on_an_email_after_24_lookups() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("EMAIL_STUCK_AFTER_MINUTES".to_owned(), "0".to_owned());
+        // Each lookup moves the email to the back of the index; without lag the next run
+        // sees it at once (the bound tested does not depend on the lag).
+        options.index_lag = std::time::Duration::ZERO;
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    app.sendgrid_fault(json!({"webhooks": false})).await;
+    let id = send(&app, &token, simple("slow@deferred.test")).await;
+    app.email_reaches(&token, &id, "sent", 30).await;
+
+    for lookup in 1..=24 {
+        app.sandbox().let_a_minute_pass();
+        let run = app.fire_schedule("email-status-check").await;
+        assert_eq!(run["looked_up"], 1, "lookup {lookup}: {run}");
+        let expected = u64::from(lookup == 24);
+        assert_eq!(run["gave_up"], expected, "lookup {lookup}: {run}");
+    }
+    app.sandbox().let_a_minute_pass();
+    let after = app.fire_schedule("email-status-check").await;
+    assert_eq!(after["looked_up"], 0, "{after}");
+    assert_eq!(app.sandbox().activity_lookups(), 24);
+    let email = app.get(&format!("/services/email/{id}"), &token).await.body;
+    assert_eq!(email["status"], "sent");
+    assert!(
+        events_of(&email).contains(&"status_check_gave_up".to_owned()),
+        "{email}"
+    );
+}
+
 /// Issue 15, defect 3: an email whose job was lost after the API's 202 stays `queued`
 /// until the sweep (in the status check) enqueues it again; one waiting past the give-up
 /// bound is recorded `failed` (transient, so `resend-failed` can bring it back).

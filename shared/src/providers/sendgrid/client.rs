@@ -261,6 +261,23 @@ fn serialize_content<S: Serializer>(content: &[Content], serializer: S) -> Resul
     serializer.collect_seq(ordered)
 }
 
+/// One recipient of a Mail Send request and its Email Activity status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientStatus {
+    pub to: String,
+    pub status: ActivityStatus,
+}
+
+impl RecipientStatus {
+    /// The status of `to` among `statuses` (addresses compare without case).
+    pub fn of(statuses: &[Self], to: &str) -> Option<ActivityStatus> {
+        statuses
+            .iter()
+            .find(|s| s.to.eq_ignore_ascii_case(to))
+            .map(|s| s.status)
+    }
+}
+
 impl ActivityStatus {
     /// Maps the Email Activity API's `status`; anything unknown is treated as not final.
     pub fn from_sendgrid(status: &str) -> Self {
@@ -404,32 +421,28 @@ impl SendGridClient {
         Ok(Accepted { message_id })
     }
 
-    /// One recipient's status in the Email Activity API. A Mail Send request's
-    /// `X-Message-Id` is only the prefix of each recipient's message id
-    /// (`<x-message-id>.<filter…>`), so the message is found as SendGrid's query language
-    /// expects: `msg_id LIKE "<prefix>%" AND to_email="<address>"` on `GET /v3/messages`
-    /// (Email Activity API, "Filter all messages" and its query reference). `Ok(None)` when
-    /// SendGrid lists no such message yet, which is also what it says for a message too new
-    /// to be indexed. The Email Activity API is a paid SendGrid add-on.
+    /// The status of every recipient of one Mail Send request in the Email Activity API. A
+    /// request's `X-Message-Id` is only the prefix of each recipient's message id
+    /// (`<x-message-id>.<filter…>`), so its messages are found as SendGrid's query language
+    /// expects: `msg_id LIKE "<prefix>%"` on `GET /v3/messages` (Email Activity API, "Filter
+    /// all messages" and its query reference), with the largest `limit`, 1,000, which is
+    /// also the most recipients a request has. One call for a whole request matters: the
+    /// API allows 6 requests a minute. A message too new to be indexed is not listed yet.
+    /// The Email Activity API is a paid SendGrid add-on.
     ///
     /// # Errors
-    /// As for [`send`](Self::send); a success whose body is not the documented shape is
-    /// [`SendError::Permanent`], since asking again returns the same body.
-    pub async fn recipient_status(
+    /// As for [`send`](Self::send) (a 429 for the rate limit is transient); a success whose
+    /// body is not the documented shape is [`SendError::Permanent`], since asking again
+    /// returns the same body.
+    pub async fn request_statuses(
         &self,
         request_message_id: &str,
-        to: &str,
-    ) -> Result<Option<ActivityStatus>, SendError> {
-        let quote = |value: &str| value.replace(['"', '\\'], "");
-        let query = format!(
-            "msg_id LIKE \"{}%\" AND to_email=\"{}\"",
-            quote(request_message_id),
-            quote(to)
-        );
+    ) -> Result<Vec<RecipientStatus>, SendError> {
+        let prefix = request_message_id.replace(['"', '\\', '%'], "");
         let mut url = self.endpoint(&["v3", "messages"]);
         url.query_pairs_mut()
-            .append_pair("query", &query)
-            .append_pair("limit", "10");
+            .append_pair("query", &format!("msg_id LIKE \"{prefix}%\""))
+            .append_pair("limit", "1000");
         let response = crate::providers::send(
             "sendgrid",
             self.http.get(url).bearer_auth(self.api_key.expose_secret()),
@@ -459,11 +472,14 @@ impl SendGridClient {
         })?;
         Ok(listed
             .messages
-            .iter()
-            .find(|m| {
-                m.msg_id.starts_with(request_message_id) && m.to_email.eq_ignore_ascii_case(to)
+            .into_iter()
+            // A prefix of another request's id is not this request.
+            .filter(|m| m.msg_id.starts_with(&format!("{prefix}.")) || m.msg_id == prefix)
+            .map(|m| RecipientStatus {
+                to: m.to_email,
+                status: ActivityStatus::from_sendgrid(&m.status),
             })
-            .map(|m| ActivityStatus::from_sendgrid(&m.status)))
+            .collect())
     }
 
     /// The base URL with `segments` appended, each percent-encoded, so an id from outside
@@ -899,10 +915,7 @@ mod tests {
         let client = client(&server);
 
         let rejected = client.send(&mail()).await.unwrap_err();
-        let unavailable = client
-            .recipient_status("abc", "ann@example.com")
-            .await
-            .unwrap_err();
+        let unavailable = client.request_statuses("abc").await.unwrap_err();
         let timed_out = client_with_timeout(&server, Duration::from_millis(1))
             .send(&mail())
             .await
@@ -941,74 +954,58 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn recipient_status_finds_the_recipient_under_the_request_prefix() {
+    async fn request_statuses_lists_every_recipient_under_the_request_prefix() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
             .and(path("/v3/messages"))
-            .and(query_param(
-                "query",
-                r#"msg_id LIKE "req1%" AND to_email="ann@example.com""#,
-            ))
+            .and(query_param("query", r#"msg_id LIKE "req1%""#))
+            .and(query_param("limit", "1000"))
             .and(header("authorization", format!("Bearer {KEY}").as_str()))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({"messages": [
-                // Another request's message whose id shares no prefix is not this one.
-                {"msg_id": "other.filter1", "to_email": "ann@example.com", "status": "delivered"},
                 {"msg_id": "req1.filter0001.1", "to_email": "Ann@Example.com", "status": "not_delivered"},
+                {"msg_id": "req1.filter0001.2", "to_email": "bob@example.com", "status": "delivered"},
+                {"msg_id": "req1.filter0001.3", "to_email": "cy@example.com", "status": "processed"},
+                {"msg_id": "req1.filter0001.4", "to_email": "di@example.com", "status": "something_new"},
+                // Another request whose id merely starts the same is not this one.
+                {"msg_id": "req10.filter0001.1", "to_email": "eve@example.com", "status": "delivered"},
             ]})))
             .mount(&server)
             .await;
-        let client = client(&server);
 
-        assert_eq!(
-            client.recipient_status("req1", "ann@example.com").await,
-            Ok(Some(ActivityStatus::NotDelivered))
-        );
+        let statuses = client(&server).request_statuses("req1").await.unwrap();
+
+        assert_eq!(statuses.len(), 4, "{statuses:?}");
+        let of = |to| RecipientStatus::of(&statuses, to);
+        assert_eq!(of("ann@example.com"), Some(ActivityStatus::NotDelivered));
+        assert_eq!(of("bob@example.com"), Some(ActivityStatus::Delivered));
+        assert_eq!(of("cy@example.com"), Some(ActivityStatus::Processing));
+        assert_eq!(of("di@example.com"), Some(ActivityStatus::Processing));
+        assert_eq!(of("eve@example.com"), None);
     }
 
     #[tokio::test]
-    async fn recipient_status_maps_statuses_and_is_none_when_nothing_is_listed() {
+    async fn the_activity_rate_limit_is_transient() {
         let server = MockServer::start().await;
-        for (to, status) in [
-            ("a@example.com", "delivered"),
-            ("b@example.com", "processed"),
-            ("c@example.com", "something_new"),
-        ] {
-            Mock::given(method("GET"))
-                .and(query_param(
-                    "query",
-                    format!(r#"msg_id LIKE "r%" AND to_email="{to}""#),
-                ))
-                .respond_with(
-                    ResponseTemplate::new(200).set_body_json(json!({"messages": [
-                        {"msg_id": "r.f", "to_email": to, "status": status}
-                    ]})),
-                )
-                .mount(&server)
-                .await;
-        }
         Mock::given(method("GET"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"messages": []})))
+            .respond_with(
+                ResponseTemplate::new(429)
+                    .set_body_json(json!({"errors": [{"message": "too many requests"}]})),
+            )
             .mount(&server)
             .await;
-        let client = client(&server);
 
-        let status = |to: &'static str| {
-            let client = &client;
-            async move { client.recipient_status("r", to).await }
-        };
-        assert_eq!(
-            status("a@example.com").await,
-            Ok(Some(ActivityStatus::Delivered))
+        let refused = client(&server).request_statuses("r").await.unwrap_err();
+
+        assert!(
+            matches!(
+                refused,
+                SendError::Transient {
+                    status: Some(429),
+                    ..
+                }
+            ),
+            "{refused:?}"
         );
-        assert_eq!(
-            status("b@example.com").await,
-            Ok(Some(ActivityStatus::Processing))
-        );
-        assert_eq!(
-            status("c@example.com").await,
-            Ok(Some(ActivityStatus::Processing))
-        );
-        assert_eq!(status("d@example.com").await, Ok(None));
     }
 
     #[tokio::test]
@@ -1019,10 +1016,7 @@ mod tests {
             .mount(&server)
             .await;
 
-        let err = client(&server)
-            .recipient_status("m1", "ann@example.com")
-            .await
-            .unwrap_err();
+        let err = client(&server).request_statuses("m1").await.unwrap_err();
 
         assert!(
             matches!(err, SendError::Permanent { status: 200, .. }),

@@ -17,7 +17,7 @@ pub mod signature;
 
 pub use client::{
     Accepted, ActivityStatus, Address, BuildError, Content, LimitError, MAX_PERSONALIZATIONS,
-    MAX_SUBSTITUTION_BYTES, MailSend, Personalization, SendError, SendGridClient,
+    MAX_SUBSTITUTION_BYTES, MailSend, Personalization, RecipientStatus, SendError, SendGridClient,
 };
 pub use events::{EventKind, SendGridEvent, parse_batch};
 pub use signature::{
