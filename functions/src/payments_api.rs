@@ -589,6 +589,30 @@ impl PaymentsApi {
         http::json(201, &to_json(&record))
     }
 
+    /// A read-only Stripe call (`GET path`), within `deadline` when the request has one.
+    /// As in [`Self::call_stripe`], a 401 (the key rolled in the Dashboard) reads the secret
+    /// again, once, and repeats the call.
+    async fn read_stripe(&self, path: &str, deadline: Option<Deadline>) -> Result<Value, ApiError> {
+        let no_params = json!({});
+        let timeout = |stripe: &StripeClient| {
+            deadline.map_or(stripe.timeout(), |d| stripe.timeout().min(d.remaining()))
+        };
+        let stripe = self.stripe().await?;
+        let result = match stripe.get_within(path, &no_params, timeout(stripe)).await {
+            Err(StripeError::Rejected { status: 401, .. }) => {
+                tracing::error!(
+                    alarm = "provider-credentials",
+                    "Stripe refused Herald's key: re-reading the secret"
+                );
+                self.stripe.rebuild_once();
+                let stripe = self.stripe().await?;
+                stripe.get_within(path, &no_params, timeout(stripe)).await
+            }
+            other => other,
+        };
+        result.map_err(|e| stripe_problem(&e))
+    }
+
     async fn call_stripe(
         &self,
         caller: &Caller,
@@ -1127,15 +1151,9 @@ impl PaymentsApi {
         let Some(stripe_id) = &customer.stripe_id else {
             return Ok(None);
         };
-        let stripe = self.stripe().await?;
-        let object = stripe
-            .get_within(
-                &format!("/v1/customers/{stripe_id}"),
-                &json!({}),
-                stripe.timeout().min(deadline.remaining()),
-            )
-            .await
-            .map_err(|e| stripe_problem(&e))?;
+        let object = self
+            .read_stripe(&format!("/v1/customers/{stripe_id}"), Some(deadline))
+            .await?;
         let method = &object["invoice_settings"]["default_payment_method"];
         Ok(method
             .as_str()
@@ -1305,15 +1323,19 @@ impl PaymentsApi {
                 .await?;
             let pdf = match stored.and_then(|i| i.invoice_pdf) {
                 Some(pdf) => Some(pdf),
-                None => match self.stripe.get().await.map_err(ApiError::internal)? {
-                    Some(stripe) => stripe
-                        .get(&format!("/v1/invoices/{invoice_id}"), &json!({}))
-                        .await
-                        .map_err(|e| stripe_problem(&e))?["invoice_pdf"]
+                None if self
+                    .stripe
+                    .get()
+                    .await
+                    .map_err(ApiError::internal)?
+                    .is_some() =>
+                {
+                    self.read_stripe(&format!("/v1/invoices/{invoice_id}"), None)
+                        .await?["invoice_pdf"]
                         .as_str()
-                        .map(str::to_owned),
-                    None => None,
-                },
+                        .map(str::to_owned)
+                }
+                None => None,
             };
             if let Some(url) = pdf {
                 return http::json(

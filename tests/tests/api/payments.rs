@@ -1711,6 +1711,40 @@ async fn a_rolled_stripe_key_is_picked_up_without_failing_the_charge() {
     );
 }
 
+/// A read-only Stripe call (here the customer's default payment method, read when a charge
+/// names only the customer) picks a rolled key up as the creates do, instead of answering
+/// the 401 as a provider error.
+#[tokio::test]
+async fn a_rolled_stripe_key_is_picked_up_by_the_reads_too() {
+    let app = spawn_bundle().await;
+    let token = app.token("acme", "admin");
+    let customer = create_customer(&app, &token, "ann@example.com").await;
+    let stripe_customer = app
+        .get(&format!("/services/payments/customers/{customer}"), &token)
+        .await
+        .body["stripe_customer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.stripe_api(
+        "POST",
+        &format!("customers/{stripe_customer}"),
+        json!({"invoice_settings": {"default_payment_method": "pm_card_visa"}}),
+    )
+    .await;
+
+    app.stripe().rotate_key();
+    store_stripe_secret(&app).await;
+    let payment = charge(
+        &app,
+        &token,
+        json!({"amount": 1500, "currency": "usd", "customer_id": customer}),
+    )
+    .await;
+    let id = payment["id"].as_str().unwrap().to_owned();
+    app.payment_reaches(&token, &id, "succeeded").await;
+}
+
 /// The Stripe sync holds its key for as long as its execution environment lives: a run
 /// refused with 401 marks the key stale, so the next run (EventBridge retries a failed
 /// one) reads the rolled key and completes.
