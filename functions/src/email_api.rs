@@ -163,7 +163,7 @@ impl EmailApi {
             bulk_queue: env.required("EMAIL_BULK_QUEUE_URL")?,
             default_from: env.optional("EMAIL_DEFAULT_FROM"),
             provider_configured: env.on_first_use(&aws.secrets, |env, secrets| async move {
-                Ok(env.secret("SENDGRID_API_KEY", &secrets).await?.is_some())
+                Ok(env.secret_is_set("SENDGRID_API_KEY", &secrets).await?)
             }),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             claims: ClaimNames::from_env(env),

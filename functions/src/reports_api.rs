@@ -216,7 +216,7 @@ impl ReportsApi {
             schedule_role_arn: env.required("REPORT_SCHEDULE_ROLE_ARN")?,
             schedule_group: env.required("REPORT_SCHEDULE_GROUP")?,
             email_configured: env.on_first_use(&aws.secrets, |env, secrets| async move {
-                Ok(env.secret("SENDGRID_API_KEY", &secrets).await?.is_some())
+                Ok(env.secret_is_set("SENDGRID_API_KEY", &secrets).await?)
             }),
             claims: ClaimNames::from_env(env),
         })

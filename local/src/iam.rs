@@ -950,10 +950,16 @@ fn s3(operation: &str, input: &Input, name: &dyn Fn(&str) -> String) -> Vec<Use>
 }
 
 fn secrets(operation: &str, input: &Input, name: &dyn Fn(&str) -> String) -> Vec<Use> {
+    use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretInput;
     use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueInput;
     let secret = input
         .downcast_ref::<GetSecretValueInput>()
         .and_then(|i| i.secret_id())
+        .or_else(|| {
+            input
+                .downcast_ref::<DescribeSecretInput>()
+                .and_then(|i| i.secret_id())
+        })
         .map_or_else(
             || "*".to_owned(),
             |id| format!("arn:*:secretsmanager:*:*:secret:{}", name(id)),

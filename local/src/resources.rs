@@ -59,9 +59,14 @@ pub async fn create_all(
                 );
                 table
             }
-            "AWS::SecretsManager::Secret" => create_secret(aws, &name, properties, secret_values)
-                .await
-                .with_context(|| format!("creating secret {id}"))?,
+            "AWS::SecretsManager::Secret" => {
+                let keys = secret_keys(template, id, properties);
+                let empty = properties.get("SecretString").is_none()
+                    && !keys.iter().any(|key| secret_values.contains_key(key));
+                create_secret(aws, &name, &keys, secret_values, empty)
+                    .await
+                    .with_context(|| format!("creating secret {id}"))?
+            }
             "AWS::S3::Bucket" => create_bucket(aws, &name)
                 .await
                 .with_context(|| format!("creating bucket {id}"))?,
@@ -181,21 +186,51 @@ async fn create_schedule_group(aws: &AwsClients, name: &str) -> anyhow::Result<L
     Ok(group)
 }
 
+/// The names a JSON secret holds: its template value's keys, or for a secret the template
+/// creates without a value, every `<NAME>` a function finds in it (`<NAME>_SECRET_ARN:
+/// !Ref <secret>`).
+fn secret_keys(template: &BundleTemplate, id: &str, properties: &Value) -> Vec<String> {
+    if let Some(text) = properties.get("SecretString").and_then(Value::as_str) {
+        let value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).unwrap_or_default();
+        return value.keys().cloned().collect();
+    }
+    let mut keys: Vec<String> = template
+        .functions
+        .iter()
+        .flat_map(|f| f.environment.iter())
+        .filter(|(_, value)| crate::template::referenced_id(value).as_deref() == Some(id))
+        .filter_map(|(variable, _)| variable.strip_suffix("_SECRET_ARN").map(str::to_owned))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Creates a secret holding `keys` with the runner's `values`, or with no value at all when
+/// `empty` (one the template creates without a value, for which the runner has none: as on
+/// AWS, it has no current version until someone puts one).
 async fn create_secret(
     aws: &AwsClients,
     name: &str,
-    properties: &Value,
+    keys: &[String],
     values: &BTreeMap<String, String>,
+    empty: bool,
 ) -> anyhow::Result<LocalResource> {
-    let template_value = properties
-        .get("SecretString")
-        .and_then(Value::as_str)
-        .unwrap_or("{}");
-    let mut secret: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(template_value).unwrap_or_default();
-    for (key, value) in secret.iter_mut() {
-        *value = serde_json::Value::String(values.get(key).cloned().unwrap_or_default());
+    if empty {
+        let output = aws.secrets.create_secret().name(name).send().await?;
+        let arn = output.arn.context("CreateSecret returned no ARN")?;
+        let mut resource = LocalResource::named(&arn);
+        resource.attributes.insert("Id".into(), arn);
+        return Ok(resource);
     }
+    let secret: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|key| {
+            let value = values.get(key).cloned().unwrap_or_default();
+            (key.clone(), serde_json::Value::String(value))
+        })
+        .collect();
     let secret_string = serde_json::Value::Object(secret).to_string();
     let arn = match aws
         .secrets

@@ -113,6 +113,38 @@ impl Env {
         Ok(self.optional(name).map(SecretString::from))
     }
 
+    /// Whether secret `name` is configured, without reading it: when `<name>_SECRET_ARN` is
+    /// set, whether that secret has a current value (`DescribeSecret`: `VersionIdsToStages`
+    /// names `AWSCURRENT`; the template creates provider secrets without one), else whether
+    /// the plain variable `<name>` is set. A function that only needs to know holds
+    /// `secretsmanager:DescribeSecret`, never the key.
+    ///
+    /// # Errors
+    /// [`ConfigError::Secret`] when Secrets Manager cannot be asked.
+    pub async fn secret_is_set(
+        &self,
+        name: &str,
+        secrets: &aws_sdk_secretsmanager::Client,
+    ) -> Result<bool, ConfigError> {
+        let Some(arn) = self.optional(&format!("{name}_SECRET_ARN")) else {
+            return Ok(self.optional(name).is_some());
+        };
+        let described = secrets
+            .describe_secret()
+            .secret_id(&arn)
+            .send()
+            .await
+            .map_err(|error| ConfigError::Secret {
+                name: name.to_owned(),
+                cause: anyhow::Error::new(error).context("DescribeSecret failed"),
+            })?;
+        Ok(described.version_ids_to_stages().is_some_and(|versions| {
+            versions
+                .values()
+                .any(|stages| stages.iter().any(|stage| stage == "AWSCURRENT"))
+        }))
+    }
+
     /// A value `build` makes from this environment and Secrets Manager on first use (see
     /// [`OnFirstUse`]). `build` gets its own copies, so the value outlives the caller.
     pub fn on_first_use<T, F, Fut>(&self, secrets: &SecretsClient, build: F) -> OnFirstUse<T>
@@ -193,12 +225,19 @@ async fn read_secret(
     arn: &str,
     name: &str,
 ) -> anyhow::Result<Option<String>> {
-    let output = secrets
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .context("GetSecretValue failed")?;
+    let output = match secrets.get_secret_value().secret_id(arn).send().await {
+        Ok(output) => output,
+        // A secret created without a value (as the template creates provider secrets) has
+        // no AWSCURRENT version yet: not configured.
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(error) => return Err(anyhow::Error::new(error).context("GetSecretValue failed")),
+    };
     let text = output
         .secret_string()
         .context("the secret has no string value")?;
