@@ -40,12 +40,6 @@ const EXPLAINED: &[(&str, &str, &str, &str)] = &[
         "arn:*:s3:::HeraldBucket/reports/*",
         "error path: a report upload that fails part-way is aborted (shared/src/reports/upload.rs); no test makes a part fail",
     ),
-    (
-        "SmsStatusCheckFunction",
-        "sqs:SendMessage*",
-        "arn:*:sqs:*:*:SmsSendQueue",
-        "the sweep re-queues an SMS whose send job was lost (functions/src/sms_status_check.rs); no SMS test loses a job yet",
-    ),
 ];
 
 fn template() -> BundleTemplate {

@@ -825,3 +825,40 @@ async fn status_callbacks_that_overtake_the_send_are_applied() {
         "{callback}"
     );
 }
+
+/// Issue 15, defect 3: an SMS whose send job was lost after the API's 202 stays `queued`
+/// until the sweep (run by the SMS status check) enqueues it again; that job sends it, once.
+#[tokio::test]
+async fn the_sweep_requeues_an_sms_whose_job_was_lost() {
+    let app = spawn_bundle_with(|options| {
+        options.env.remove("TWILIO_ACCOUNT_SID");
+        options.poll_queues = false;
+        options
+            .overrides
+            .insert("PENDING_SWEEP_AFTER_MINUTES".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "member");
+    let reply = send(
+        &app,
+        &token,
+        json!({"to": "+14155552671", "body": "Lost job"}),
+    )
+    .await;
+    let id = reply["id"].as_str().unwrap().to_owned();
+    // The job is lost: taken off the queue (for a minute) and never run.
+    assert_eq!(app.message_bodies_in("SmsSendQueue").await.len(), 1);
+    // The sweep reads an index, which lags writes (as on AWS).
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
+
+    let result = app.fire_schedule("sms-status-check").await;
+    assert_eq!(result["swept"]["requeued"], 1, "{result}");
+    let worker = app.poller("sms-worker");
+    eventually(30, "the re-queued job to run", || async {
+        (worker.poll_once().await.unwrap() > 0).then_some(())
+    })
+    .await;
+    let sms = app.get(&format!("/services/sms/{id}"), &token).await.body;
+    assert_ne!(sms["status"], "queued", "{sms}");
+    assert_eq!(twilio(&app).calls(), 1);
+}
