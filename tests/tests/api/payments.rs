@@ -1265,6 +1265,92 @@ async fn the_lambda_deadline_bounds_the_stripe_calls_so_a_held_charge_answers_pe
     );
 }
 
+/// Issue 16, acceptance: a property over random crash points. Each client request (its own
+/// `Idempotency-Key` and amount) is tried one to three times, each try cut off at a random
+/// point, then once more to its end: *before Stripe* (every connection drops before Stripe
+/// reads the call), *after Stripe, before the record* (Stripe makes the PaymentIntent and
+/// holds its answer; the client gives up, the invocation is cut off, its claim lapses), or
+/// *after the record* (Herald answers; the client never reads it). However the tries fall,
+/// Stripe holds at most one PaymentIntent per request, and an answer naming one names that.
+#[tokio::test]
+async fn random_crash_points_never_make_a_second_payment_intent() {
+    let app = spawn_bundle_with(|options| {
+        options
+            .overrides
+            .insert("STRIPE_TIMEOUT_SECONDS".to_owned(), "20".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "member");
+    // xorshift64, seeded: the same scenarios on every run, and a failure names its seed.
+    let seed: u64 = 20_261_203;
+    let mut state = seed;
+    let mut pick = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for request in 0..8_u64 {
+        let key = format!("crash-{request}");
+        let amount = 1_000 + request;
+        let body = json!({"amount": amount, "currency": "usd", "payment_method": "pm_card_visa"});
+        let mut points = Vec::new();
+        // Once Herald has answered the request, a try is a replay of that answer: it never
+        // reaches Stripe, so it cannot be cut off there.
+        let mut answered = false;
+        for _ in 0..=pick(3) {
+            match pick(3) {
+                1 | 2 if answered => {
+                    points.push("replayed");
+                    app.post_keyed("/services/payments/", &token, &key, &body)
+                        .await;
+                }
+                0 => {
+                    points.push("before Stripe");
+                    app.sandbox_post("_faults", json!({"connection": "drop", "count": 3}))
+                        .await;
+                    // Herald's three attempts all drop (one left over would only drop
+                    // the next try before Stripe too: the same crash point).
+                    app.post_keyed("/services/payments/", &token, &key, &body)
+                        .await;
+                }
+                1 => {
+                    points.push("after Stripe, before the record");
+                    app.sandbox_post("_faults", json!({"connection": "accept_then_hold"}))
+                        .await;
+                    app.post_keyed_abandoned("/services/payments/", &token, &key, &body)
+                        .await;
+                    app.lapse_claim("acme", "POST /services/payments", &key)
+                        .await;
+                }
+                _ => {
+                    points.push("after the record");
+                    let (status, _) = app
+                        .post_keyed("/services/payments/", &token, &key, &body)
+                        .await;
+                    answered = status == 201;
+                }
+            }
+        }
+        let (status, payment) = app
+            .post_keyed("/services/payments/", &token, &key, &body)
+            .await;
+        let why = format!("seed {seed}, request {request}, crash points {points:?}");
+        assert!(matches!(status, 201 | 202), "{why}: {status} {payment}");
+        let intents: Vec<Value> = app
+            .stripe_list("payment_intents")
+            .await
+            .into_iter()
+            .filter(|intent| intent["amount"] == amount)
+            .collect();
+        assert!(intents.len() <= 1, "{why}: {intents:?}");
+        if let Some(named) = payment["stripe_payment_intent"].as_str() {
+            assert_eq!(intents.len(), 1, "{why}: {payment}");
+            assert_eq!(intents[0]["id"], named, "{why}");
+        }
+    }
+}
+
 /// Issue 16, defect 1: when Stripe holds its answer past the request's Stripe budget, the
 /// charge answers 202 `pending` (no second create), and Stripe's webhook settles it.
 #[tokio::test]
