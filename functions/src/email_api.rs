@@ -77,7 +77,8 @@ pub struct EmailApi {
     send_queue: String,
     bulk_queue: String,
     default_from: Option<String>,
-    /// Whether a SendGrid key is configured, read on first use.
+    /// Whether the SendGrid secret has a value (`DescribeSecret`, never the key), asked on
+    /// first use.
     provider_configured: OnFirstUse<bool>,
     claims: ClaimNames,
 }
@@ -249,8 +250,8 @@ impl EmailApi {
         }
     }
 
-    /// Checked before anything is stored: a send that cannot happen is never recorded. A key
-    /// that cannot be read answers 500 (and is read again by the next request).
+    /// Checked before anything is stored: a send that cannot happen is never recorded. A
+    /// secret that cannot be described answers 500 (and is asked again by the next request).
     async fn require_provider(&self) -> Result<(), ApiError> {
         if *self
             .provider_configured

@@ -126,7 +126,8 @@ pub struct ReportsApi {
     generate_queue_arn: String,
     schedule_role_arn: String,
     schedule_group: String,
-    /// Whether a SendGrid key is configured, read on first use.
+    /// Whether the SendGrid secret has a value (`DescribeSecret`, never the key), asked on
+    /// first use.
     email_configured: OnFirstUse<bool>,
     claims: ClaimNames,
 }
