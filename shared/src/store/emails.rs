@@ -41,7 +41,10 @@ use super::shards::{
     self, PendingRecord, ShardedList, StuckInSent, Swept, Unsettled, merged_query,
     pending_index_key, record_partitions, record_pk, status_index_shard,
 };
-use super::{Item, PartitionKey, StoreError, batch_get, get_live, paged_query, s};
+use super::{
+    Item, PartitionKey, StoreError, batch_get, get_live, is_condition_failure, paged_query, s,
+    timeline_value,
+};
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
@@ -125,18 +128,6 @@ fn pending_key(id: &str, since: DateTime<Utc>) -> (String, String) {
 
 fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
-}
-
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
-    error: &aws_sdk_dynamodb::error::SdkError<E>,
-) -> bool {
-    error
-        .as_service_error()
-        .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
-}
-
-fn timeline_value(entries: &[TimelineEntry]) -> Result<AttributeValue, StoreError> {
-    Ok(serde_dynamo::to_attribute_value(entries).context("encoding timeline entries")?)
 }
 
 /// Applies an effect to a record in memory, forward-only.

@@ -98,6 +98,22 @@ fn key_of(cursor: &Cursor) -> Item {
         .collect()
 }
 
+/// Whether a conditional write was refused for its condition (not for anything else).
+fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+    error: &aws_sdk_dynamodb::error::SdkError<E>,
+) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
+}
+
+/// A record's timeline entries as the list attribute they are stored in.
+fn timeline_value(
+    entries: &[crate::domain::email::TimelineEntry],
+) -> Result<AttributeValue, StoreError> {
+    Ok(serde_dynamo::to_attribute_value(entries).context("encoding timeline entries")?)
+}
+
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
-use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
+use super::{Item, PartitionKey, StoreError, get_live, is_condition_failure, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
@@ -42,14 +42,6 @@ fn report_sk(id: &str) -> String {
 
 fn schedule_sk(id: &str) -> String {
     format!("RSCHED#{id}")
-}
-
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
-    error: &aws_sdk_dynamodb::error::SdkError<E>,
-) -> bool {
-    error
-        .as_service_error()
-        .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
 }
 
 fn decode_report(item: Item) -> Result<Report, StoreError> {

@@ -31,7 +31,10 @@ use super::shards::{
     self, PendingRecord, ShardedList, StuckInSent, Swept, Unsettled, merged_query,
     pending_index_key, record_partitions, record_pk, status_index_shard,
 };
-use super::{Item, PartitionKey, SendOutcome, StoreError, batch_get, get_live, paged_query, s};
+use super::{
+    Item, PartitionKey, SendOutcome, StoreError, batch_get, get_live, is_condition_failure,
+    paged_query, s, timeline_value,
+};
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
@@ -105,18 +108,6 @@ fn sent_shard(id: &str) -> String {
 /// The pending-index key of an SMS waiting since `since` (see [`pending_index_key`]).
 fn pending_key(id: &str, since: DateTime<Utc>) -> (String, String) {
     pending_index_key("SMS", SMS_SENT_SHARDS, id, since)
-}
-
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
-    error: &aws_sdk_dynamodb::error::SdkError<E>,
-) -> bool {
-    error
-        .as_service_error()
-        .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
-}
-
-fn timeline_value(entries: &[TimelineEntry]) -> Result<AttributeValue, StoreError> {
-    Ok(serde_dynamo::to_attribute_value(entries).context("encoding timeline entries")?)
 }
 
 fn decode(item: Item) -> Result<SmsRecord, StoreError> {
