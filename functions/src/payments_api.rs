@@ -222,6 +222,9 @@ fn add(errors: &mut FieldErrors, field: &str, message: impl Into<String>) {
         .push(message.into());
 }
 
+/// Stripe's metadata rules (Stripe API reference, "Metadata"): keys up to 40 characters,
+/// values up to 500, and no square brackets in a key (they would break the form encoding
+/// `metadata[key]`); Herald allows 20 entries of the caller's own.
 fn check_metadata(metadata: &BTreeMap<String, String>, errors: &mut FieldErrors) {
     if metadata.len() > MAX_METADATA
         || metadata
@@ -233,6 +236,9 @@ fn check_metadata(metadata: &BTreeMap<String, String>, errors: &mut FieldErrors)
             "metadata",
             "at most 20 entries, keys of 1 to 40 and values up to 500 characters",
         );
+    }
+    if metadata.keys().any(|k| k.contains(['[', ']'])) {
+        add(errors, "metadata", "keys cannot contain [ or ]");
     }
     if metadata.contains_key("org_id") || metadata.contains_key("herald_id") {
         add(errors, "metadata", "org_id and herald_id are set by Herald");
