@@ -12,7 +12,7 @@ use shared::domain::email::{EmailStatus, TimelineEntry};
 use shared::events::{Event, EventPublisher};
 use shared::providers::sendgrid::{ActivityStatus, RecipientStatus, SendError, SendGridClient};
 use shared::queue::{Job, QueuePublisher};
-use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent, Unsettled};
+use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent};
 
 use crate::email_api::SEND_CHUNK;
 use crate::registry::{BoxFuture, ScheduledFunction};
@@ -116,7 +116,13 @@ impl EmailStatusCheck {
                         // Not listed yet, or not final: back of the line, and after
                         // MAX_LOOKUPS it stays `sent` and is no longer looked up.
                         _ => {
-                            gave_up += usize::from(self.note_unsettled(email, now).await);
+                            let noted = self
+                                .emails
+                                .unsettled_check(&email.org_id, &email.id, now, MAX_LOOKUPS)
+                                .await;
+                            gave_up += usize::from(crate::sweep::gave_up(
+                                noted, "email", &email.id, MAX_LOOKUPS,
+                            ));
                             continue;
                         }
                     };
@@ -128,33 +134,6 @@ impl EmailStatusCheck {
         })
         .await
     }
-    /// Notes a lookup that found no final status; `true` when it was the last one allowed.
-    async fn note_unsettled(
-        &self,
-        email: &StuckInSent,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> bool {
-        let (org, id) = (&email.org_id, &email.id);
-        match self.emails.unsettled_check(org, id, now, MAX_LOOKUPS).await {
-            Ok(Some(Unsettled::GaveUp)) => {
-                tracing::warn!(
-                    email = id,
-                    "no final status after {MAX_LOOKUPS} lookups: left sent"
-                );
-                true
-            }
-            Ok(_) => false,
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    email = id,
-                    "could not note the lookup"
-                );
-                false
-            }
-        }
-    }
-
     /// Applies a status the Email Activity API reported, once and forward only, as a
     /// webhook event would be; `true` when it moved the email on.
     async fn apply_found(

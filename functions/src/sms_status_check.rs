@@ -10,7 +10,7 @@ use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::queue::{Job, QueuePublisher};
-use shared::store::{SmsStore, StatusApplied, StuckInSent, TwilioReport, Unsettled};
+use shared::store::{SmsStore, StatusApplied, StuckInSent, TwilioReport};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
 use crate::sms_api::SMS_SEND_CHUNK;
@@ -47,24 +47,8 @@ impl SmsStatusCheck {
     /// Notes a lookup that settled nothing (back of the line); `true` when it was the last
     /// allowed one and the record is left `sent` for good.
     async fn unsettled(&self, org: &OrgId, id: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
-        match self.sms.unsettled_check(org, id, now, MAX_LOOKUPS).await {
-            Ok(Some(Unsettled::GaveUp)) => {
-                tracing::warn!(
-                    sms = id,
-                    "no final status after {MAX_LOOKUPS} lookups: left sent"
-                );
-                true
-            }
-            Ok(_) => false,
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    sms = id,
-                    "could not note the lookup"
-                );
-                false
-            }
-        }
+        let noted = self.sms.unsettled_check(org, id, now, MAX_LOOKUPS).await;
+        crate::sweep::gave_up(noted, "sms", id, MAX_LOOKUPS)
     }
 
     /// No I/O: the Twilio credentials are read by the first run.

@@ -23,7 +23,7 @@ use shared::domain::OrgId;
 use shared::domain::email::FailureKind;
 use shared::events::{Event, EventPublisher};
 use shared::queue::{Envelope, Job, QueuePublisher};
-use shared::store::{StoreError, StuckInSent, Swept};
+use shared::store::{StoreError, StuckInSent, Swept, Unsettled};
 
 use crate::registry::BoxFuture;
 
@@ -175,5 +175,36 @@ impl Sweep {
             .collect();
         self.queue.send_all(&self.send_queue, &jobs).await?;
         Ok(json!({"requeued": requeued, "gave_up": gave_up, "cleared": cleared}))
+    }
+}
+
+/// What the status checks do with a lookup that settled nothing (the store has put the
+/// record at the back of the line): `true` when it was the last of `max_lookups`, so the
+/// record is left `sent` for good. A failure to note it is logged and counts as not the last.
+pub(crate) fn gave_up(
+    noted: Result<Option<Unsettled>, StoreError>,
+    channel: &'static str,
+    id: &str,
+    max_lookups: u32,
+) -> bool {
+    match noted {
+        Ok(Some(Unsettled::GaveUp)) => {
+            tracing::warn!(
+                channel,
+                id,
+                "no final status after {max_lookups} lookups: left sent"
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(error) => {
+            tracing::warn!(
+                channel,
+                id,
+                error = format!("{error:#}"),
+                "could not note the lookup"
+            );
+            false
+        }
     }
 }
