@@ -117,6 +117,16 @@ async fn charge(app: &TestBundle, token: &str, body: Value) -> Value {
     reply.body
 }
 
+/// The Stripe id of Herald customer `customer`.
+async fn stripe_customer_of(app: &TestBundle, token: &str, customer: &str) -> String {
+    app.get(&format!("/services/payments/customers/{customer}"), token)
+        .await
+        .body["stripe_customer"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Puts what the Stripe sandbox now takes (a live key, a rolled key) into Herald's secret,
 /// as an operator would.
 async fn store_stripe_secret(app: &TestBundle) {
@@ -1016,13 +1026,7 @@ async fn a_charge_without_a_payment_method_uses_the_customers_default_or_is_refu
     assert_eq!(intents["data"], json!([]), "no PaymentIntent at Stripe");
 
     // The customer's default set at Stripe: the charge uses it.
-    let stripe_customer = app
-        .get(&format!("/services/payments/customers/{customer}"), &token)
-        .await
-        .body["stripe_customer"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let stripe_customer = stripe_customer_of(&app, &token, &customer).await;
     let updated = app
         .stripe_api(
             "POST",
@@ -1746,13 +1750,7 @@ async fn subscription_payments_are_found_in_both_invoice_shapes_and_refunds_reac
 
     // The next invoice, as an endpoint on 2025-03-31.basil or later sends it.
     let created = chrono::Utc::now().timestamp();
-    let stripe_customer = app
-        .get(&format!("/services/payments/customers/{customer}"), &token)
-        .await
-        .body["stripe_customer"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let stripe_customer = stripe_customer_of(&app, &token, &customer).await;
     let invoice = json!({
         "id": "in_basil_renewal", "object": "invoice", "customer": stripe_customer,
         "status": "paid", "amount_due": 5000, "amount_paid": 5000, "currency": "usd",
@@ -1823,13 +1821,7 @@ async fn a_rolled_stripe_key_is_picked_up_by_the_reads_too() {
     let app = spawn_bundle().await;
     let token = app.token("acme", "admin");
     let customer = create_customer(&app, &token, "ann@example.com").await;
-    let stripe_customer = app
-        .get(&format!("/services/payments/customers/{customer}"), &token)
-        .await
-        .body["stripe_customer"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let stripe_customer = stripe_customer_of(&app, &token, &customer).await;
     app.stripe_api(
         "POST",
         &format!("customers/{stripe_customer}"),
