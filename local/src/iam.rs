@@ -50,9 +50,9 @@ pub const SAM_POLICY_TEMPLATES: &str = include_str!("iam_sam_policy_templates.js
 /// log writes (`AWSLambdaBasicExecutionRole`). Neither side of the check counts them.
 const BASIC_EXECUTION_ROLE: &str = "AWSLambdaBasicExecutionRole";
 
-/// The managed policy SAM adds for an SQS event source, and what it allows (besides logs).
-pub const SQS_QUEUE_EXECUTION_ROLE: &str = "AWSLambdaSQSQueueExecutionRole";
-const SQS_EVENT_SOURCE_ACTIONS: &[&str] = &[
+/// What an SQS event source mapping does with its function's role (AWS Lambda Developer
+/// Guide, "Using Lambda with Amazon SQS", execution role permissions).
+const SQS_EVENT_SOURCE_ACTIONS: [&str; 3] = [
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:GetQueueAttributes",
@@ -175,19 +175,6 @@ pub fn function_grants(template: &BundleTemplate) -> anyhow::Result<BTreeMap<Str
         for policy in &policies {
             expand_policy(policy, template, &sam, &mut function_grants)
                 .with_context(|| format!("{}: {policy:?}", function.logical_id))?;
-        }
-        // SAM attaches AWSLambdaSQSQueueExecutionRole to the role of every function with an
-        // SQS event (samtranslator/model/eventsources/pull.py, `SQS.get_policy_arn`): the
-        // event source mapping's receive, delete and attributes, on every queue.
-        if !function.queues.is_empty() {
-            for action in SQS_EVENT_SOURCE_ACTIONS {
-                function_grants.push(Grant {
-                    action: (*action).to_owned(),
-                    resource: "*".to_owned(),
-                    passed_to_service: Vec::new(),
-                    source: SQS_QUEUE_EXECUTION_ROLE.to_owned(),
-                });
-            }
         }
         grants.insert(function.logical_id.clone(), function_grants);
     }
@@ -423,10 +410,10 @@ fn resolve(
     resolved.into_iter().collect()
 }
 
-/// What the Lambda service itself does with a function's role: an SQS event source polls,
-/// deletes and reads the attributes of its queue (AWS Lambda Developer Guide, "Using Lambda
-/// with Amazon SQS", execution role permissions: `sqs:ReceiveMessage`, `sqs:DeleteMessage`,
-/// `sqs:GetQueueAttributes`). The local runner polls with its own clients, so these are
+/// What the Lambda service itself does with a function's role: an SQS event source mapping
+/// polls, deletes and reads the attributes of its queue ([`SQS_EVENT_SOURCE_ACTIONS`]; the
+/// template grants them per queue, `template.rs` refuses SAM's SQS events, whose managed
+/// policy allows them on every queue). The local runner polls with its own clients, so these are
 /// counted as used from the template's event sources rather than observed.
 pub fn event_source_uses(template: &BundleTemplate) -> BTreeMap<String, BTreeSet<Use>> {
     template
@@ -437,12 +424,8 @@ pub fn event_source_uses(template: &BundleTemplate) -> BTreeMap<String, BTreeSet
                 .queues
                 .iter()
                 .flat_map(|source| {
-                    [
-                        "sqs:ReceiveMessage",
-                        "sqs:DeleteMessage",
-                        "sqs:GetQueueAttributes",
-                    ]
-                    .map(|action| Use::new(action, format!("arn:*:sqs:*:*:{}", source.queue)))
+                    SQS_EVENT_SOURCE_ACTIONS
+                        .map(|action| Use::new(action, format!("arn:*:sqs:*:*:{}", source.queue)))
                 })
                 .collect();
             (function.logical_id.clone(), uses)

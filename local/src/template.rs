@@ -16,7 +16,7 @@ pub struct FunctionDef {
     /// Environment variables, `!Ref`s still unresolved.
     pub environment: BTreeMap<String, Value>,
     pub http_routes: Vec<HttpRouteDef>,
-    /// SQS event sources: (queue logical id, batch size).
+    /// The SQS queues its `AWS::Lambda::EventSourceMapping`s poll.
     pub queues: Vec<QueueSourceDef>,
     /// Schedule expressions (`rate(5 minutes)`, `cron(0 2 * * ? *)`).
     pub schedules: Vec<String>,
@@ -113,6 +113,7 @@ impl BundleTemplate {
             }
             resources.insert(id, (kind, properties));
         }
+        attach_event_source_mappings(&mut functions, &resources)?;
         Ok(Self {
             functions,
             resources,
@@ -161,30 +162,19 @@ fn function_def(
         environment.extend(mapping_of(vars));
     }
     let mut http_routes = Vec::new();
-    let mut queues = Vec::new();
     let mut schedules = Vec::new();
     if let Some(events) = properties.get("Events").and_then(Value::as_mapping) {
         for event in events.values() {
             let props = event.get("Properties").cloned().unwrap_or(Value::Null);
             match event.get("Type").and_then(Value::as_str) {
-                Some("SQS") => queues.push(QueueSourceDef {
-                    queue: props
-                        .get("Queue")
-                        .and_then(referenced_id)
-                        .with_context(|| format!("{id}: SQS event without a queue reference"))?,
-                    batch_size: props
-                        .get("BatchSize")
-                        .and_then(Value::as_u64)
-                        .map_or(10, |n| n as usize),
-                    report_failures: props
-                        .get("FunctionResponseTypes")
-                        .and_then(Value::as_sequence)
-                        .is_some_and(|types| {
-                            types
-                                .iter()
-                                .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
-                        }),
-                }),
+                // SAM gives the role of a function with an SQS event
+                // AWSLambdaSQSQueueExecutionRole, which allows receiving from and deleting in
+                // every queue of the account; Herald declares its event source mappings as
+                // `AWS::Lambda::EventSourceMapping` resources and grants each role its own queue.
+                Some("SQS") => bail!(
+                    "{id}: an SQS event attaches AWSLambdaSQSQueueExecutionRole (every queue); \
+                     declare an AWS::Lambda::EventSourceMapping and grant the queue instead"
+                ),
                 Some("Schedule" | "ScheduleV2") => {
                     let expression = props
                         .get("ScheduleExpression")
@@ -226,11 +216,53 @@ fn function_def(
         binary,
         environment,
         http_routes,
-        queues,
+        queues: Vec::new(),
         schedules,
         function_url,
         timeout,
     })
+}
+
+/// Gives each function the SQS queues its `AWS::Lambda::EventSourceMapping`s poll.
+fn attach_event_source_mappings(
+    functions: &mut [FunctionDef],
+    resources: &BTreeMap<String, (String, Value)>,
+) -> anyhow::Result<()> {
+    for (id, (kind, props)) in resources {
+        if kind != "AWS::Lambda::EventSourceMapping" {
+            continue;
+        }
+        let function = props
+            .get("FunctionName")
+            .and_then(referenced_id)
+            .with_context(|| format!("{id}: FunctionName is not a !Ref of a function"))?;
+        let queue = props
+            .get("EventSourceArn")
+            .and_then(referenced_id)
+            .with_context(|| format!("{id}: EventSourceArn is not a !GetAtt of a queue"))?;
+        let source = QueueSourceDef {
+            queue,
+            batch_size: props
+                .get("BatchSize")
+                .and_then(Value::as_u64)
+                .map_or(10, |n| n as usize),
+            report_failures: props
+                .get("FunctionResponseTypes")
+                .and_then(Value::as_sequence)
+                .is_some_and(|types| {
+                    types
+                        .iter()
+                        .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
+                }),
+        };
+        functions
+            .iter_mut()
+            .find(|f| f.logical_id == function)
+            .with_context(|| format!("{id}: {function} is not a function of the template"))?
+            .queues
+            .push(source);
+    }
+    Ok(())
 }
 
 /// The logical id a `!Ref X`, `!GetAtt X.Attr` or `{"Fn::GetAtt": [X, Attr]}` points at.
@@ -384,6 +416,49 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const WORKER: &str = r"
+Resources:
+  Queue: { Type: AWS::SQS::Queue, Properties: {} }
+  Worker:
+    Type: AWS::Serverless::Function
+    Metadata: { BuildProperties: { Binary: email-worker } }
+    Properties: {}
+";
+
+    #[test]
+    fn queue_sources_come_from_event_source_mappings() {
+        let template = BundleTemplate::parse(&format!(
+            "{WORKER}
+  WorkerSource:
+    Type: AWS::Lambda::EventSourceMapping
+    Properties:
+      FunctionName: !Ref Worker
+      EventSourceArn: !GetAtt Queue.Arn
+      BatchSize: 3
+      FunctionResponseTypes: [ReportBatchItemFailures]
+"
+        ))
+        .unwrap();
+        assert_eq!(
+            template.functions[0].queues,
+            vec![QueueSourceDef {
+                queue: "Queue".to_owned(),
+                batch_size: 3,
+                report_failures: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_sam_sqs_event_is_refused_for_its_every_queue_policy() {
+        let text = WORKER.replace(
+            "Properties: {}\n",
+            "Properties:\n      Events:\n        Q: { Type: SQS, Properties: { Queue: !GetAtt Queue.Arn } }\n",
+        );
+        let error = BundleTemplate::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("AWSLambdaSQSQueueExecutionRole"), "{error}");
+    }
 
     #[test]
     fn reads_functions_routes_and_refs() {

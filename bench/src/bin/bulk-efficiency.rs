@@ -32,6 +32,13 @@ struct Args {
     /// Give up when not every message is final after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
+    /// Every function's `Timeout` for this run (0 keeps the template's). The runner stops an
+    /// invocation at its `Timeout`, as Lambda does; moto answers about a hundred requests a
+    /// second where DynamoDB answers thousands, so a batch of ten 1,000-email jobs, a few
+    /// seconds of writes on AWS, can take minutes here, and with the template's 60 s the
+    /// run would measure moto's throughput instead of Herald's calls.
+    #[arg(long, default_value_t = 900)]
+    function_timeout_seconds: u64,
     /// The moto endpoint (`eval "$(scripts/services.sh env)"` sets it, with AWS credentials).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     aws_endpoint: String,
@@ -71,6 +78,15 @@ async fn main() -> anyhow::Result<()> {
         ("SMS_RATE_PER_SECOND".to_owned(), args.sms_rate.to_string()),
     ]));
     options.run_schedules = false;
+    if args.function_timeout_seconds > 0 {
+        let template = local::template::BundleTemplate::load(&args.template)?;
+        let timeout = Duration::from_secs(args.function_timeout_seconds);
+        options.timeouts = template
+            .functions
+            .into_iter()
+            .map(|function| (function.binary, timeout))
+            .collect();
+    }
     let bundle = local::start(options).await?;
     let timeout = Duration::from_secs(args.timeout_seconds);
 
