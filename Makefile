@@ -9,7 +9,7 @@
 # with custom runtimes in AWS SAM":
 # https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/building-custom-runtimes.html
 #
-# All 19 targets depend on ONE workspace build, `cargo lambda build --release --arm64` of the
+# Every build- target depends on ONE workspace build, `cargo lambda build --release --arm64` of the
 # herald-functions package: the first target SAM runs compiles and links every function, and
 # for the other 18 cargo finds everything fresh and returns in about a second. Each target
 # then copies its function's `bootstrap` (the arm64 binary, provided.al2023) to the artifact
@@ -129,3 +129,11 @@ build-TwilioWebhookFunction: lambda-binaries
 .PHONY: build-SmsStatusCheckFunction
 build-SmsStatusCheckFunction: lambda-binaries
 	$(call copy-bootstrap,sms-status-check)
+
+.PHONY: build-ConsentApiFunction
+build-ConsentApiFunction: lambda-binaries
+	$(call copy-bootstrap,consent-api)
+
+.PHONY: build-UnsubscribeFunction
+build-UnsubscribeFunction: lambda-binaries
+	$(call copy-bootstrap,unsubscribe)

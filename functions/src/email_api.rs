@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
+use shared::consent::Channel;
 use shared::domain::RecordId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::template::{TemplateContent, TemplateKind};
@@ -20,7 +21,9 @@ use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, 
 use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 
 use shared::render::{self, Escape, RenderError};
-use shared::store::{EmailListQuery, EmailStore, IdempotencyStore, TemplateStore};
+use shared::store::{
+    ConsentStore, EmailListQuery, EmailStore, IdempotencyStore, StoreError, TemplateStore,
+};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
@@ -71,6 +74,7 @@ const MAX_REPORTED_ERRORS: usize = 20;
 pub struct EmailApi {
     emails: EmailStore,
     templates: TemplateStore,
+    consent: ConsentStore,
     idempotency: IdempotencyStore,
     queue: QueuePublisher,
     events: EventPublisher,
@@ -110,6 +114,9 @@ struct SendRequest {
     variables: Option<Value>,
     recipients: Option<Vec<BulkRecipient>>,
     campaign: Option<String>,
+    /// A consent topic of the organization: the email then carries a one-click unsubscribe
+    /// link and skips whoever opted out of the topic (issue 19).
+    topic: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +165,7 @@ impl EmailApi {
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), &table),
             templates: TemplateStore::new(aws.dynamodb.clone(), &table),
+            consent: ConsentStore::new(aws.dynamodb.clone(), &table),
             idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
             queue: QueuePublisher::new(aws.sqs.clone()),
             send_queue: env.required("EMAIL_SEND_QUEUE_URL")?,
@@ -305,6 +313,16 @@ impl EmailApi {
         {
             errors.add("campaign", "must be 1 to 100 characters");
         }
+        if let Some(topic) = &body.topic {
+            match self.consent.topic(&caller.org, topic).await {
+                Ok(found) if found.channels.contains(&Channel::Email) => {}
+                Ok(_) => errors.add("topic", "is not a topic for email"),
+                Err(StoreError::NotFound) => {
+                    errors.add("topic", "is not a topic of this organization");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         let content = self.content_source(&body, caller, &mut errors).await?;
 
         // Who receives what: (address, variables).
@@ -430,6 +448,7 @@ impl EmailApi {
                 metadata: body.metadata.clone(),
                 template_id: content.template_id.clone(),
                 campaign: body.campaign.clone(),
+                topic: body.topic.clone(),
                 bulk_id: bulk_id.clone(),
                 status: EmailStatus::Queued,
                 engagement: Vec::new(),

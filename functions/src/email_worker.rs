@@ -14,6 +14,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 use shared::aws::{AwsClients, SecretsClient};
 use shared::config::{ConfigError, Env, OnFirstUse};
+use shared::consent::{ALL_TOPICS, Channel, UnsubscribeClaim, UnsubscribeKeys};
 use shared::domain::OrgId;
 use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
 use shared::events::{Event, EventKind, EventPublisher};
@@ -22,7 +23,7 @@ use shared::providers::sendgrid::{
     SendError, SendGridClient,
 };
 use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
-use shared::store::{EmailStore, SendOutcome};
+use shared::store::{ConsentStore, EmailStore, SendOutcome};
 
 use crate::registry::{BoxFuture, SqsFunction, process_batch};
 
@@ -35,6 +36,11 @@ const TEXT_TOKEN: &str = "%herald_text%";
 
 pub struct EmailWorker {
     emails: EmailStore,
+    consent: ConsentStore,
+    /// Signs the one-click unsubscribe links; `None` when the secret holds no key.
+    unsubscribe_keys: OnFirstUse<Option<UnsubscribeKeys>>,
+    /// The unsubscribe function's public URL, which the links point at.
+    unsubscribe_url: Option<String>,
     /// `None` when SendGrid is not configured.
     sendgrid: OnFirstUse<Option<SendGridClient>>,
     retry: RetryDelay,
@@ -106,7 +112,10 @@ impl EmailWorker {
             send_budget: Duration::from_secs(
                 env.number("EMAIL_SEND_BUDGET_SECONDS", SEND_BUDGET_SECONDS)?,
             ),
-            emails: EmailStore::new(aws.dynamodb.clone(), table),
+            emails: EmailStore::new(aws.dynamodb.clone(), &table),
+            consent: ConsentStore::new(aws.dynamodb.clone(), table),
+            unsubscribe_keys: crate::unsubscribe::signing_keys_on_first_use(aws, env),
+            unsubscribe_url: env.optional("UNSUBSCRIBE_URL"),
             sendgrid: sendgrid_on_first_use(aws, env)?,
             retry: RetryDelay::from_env(aws.sqs.clone(), send_queue.clone(), env)?,
             send_queue,
@@ -194,9 +203,18 @@ impl EmailWorker {
                     .await;
             }
         };
-        let (blocked, to_send): (Vec<EmailRecord>, Vec<EmailRecord>) = claimed
-            .into_iter()
-            .partition(|r| suppressed.contains(&r.to.suppression_key()));
+        let opted_out = match self.opted_out(&org, &claimed).await {
+            Ok(set) => set,
+            Err(error) => {
+                return self
+                    .settle(&org, &claimed, last_attempt, format!("{error:#}"), message)
+                    .await;
+            }
+        };
+        let (blocked, to_send): (Vec<EmailRecord>, Vec<EmailRecord>) =
+            claimed.into_iter().partition(|r| {
+                suppressed.contains(&r.to.suppression_key()) || opted_out.contains(&r.id)
+            });
         self.finish_all(
             &org,
             blocked.iter().map(|r| r.id.as_str()),
@@ -222,8 +240,17 @@ impl EmailWorker {
                     .await;
             }
         };
+        let links = match self.unsubscribe_links(&to_send).await {
+            Ok(links) => links,
+            Err(reason) => {
+                return self
+                    .settle(&org, &to_send, last_attempt, reason, message)
+                    .await;
+            }
+        };
         let mut retry = None;
         let mut calls = plan_mails(&to_send);
+        attach_headers(&mut calls, &links);
         calls.reverse(); // sent in plan order, popped from the end
         let deadline = tokio::time::Instant::now() + self.send_budget;
         let mut made_a_call = false;
@@ -305,6 +332,87 @@ impl EmailWorker {
                 Err(Retry(reason))
             }
         }
+    }
+
+    /// The ids of `records` their recipients' consent excludes (the consent ledger, issue
+    /// 19): per topic of the job's emails, one read of the topic and the states.
+    async fn opted_out(
+        &self,
+        org: &OrgId,
+        records: &[EmailRecord],
+    ) -> Result<std::collections::HashSet<String>, shared::store::StoreError> {
+        let mut by_topic: BTreeMap<Option<&str>, Vec<&EmailRecord>> = BTreeMap::new();
+        for record in records {
+            by_topic
+                .entry(record.topic.as_deref())
+                .or_default()
+                .push(record);
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (topic, group) in by_topic {
+            let subjects: Vec<String> = group.iter().map(|r| r.to.suppression_key()).collect();
+            let blocked = self
+                .consent
+                .blocked(org, Channel::Email, &subjects, topic)
+                .await?;
+            ids.extend(
+                group
+                    .iter()
+                    .filter(|r| blocked.contains(&r.to.suppression_key()))
+                    .map(|r| r.id.clone()),
+            );
+        }
+        Ok(ids)
+    }
+
+    /// The `List-Unsubscribe` headers (RFC 2369, with RFC 8058's one-click POST) of every
+    /// email that needs them, by email id: emails of a topic (the link opts out of it) and
+    /// bulk emails without one (the link opts out of everything). Mailbox providers throttle
+    /// bulk mail without them, so a missing key or URL fails the job rather than sending
+    /// without.
+    async fn unsubscribe_links(
+        &self,
+        records: &[EmailRecord],
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+        let needing: Vec<&EmailRecord> = records
+            .iter()
+            .filter(|r| r.topic.is_some() || r.bulk_id.is_some())
+            .collect();
+        if needing.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let keys = match self.unsubscribe_keys.get().await {
+            Ok(Some(keys)) => keys,
+            Ok(None) => return Err("no unsubscribe signing key is configured".to_owned()),
+            Err(error) => return Err(format!("the unsubscribe signing key: {error:#}")),
+        };
+        let Some(base) = &self.unsubscribe_url else {
+            return Err("UNSUBSCRIBE_URL is not set".to_owned());
+        };
+        let base = base.trim_end_matches('/');
+        Ok(needing
+            .into_iter()
+            .map(|record| {
+                let token = keys.sign(&UnsubscribeClaim {
+                    org: record.org_id.clone(),
+                    channel: Channel::Email,
+                    subject: record.to.suppression_key(),
+                    topic: record
+                        .topic
+                        .clone()
+                        .unwrap_or_else(|| ALL_TOPICS.to_owned()),
+                    message_id: record.id.clone(),
+                });
+                let headers = BTreeMap::from([
+                    ("List-Unsubscribe".to_owned(), format!("<{base}/{token}>")),
+                    (
+                        "List-Unsubscribe-Post".to_owned(),
+                        "List-Unsubscribe=One-Click".to_owned(),
+                    ),
+                ]);
+                (record.id.clone(), headers)
+            })
+            .collect())
     }
 
     /// Puts the emails this delivery did not get to back in `queued` and on the queue as a
@@ -473,6 +581,24 @@ pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
         }
     }
     planned
+}
+
+/// Gives each personalization its email's headers (found by the `email_id` custom arg).
+fn attach_headers(calls: &mut [PlannedMail], headers: &BTreeMap<String, BTreeMap<String, String>>) {
+    if headers.is_empty() {
+        return;
+    }
+    for call in calls {
+        for personalization in &mut call.mail.personalizations {
+            if let Some(found) = personalization
+                .custom_args
+                .get("email_id")
+                .and_then(|id| headers.get(id))
+            {
+                personalization.headers = found.clone();
+            }
+        }
+    }
 }
 
 /// What emails must share to go in one call: sender, sender name, reply-to, and which
@@ -685,6 +811,7 @@ mod tests {
             metadata: BTreeMap::new(),
             template_id: None,
             campaign: None,
+            topic: None,
             bulk_id: None,
             status: EmailStatus::Sending,
             engagement: vec![],

@@ -4,6 +4,7 @@
 pub mod admin_page;
 pub mod audit_api;
 pub mod bulk_worker;
+pub mod consent_api;
 pub mod email_api;
 pub mod email_status_check;
 pub mod email_worker;
@@ -24,3 +25,4 @@ pub mod stripe_webhook;
 pub mod sweep;
 pub mod templates_api;
 pub mod twilio_webhook;
+pub mod unsubscribe;

@@ -192,6 +192,14 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
         binary: "sms-status-check",
         routes: &[],
     },
+    FunctionInfo {
+        binary: "consent-api",
+        routes: crate::consent_api::ROUTES,
+    },
+    FunctionInfo {
+        binary: "unsubscribe",
+        routes: &[],
+    },
 ];
 
 /// Builds the handler for `binary` with its own environment, as its `main` would.
@@ -242,6 +250,8 @@ pub async fn load(binary: &str, aws: &AwsClients, env: &Env) -> anyhow::Result<H
         "sms-status-check" => Handler::Scheduled(Arc::new(
             crate::sms_status_check::SmsStatusCheck::new(aws, env)?,
         )),
+        "consent-api" => Handler::Http(Arc::new(crate::consent_api::ConsentApi::new(aws, env)?)),
+        "unsubscribe" => Handler::Http(Arc::new(crate::unsubscribe::Unsubscribe::new(aws, env)?)),
         other => anyhow::bail!("no function binary named {other}"),
     })
 }

@@ -458,6 +458,7 @@ fn link_emails(
             html: None,
             text: Some(text.clone()),
             metadata: [("report_id".to_owned(), report.id.clone())].into(),
+            topic: None,
             template_id: None,
             campaign: None,
             bulk_id: None,

@@ -215,6 +215,12 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
         );
         Some(sandbox)
     };
+    // The one-click unsubscribe links point at the unsubscribe function's URL (on AWS
+    // `!GetAtt UnsubscribeFunctionUrl.FunctionUrl`).
+    overrides.insert(
+        "UNSUBSCRIBE_URL".to_owned(),
+        format!("{base_url}/hooks/unsubscribe/"),
+    );
     // Twilio signs callbacks over this URL and the worker sends it as StatusCallback.
     let twilio_webhook_url = base_env
         .optional("TWILIO_WEBHOOK_URL")

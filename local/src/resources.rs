@@ -60,10 +60,17 @@ pub async fn create_all(
                 table
             }
             "AWS::SecretsManager::Secret" => {
-                let keys = secret_keys(template, id, properties);
+                let mut keys = secret_keys(template, id, properties);
+                let mut values = secret_values.clone();
+                let generated = generated_secret(properties);
+                if let Some((key, value)) = &generated {
+                    keys.push(key.clone());
+                    values.entry(key.clone()).or_insert_with(|| value.clone());
+                }
                 let empty = properties.get("SecretString").is_none()
+                    && generated.is_none()
                     && !keys.iter().any(|key| secret_values.contains_key(key));
-                create_secret(aws, &name, &keys, secret_values, empty)
+                create_secret(aws, &name, &keys, &values, empty)
                     .await
                     .with_context(|| format!("creating secret {id}"))?
             }
@@ -184,6 +191,24 @@ async fn create_schedule_group(aws: &AwsClients, name: &str) -> anyhow::Result<L
     let mut group = LocalResource::named(name);
     group.attributes.insert("Arn".into(), arn);
     Ok(group)
+}
+
+/// What CloudFormation puts in a secret with `GenerateSecretString`: its
+/// `GenerateStringKey` with a random string of `PasswordLength` (here hex digits from
+/// random UUIDs; the runner does not honour the other options).
+fn generated_secret(properties: &Value) -> Option<(String, String)> {
+    let spec = properties.get("GenerateSecretString")?;
+    let key = spec.get("GenerateStringKey")?.as_str()?.to_owned();
+    let length = spec
+        .get("PasswordLength")
+        .and_then(Value::as_u64)
+        .unwrap_or(32) as usize;
+    let mut value = String::new();
+    while value.len() < length {
+        value.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    value.truncate(length);
+    Some((key, value))
 }
 
 /// The names a JSON secret holds: its template value's keys, or for a secret the template

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod aws;
 pub mod config;
+pub mod consent;
 pub mod domain;
 pub mod events;
 pub mod http;

@@ -36,8 +36,9 @@ struct Args {
     /// invocation at its `Timeout`, as Lambda does; moto answers about a hundred requests a
     /// second where DynamoDB answers thousands, so a batch of ten 1,000-email jobs, a few
     /// seconds of writes on AWS, can take minutes here, and with the template's 60 s the
-    /// run would measure moto's throughput instead of Herald's calls.
-    #[arg(long, default_value_t = 900)]
+    /// run would measure moto's throughput instead of Herald's calls. Kept under the send
+    /// queue's 360 s visibility timeout, past which SQS would deliver a running job again.
+    #[arg(long, default_value_t = 300)]
     function_timeout_seconds: u64,
     /// The moto endpoint (`eval "$(scripts/services.sh env)"` sets it, with AWS credentials).
     #[arg(long, env = "AWS_ENDPOINT_URL")]

@@ -246,6 +246,21 @@ const MAX_RECIPIENTS: usize = 1000;
 /// The byte limits on one personalization's substitutions and on a message's custom_args.
 const MAX_SUBSTITUTION_BYTES: usize = 10_000;
 const MAX_CUSTOM_ARGS_BYTES: usize = 10_000;
+/// Headers a personalization may not set (rule 10), lowercase.
+const RESERVED_HEADERS: &[&str] = &[
+    "x-sg-id",
+    "x-sg-eid",
+    "received",
+    "dkim-signature",
+    "content-type",
+    "content-transfer-encoding",
+    "to",
+    "from",
+    "subject",
+    "reply-to",
+    "cc",
+    "bcc",
+];
 
 /// The Mail Send rules the sandbox enforces, each as SendGrid documents it. Sources: the
 /// Mail Send API reference (`twilio.com/docs/sendgrid/api-reference/mail-send/mail-send`,
@@ -261,6 +276,10 @@ const MAX_CUSTOM_ARGS_BYTES: usize = 10_000;
 /// 7. A subject, at the top level or in every personalization.
 /// 8. Content: at least one entry, each value at least one character, `text/plain` first.
 /// 9. The request body under 30 MB (413).
+/// 10. No personalization header overwrites one SendGrid reserves ("You may not overwrite
+///     the following headers: x-sg-id, x-sg-eid, received, dkim-signature, Content-Type,
+///     Content-Transfer-Encoding, To, From, Subject, Reply-To, CC, BCC", Mail Send API
+///     reference, `personalizations[].headers`; the refusal's wording is the sandbox's).
 pub fn check_mail_send(mail: &MailSend, body_bytes: usize) -> Result<(), Refusal> {
     if body_bytes > MAX_REQUEST_BYTES {
         return Err(Refusal {
@@ -324,6 +343,16 @@ pub fn check_mail_send(mail: &MailSend, body_bytes: usize) -> Result<(), Refusal
             return Err(Refusal::bad_request(
                 "The maximum number of substitution bytes per personalization is 10000.",
                 format!("personalizations.{index}.substitutions"),
+            ));
+        }
+        if let Some(name) = personalization
+            .headers
+            .keys()
+            .find(|name| RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
+        {
+            return Err(Refusal::bad_request(
+                format!("The header {name} is reserved and cannot be overwritten."),
+                format!("personalizations.{index}.headers"),
             ));
         }
         let mut args = mail.custom_args.clone().unwrap_or_default();
@@ -450,6 +479,7 @@ async fn mail_send(
                 state.inbox.push_back(json!({
                     "message_id": message_id, "to": to.email, "from": mail.from.email,
                     "subject": subject, "content": content, "custom_args": args,
+                    "headers": personalization.headers,
                 }));
                 if state.inbox.len() > INBOX_LIMIT {
                     state.inbox.pop_front();

@@ -303,6 +303,9 @@ pub struct EmailRecord {
     pub template_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign: Option<String>,
+    /// The consent topic of the send (issue 19); `None` is a transactional email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulk_id: Option<String>,
     pub status: EmailStatus,

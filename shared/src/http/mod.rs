@@ -97,6 +97,7 @@ fn rejection_reason(error: &ApiError) -> Option<&'static str> {
         ApiError::UnsupportedMediaType(_) => "content_type",
         ApiError::MethodNotAllowed => "method",
         ApiError::ProviderNotConfigured(_) => "not_configured",
+        ApiError::TooManyRequests(_) => "rate_limited",
         ApiError::Validation { .. }
         | ApiError::BadRequest(_)
         | ApiError::Unprocessable(_)

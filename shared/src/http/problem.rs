@@ -34,6 +34,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A caller over a rate limit (answered with `Retry-After`).
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0} is not configured")]
     ProviderNotConfigured(&'static str),
     /// A provider answered something Herald cannot use (a body that does not parse, or no
@@ -117,6 +120,7 @@ impl ApiError {
             Self::Validation { .. } | Self::BadRequest(_) => 400,
             Self::Conflict(_) => 409,
             Self::PayloadTooLarge(_) => 413,
+            Self::TooManyRequests(_) => 429,
             Self::UnsupportedMediaType(_) => 415,
             Self::Unprocessable(_) => 422,
             Self::ProviderNotConfigured(_) | Self::Unavailable(_) => 503,
@@ -136,6 +140,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad-request",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::TooManyRequests(_) => "too-many-requests",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::Unprocessable(_) => "unprocessable",
             Self::ProviderNotConfigured(_) => "provider-not-configured",
@@ -155,6 +160,7 @@ impl ApiError {
             Self::BadRequest(_) => "Bad request",
             Self::Conflict(_) => "Conflict",
             Self::PayloadTooLarge(_) => "Payload too large",
+            Self::TooManyRequests(_) => "Too many requests",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::Unprocessable(_) => "Unprocessable request",
             Self::ProviderNotConfigured(_) => "Provider not configured",
@@ -178,7 +184,7 @@ impl ApiError {
             Self::Validation { errors, .. } => Some(errors),
             _ => None,
         };
-        let retry_later = matches!(self, Self::Unavailable(_));
+        let retry_later = matches!(self, Self::Unavailable(_) | Self::TooManyRequests(_));
         let body = ProblemBody {
             kind: format!("/problems/{}", self.slug()),
             title: self.title(),

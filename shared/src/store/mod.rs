@@ -19,6 +19,7 @@
 //! likewise (`shards.rs` says why and how listings merge the shards). This changed in issue
 //! 10 from `ORG#<org>` for every item; there was no deployment, so no data is migrated.
 
+mod consent;
 mod email_reports;
 mod emails;
 mod event_reports;
@@ -32,6 +33,7 @@ mod shards;
 mod sms;
 mod templates;
 
+pub use consent::{Consent, ConsentChange, ConsentStore, LINK_CHANGES_PER_MINUTE, Topic};
 pub use email_reports::CampaignStats;
 pub use emails::{
     EmailListQuery, EmailStore, EventEffect, EventInput, EventsApplied, SENT_SHARDS, SendOutcome,

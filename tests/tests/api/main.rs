@@ -6,6 +6,7 @@
 mod audit;
 mod bulk_efficiency;
 mod bundle_shape;
+mod consent;
 mod dead_letters;
 mod docs;
 mod email;

@@ -70,6 +70,9 @@ pub struct Personalization {
     /// Merged over the message's `custom_args` for these recipients' events.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub custom_args: BTreeMap<String, String>,
+    /// Headers of these recipients' copy (Herald's per-recipient `List-Unsubscribe`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

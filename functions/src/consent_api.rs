@@ -1,0 +1,391 @@
+//! Topics and the consent ledger (issue 19): `/services/topics/…` and `/services/consent/`.
+//!
+//! Members read; admins define topics and record consent given or withdrawn elsewhere
+//! (`PUT`, with the source required). Every change is an audit event. The ledger also takes
+//! Herald's own observations (one-click unsubscribes, provider unsubscribes, bounces, SMS
+//! keywords), which no caller can write here.
+
+use std::collections::BTreeMap;
+
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use shared::auth::{Caller, ClaimNames, Role};
+use shared::aws::AwsClients;
+use shared::config::{ConfigError, Env};
+use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState, valid_topic_key};
+use shared::domain::email::EmailAddress;
+use shared::domain::sms_message::PhoneNumber;
+use shared::events::{Event, EventPublisher};
+use shared::http::{self, ApiError, FieldErrors, Route, Router};
+use shared::store::{ConsentChange, ConsentStore, Topic};
+
+use crate::registry::{BoxFuture, HttpFunction};
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        pattern: "/services/topics",
+    },
+    Route {
+        method: "POST",
+        pattern: "/services/topics",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/topics/{key}",
+    },
+    Route {
+        method: "PATCH",
+        pattern: "/services/topics/{key}",
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/services/topics/{key}",
+    },
+    Route {
+        method: "GET",
+        pattern: "/services/consent",
+    },
+    Route {
+        method: "PUT",
+        pattern: "/services/consent",
+    },
+];
+
+const ROUTER: Router = Router::new(ROUTES);
+
+pub struct ConsentApi {
+    store: ConsentStore,
+    events: EventPublisher,
+    claims: ClaimNames,
+}
+
+impl HttpFunction for ConsentApi {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicInput {
+    key: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    channels: Option<Vec<String>>,
+    default_opted_in: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentInput {
+    address: Option<String>,
+    phone: Option<String>,
+    topic: Option<String>,
+    state: Option<String>,
+    source: Option<String>,
+    #[serde(default)]
+    evidence: BTreeMap<String, String>,
+}
+
+/// Evidence a caller attaches: a few short strings (a form id, a URL, a note).
+const MAX_EVIDENCE_ENTRIES: usize = 10;
+const MAX_EVIDENCE_CHARS: usize = 500;
+
+impl ConsentApi {
+    /// # Errors
+    /// When `TABLE_NAME` is not set.
+    pub fn new(aws: &AwsClients, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
+            claims: ClaimNames::from_env(env),
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        http::respond("consent-api", &request, || self.dispatch(&request)).await
+    }
+
+    async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        let caller = Caller::from_request(request, &self.claims)?;
+        tracing::Span::current().record("org", caller.org.as_str());
+        let key = found.params.get("key").cloned();
+        match (found.route.method, found.route.pattern, key) {
+            ("GET", "/services/topics", _) => self.list_topics(request, &caller).await,
+            ("POST", "/services/topics", _) => self.create_topic(request, &caller).await,
+            ("GET", _, Some(key)) => {
+                caller.require(Role::Member)?;
+                http::json(200, &self.store.topic(&caller.org, &key).await?)
+            }
+            ("PATCH", _, Some(key)) => self.update_topic(request, &caller, &key).await,
+            ("DELETE", _, Some(key)) => self.delete_topic(request, &caller, &key).await,
+            ("GET", "/services/consent", _) => self.show(request, &caller).await,
+            ("PUT", "/services/consent", _) => self.put(request, &caller).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        }
+    }
+
+    async fn audit(&self, request: &Request, caller: &Caller, action: &str, resource: String) {
+        let event = Event::audit(caller, &http::request_id(request), action, resource);
+        self.events.publish(vec![event]).await;
+    }
+
+    async fn list_topics(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Member)?;
+        let org = caller.listed_org(&http::query_map(request))?;
+        let topics = self.store.topics(&org).await?;
+        http::json(200, &json!({ "items": topics, "next_cursor": null }))
+    }
+
+    async fn create_topic(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Admin)?;
+        let input: TopicInput = http::parse_json(request)?;
+        let now = chrono::Utc::now();
+        let topic = topic_from(input, None, now)?;
+        self.store.create_topic(&caller.org, &topic).await?;
+        self.audit(
+            request,
+            caller,
+            "topic.create",
+            format!("topic/{}", topic.key),
+        )
+        .await;
+        http::json(201, &topic)
+    }
+
+    async fn update_topic(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        key: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Admin)?;
+        let current = self.store.topic(&caller.org, key).await?;
+        let input: TopicInput = http::parse_json(request)?;
+        if input.key.as_deref().is_some_and(|k| k != key) {
+            return Err(ApiError::field("key", "cannot change: it names the topic"));
+        }
+        let topic = topic_from(input, Some(&current), chrono::Utc::now())?;
+        self.store.replace_topic(&caller.org, &topic).await?;
+        self.audit(request, caller, "topic.update", format!("topic/{key}"))
+            .await;
+        http::json(200, &topic)
+    }
+
+    async fn delete_topic(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        key: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Admin)?;
+        self.store.delete_topic(&caller.org, key).await?;
+        self.audit(request, caller, "topic.delete", format!("topic/{key}"))
+            .await;
+        Ok(http::no_content())
+    }
+
+    /// `GET /services/consent/?address=` or `?phone=`: every topic's state and the whole
+    /// history, oldest first. An address nobody recorded anything for answers empty lists,
+    /// exactly like one that exists.
+    async fn show(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Member)?;
+        let params = http::query_map(request);
+        let org = caller.listed_org(&params)?;
+        let (channel, subject) = subject_of(
+            params.get("address").map(String::as_str),
+            params.get("phone").map(String::as_str),
+        )?;
+        let states = self.store.states(&org, channel, &subject).await?;
+        let history = self.store.history(&org, channel, &subject).await?;
+        http::json(
+            200,
+            &json!({
+                "channel": channel,
+                "subject": subject,
+                "states": states,
+                "history": history,
+            }),
+        )
+    }
+
+    /// `PUT /services/consent/`: records a choice made elsewhere, with its source.
+    async fn put(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Admin)?;
+        let input: ConsentInput = http::parse_json(request)?;
+        let (channel, subject) = subject_of(input.address.as_deref(), input.phone.as_deref())?;
+        let mut errors = FieldErrors::new();
+        let mut error = |field: &str, message: &str| {
+            errors
+                .entry(field.to_owned())
+                .or_default()
+                .push(message.to_owned());
+        };
+        let topic = input.topic.unwrap_or_else(|| ALL_TOPICS.to_owned());
+        let state = match input.state.as_deref() {
+            Some("opted_in") => Some(ConsentState::OptedIn),
+            Some("opted_out") => Some(ConsentState::OptedOut),
+            _ => {
+                error("state", "must be opted_in or opted_out");
+                None
+            }
+        };
+        let source = match input
+            .source
+            .as_deref()
+            .and_then(ConsentSource::parse_declared)
+        {
+            Some(source) => Some(source),
+            None => {
+                error(
+                    "source",
+                    "is required: api (a choice made elsewhere) or import",
+                );
+                None
+            }
+        };
+        if input.evidence.len() > MAX_EVIDENCE_ENTRIES
+            || input
+                .evidence
+                .iter()
+                .any(|(k, v)| k.chars().count() + v.chars().count() > MAX_EVIDENCE_CHARS)
+        {
+            error(
+                "evidence",
+                "at most 10 entries of at most 500 characters each",
+            );
+        }
+        let (Some(state), Some(source)) = (state, source) else {
+            return Err(ApiError::invalid(errors));
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors));
+        }
+        if topic != ALL_TOPICS {
+            let known = self.store.topic(&caller.org, &topic).await;
+            if matches!(known, Err(shared::store::StoreError::NotFound)) {
+                return Err(ApiError::field(
+                    "topic",
+                    "is not a topic of this organization",
+                ));
+            }
+            known?;
+        }
+        let change = ConsentChange {
+            channel,
+            subject: subject.clone(),
+            topic: topic.clone(),
+            state,
+            source,
+            actor: caller.user.clone(),
+            evidence: input.evidence,
+            at: chrono::Utc::now(),
+        };
+        self.store.record(&caller.org, &change).await?;
+        self.audit(
+            request,
+            caller,
+            "consent.record",
+            format!("consent/{}/{subject}/{topic}", channel.as_str()),
+        )
+        .await;
+        http::json(200, &change)
+    }
+}
+
+/// The channel and ledger subject a request names: exactly one of `address` and `phone`.
+fn subject_of(address: Option<&str>, phone: Option<&str>) -> Result<(Channel, String), ApiError> {
+    match (address, phone) {
+        (Some(address), None) => EmailAddress::parse(address)
+            .map(|a| (Channel::Email, a.suppression_key()))
+            .map_err(|e| ApiError::field("address", e)),
+        (None, Some(phone)) => PhoneNumber::parse(phone)
+            .map(|p| (Channel::Sms, p.as_str().to_owned()))
+            .map_err(|e| ApiError::field("phone", e)),
+        _ => Err(ApiError::field(
+            "address",
+            "give exactly one of address and phone",
+        )),
+    }
+}
+
+/// A topic from a create (`current` is `None`) or a partial update of `current`.
+fn topic_from(
+    input: TopicInput,
+    current: Option<&Topic>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Topic, ApiError> {
+    let mut errors = FieldErrors::new();
+    let mut error = |field: &str, message: &str| {
+        errors
+            .entry(field.to_owned())
+            .or_default()
+            .push(message.to_owned());
+    };
+    let key = match (current, input.key) {
+        (Some(current), _) => current.key.clone(),
+        (None, Some(key)) if valid_topic_key(&key) => key,
+        (None, _) => {
+            error(
+                "key",
+                "is required: 1-64 of a-z, 0-9, - and _ (and not \"all\")",
+            );
+            String::new()
+        }
+    };
+    let name = input
+        .name
+        .or_else(|| current.map(|c| c.name.clone()))
+        .unwrap_or_default();
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        error("name", "is required, at most 200 characters");
+    }
+    let description = input
+        .description
+        .or_else(|| current.map(|c| c.description.clone()))
+        .unwrap_or_default();
+    if description.chars().count() > 2000 {
+        error("description", "at most 2000 characters");
+    }
+    let channels = match input.channels {
+        Some(names) => {
+            let parsed: Vec<Option<Channel>> = names.iter().map(|n| Channel::parse(n)).collect();
+            if parsed.is_empty() || parsed.iter().any(Option::is_none) {
+                error("channels", "must list email and/or sms");
+            }
+            let mut channels: Vec<Channel> = parsed.into_iter().flatten().collect();
+            channels.sort();
+            channels.dedup();
+            channels
+        }
+        None => current.map_or_else(|| vec![Channel::Email], |c| c.channels.clone()),
+    };
+    let default_opted_in = input
+        .default_opted_in
+        .or(current.map(|c| c.default_opted_in))
+        .unwrap_or(true);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    Ok(Topic {
+        key,
+        name,
+        description,
+        channels,
+        default_opted_in,
+        created_at: current.map_or(now, |c| c.created_at),
+        updated_at: now,
+    })
+}

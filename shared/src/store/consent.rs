@@ -1,0 +1,417 @@
+//! Topics and the consent ledger (issue 19), in the organization's partition:
+//!
+//! | item | `sk` |
+//! |---|---|
+//! | topic | `TOPIC#<key>` |
+//! | current state of one (channel, address or number, topic) | `CONSENT#<channel>#<subject>#<topic>` |
+//! | one change, never rewritten | `CONSENTLOG#<channel>#<subject>#<time>#<ulid>` |
+//!
+//! A change writes its state and its history entry in one transaction, so the history is
+//! never missing a change the state shows. Subjects are lowercase addresses or E.164
+//! numbers: neither contains `#` after its `@` or at all, so a subject's prefix query
+//! cannot reach another subject's items.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::aws::DynamoDbClient;
+use anyhow::Context;
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Item, StoreError, batch_get, is_condition_failure, s};
+use crate::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState};
+use crate::domain::{OrgId, RecordId};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Topic {
+    pub key: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub channels: Vec<Channel>,
+    /// Whether an address that never chose is in (`true`: opt-out topics, such as a
+    /// newsletter people signed up for) or out (`false`: sends reach only those who opted in).
+    pub default_opted_in: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One (channel, subject, topic)'s current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Consent {
+    pub channel: Channel,
+    pub subject: String,
+    pub topic: String,
+    pub state: ConsentState,
+    pub source: ConsentSource,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One change, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentChange {
+    pub channel: Channel,
+    pub subject: String,
+    pub topic: String,
+    pub state: ConsentState,
+    pub source: ConsentSource,
+    /// The user who made it (API), else who or what reported it (`one-click`, `sendgrid`).
+    pub actor: String,
+    /// What proves it: the webhook event id, the message whose link was used, a note.
+    #[serde(default)]
+    pub evidence: BTreeMap<String, String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Changes one unsubscribe link may make in a minute.
+pub const LINK_CHANGES_PER_MINUTE: i64 = 10;
+
+#[derive(Clone)]
+pub struct ConsentStore {
+    dynamodb: DynamoDbClient,
+    table: String,
+}
+
+fn n(value: impl ToString) -> aws_sdk_dynamodb::types::AttributeValue {
+    aws_sdk_dynamodb::types::AttributeValue::N(value.to_string())
+}
+
+fn org_pk(org: &OrgId) -> String {
+    format!("ORG#{org}")
+}
+
+fn topic_sk(key: &str) -> String {
+    format!("TOPIC#{key}")
+}
+
+fn state_sk(channel: Channel, subject: &str, topic: &str) -> String {
+    format!("CONSENT#{}#{subject}#{topic}", channel.as_str())
+}
+
+fn log_prefix(channel: Channel, subject: &str) -> String {
+    format!("CONSENTLOG#{}#{subject}#", channel.as_str())
+}
+
+impl ConsentStore {
+    pub fn new(dynamodb: DynamoDbClient, table: impl Into<String>) -> Self {
+        Self {
+            dynamodb,
+            table: table.into(),
+        }
+    }
+
+    /// # Errors
+    /// [`StoreError::Conflict`] when the organization has a topic with that key.
+    pub async fn create_topic(&self, org: &OrgId, topic: &Topic) -> Result<(), StoreError> {
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.topic_item(org, topic)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if is_condition_failure(&error) => Err(StoreError::Conflict(format!(
+                "a topic {:?} exists",
+                topic.key
+            ))),
+            Err(error) => Err(anyhow::Error::new(error).context("PutItem topic").into()),
+        }
+    }
+
+    /// Replaces an existing topic (its key and creation time stay).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when there is no such topic.
+    pub async fn replace_topic(&self, org: &OrgId, topic: &Topic) -> Result<(), StoreError> {
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.topic_item(org, topic)?))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if is_condition_failure(&error) => Err(StoreError::NotFound),
+            Err(error) => Err(anyhow::Error::new(error).context("PutItem topic").into()),
+        }
+    }
+
+    fn topic_item(&self, org: &OrgId, topic: &Topic) -> Result<Item, StoreError> {
+        let mut item: Item = serde_dynamo::to_item(topic).context("encoding topic")?;
+        item.insert("pk".into(), s(org_pk(org)));
+        item.insert("sk".into(), s(topic_sk(&topic.key)));
+        item.insert("entity".into(), s("topic"));
+        Ok(item)
+    }
+
+    /// # Errors
+    /// [`StoreError::NotFound`] when there is no such topic.
+    pub async fn topic(&self, org: &OrgId, key: &str) -> Result<Topic, StoreError> {
+        let item = super::get_live(
+            &self.dynamodb,
+            &self.table,
+            org_pk(org),
+            topic_sk(key),
+            "topic",
+        )
+        .await?;
+        Ok(serde_dynamo::from_item(item).context("malformed topic")?)
+    }
+
+    /// Every topic of the organization, by key (organizations have a handful).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn topics(&self, org: &OrgId) -> Result<Vec<Topic>, StoreError> {
+        let items = self.query_prefix(org_pk(org), "TOPIC#".to_owned()).await?;
+        items
+            .into_iter()
+            .map(|item| Ok(serde_dynamo::from_item(item).context("malformed topic")?))
+            .collect()
+    }
+
+    /// Deletes a topic; its consent history stays (it is evidence).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when there is no such topic.
+    pub async fn delete_topic(&self, org: &OrgId, key: &str) -> Result<(), StoreError> {
+        let result = self
+            .dynamodb
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(topic_sk(key)))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if is_condition_failure(&error) => Err(StoreError::NotFound),
+            Err(error) => Err(anyhow::Error::new(error).context("DeleteItem topic").into()),
+        }
+    }
+
+    /// Records a change: the new state and its history entry, together.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn record(&self, org: &OrgId, change: &ConsentChange) -> Result<(), StoreError> {
+        let state = Consent {
+            channel: change.channel,
+            subject: change.subject.clone(),
+            topic: change.topic.clone(),
+            state: change.state,
+            source: change.source,
+            updated_at: change.at,
+        };
+        let mut state_item: Item = serde_dynamo::to_item(&state).context("encoding consent")?;
+        state_item.insert("pk".into(), s(org_pk(org)));
+        state_item.insert(
+            "sk".into(),
+            s(state_sk(change.channel, &change.subject, &change.topic)),
+        );
+        state_item.insert("entity".into(), s("consent"));
+        let mut log_item: Item =
+            serde_dynamo::to_item(change).context("encoding consent change")?;
+        log_item.insert("pk".into(), s(org_pk(org)));
+        log_item.insert(
+            "sk".into(),
+            s(format!(
+                "{}{}#{}",
+                log_prefix(change.channel, &change.subject),
+                change
+                    .at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                RecordId::new()
+            )),
+        );
+        log_item.insert("entity".into(), s("consent_change"));
+        let put = |item: Item, condition: Option<&str>| -> Result<TransactWriteItem, StoreError> {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .set_condition_expression(condition.map(str::to_owned))
+                .build()
+                .context("consent Put")?;
+            Ok(TransactWriteItem::builder().put(put).build())
+        };
+        self.dynamodb
+            .transact_write_items()
+            .transact_items(put(state_item, None)?)
+            .transact_items(put(log_item, Some("attribute_not_exists(pk)"))?)
+            .send()
+            .await
+            .context("TransactWriteItems consent")?;
+        Ok(())
+    }
+
+    /// Every topic's current state for one subject.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn states(
+        &self,
+        org: &OrgId,
+        channel: Channel,
+        subject: &str,
+    ) -> Result<Vec<Consent>, StoreError> {
+        let prefix = format!("CONSENT#{}#{subject}#", channel.as_str());
+        let items = self.query_prefix(org_pk(org), prefix).await?;
+        items
+            .into_iter()
+            .map(|item| Ok(serde_dynamo::from_item(item).context("malformed consent")?))
+            .collect()
+    }
+
+    /// One subject's changes, oldest first.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn history(
+        &self,
+        org: &OrgId,
+        channel: Channel,
+        subject: &str,
+    ) -> Result<Vec<ConsentChange>, StoreError> {
+        let items = self
+            .query_prefix(org_pk(org), log_prefix(channel, subject))
+            .await?;
+        items
+            .into_iter()
+            .map(|item| Ok(serde_dynamo::from_item(item).context("malformed consent change")?))
+            .collect()
+    }
+
+    /// Of `subjects`, those a send of `topic` (`None`: transactional) must not reach: opted
+    /// out of everything, opted out of the topic, or — for a topic out by default — never
+    /// opted in. One BatchGetItem per 100 keys reads the topic and the states together; a
+    /// topic deleted since the send was accepted counts as in by default.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn blocked(
+        &self,
+        org: &OrgId,
+        channel: Channel,
+        subjects: &[String],
+        topic: Option<&str>,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut unique = subjects.to_vec();
+        unique.sort();
+        unique.dedup();
+        let key = |sk: String| {
+            HashMap::from([("pk".to_owned(), s(org_pk(org))), ("sk".to_owned(), s(sk))])
+        };
+        let topics: Vec<&str> = std::iter::once(ALL_TOPICS).chain(topic).collect();
+        let keys = topic
+            .map(|t| key(topic_sk(t)))
+            .into_iter()
+            .chain(unique.iter().flat_map(|subject| {
+                topics
+                    .iter()
+                    .map(move |topic| key(state_sk(channel, subject, topic)))
+            }))
+            .collect();
+        let mut default_opted_in = true;
+        let mut found: Vec<Consent> = Vec::new();
+        for item in batch_get(&self.dynamodb, &self.table, keys, None).await? {
+            if item.get("entity") == Some(&s("topic")) {
+                let topic: Topic = serde_dynamo::from_item(item).context("malformed topic")?;
+                default_opted_in = topic.default_opted_in;
+            } else {
+                found.push(serde_dynamo::from_item(item).context("malformed consent")?);
+            }
+        }
+        let state = |subject: &str, topic: &str| {
+            found
+                .iter()
+                .find(|c| c.subject == subject && c.topic == topic)
+                .map(|c| c.state)
+        };
+        Ok(unique
+            .into_iter()
+            .filter(|subject| {
+                if state(subject, ALL_TOPICS) == Some(ConsentState::OptedOut) {
+                    return true;
+                }
+                let Some(topic) = topic else { return false };
+                match state(subject, topic) {
+                    Some(choice) => choice == ConsentState::OptedOut,
+                    None => !default_opted_in,
+                }
+            })
+            .collect())
+    }
+
+    /// Counts one change made through an unsubscribe link of `subject`: `false` once this
+    /// minute has seen [`LINK_CHANGES_PER_MINUTE`] (a link is one person's; more than that
+    /// is a script). The counter expires with DynamoDB TTL.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn allow_link_change(
+        &self,
+        org: &OrgId,
+        channel: Channel,
+        subject: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let minute = now.timestamp() / 60;
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key(
+                "sk",
+                s(format!(
+                    "CONSENTRATE#{}#{subject}#{minute}",
+                    channel.as_str()
+                )),
+            )
+            .update_expression("SET expires_at = :expires ADD hits :one")
+            .condition_expression("attribute_not_exists(hits) OR hits < :limit")
+            .expression_attribute_values(":expires", n((minute + 2) * 60))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(LINK_CHANGES_PER_MINUTE))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if is_condition_failure(&error) => Ok(false),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem consent rate")
+                .into()),
+        }
+    }
+
+    async fn query_prefix(&self, pk: String, prefix: String) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(&pk))
+                .expression_attribute_values(":prefix", s(&prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .context("Query consent")?;
+            items.extend(output.items.unwrap_or_default());
+            match output.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(items),
+            }
+        }
+    }
+}

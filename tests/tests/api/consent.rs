@@ -1,0 +1,433 @@
+//! Consent (issue 19): topics, one-click unsubscribe as a mailbox provider performs it
+//! (RFC 8058: a form POST to the `List-Unsubscribe` URL, no cookies, no authentication),
+//! the ledger and its history, and sends that honour it.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestBundle, eventually, spawn_bundle};
+
+async fn create_newsletter(app: &TestBundle, admin: &str) {
+    let reply = app
+        .post(
+            "/services/topics/",
+            admin,
+            json!({"key": "newsletter", "name": "Monthly newsletter", "channels": ["email"]}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
+fn ids_of(reply: &Reply) -> Vec<String> {
+    reply.body["ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ids: {}", reply.body))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn newsletter(app: &TestBundle, token: &str, to: &[&str]) -> Vec<String> {
+    let recipients: Vec<Value> = to
+        .iter()
+        .map(|address| json!({"to": address, "variables": {}}))
+        .collect();
+    let reply = app
+        .post(
+            "/services/email/",
+            token,
+            json!({"subject": "News", "html": "<p>This month</p>", "topic": "newsletter", "recipients": recipients}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    ids_of(&reply)
+}
+
+/// The inbox copies of one email (by its id, which the sandbox keeps in custom_args).
+fn received(app: &TestBundle, email_id: &str) -> Vec<Value> {
+    app.sandbox()
+        .inbox()
+        .into_iter()
+        .filter(|m| m["custom_args"]["email_id"] == email_id)
+        .collect()
+}
+
+/// The one-click URL of a received copy, checked against RFC 8058's shape.
+fn one_click_url(copy: &Value) -> String {
+    let headers = &copy["headers"];
+    assert_eq!(
+        headers["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click",
+        "{copy}"
+    );
+    let list = headers["List-Unsubscribe"].as_str().unwrap();
+    let url = list
+        .strip_prefix('<')
+        .and_then(|l| l.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("List-Unsubscribe is not <url>: {list}"));
+    assert!(url.starts_with("http"), "{url}");
+    url.to_owned()
+}
+
+/// What a mailbox provider sends: a form POST, no cookie, no authentication.
+async fn press_unsubscribe(url: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "no cookies (RFC 8058 §3.1)"
+    );
+    assert!(!response.status().is_redirection(), "no redirect");
+    (status, response.text().await.unwrap())
+}
+
+async fn delivered_or(app: &TestBundle, token: &str, id: &str, status: &str) -> Value {
+    app.email_reaches(token, id, status, 60).await
+}
+
+#[tokio::test]
+async fn a_newsletter_carries_one_click_unsubscribe_and_the_next_one_honours_it() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    create_newsletter(&app, &admin).await;
+
+    let first = newsletter(&app, &admin, &["ann@example.com", "bob@example.com"]).await;
+    for id in &first {
+        delivered_or(&app, &admin, id, "delivered").await;
+    }
+    // Every recipient's copy carries its own link.
+    let ann_copy = received(&app, &first[0]).remove(0);
+    let bob_copy = received(&app, &first[1]).remove(0);
+    let ann_url = one_click_url(&ann_copy);
+    assert_ne!(ann_url, one_click_url(&bob_copy), "links are per recipient");
+
+    // A link scanner's GET changes nothing; the page says what the link manages.
+    let page = reqwest::get(&ann_url).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Monthly newsletter"), "{html}");
+    let before = app
+        .get("/services/consent/?address=ann%40example.com", &admin)
+        .await;
+    assert_eq!(before.body["history"], json!([]), "{}", before.body);
+
+    let (status, _) = press_unsubscribe(&ann_url).await;
+    assert_eq!(status, 200);
+    let ledger = app
+        .get("/services/consent/?address=Ann%40example.com", &admin)
+        .await;
+    assert_eq!(ledger.status, 200, "{}", ledger.body);
+    let history = ledger.body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{}", ledger.body);
+    assert_eq!(history[0]["topic"], "newsletter");
+    assert_eq!(history[0]["state"], "opted_out");
+    assert_eq!(history[0]["source"], "one_click");
+    assert_eq!(history[0]["evidence"]["message_id"], first[0].as_str());
+    assert_eq!(ledger.body["states"][0]["state"], "opted_out");
+
+    // The next newsletter skips Ann and reaches Bob; a transactional email still reaches her.
+    let calls = app.sandbox().calls();
+    let second = newsletter(&app, &admin, &["ann@example.com", "bob@example.com"]).await;
+    let skipped = delivered_or(&app, &admin, &second[0], "suppressed").await;
+    assert!(received(&app, &second[0]).is_empty(), "{skipped}");
+    delivered_or(&app, &admin, &second[1], "delivered").await;
+    assert_eq!(app.sandbox().calls(), calls + 1, "one call, for Bob");
+    let receipt = app
+        .post(
+            "/services/email/",
+            &admin,
+            json!({"to": "ann@example.com", "subject": "Your receipt", "text": "Thanks"}),
+        )
+        .await;
+    assert_eq!(receipt.status, 202, "{}", receipt.body);
+    let receipt_id = receipt.body["id"].as_str().unwrap().to_owned();
+    delivered_or(&app, &admin, &receipt_id, "delivered").await;
+    let copy = received(&app, &receipt_id).remove(0);
+    assert!(
+        copy["headers"].get("List-Unsubscribe").is_none(),
+        "a transactional email has no unsubscribe link: {copy}"
+    );
+
+    // Undo from the page: subscribed again, in the history.
+    let undo = reqwest::Client::new()
+        .post(&ann_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("topic=newsletter&state=opted_in")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(undo.status(), 200);
+    let ledger = app
+        .get("/services/consent/?address=ann%40example.com", &admin)
+        .await;
+    assert_eq!(ledger.body["history"].as_array().unwrap().len(), 2);
+    assert_eq!(ledger.body["states"][0]["state"], "opted_in");
+    // The change is audited under the organization.
+    eventually(30, "the consent audit entries", || async {
+        let audit = app
+            .get("/services/audit-logs/?action=consent.record", &admin)
+            .await;
+        (audit.body["items"].as_array().map_or(0, Vec::len) >= 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn links_that_do_not_verify_answer_400_and_change_nothing() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    create_newsletter(&app, &admin).await;
+    let ids = newsletter(&app, &admin, &["ann@example.com"]).await;
+    delivered_or(&app, &admin, &ids[0], "delivered").await;
+    let url = one_click_url(&received(&app, &ids[0]).remove(0));
+    let (base, token) = url.rsplit_once('/').unwrap();
+
+    // A key taken out of the secret revokes its links (rotation without overlap; read by
+    // the function's first call here, as after a cold start).
+    app.bundle
+        .aws
+        .secrets
+        .put_secret_value()
+        .secret_id(app.bundle.resource("UnsubscribeSecret"))
+        .secret_string(
+            json!({"UNSUBSCRIBE_SIGNING_KEYS": "a-completely-new-signing-key-of-enough-length"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = press_unsubscribe(&url).await;
+    assert_eq!(status, 400, "a link signed with a removed key");
+
+    // Tampered: another organization in the claim, the signature left as it was.
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 4, "v1.<key>.<claim>.<mac>: {token}");
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claim: Value = serde_json::from_slice(&engine.decode(parts[2]).unwrap()).unwrap();
+    claim["o"] = json!("globex");
+    let foreign = format!(
+        "{base}/{}.{}.{}.{}",
+        parts[0],
+        parts[1],
+        engine.encode(serde_json::to_vec(&claim).unwrap()),
+        parts[3]
+    );
+    let flipped = format!(
+        "{base}/{}",
+        token.replacen(&parts[3][..4], &"A".repeat(4), 1)
+    );
+    for bad in [
+        foreign.as_str(),
+        &flipped,
+        &format!("{base}/nonsense"),
+        &format!("{base}/"),
+    ] {
+        let (status, body) = press_unsubscribe(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            !body.contains("ann@example.com"),
+            "a refusal reveals nothing"
+        );
+    }
+
+    for org in ["acme", "globex"] {
+        let token = app.token(org, "admin");
+        let ledger = app
+            .get("/services/consent/?address=ann%40example.com", &token)
+            .await;
+        assert_eq!(ledger.body["history"], json!([]), "{org}: {}", ledger.body);
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_keeps_every_change_with_its_source_and_validates_what_it_is_given() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let member = app.token("acme", "member");
+    create_newsletter(&app, &admin).await;
+
+    let put = |body: Value| {
+        let app = &app;
+        let admin = admin.clone();
+        async move {
+            app.call("PUT", "/services/consent/", Some(&admin), Some(body))
+                .await
+        }
+    };
+    let recorded = put(json!({"address": "Cid@Example.com", "topic": "newsletter", "state": "opted_in", "source": "api", "evidence": {"form": "signup-2026-11"}})).await;
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    let recorded =
+        put(json!({"address": "cid@example.com", "state": "opted_out", "source": "import"})).await;
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+
+    for (body, field) in [
+        (
+            json!({"address": "cid@example.com", "topic": "newsletter", "state": "opted_in"}),
+            "source",
+        ),
+        (
+            json!({"address": "cid@example.com", "state": "opted_in", "source": "one_click"}),
+            "source",
+        ),
+        (
+            json!({"address": "cid@example.com", "state": "maybe", "source": "api"}),
+            "state",
+        ),
+        (
+            json!({"address": "not-an-address", "state": "opted_in", "source": "api"}),
+            "address",
+        ),
+        (
+            json!({"address": "cid@example.com", "topic": "nope", "state": "opted_in", "source": "api"}),
+            "topic",
+        ),
+        (
+            json!({"phone": "+1415", "state": "opted_in", "source": "api"}),
+            "phone",
+        ),
+    ] {
+        let reply = put(body.clone()).await;
+        let problem = reply.problem(400);
+        assert!(problem["errors"].get(field).is_some(), "{body}: {problem}");
+    }
+    let forbidden = app
+        .call(
+            "PUT",
+            "/services/consent/",
+            Some(&member),
+            Some(json!({"address": "cid@example.com", "state": "opted_in", "source": "api"})),
+        )
+        .await;
+    forbidden.problem(403);
+
+    let ledger = app
+        .get("/services/consent/?address=cid%40example.com", &member)
+        .await;
+    let history = ledger.body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{}", ledger.body);
+    assert_eq!(history[0]["source"], "api");
+    assert_eq!(history[0]["evidence"]["form"], "signup-2026-11");
+    assert_eq!(history[0]["actor"], "user-1");
+    assert_eq!(history[1]["topic"], "all");
+    assert_eq!(history[1]["source"], "import");
+
+    // Opted out of everything: even a transactional email stops.
+    let reply = app
+        .post(
+            "/services/email/",
+            &admin,
+            json!({"to": "cid@example.com", "subject": "Receipt", "text": "Thanks"}),
+        )
+        .await;
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    delivered_or(&app, &admin, &id, "suppressed").await;
+}
+
+#[tokio::test]
+async fn topics_are_defined_by_admins_and_sends_must_name_a_known_one() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let member = app.token("acme", "member");
+    app.post(
+        "/services/topics/",
+        &member,
+        json!({"key": "news", "name": "News"}),
+    )
+    .await
+    .problem(403);
+    for (body, field) in [
+        (json!({"key": "All", "name": "x"}), "key"),
+        (json!({"key": "all", "name": "x"}), "key"),
+        (json!({"key": "ok", "name": ""}), "name"),
+        (
+            json!({"key": "ok", "name": "x", "channels": ["fax"]}),
+            "channels",
+        ),
+    ] {
+        let reply = app.post("/services/topics/", &admin, body.clone()).await;
+        assert!(
+            reply.problem(400)["errors"].get(field).is_some(),
+            "{body}: {}",
+            reply.body
+        );
+    }
+    let created = app
+        .post(
+            "/services/topics/",
+            &admin,
+            json!({"key": "product-news", "name": "Product news", "default_opted_in": false}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["channels"], json!(["email"]));
+    app.post(
+        "/services/topics/",
+        &admin,
+        json!({"key": "product-news", "name": "Again"}),
+    )
+    .await
+    .problem(409);
+    let patched = app
+        .call(
+            "PATCH",
+            "/services/topics/product-news/",
+            Some(&admin),
+            Some(json!({"description": "Launches, twice a year"})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(patched.body["name"], "Product news");
+    let listed = app.get("/services/topics/", &member).await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+
+    // An opt-in topic reaches only those who opted in.
+    let reply = app
+        .post(
+            "/services/email/",
+            &admin,
+            json!({"subject": "Launch", "text": "New!", "topic": "product-news", "recipients": [{"to": "dee@example.com"}, {"to": "eli@example.com"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let ids = ids_of(&reply);
+    delivered_or(&app, &admin, &ids[0], "suppressed").await;
+    delivered_or(&app, &admin, &ids[1], "suppressed").await;
+    app.call("PUT", "/services/consent/", Some(&admin), Some(json!({"address": "eli@example.com", "topic": "product-news", "state": "opted_in", "source": "api"}))).await;
+    let reply = app
+        .post(
+            "/services/email/",
+            &admin,
+            json!({"subject": "Launch", "text": "New!", "topic": "product-news", "recipients": [{"to": "dee@example.com"}, {"to": "eli@example.com"}]}),
+        )
+        .await;
+    let ids = ids_of(&reply);
+    delivered_or(&app, &admin, &ids[0], "suppressed").await;
+    delivered_or(&app, &admin, &ids[1], "delivered").await;
+
+    let unknown = app
+        .post(
+            "/services/email/",
+            &admin,
+            json!({"to": "ann@example.com", "subject": "S", "text": "T", "topic": "nope"}),
+        )
+        .await;
+    assert!(unknown.problem(400)["errors"].get("topic").is_some());
+
+    let deleted = app
+        .call(
+            "DELETE",
+            "/services/topics/product-news/",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    app.get("/services/topics/product-news/", &admin)
+        .await
+        .problem(404);
+}
