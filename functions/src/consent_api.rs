@@ -293,7 +293,7 @@ impl ConsentApi {
             evidence: input.evidence,
             at: chrono::Utc::now(),
         };
-        self.store.record(&caller.org, &change).await?;
+        self.store.record(&caller.org, &change, None).await?;
         self.audit(
             request,
             caller,

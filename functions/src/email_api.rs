@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
-use shared::consent::Channel;
+use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState};
 use shared::domain::RecordId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
 use shared::domain::template::{TemplateContent, TemplateKind};
@@ -22,7 +22,8 @@ use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 
 use shared::render::{self, Escape, RenderError};
 use shared::store::{
-    ConsentStore, EmailListQuery, EmailStore, IdempotencyStore, StoreError, TemplateStore,
+    ConsentChange, ConsentStore, EmailListQuery, EmailStore, IdempotencyStore, StoreError,
+    TemplateStore,
 };
 
 use crate::registry::{BoxFuture, HttpFunction};
@@ -183,6 +184,37 @@ impl EmailApi {
         http::respond("email-api", &request, || self.dispatch(&request)).await
     }
 
+    /// Lifting a suppression re-enables the address in the consent ledger too, when what
+    /// took it out of everything was a bounce. A person's own choice (a spam report, an
+    /// unsubscribe, a one-click link) stays: only a new choice, recorded with its source
+    /// (`PUT /services/consent/`), changes it.
+    async fn lift_bounce_in_ledger(&self, caller: &Caller, address: &str) -> Result<(), ApiError> {
+        let subject = address.to_lowercase();
+        let states = self
+            .consent
+            .states(&caller.org, Channel::Email, &subject)
+            .await?;
+        let bounced = states.iter().any(|c| {
+            c.topic == ALL_TOPICS
+                && c.state == ConsentState::OptedOut
+                && c.source == ConsentSource::Bounce
+        });
+        if bounced {
+            let change = ConsentChange {
+                channel: Channel::Email,
+                subject,
+                topic: ALL_TOPICS.to_owned(),
+                state: ConsentState::OptedIn,
+                source: ConsentSource::Api,
+                actor: caller.user.clone(),
+                evidence: BTreeMap::from([("action".to_owned(), "suppression lifted".to_owned())]),
+                at: chrono::Utc::now(),
+            };
+            self.consent.record(&caller.org, &change, None).await?;
+        }
+        Ok(())
+    }
+
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
@@ -209,6 +241,7 @@ impl EmailApi {
                 self.emails
                     .delete_suppression(&caller.org, &address)
                     .await?;
+                self.lift_bounce_in_ledger(&caller, &address).await?;
                 self.audit(
                     request,
                     &caller,

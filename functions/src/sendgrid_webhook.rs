@@ -11,6 +11,7 @@ use serde_json::json;
 
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
+use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState};
 use shared::domain::OrgId;
 use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, Engagement, TimelineEntry};
 use shared::events::{Event, EventKind as LogKind, EventPublisher};
@@ -20,12 +21,15 @@ use shared::providers::sendgrid::{
     DEFAULT_TOLERANCE, EventKind, SIGNATURE_HEADER, SendGridEvent, SignatureError,
     TIMESTAMP_HEADER, WebhookVerifier, parse_batch,
 };
-use shared::store::{EmailStore, EventEffect, EventInput, EventsApplied, StoreError};
+use shared::store::{
+    ConsentChange, ConsentStore, EmailStore, EventEffect, EventInput, EventsApplied, StoreError,
+};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
 pub struct SendGridWebhook {
     emails: EmailStore,
+    consent: ConsentStore,
     events: EventPublisher,
     /// `None` when no verification key is configured.
     verifier: OnFirstUse<Option<WebhookVerifier>>,
@@ -83,6 +87,58 @@ pub fn suppression_reason(kind: &EventKind) -> Option<&'static str> {
     }
 }
 
+/// What an event means for the consent ledger (issue 19): a bounce, a spam report or
+/// SendGrid's global unsubscribe opt the address out of everything; a group unsubscribe
+/// (or resubscribe) changes the email's own topic. `None` for every other event.
+pub fn consent_change(
+    event: &SendGridEvent,
+    topic: Option<&str>,
+    email_id: &str,
+) -> Option<ConsentChange> {
+    let own_topic = topic.unwrap_or(ALL_TOPICS).to_owned();
+    let (topic, state, source) = match event.event {
+        EventKind::Bounce => (
+            ALL_TOPICS.to_owned(),
+            ConsentState::OptedOut,
+            ConsentSource::Bounce,
+        ),
+        EventKind::SpamReport => (
+            ALL_TOPICS.to_owned(),
+            ConsentState::OptedOut,
+            ConsentSource::SpamReport,
+        ),
+        EventKind::Unsubscribe => (
+            ALL_TOPICS.to_owned(),
+            ConsentState::OptedOut,
+            ConsentSource::ProviderUnsubscribe,
+        ),
+        EventKind::GroupUnsubscribe => (
+            own_topic,
+            ConsentState::OptedOut,
+            ConsentSource::ProviderUnsubscribe,
+        ),
+        EventKind::GroupResubscribe => (
+            own_topic,
+            ConsentState::OptedIn,
+            ConsentSource::ProviderUnsubscribe,
+        ),
+        _ => return None,
+    };
+    Some(ConsentChange {
+        channel: Channel::Email,
+        subject: EmailAddress::parse(&event.email).ok()?.suppression_key(),
+        topic,
+        state,
+        source,
+        actor: "sendgrid".to_owned(),
+        evidence: BTreeMap::from([
+            ("sg_event_id".to_owned(), event.sg_event_id.clone()),
+            ("email_id".to_owned(), email_id.to_owned()),
+        ]),
+        at: event.occurred_at().unwrap_or_else(chrono::Utc::now),
+    })
+}
+
 /// Events grouped by the email they are about, `(org, email id)`, each group in the order
 /// the events happened (they apply in that order; different emails apply in parallel), and
 /// how many events carried no Herald `custom_args` (not ours: ignored).
@@ -133,6 +189,7 @@ impl SendGridWebhook {
         });
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            consent: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             verifier,
         })
@@ -215,6 +272,7 @@ impl SendGridWebhook {
             .into_iter()
             .map(|((org, id), events)| {
                 let record = current.remove(&(org.clone(), id.clone()));
+                let topic = record.as_ref().and_then(|r| r.topic.clone());
                 async move {
                     let Ok(org) = OrgId::parse(&org) else {
                         return Ok((None, EventsApplied::default(), Vec::new()));
@@ -239,6 +297,14 @@ impl SendGridWebhook {
                             |current, index| effect_of(events[index], current),
                         )
                         .await?;
+                    // After the email's own effects, so a failure here retries both; the
+                    // ledger keys each change by the event's id, so a retry records it once.
+                    for event in &events {
+                        if let Some(change) = consent_change(event, topic.as_deref(), &id) {
+                            let key = format!("sendgrid#{}", event.sg_event_id);
+                            self.consent.record(&org, &change, Some(&key)).await?;
+                        }
+                    }
                     // The event log's id is the provider's, so a retried batch logs once.
                     let logged = events
                         .iter()

@@ -166,7 +166,7 @@ impl Unsubscribe {
             evidence: BTreeMap::from([("message_id".to_owned(), claim.message_id.clone())]),
             at: now,
         };
-        self.store.record(&claim.org, &change).await?;
+        self.store.record(&claim.org, &change, None).await?;
         let event = Event {
             actor: Some("one-click".to_owned()),
             resource: Some(format!(

@@ -73,6 +73,22 @@ pub struct ConsentStore {
     table: String,
 }
 
+/// Whether a transaction was cancelled because one of its conditions failed.
+fn cancelled_by_a_condition(
+    error: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+    >,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match error.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+            .cancellation_reasons()
+            .iter()
+            .any(|reason| reason.code() == Some("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
+
 fn n(value: impl ToString) -> aws_sdk_dynamodb::types::AttributeValue {
     aws_sdk_dynamodb::types::AttributeValue::N(value.to_string())
 }
@@ -197,11 +213,18 @@ impl ConsentStore {
         }
     }
 
-    /// Records a change: the new state and its history entry, together.
+    /// Records a change: the new state and its history entry, together. A change a provider
+    /// reported carries its event id as `dedupe`: the same event again (a retried webhook
+    /// batch) records nothing and answers `false`.
     ///
     /// # Errors
     /// Storage failures only.
-    pub async fn record(&self, org: &OrgId, change: &ConsentChange) -> Result<(), StoreError> {
+    pub async fn record(
+        &self,
+        org: &OrgId,
+        change: &ConsentChange,
+        dedupe: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let state = Consent {
             channel: change.channel,
             subject: change.subject.clone(),
@@ -225,9 +248,9 @@ impl ConsentStore {
             s(format!(
                 "{}{}#{}",
                 log_prefix(change.channel, &change.subject),
-                change
-                    .at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                // In the order recorded (`at` is when it happened: a provider's event
+                // carries its own time, which may be earlier or a second later).
+                Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 RecordId::new()
             )),
         );
@@ -241,14 +264,34 @@ impl ConsentStore {
                 .context("consent Put")?;
             Ok(TransactWriteItem::builder().put(put).build())
         };
-        self.dynamodb
+        let mut transaction = self
+            .dynamodb
             .transact_write_items()
             .transact_items(put(state_item, None)?)
-            .transact_items(put(log_item, Some("attribute_not_exists(pk)"))?)
-            .send()
-            .await
-            .context("TransactWriteItems consent")?;
-        Ok(())
+            .transact_items(put(log_item, Some("attribute_not_exists(pk)"))?);
+        if let Some(key) = dedupe {
+            // The event's own marker, in the same transaction: a second delivery of the
+            // event fails its condition and cancels the whole change.
+            let marker = Item::from([
+                ("pk".to_owned(), s(org_pk(org))),
+                ("sk".to_owned(), s(format!("CONSENTEVENT#{key}"))),
+                ("entity".to_owned(), s("consent_event")),
+            ]);
+            transaction =
+                transaction.transact_items(put(marker, Some("attribute_not_exists(pk)"))?);
+        }
+        match transaction.send().await {
+            Ok(_) => {}
+            Err(error) if dedupe.is_some() && cancelled_by_a_condition(&error) => {
+                return Ok(false);
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context("TransactWriteItems consent")
+                    .into());
+            }
+        }
+        Ok(true)
     }
 
     /// Every topic's current state for one subject.
@@ -269,7 +312,7 @@ impl ConsentStore {
             .collect()
     }
 
-    /// One subject's changes, oldest first.
+    /// One subject's changes, in the order they were recorded.
     ///
     /// # Errors
     /// Storage failures only.

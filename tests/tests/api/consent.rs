@@ -431,3 +431,84 @@ async fn topics_are_defined_by_admins_and_sends_must_name_a_known_one() {
         .await
         .problem(404);
 }
+
+/// Issue 19's acceptance: one address's whole history, each change with its source and
+/// evidence — a bounce (SendGrid's signed event), the suppression lifted by an admin, a
+/// one-click unsubscribe, and a re-subscription recorded through `PUT`.
+#[tokio::test]
+async fn an_address_history_shows_a_bounce_its_lifting_a_one_click_and_a_resubscribe() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    create_newsletter(&app, &admin).await;
+    let ledger_of = || async {
+        app.get("/services/consent/?address=gone%40bounce.test", &admin)
+            .await
+            .body
+    };
+
+    let ids = newsletter(&app, &admin, &["gone@bounce.test"]).await;
+    delivered_or(&app, &admin, &ids[0], "bounced").await;
+    let history = eventually(30, "the bounce in the ledger", || async {
+        let ledger = ledger_of().await;
+        (ledger["history"].as_array().map_or(0, Vec::len) == 1).then_some(ledger)
+    })
+    .await;
+    let bounce = &history["history"][0];
+    assert_eq!(bounce["source"], "bounce");
+    assert_eq!(bounce["topic"], "all");
+    assert_eq!(bounce["state"], "opted_out");
+    assert_eq!(bounce["actor"], "sendgrid");
+    assert_eq!(bounce["evidence"]["email_id"], ids[0].as_str());
+    assert!(bounce["evidence"]["sg_event_id"].is_string());
+
+    let lifted = app
+        .call(
+            "DELETE",
+            "/services/email/suppressions/gone%40bounce.test/",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(lifted.status, 204, "{}", lifted.body);
+    let url = one_click_url(&received(&app, &ids[0]).remove(0));
+    assert_eq!(press_unsubscribe(&url).await.0, 200);
+    let resubscribed = app
+        .call(
+            "PUT",
+            "/services/consent/",
+            Some(&admin),
+            Some(json!({"address": "gone@bounce.test", "topic": "newsletter", "state": "opted_in", "source": "api", "evidence": {"page": "preferences"}})),
+        )
+        .await;
+    assert_eq!(resubscribed.status, 200, "{}", resubscribed.body);
+
+    let ledger = ledger_of().await;
+    let steps: Vec<(String, String, String)> = ledger["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["source"].as_str().unwrap().to_owned(),
+                c["topic"].as_str().unwrap().to_owned(),
+                c["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("bounce", "all", "opted_out"),
+        ("api", "all", "opted_in"),
+        ("one_click", "newsletter", "opted_out"),
+        ("api", "newsletter", "opted_in"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(steps, expected, "{ledger}");
+    assert_eq!(
+        ledger["history"][1]["evidence"]["action"],
+        "suppression lifted"
+    );
+    assert_eq!(
+        ledger["history"][2]["evidence"]["message_id"],
+        ids[0].as_str()
+    );
+}
