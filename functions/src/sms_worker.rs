@@ -25,13 +25,14 @@ use secrecy::ExposeSecret;
 
 use shared::aws::{AwsClients, SecretsClient, SqsClient};
 use shared::config::{ConfigError, Env, OnFirstUse};
+use shared::consent::Channel;
 use shared::domain::OrgId;
 use shared::domain::email::FailureKind;
 use shared::domain::sms_message::{SmsRecord, SmsStatus};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::twilio::{OutboundSms, Sender, TwilioClient, TwilioError};
 use shared::queue::{Envelope, Job, RetryDelay};
-use shared::store::{Booking, SendOutcome, SendRate, SmsStore, Window};
+use shared::store::{Booking, ConsentStore, SendOutcome, SendRate, SmsStore, Window};
 
 use crate::registry::{BoxFuture, SqsFunction, process_batch};
 
@@ -101,6 +102,9 @@ pub async fn twilio_settings(
 
 pub struct SmsWorker {
     sms: SmsStore,
+    /// The consent ledger: a number opted out of everything (a STOP, or `PUT` with a
+    /// source) gets nothing.
+    consent: ConsentStore,
     /// `None` when Twilio is not configured.
     twilio: OnFirstUse<Option<TwilioSettings>>,
     retry: RetryDelay,
@@ -144,6 +148,7 @@ impl SmsWorker {
         let send_queue = env.required("SMS_SEND_QUEUE_URL")?;
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            consent: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             twilio: twilio_on_first_use(aws, env)?,
             retry: RetryDelay::from_env(aws.sqs.clone(), &send_queue, env)?,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
@@ -198,7 +203,13 @@ impl SmsWorker {
                 .sms
                 .is_opted_out(&org, &record.to)
                 .await
-                .map_err(|e| Retry(format!("{e:#}")))?;
+                .map_err(|e| Retry(format!("{e:#}")))?
+                || self
+                    .consent
+                    .blocked(&org, Channel::Sms, &[record.to.to_string()], None)
+                    .await
+                    .map_err(|e| Retry(format!("{e:#}")))?
+                    .contains(record.to.as_str());
             if opted_out {
                 if self.claim(&org, record).await?.is_some() {
                     self.finish(&org, record, &SendOutcome::Suppressed, None, None)

@@ -13,8 +13,9 @@
 //!   that last sent an SMS to the `From` number (a shared sender). `STOP`-family keywords opt
 //!   the sender out for that organization, `START`/`UNSTOP`/`YES` back in.
 //!
-//! Every answer is TwiML (`<Response/>`): Herald sends no automatic replies (Twilio's own
-//! Advanced Opt-Out answers STOP).
+//! Every answer is TwiML: empty (`<Response/>`, Twilio's own Advanced Opt-Out answers STOP
+//! and START), except for `HELP`/`INFO`, answered with `SMS_HELP_TEXT` (`{organization}`
+//! replaced). STOP and START are also changes of the consent ledger (issue 19).
 
 use std::collections::HashMap;
 
@@ -24,20 +25,28 @@ use serde_json::json;
 
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
+use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState};
 use shared::domain::OrgId;
 use shared::domain::sms_message::{Keyword, PhoneNumber};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
 use shared::metrics;
 use shared::providers::twilio::{SIGNATURE_HEADER, callback, verify};
-use shared::store::{InboundSms, SmsStore, StatusApplied, StoreError, TwilioReport};
+use shared::store::{
+    ConsentChange, ConsentStore, InboundSms, SmsStore, StatusApplied, StoreError, TwilioReport,
+};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
 pub const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
+/// The answer to HELP when the template sets none.
+pub const DEFAULT_HELP_TEXT: &str = "Messages from {organization}. Reply STOP to opt out, START to opt back in. Msg & data rates may apply.";
+
 pub struct TwilioWebhook {
     sms: SmsStore,
+    consent: ConsentStore,
+    help_text: String,
     events: EventPublisher,
     /// Read on first use; `None` when not configured.
     auth_token: OnFirstUse<Option<SecretString>>,
@@ -72,7 +81,22 @@ pub fn parse_number_orgs(value: &str) -> anyhow::Result<HashMap<String, OrgId>> 
 }
 
 fn twiml() -> Response<Body> {
-    let mut response = Response::new(Body::Text(TWIML_EMPTY.to_owned()));
+    twiml_of(TWIML_EMPTY.to_owned())
+}
+
+/// TwiML that replies `text` to the sender.
+fn twiml_message(text: &str) -> Response<Body> {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    twiml_of(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{escaped}</Message></Response>"
+    ))
+}
+
+fn twiml_of(text: String) -> Response<Body> {
+    let mut response = Response::new(Body::Text(text));
     response.headers_mut().insert(
         ::http::header::CONTENT_TYPE,
         ::http::HeaderValue::from_static("application/xml"),
@@ -88,6 +112,11 @@ impl TwilioWebhook {
     pub fn new(aws: &AwsClients, env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            consent: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
+            help_text: env
+                .optional("SMS_HELP_TEXT")
+                .filter(|text| !text.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_HELP_TEXT.to_owned()),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             auth_token: env.on_first_use(&aws.secrets, |env, secrets| async move {
                 Ok(env.secret("TWILIO_AUTH_TOKEN", &secrets).await?)
@@ -281,10 +310,37 @@ impl TwilioWebhook {
             }
             .with_detail(json!({"from": from, "to": to, "keyword": entry.keyword})),
         ];
+        if keyword == Some(Keyword::Help) {
+            self.events.publish(events).await;
+            return Ok(twiml_message(
+                &self.help_text.replace("{organization}", org.as_str()),
+            ));
+        }
         if let (Some(keyword), Some(number)) = (keyword, &from_number) {
             let opted_out = keyword == Keyword::OptOut;
+            let now = chrono::Utc::now();
             self.sms
-                .set_opted_out(&org, number, opted_out, &entry.body, chrono::Utc::now())
+                .set_opted_out(&org, number, opted_out, &entry.body, now)
+                .await?;
+            let change = ConsentChange {
+                channel: Channel::Sms,
+                subject: number.to_string(),
+                topic: ALL_TOPICS.to_owned(),
+                state: if opted_out {
+                    ConsentState::OptedOut
+                } else {
+                    ConsentState::OptedIn
+                },
+                source: ConsentSource::SmsKeyword,
+                actor: number.to_string(),
+                evidence: std::collections::BTreeMap::from([
+                    ("message_sid".to_owned(), sid.to_owned()),
+                    ("keyword".to_owned(), body.trim().to_ascii_uppercase()),
+                ]),
+                at: now,
+            };
+            self.consent
+                .record(&org, &change, Some(&format!("twilio#{sid}")))
                 .await?;
             let action = if opted_out {
                 "sms.opt_out"

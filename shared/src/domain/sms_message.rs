@@ -268,6 +268,9 @@ impl SmsRecord {
 pub enum Keyword {
     OptOut,
     OptIn,
+    /// `HELP`/`INFO`: answered with the help text (CTIA's messaging principles require an
+    /// answer naming the sender and how to opt out); changes nothing.
+    Help,
 }
 
 impl Keyword {
@@ -276,6 +279,7 @@ impl Keyword {
         match body.trim().to_ascii_uppercase().as_str() {
             "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" => Some(Self::OptOut),
             "START" | "UNSTOP" | "YES" => Some(Self::OptIn),
+            "HELP" | "INFO" => Some(Self::Help),
             _ => None,
         }
     }
@@ -338,6 +342,8 @@ mod tests {
         for word in ["START", "unstop", "Yes"] {
             assert_eq!(Keyword::of(word), Some(Keyword::OptIn), "{word}");
         }
+        assert_eq!(Keyword::of(" help "), Some(Keyword::Help));
+        assert_eq!(Keyword::of("Info"), Some(Keyword::Help));
         assert_eq!(Keyword::of("please stop"), None);
     }
 

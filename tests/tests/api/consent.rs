@@ -512,3 +512,107 @@ async fn an_address_history_shows_a_bounce_its_lifting_a_one_click_and_a_resubsc
         ids[0].as_str()
     );
 }
+
+/// What the Twilio sandbox's webhook call answered for an inbound SMS (signed as Twilio
+/// signs it).
+async fn inbound_sms(app: &TestBundle, from: &str, body: &str) -> String {
+    let reply: Value = app
+        .http
+        .post(app.bundle.url("/sandbox/twilio/_inbound"))
+        .json(&json!({"from": from, "body": body}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["webhook_status"], 200, "{reply}");
+    reply["webhook_body"].as_str().unwrap().to_owned()
+}
+
+async fn sms_status(app: &TestBundle, token: &str, id: &str, status: &str) {
+    eventually(60, &format!("SMS {id} {status}"), || async {
+        let sms = app.get(&format!("/services/sms/{id}/"), token).await;
+        (sms.body["status"] == status).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sms_keywords_land_in_the_ledger_and_help_answers_with_the_help_text() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let ann = "+14155552671";
+    let first = app
+        .post(
+            "/services/sms/",
+            &admin,
+            json!({"to": ann, "body": "Hi Ann"}),
+        )
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    sms_status(
+        &app,
+        &admin,
+        first.body["id"].as_str().unwrap(),
+        "delivered",
+    )
+    .await;
+
+    assert!(
+        inbound_sms(&app, ann, "STOP")
+            .await
+            .ends_with("<Response/>")
+    );
+    let help = inbound_sms(&app, ann, "help").await;
+    assert!(
+        help.contains("<Message>Messages from acme. Reply STOP to opt out, START to opt back in."),
+        "HELP answers with the help text in TwiML: {help}"
+    );
+    assert!(
+        inbound_sms(&app, ann, "Start")
+            .await
+            .ends_with("<Response/>")
+    );
+
+    let ledger = app
+        .get("/services/consent/?phone=%2B14155552671", &admin)
+        .await;
+    let history = ledger.body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "HELP changes nothing: {}", ledger.body);
+    for (entry, (state, keyword)) in history
+        .iter()
+        .zip([("opted_out", "STOP"), ("opted_in", "START")])
+    {
+        assert_eq!(entry["channel"], "sms");
+        assert_eq!(entry["source"], "sms_keyword");
+        assert_eq!(entry["state"], state);
+        assert_eq!(entry["evidence"]["keyword"], keyword);
+        assert!(entry["evidence"]["message_sid"].is_string());
+    }
+
+    // An opt-out recorded elsewhere stops SMS too, without a STOP.
+    let recorded = app
+        .call(
+            "PUT",
+            "/services/consent/",
+            Some(&admin),
+            Some(json!({"phone": ann, "state": "opted_out", "source": "api"})),
+        )
+        .await;
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    let blocked = app
+        .post(
+            "/services/sms/",
+            &admin,
+            json!({"to": ann, "body": "Sale!"}),
+        )
+        .await;
+    sms_status(
+        &app,
+        &admin,
+        blocked.body["id"].as_str().unwrap(),
+        "suppressed",
+    )
+    .await;
+}
