@@ -52,7 +52,14 @@ pub const ROUTES: &[Route] = &[
         method: "PUT",
         pattern: "/services/consent",
     },
+    Route {
+        method: "GET",
+        pattern: "/services/consent/export",
+    },
 ];
+
+/// Ledger entries per export page: about 1.5 MB of CSV, well inside Lambda's 6 MB response.
+pub const EXPORT_PAGE_ROWS: usize = 10_000;
 
 const ROUTER: Router = Router::new(ROUTES);
 
@@ -125,6 +132,7 @@ impl ConsentApi {
             ("DELETE", _, Some(key)) => self.delete_topic(request, &caller, &key).await,
             ("GET", "/services/consent", _) => self.show(request, &caller).await,
             ("PUT", "/services/consent", _) => self.put(request, &caller).await,
+            ("GET", "/services/consent/export", _) => self.export(request, &caller).await,
             _ => Err(ApiError::MethodNotAllowed),
         }
     }
@@ -219,6 +227,67 @@ impl ConsentApi {
                 "history": history,
             }),
         )
+    }
+
+    /// `GET /services/consent/export/`: the whole ledger history as CSV (the reports' RFC 4180
+    /// writer, formula cells guarded), [`EXPORT_PAGE_ROWS`] entries a page; a `Link` header
+    /// (`rel="next"`) names the next page while there is one.
+    async fn export(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+        use shared::reports::{Cell, csv};
+        caller.require(Role::Admin)?;
+        let params = http::query_map(request);
+        let org = caller.listed_org(&params)?;
+        // The cursor is the last entry's key in the organization's partition: a key of
+        // another partition cannot be named, since the query's partition is the caller's.
+        let after = params.get("cursor").map(String::as_str);
+        let (changes, next) = self
+            .store
+            .history_page(&org, after, EXPORT_PAGE_ROWS)
+            .await?;
+        let columns = [
+            "at", "channel", "subject", "topic", "state", "source", "actor", "evidence",
+        ];
+        let mut out = Vec::new();
+        csv::write_header(&mut out, &columns.map(str::to_owned));
+        for change in &changes {
+            let evidence = change
+                .evidence
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let text = |value: &str| Cell::text(value);
+            csv::write_row(
+                &mut out,
+                &[
+                    text(&change.at.to_rfc3339()),
+                    text(change.channel.as_str()),
+                    text(&change.subject),
+                    text(&change.topic),
+                    text(&json!(change.state).as_str().unwrap_or_default().to_owned()),
+                    text(&json!(change.source).as_str().unwrap_or_default().to_owned()),
+                    text(&change.actor),
+                    text(&evidence),
+                ],
+            );
+        }
+        let mut response = Response::builder()
+            .status(200)
+            .header("content-type", "text/csv; charset=utf-8")
+            .header(
+                "content-disposition",
+                "attachment; filename=\"consent-ledger.csv\"",
+            );
+        if let Some(next) = next {
+            let cursor: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+            response = response.header(
+                "link",
+                format!("</services/consent/export/?cursor={cursor}>; rel=\"next\""),
+            );
+        }
+        response
+            .body(Body::Binary(out))
+            .map_err(|e| ApiError::internal(anyhow::Error::new(e)))
     }
 
     /// `PUT /services/consent/`: records a choice made elsewhere, with its source.

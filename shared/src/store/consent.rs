@@ -392,6 +392,50 @@ impl ConsentStore {
             .collect())
     }
 
+    /// Up to `limit` of the organization's changes (every channel and subject, by subject
+    /// then time), after the position `after` (an item's `sk`, as the previous page gave
+    /// it), and the position to resume after when there are more.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidCursor`] for a position that is not a ledger entry's.
+    pub async fn history_page(
+        &self,
+        org: &OrgId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ConsentChange>, Option<String>), StoreError> {
+        if after.is_some_and(|sk| !sk.starts_with("CONSENTLOG#")) {
+            return Err(StoreError::InvalidCursor);
+        }
+        let mut start = after
+            .map(|sk| Item::from([("pk".to_owned(), s(org_pk(org))), ("sk".to_owned(), s(sk))]));
+        let mut changes = Vec::new();
+        loop {
+            let output = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(org_pk(org)))
+                .expression_attribute_values(":prefix", s("CONSENTLOG#"))
+                .set_exclusive_start_key(start.take())
+                .limit(i32::try_from(limit - changes.len()).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .context("Query consent history")?;
+            let mut last = None;
+            for item in output.items.unwrap_or_default() {
+                last = item.get("sk").and_then(|v| v.as_s().ok()).cloned();
+                changes.push(serde_dynamo::from_item(item).context("malformed consent change")?);
+            }
+            match output.last_evaluated_key {
+                Some(key) if changes.len() < limit => start = Some(key),
+                Some(_) => return Ok((changes, last)),
+                None => return Ok((changes, None)),
+            }
+        }
+    }
+
     /// Counts one change made through an unsubscribe link of `subject`: `false` once this
     /// minute has seen [`LINK_CHANGES_PER_MINUTE`] (a link is one person's; more than that
     /// is a script). The counter expires with DynamoDB TTL.

@@ -616,3 +616,68 @@ async fn sms_keywords_land_in_the_ledger_and_help_answers_with_the_help_text() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_ledger_exports_as_formula_safe_csv_for_its_organization_only() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    for (address, evidence) in [
+        ("ann@example.com", json!({"=HYPERLINK(1)": "x"})),
+        ("bob@example.com", json!({"note": "signup"})),
+    ] {
+        let reply = app
+            .call(
+                "PUT",
+                "/services/consent/",
+                Some(&admin),
+                Some(json!({"address": address, "state": "opted_out", "source": "import", "evidence": evidence})),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let export = app.get("/services/consent/export/", &admin).await;
+    assert_eq!(export.status, 200);
+    assert!(
+        export.content_type.starts_with("text/csv"),
+        "{}",
+        export.content_type
+    );
+    let csv = export.body.as_str().unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "at,channel,subject,topic,state,source,actor,evidence"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        csv.contains(",email,ann@example.com,all,opted_out,import,user-1,"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains(",'=HYPERLINK(1)=x\r\n"),
+        "a cell a spreadsheet would run is guarded: {csv}"
+    );
+    assert!(csv.contains(",note=signup\r\n"), "{csv}");
+
+    let other = app.token("globex", "admin");
+    let theirs = app.get("/services/consent/export/", &other).await;
+    assert_eq!(
+        theirs.body.as_str().unwrap().lines().count(),
+        1,
+        "only the header"
+    );
+    app.get("/services/consent/export/?organization=acme", &other)
+        .await
+        .problem(403);
+    let superuser = app.token("platform", "superuser");
+    let seen = app
+        .get("/services/consent/export/?organization=acme", &superuser)
+        .await;
+    assert_eq!(seen.body.as_str().unwrap().lines().count(), 3);
+    app.get("/services/consent/export/?cursor=nope", &admin)
+        .await
+        .problem(400);
+    app.get("/services/consent/export/", &app.token("acme", "member"))
+        .await
+        .problem(403);
+}

@@ -494,6 +494,8 @@ const NOT_LISTS: &[&str] = &[
     "/services/admin/dead-letters",
     // One address's ledger (it needs `address=` or `phone=`), not a list.
     "/services/consent",
+    // CSV, not JSON; its organization filter is checked in consent::the_ledger_exports_….
+    "/services/consent/export",
 ];
 
 /// Every list, from the route table (SPEC §2, issue 18): `organization=` from anyone but a
