@@ -159,6 +159,7 @@ impl SendGridSandbox {
             .route("/sandbox/sendgrid/v3/messages", get(filter_messages))
             .route("/sandbox/sendgrid/v3/messages/{id}", get(activity))
             .route("/sandbox/sendgrid/_inbox", get(inbox))
+            .route("/sandbox/sendgrid/_engagement", post(engagement))
             .route(
                 "/sandbox/sendgrid/_faults",
                 post(add_fault).get(injected_faults),
@@ -657,6 +658,54 @@ async fn filter_messages(
         .map(|(id, (to, status))| json!({"msg_id": id, "to_email": to, "status": status}))
         .collect();
     Json(json!({"messages": messages})).into_response()
+}
+
+/// `POST /sandbox/sendgrid/_engagement` with `{"email_id": "<Herald's id>", "event":
+/// "group_unsubscribe"}` (or `unsubscribe`, `group_resubscribe`, `spamreport`, `open`,
+/// `click`): what the recipient of that copy did, posted to the webhook as SendGrid posts
+/// it — signed, with the copy's `custom_args`, a fresh `sg_event_id` (and `asm_group_id` 1
+/// for the group events). Answers with the event once the webhook accepted it.
+async fn engagement(
+    State(sandbox): State<Arc<SendGridSandbox>>,
+    Json(request): Json<Value>,
+) -> Response {
+    let (Some(email_id), Some(kind)) = (request["email_id"].as_str(), request["event"].as_str())
+    else {
+        return error(StatusCode::BAD_REQUEST, "email_id and event are required");
+    };
+    if !matches!(
+        kind,
+        "group_unsubscribe" | "group_resubscribe" | "unsubscribe" | "spamreport" | "open" | "click"
+    ) {
+        return error(StatusCode::BAD_REQUEST, "not an engagement event");
+    }
+    let copy = sandbox.state.lock().ok().and_then(|state| {
+        state
+            .inbox
+            .iter()
+            .find(|m| m["custom_args"]["email_id"] == email_id)
+            .cloned()
+    });
+    let Some(copy) = copy else {
+        return error(StatusCode::NOT_FOUND, "no copy of that email in the inbox");
+    };
+    let mut event = json!({
+        "event": kind,
+        "email": copy["to"],
+        "timestamp": chrono::Utc::now().timestamp(),
+        "sg_event_id": uuid::Uuid::new_v4().simple().to_string(),
+        "sg_message_id": format!("{}.filterdrecv-sandbox-0", copy["message_id"].as_str().unwrap_or_default()),
+    });
+    if kind.starts_with("group_") {
+        event["asm_group_id"] = json!(1);
+    }
+    if let (Value::Object(map), Value::Object(args)) = (&mut event, &copy["custom_args"]) {
+        for (key, value) in args {
+            map.insert(key.clone(), value.clone());
+        }
+    }
+    sandbox.post_events(std::slice::from_ref(&event)).await;
+    (StatusCode::OK, Json(event)).into_response()
 }
 
 async fn inbox(State(sandbox): State<Arc<SendGridSandbox>>) -> Response {

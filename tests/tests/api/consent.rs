@@ -681,3 +681,40 @@ async fn the_ledger_exports_as_formula_safe_csv_for_its_organization_only() {
         .await
         .problem(403);
 }
+
+/// The recipient's own action at SendGrid, as the sandbox posts it: a group unsubscribe
+/// opts out of the email's topic, once however often the event arrives.
+#[tokio::test]
+async fn a_group_unsubscribe_at_sendgrid_opts_out_of_the_emails_topic_once() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    create_newsletter(&app, &admin).await;
+    let ids = newsletter(&app, &admin, &["ann@example.com"]).await;
+    delivered_or(&app, &admin, &ids[0], "delivered").await;
+
+    let event: Value = app
+        .http
+        .post(app.bundle.url("/sandbox/sendgrid/_engagement"))
+        .json(&json!({"email_id": ids[0], "event": "group_unsubscribe"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(event["event"], "group_unsubscribe", "{event}");
+    // SendGrid retries a batch it got no 2xx for: the same event again changes nothing.
+    app.sandbox()
+        .post_events(std::slice::from_ref(&event))
+        .await;
+
+    let ledger = app
+        .get("/services/consent/?address=ann%40example.com", &admin)
+        .await;
+    let history = ledger.body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "recorded once: {}", ledger.body);
+    assert_eq!(history[0]["source"], "provider_unsubscribe");
+    assert_eq!(history[0]["topic"], "newsletter");
+    assert_eq!(history[0]["state"], "opted_out");
+    assert_eq!(history[0]["evidence"]["sg_event_id"], event["sg_event_id"]);
+}
