@@ -114,6 +114,22 @@ describe('dashboard page', { timeout: 180_000 }, () => {
     assert.equal(await page.getByTestId('dead-letters').isHidden(), true, 'DLQs are for platform superusers only');
   });
 
+  step('an admin looks up the bounced address in the consent ledger', async () => {
+    await page.getByTestId('consent-subject').fill('nobody@example.com');
+    await page.getByTestId('consent-lookup').click();
+    await eventually(async () => assert.equal(await page.getByTestId('consent-empty').isVisible(), true));
+    // The bounce reached the ledger through the signed SendGrid webhook (issue 19); the
+    // screenshot below shows its row.
+    await eventually(async () => {
+      await page.getByTestId('consent-subject').fill('gone@bounce.test');
+      await page.getByTestId('consent-lookup').click();
+      await page.waitForFunction(() => document.body.dataset.consent === 'loaded');
+      const row = page.getByTestId('consent-row');
+      assert.equal(await row.count(), 1);
+      assert.match(await row.innerText(), /all\s+opted_out\s+bounce\s+sendgrid\s+email_id: \S+, sg_event_id: /);
+    });
+  });
+
   step('a superuser sees the DLQ, and the screenshot shows it all', async () => {
     await useToken(superuser, ORG);
     await eventually(async () => {

@@ -227,6 +227,31 @@ async function drawDeadLetters() {
   }));
 }
 
+// One address's or number's consent history (issue 19), newest first: every change with
+// its source and evidence, as GET /services/consent/ keeps it.
+async function lookUpConsent(subject) {
+  delete document.body.dataset.consent;
+  const params = new URLSearchParams(subject.startsWith('+') ? { phone: subject } : { address: subject });
+  const org = $('[data-testid="organization"]').value.trim();
+  if (org) params.set('organization', org);
+  const result = await api('GET', `/services/consent/?${params}`);
+  if (!result.ok) {
+    notice(explain(result, 'read the consent ledger'));
+    return;
+  }
+  notice('');
+  const rows = result.data.history.slice().reverse().map((change) => el('tr', { 'data-testid': 'consent-row' },
+    el('td', {}, new Date(change.at).toLocaleString()),
+    el('td', {}, change.topic),
+    el('td', {}, change.state),
+    el('td', {}, change.source),
+    el('td', {}, change.actor),
+    el('td', {}, Object.entries(change.evidence || {}).map(([key, value]) => `${key}: ${value}`).join(', '))));
+  $('[data-testid="consent-history"] tbody').replaceChildren(...rows);
+  $('[data-testid="consent-empty"]').hidden = rows.length > 0;
+  document.body.dataset.consent = 'loaded';
+}
+
 async function refresh() {
   delete document.body.dataset.loaded;
   if (!token()) {
@@ -264,6 +289,11 @@ document.addEventListener('DOMContentLoaded', () => {
   $('#range-form').addEventListener('submit', (event) => {
     event.preventDefault();
     refresh();
+  });
+  $('#consent-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const subject = $('[data-testid="consent-subject"]').value.trim();
+    if (subject) lookUpConsent(subject);
   });
   refresh();
 });
