@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use shared::auth::{Caller, ClaimNames, Role};
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
+use shared::consent::Channel;
 use shared::domain::RecordId;
 use shared::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
 use shared::domain::template::{TemplateContent, TemplateKind};
@@ -21,8 +22,8 @@ use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, 
 use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 use shared::render::{self, Escape, RenderError};
 use shared::store::{
-    Contact, IdempotencyStore, Phonebook, PhonebookStore, SmsListQuery, SmsStore, StoreError,
-    TemplateStore,
+    ConsentStore, Contact, IdempotencyStore, Phonebook, PhonebookStore, SmsListQuery, SmsStore,
+    StoreError, TemplateStore,
 };
 
 use crate::registry::{BoxFuture, HttpFunction};
@@ -91,6 +92,7 @@ const MAX_REPORTED_ERRORS: usize = 20;
 
 pub struct SmsApi {
     sms: SmsStore,
+    consent: ConsentStore,
     phonebooks: PhonebookStore,
     templates: TemplateStore,
     idempotency: IdempotencyStore,
@@ -119,6 +121,9 @@ struct SendRequest {
     variables: Option<Value>,
     recipients: Option<Vec<BulkRecipient>>,
     phonebook_id: Option<String>,
+    /// A consent topic of the organization for SMS: numbers opted out of it (or never in,
+    /// for a topic out by default) end `suppressed` (issue 19).
+    topic: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +343,7 @@ impl SmsApi {
         let table = env.required("TABLE_NAME")?;
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), &table),
+            consent: ConsentStore::new(aws.dynamodb.clone(), &table),
             phonebooks: PhonebookStore::new(aws.dynamodb.clone(), &table),
             templates: TemplateStore::new(aws.dynamodb.clone(), &table),
             idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
@@ -513,6 +519,17 @@ impl SmsApi {
             }
         };
 
+        if let Some(topic) = &body.topic {
+            match self.consent.topic(&caller.org, topic).await {
+                Ok(found) if found.channels.contains(&Channel::Sms) => {}
+                Ok(_) => errors.add("topic", "is not a topic for SMS"),
+                Err(StoreError::NotFound) => {
+                    errors.add("topic", "is not a topic of this organization");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+
         // The shared body, and whether it is rendered per recipient.
         let (template_id, content, render) = match (&body.template_id, &body.body) {
             (Some(_), Some(_)) => {
@@ -606,6 +623,7 @@ impl SmsApi {
             record.template_id.clone_from(&template_id);
             record.bulk_id.clone_from(&bulk_id);
             record.phonebook_id.clone_from(&body.phonebook_id);
+            record.topic.clone_from(&body.topic);
             records.push(record);
         }
         if !errors.0.is_empty() {

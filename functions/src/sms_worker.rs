@@ -206,7 +206,12 @@ impl SmsWorker {
                 .map_err(|e| Retry(format!("{e:#}")))?
                 || self
                     .consent
-                    .blocked(&org, Channel::Sms, &[record.to.to_string()], None)
+                    .blocked(
+                        &org,
+                        Channel::Sms,
+                        &[record.to.to_string()],
+                        record.topic.as_deref(),
+                    )
                     .await
                     .map_err(|e| Retry(format!("{e:#}")))?
                     .contains(record.to.as_str());

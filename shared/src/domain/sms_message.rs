@@ -166,6 +166,9 @@ pub struct SmsRecord {
     pub bulk_id: Option<String>,
     #[serde(default)]
     pub phonebook_id: Option<String>,
+    /// The consent topic of the send (issue 19); `None` is a transactional SMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     pub status: SmsStatus,
     /// Twilio's own last reported status (`queued`, `sent`, `delivered`, ...).
     #[serde(default)]
@@ -217,6 +220,7 @@ impl SmsRecord {
             template_id: None,
             bulk_id: None,
             phonebook_id: None,
+            topic: None,
             status: SmsStatus::Queued,
             twilio_status: None,
             error_code: None,

@@ -718,3 +718,62 @@ async fn a_group_unsubscribe_at_sendgrid_opts_out_of_the_emails_topic_once() {
     assert_eq!(history[0]["state"], "opted_out");
     assert_eq!(history[0]["evidence"]["sg_event_id"], event["sg_event_id"]);
 }
+
+#[tokio::test]
+async fn an_sms_topic_skips_the_numbers_opted_out_of_it_and_a_transactional_sms_goes_out() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let created = app
+        .post(
+            "/services/topics/",
+            &admin,
+            json!({"key": "alerts", "name": "Stock alerts", "channels": ["sms"]}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let ann = "+14155552671";
+    let recorded = app
+        .call(
+            "PUT",
+            "/services/consent/",
+            Some(&admin),
+            Some(json!({"phone": ann, "topic": "alerts", "state": "opted_out", "source": "api"})),
+        )
+        .await;
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+
+    let alert = app
+        .post(
+            "/services/sms/",
+            &admin,
+            json!({"to": ann, "body": "Back in stock", "topic": "alerts"}),
+        )
+        .await;
+    assert_eq!(alert.status, 202, "{}", alert.body);
+    sms_status(
+        &app,
+        &admin,
+        alert.body["id"].as_str().unwrap(),
+        "suppressed",
+    )
+    .await;
+    let code = app
+        .post(
+            "/services/sms/",
+            &admin,
+            json!({"to": ann, "body": "Your code is 1234"}),
+        )
+        .await;
+    sms_status(&app, &admin, code.body["id"].as_str().unwrap(), "delivered").await;
+
+    // A topic for email only is not one an SMS may name.
+    create_newsletter(&app, &admin).await;
+    let refused = app
+        .post(
+            "/services/sms/",
+            &admin,
+            json!({"to": ann, "body": "News", "topic": "newsletter"}),
+        )
+        .await;
+    assert!(refused.problem(400)["errors"].get("topic").is_some());
+}
