@@ -11,7 +11,7 @@
 #
 # Every build- target depends on ONE workspace build, `cargo lambda build --release --arm64` of the
 # herald-functions package: the first target SAM runs compiles and links every function, and
-# for the other 18 cargo finds everything fresh and returns in about a second. Each target
+# for the others cargo finds everything fresh and returns in about a second. Each target
 # then copies its function's `bootstrap` (the arm64 binary, provided.al2023) to the artifact
 # root, where Lambda and `sam local invoke` look for it.
 #
