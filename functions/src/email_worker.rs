@@ -203,7 +203,19 @@ impl EmailWorker {
                     .await;
             }
         };
-        let opted_out = match self.opted_out(&org, &claimed).await {
+        let messages: Vec<shared::store::Addressed> = claimed
+            .iter()
+            .map(|r| shared::store::Addressed {
+                id: r.id.clone(),
+                subject: r.to.suppression_key(),
+                topic: r.topic.clone(),
+            })
+            .collect();
+        let opted_out = match self
+            .consent
+            .blocked_messages(&org, Channel::Email, &messages)
+            .await
+        {
             Ok(set) => set,
             Err(error) => {
                 return self
@@ -332,37 +344,6 @@ impl EmailWorker {
                 Err(Retry(reason))
             }
         }
-    }
-
-    /// The ids of `records` their recipients' consent excludes (the consent ledger, issue
-    /// 19): per topic of the job's emails, one read of the topic and the states.
-    async fn opted_out(
-        &self,
-        org: &OrgId,
-        records: &[EmailRecord],
-    ) -> Result<std::collections::HashSet<String>, shared::store::StoreError> {
-        let mut by_topic: BTreeMap<Option<&str>, Vec<&EmailRecord>> = BTreeMap::new();
-        for record in records {
-            by_topic
-                .entry(record.topic.as_deref())
-                .or_default()
-                .push(record);
-        }
-        let mut ids = std::collections::HashSet::new();
-        for (topic, group) in by_topic {
-            let subjects: Vec<String> = group.iter().map(|r| r.to.suppression_key()).collect();
-            let blocked = self
-                .consent
-                .blocked(org, Channel::Email, &subjects, topic)
-                .await?;
-            ids.extend(
-                group
-                    .iter()
-                    .filter(|r| blocked.contains(&r.to.suppression_key()))
-                    .map(|r| r.id.clone()),
-            );
-        }
-        Ok(ids)
     }
 
     /// The `List-Unsubscribe` headers (RFC 2369, with RFC 8058's one-click POST) of every

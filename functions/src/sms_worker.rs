@@ -194,27 +194,30 @@ impl SmsWorker {
         let mut retry = None;
         let mut held_elsewhere = Vec::new();
         // First what needs no send slot: duplicates, opted-out numbers, no Twilio.
+        let messages: Vec<shared::store::Addressed> = records
+            .iter()
+            .map(|r| shared::store::Addressed {
+                id: r.id.clone(),
+                subject: r.to.to_string(),
+                topic: r.topic.clone(),
+            })
+            .collect();
+        let blocked = self
+            .consent
+            .blocked_messages(&org, Channel::Sms, &messages)
+            .await
+            .map_err(|e| Retry(format!("{e:#}")))?;
         let mut to_send = Vec::new();
         for record in &records {
             if !matches!(record.status, SmsStatus::Queued | SmsStatus::Sending) {
                 continue; // already sent or final: a duplicate delivery
             }
-            let opted_out = self
-                .sms
-                .is_opted_out(&org, &record.to)
-                .await
-                .map_err(|e| Retry(format!("{e:#}")))?
+            let opted_out = blocked.contains(&record.id)
                 || self
-                    .consent
-                    .blocked(
-                        &org,
-                        Channel::Sms,
-                        &[record.to.to_string()],
-                        record.topic.as_deref(),
-                    )
+                    .sms
+                    .is_opted_out(&org, &record.to)
                     .await
-                    .map_err(|e| Retry(format!("{e:#}")))?
-                    .contains(record.to.as_str());
+                    .map_err(|e| Retry(format!("{e:#}")))?;
             if opted_out {
                 if self.claim(&org, record).await?.is_some() {
                     self.finish(&org, record, &SendOutcome::Suppressed, None, None)

@@ -64,6 +64,15 @@ pub struct ConsentChange {
     pub at: DateTime<Utc>,
 }
 
+/// One message of a job as consent sees it: its id, its recipient as the ledger keys them,
+/// and its send's topic (`None`: transactional).
+#[derive(Debug, Clone)]
+pub struct Addressed {
+    pub id: String,
+    pub subject: String,
+    pub topic: Option<String>,
+}
+
 /// Changes one unsubscribe link may make in a minute.
 pub const LINK_CHANGES_PER_MINUTE: i64 = 10;
 
@@ -434,6 +443,38 @@ impl ConsentStore {
                 None => return Ok((changes, None)),
             }
         }
+    }
+
+    /// Of a job's messages, the ids their recipients' consent excludes ([`Self::blocked`]):
+    /// one read per topic of the job, not per message.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn blocked_messages(
+        &self,
+        org: &OrgId,
+        channel: Channel,
+        messages: &[Addressed],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut by_topic: BTreeMap<Option<&str>, Vec<&Addressed>> = BTreeMap::new();
+        for message in messages {
+            by_topic
+                .entry(message.topic.as_deref())
+                .or_default()
+                .push(message);
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (topic, group) in by_topic {
+            let subjects: Vec<String> = group.iter().map(|m| m.subject.clone()).collect();
+            let blocked = self.blocked(org, channel, &subjects, topic).await?;
+            ids.extend(
+                group
+                    .iter()
+                    .filter(|m| blocked.contains(&m.subject))
+                    .map(|m| m.id.clone()),
+            );
+        }
+        Ok(ids)
     }
 
     /// Counts one change made through an unsubscribe link of `subject`: `false` once this

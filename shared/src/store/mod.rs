@@ -33,7 +33,9 @@ mod shards;
 mod sms;
 mod templates;
 
-pub use consent::{Consent, ConsentChange, ConsentStore, LINK_CHANGES_PER_MINUTE, Topic};
+pub use consent::{
+    Addressed, Consent, ConsentChange, ConsentStore, LINK_CHANGES_PER_MINUTE, Topic,
+};
 pub use email_reports::CampaignStats;
 pub use emails::{
     EmailListQuery, EmailStore, EventEffect, EventInput, EventsApplied, SENT_SHARDS, SendOutcome,
