@@ -22,8 +22,7 @@ use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 
 use shared::render::{self, Escape, RenderError};
 use shared::store::{
-    ConsentChange, ConsentStore, EmailListQuery, EmailStore, IdempotencyStore, StoreError,
-    TemplateStore,
+    ConsentChange, ConsentStore, EmailListQuery, EmailStore, IdempotencyStore, TemplateStore,
 };
 
 use crate::registry::{BoxFuture, HttpFunction};
@@ -346,15 +345,13 @@ impl EmailApi {
         {
             errors.add("campaign", "must be 1 to 100 characters");
         }
-        if let Some(topic) = &body.topic {
-            match self.consent.topic(&caller.org, topic).await {
-                Ok(found) if found.channels.contains(&Channel::Email) => {}
-                Ok(_) => errors.add("topic", "is not a topic for email"),
-                Err(StoreError::NotFound) => {
-                    errors.add("topic", "is not a topic of this organization");
-                }
-                Err(error) => return Err(error.into()),
-            }
+        if let Some(topic) = &body.topic
+            && let Some(refusal) = self
+                .consent
+                .topic_refusal(&caller.org, topic, Channel::Email)
+                .await?
+        {
+            errors.add("topic", refusal);
         }
         let content = self.content_source(&body, caller, &mut errors).await?;
 

@@ -519,15 +519,13 @@ impl SmsApi {
             }
         };
 
-        if let Some(topic) = &body.topic {
-            match self.consent.topic(&caller.org, topic).await {
-                Ok(found) if found.channels.contains(&Channel::Sms) => {}
-                Ok(_) => errors.add("topic", "is not a topic for SMS"),
-                Err(StoreError::NotFound) => {
-                    errors.add("topic", "is not a topic of this organization");
-                }
-                Err(error) => return Err(error.into()),
-            }
+        if let Some(topic) = &body.topic
+            && let Some(refusal) = self
+                .consent
+                .topic_refusal(&caller.org, topic, Channel::Sms)
+                .await?
+        {
+            errors.add("topic", refusal);
         }
 
         // The shared body, and whether it is rendered per recipient.

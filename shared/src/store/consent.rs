@@ -189,6 +189,31 @@ impl ConsentStore {
         Ok(serde_dynamo::from_item(item).context("malformed topic")?)
     }
 
+    /// Why a send on `channel` may not name topic `key`, or `None` when it may: the one
+    /// check the email and SMS APIs make (a 400 naming `topic`).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn topic_refusal(
+        &self,
+        org: &OrgId,
+        key: &str,
+        channel: Channel,
+    ) -> Result<Option<String>, StoreError> {
+        match self.topic(org, key).await {
+            Ok(found) if found.channels.contains(&channel) => Ok(None),
+            Ok(_) => Ok(Some(
+                match channel {
+                    Channel::Email => "is not a topic for email",
+                    Channel::Sms => "is not a topic for SMS",
+                }
+                .to_owned(),
+            )),
+            Err(StoreError::NotFound) => Ok(Some("is not a topic of this organization".to_owned())),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Every topic of the organization, by key (organizations have a handful).
     ///
     /// # Errors
