@@ -19,8 +19,8 @@ use shared::domain::OrgId;
 use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::sendgrid::{
-    Address, Content, MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, MailSend, Personalization,
-    SendError, SendGridClient,
+    Accepted, Address, Content, MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, MailSend,
+    Personalization, SendError, SendGridClient,
 };
 use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
 use shared::store::{ConsentStore, EmailStore, SendOutcome};
@@ -58,6 +58,16 @@ pub struct EmailWorker {
 /// a job whose emails cannot share calls (a bulk with a cc: one call per email) is handed
 /// on in slices instead of being killed mid-way and retried towards the DLQ (issue 15).
 const SEND_BUDGET_SECONDS: u64 = 30;
+
+/// SendGrid calls one job has in flight at once. A bulk with a cc takes one call per email
+/// (SendGrid refuses an address twice in one request — "Each unique email address in the
+/// personalizations array should only be included once", Mail Send errors reference), so a
+/// 1,000-email job is 1,000 calls: one at a time they outlast the send budget and the job
+/// is handed on in slices, each hand-back rewriting the rest of its emails. Mail Send is
+/// outside SendGrid's per-user request limit (changelog 2019-10-10) and a 429 is retried
+/// with the rest of the job, so the bound is ours: eight calls keep a job's 1,000 calls
+/// inside a few budgets without opening hundreds of connections per worker.
+const CALLS_IN_FLIGHT: usize = 8;
 
 impl SqsFunction for EmailWorker {
     fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse> {
@@ -260,82 +270,48 @@ impl EmailWorker {
                     .await;
             }
         };
-        let mut retry = None;
         let mut calls = plan_mails(&to_send);
         attach_headers(&mut calls, &links);
         calls.reverse(); // sent in plan order, popped from the end
         let deadline = tokio::time::Instant::now() + self.send_budget;
+        let mut retry = None;
         let mut made_a_call = false;
-        while let Some(planned) = calls.pop() {
-            // At least one call per delivery, so a handed-back job always moves on.
+        while !calls.is_empty() {
+            // At least one round per delivery, so a handed-back job always moves on.
             if made_a_call && tokio::time::Instant::now() >= deadline {
-                calls.push(planned);
                 let rest: Vec<String> = calls.iter().flat_map(|c| c.ids.clone()).collect();
                 self.hand_back(&org, rest).await?;
                 break;
             }
-            let result = sendgrid.send(&planned.mail).await;
+            let round: Vec<PlannedMail> = (0..CALLS_IN_FLIGHT).map_while(|_| calls.pop()).collect();
+            let results =
+                futures::future::join_all(round.iter().map(|p| sendgrid.send(&p.mail))).await;
             made_a_call = true;
-            // A refused call of several emails may be refused for one of them: send it again
-            // in halves, so one bad email fails alone and its call-mates go out (a bad email
-            // costs at most ten more calls, log2 of 1,000).
-            if let Err(SendError::Permanent { status, message }) = &result
-                && planned.ids.len() > 1
-                && refuses_the_request(*status)
-            {
-                tracing::warn!(
-                    status,
-                    message,
-                    emails = planned.ids.len(),
-                    "SendGrid refused a call: splitting it"
-                );
-                let (first, second) = planned.halves();
-                calls.push(second);
-                calls.push(first);
-                continue;
-            }
-            let outcome = match result {
-                Ok(accepted) => SendOutcome::Sent {
-                    message_id: accepted.message_id,
-                },
-                // The key, not the email: wrong, revoked (a rotation this execution
-                // environment has not seen) or without the `mail.send` scope. Read the
-                // secret again (once) and retry; only the last attempt fails the emails.
-                Err(SendError::Permanent {
-                    status: status @ (401 | 403),
-                    message,
-                }) => {
-                    tracing::error!(
+            let mut finished = Vec::new();
+            for (planned, result) in round.into_iter().zip(results) {
+                // A refused call of several emails may be refused for one of them: send it
+                // again in halves, so one bad email fails alone and its call-mates go out
+                // (a bad email costs at most ten more calls, log2 of 1,000).
+                if let Err(SendError::Permanent { status, message }) = &result
+                    && planned.ids.len() > 1
+                    && refuses_the_request(*status)
+                {
+                    tracing::warn!(
                         status,
                         message,
-                        alarm = "provider-credentials",
-                        "SendGrid refused Herald's API key: re-reading the secret"
+                        emails = planned.ids.len(),
+                        "SendGrid refused a call: splitting it"
                     );
-                    self.sendgrid.rebuild_once();
-                    let reason = format!("SendGrid refused the API key ({status}): {message}");
-                    retry.get_or_insert(reason.clone());
-                    SendOutcome::transient(reason, last_attempt)
+                    let (first, second) = planned.halves();
+                    calls.push(second);
+                    calls.push(first);
+                    continue;
                 }
-                Err(SendError::Permanent { status, message }) => SendOutcome::Failed {
-                    kind: FailureKind::Permanent,
-                    reason: format!("SendGrid {status}: {message}"),
-                },
-                Err(error) => {
-                    let reason = error.to_string();
-                    retry.get_or_insert(reason.clone());
-                    SendOutcome::transient(reason, last_attempt)
-                }
-            };
-            tracing::info!(emails = planned.ids.len(), outcome = ?outcome, "SendGrid call");
-            let call = Event::new(&org, EventKind::Provider, "sendgrid.mail_send").with_detail(
-                serde_json::json!({
-                    "recipients": planned.ids.len(),
-                    "outcome": format!("{outcome:?}"),
-                }),
-            );
-            self.events.publish(vec![call]).await;
-            self.finish_all(&org, planned.ids.iter().map(String::as_str), &outcome)
-                .await?;
+                let outcome = self.outcome_of(result, last_attempt, &mut retry);
+                tracing::info!(emails = planned.ids.len(), outcome = ?outcome, "SendGrid call");
+                finished.push((planned.ids, outcome));
+            }
+            self.record_calls(&org, finished).await?;
         }
         match retry {
             None => Ok(()),
@@ -344,6 +320,77 @@ impl EmailWorker {
                 Err(Retry(reason))
             }
         }
+    }
+
+    /// What one SendGrid answer means for the emails of its call; `retry` keeps the first
+    /// reason the job must be tried again.
+    fn outcome_of(
+        &self,
+        result: Result<Accepted, SendError>,
+        last_attempt: bool,
+        retry: &mut Option<String>,
+    ) -> SendOutcome {
+        match result {
+            Ok(accepted) => SendOutcome::Sent {
+                message_id: accepted.message_id,
+            },
+            // The key, not the email: wrong, revoked (a rotation this execution environment
+            // has not seen) or without the `mail.send` scope. Read the secret again (once)
+            // and retry; only the last attempt fails the emails.
+            Err(SendError::Permanent {
+                status: status @ (401 | 403),
+                message,
+            }) => {
+                tracing::error!(
+                    status,
+                    message,
+                    alarm = "provider-credentials",
+                    "SendGrid refused Herald's API key: re-reading the secret"
+                );
+                self.sendgrid.rebuild_once();
+                let reason = format!("SendGrid refused the API key ({status}): {message}");
+                retry.get_or_insert(reason.clone());
+                SendOutcome::transient(reason, last_attempt)
+            }
+            Err(SendError::Permanent { status, message }) => SendOutcome::Failed {
+                kind: FailureKind::Permanent,
+                reason: format!("SendGrid {status}: {message}"),
+            },
+            Err(error) => {
+                let reason = error.to_string();
+                retry.get_or_insert(reason.clone());
+                SendOutcome::transient(reason, last_attempt)
+            }
+        }
+    }
+
+    /// Records the outcomes of one round of calls: one provider event per call, published
+    /// together, and each call's emails moved on (the rounds' writes run side by side).
+    async fn record_calls(
+        &self,
+        org: &OrgId,
+        finished: Vec<(Vec<String>, SendOutcome)>,
+    ) -> Result<(), Retry> {
+        let calls = finished
+            .iter()
+            .map(|(ids, outcome)| {
+                Event::new(org, EventKind::Provider, "sendgrid.mail_send").with_detail(
+                    serde_json::json!({
+                        "recipients": ids.len(),
+                        "outcome": format!("{outcome:?}"),
+                    }),
+                )
+            })
+            .collect();
+        self.events.publish(calls).await;
+        let writes = finished
+            .iter()
+            .map(|(ids, outcome)| self.finish_all(org, ids.iter().map(String::as_str), outcome));
+        futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, Retry>>()?;
+        Ok(())
     }
 
     /// The `List-Unsubscribe` headers (RFC 2369, with RFC 8058's one-click POST) of every
