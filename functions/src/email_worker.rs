@@ -41,6 +41,9 @@ pub struct EmailWorker {
     unsubscribe_keys: OnFirstUse<Option<UnsubscribeKeys>>,
     /// The unsubscribe function's public URL, which the links point at.
     unsubscribe_url: Option<String>,
+    /// The address whose mail SendGrid's Inbound Parse posts to the unsubscribe function
+    /// (`UNSUBSCRIBE_MAILBOX`); `None`: the links carry no `mailto:`.
+    unsubscribe_mailbox: Option<String>,
     /// `None` when SendGrid is not configured.
     sendgrid: OnFirstUse<Option<SendGridClient>>,
     retry: RetryDelay,
@@ -126,6 +129,7 @@ impl EmailWorker {
             consent: ConsentStore::new(aws.dynamodb.clone(), table),
             unsubscribe_keys: crate::unsubscribe::signing_keys_on_first_use(aws, env),
             unsubscribe_url: env.optional("UNSUBSCRIBE_URL"),
+            unsubscribe_mailbox: env.optional("UNSUBSCRIBE_MAILBOX"),
             sendgrid: sendgrid_on_first_use(aws, env)?,
             retry: RetryDelay::from_env(aws.sqs.clone(), send_queue.clone(), env)?,
             send_queue,
@@ -431,8 +435,17 @@ impl EmailWorker {
                         .unwrap_or_else(|| ALL_TOPICS.to_owned()),
                     message_id: record.id.clone(),
                 });
+                // RFC 2369 lists the URIs in order of preference; RFC 8058 needs the https
+                // one, and mail clients without one-click use the mailto: (the subject
+                // carries the token; base64url and dots need no escaping in a URI query).
+                let list = match &self.unsubscribe_mailbox {
+                    Some(mailbox) => format!(
+                        "<{base}/{token}>, <mailto:{mailbox}?subject=unsubscribe%20{token}>"
+                    ),
+                    None => format!("<{base}/{token}>"),
+                };
                 let headers = BTreeMap::from([
-                    ("List-Unsubscribe".to_owned(), format!("<{base}/{token}>")),
+                    ("List-Unsubscribe".to_owned(), list),
                     (
                         "List-Unsubscribe-Post".to_owned(),
                         "List-Unsubscribe=One-Click".to_owned(),

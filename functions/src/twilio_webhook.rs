@@ -86,10 +86,7 @@ fn twiml() -> Response<Body> {
 
 /// TwiML that replies `text` to the sender.
 fn twiml_message(text: &str) -> Response<Body> {
-    let escaped = text
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    let escaped = http::escape_markup(text);
     twiml_of(format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{escaped}</Message></Response>"
     ))

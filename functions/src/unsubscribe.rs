@@ -9,6 +9,9 @@
 //!   of a message.
 //! - The page's own forms `POST` `topic` and `state` to change one topic, or everything
 //!   (`all`), in or out: the undo and the other topics.
+//! - `POST /inbound` is SendGrid's Inbound Parse posting an email sent to the link's
+//!   `mailto:` (`UNSUBSCRIBE_MAILBOX`, what clients without one-click use): its subject
+//!   carries the token, and it opts out as the one-click POST does.
 //!
 //! The token names organization, address, topic and message (`shared::consent`); a token
 //! that does not verify answers the same 400 whatever is wrong with it, and a valid one
@@ -34,6 +37,10 @@ use crate::registry::{BoxFuture, HttpFunction};
 
 /// The secret entry holding the signing keys (comma-separated, newest first).
 pub const SIGNING_KEYS: &str = "UNSUBSCRIBE_SIGNING_KEYS";
+
+/// The path SendGrid's Inbound Parse posts the emails to the `mailto:` address to (tokens
+/// start with `v1.`, so no token is this path).
+pub const INBOUND_PATH: &str = "inbound";
 
 /// Bodies longer than this are not an unsubscribe (the one-click body is 26 bytes).
 const MAX_FORM_BYTES: usize = 4096;
@@ -81,8 +88,11 @@ impl Unsubscribe {
     }
 
     async fn answer(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let token = request.uri().path().trim_matches('/');
-        let claim = match self.verify(token).await? {
+        let path = request.uri().path().trim_matches('/');
+        if path == INBOUND_PATH {
+            return self.mail_reply(request).await;
+        }
+        let claim = match self.verify(path).await? {
             Ok(claim) if claim.channel == Channel::Email => claim,
             Ok(_) | Err(_) => return Ok(page(StatusCode::BAD_REQUEST, INVALID_LINK)),
         };
@@ -93,21 +103,74 @@ impl Unsubscribe {
                 if body.len() > MAX_FORM_BYTES {
                     return Ok(page(StatusCode::BAD_REQUEST, INVALID_LINK));
                 }
-                match requested_change(body) {
+                match requested_change(content_type(request), body) {
                     // A mailbox provider's POST: its answer is not shown to anyone.
                     Some(Change::OneClick) => {
-                        self.change(&claim, claim.topic.clone(), ConsentState::OptedOut)
+                        let topic = claim.topic.clone();
+                        self.change(&claim, topic, ConsentState::OptedOut, Via::Link)
                             .await?;
                         Ok(page(StatusCode::OK, UNSUBSCRIBED))
                     }
                     Some(Change::FromPage(topic, state)) => {
-                        self.change(&claim, topic.clone(), state).await?;
+                        self.change(&claim, topic.clone(), state, Via::Link).await?;
                         self.show(&claim, Some((&topic, state))).await
                     }
                     None => Ok(page(StatusCode::BAD_REQUEST, INVALID_LINK)),
                 }
             }
             _ => Err(ApiError::MethodNotAllowed),
+        }
+    }
+
+    /// An email to the `List-Unsubscribe` `mailto:` address, as SendGrid's Inbound Parse
+    /// posts it: `multipart/form-data` with the message's `from`, `to` and `subject`, the
+    /// subject carrying the token the `mailto:` URI put there. Inbound Parse posts again
+    /// when the answer is a 5xx, for up to three days, and drops the email on any other
+    /// status (Twilio SendGrid docs, "Inbound Email Parse Webhook"): an email without a
+    /// valid token is logged and answered 200 — nobody reads the answer, and a retry would
+    /// not make the token valid — while a storage failure answers 5xx, to be posted again.
+    async fn mail_reply(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        if request.method() != Method::POST {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let Some(fields) = http::multipart_fields(content_type(request), http::body_bytes(request))
+        else {
+            return Err(ApiError::UnsupportedMediaType(
+                "Inbound Parse posts multipart/form-data".to_owned(),
+            ));
+        };
+        let subject = fields.get("subject").map_or("", String::as_str);
+        let mut claim = None;
+        for word in subject.split_whitespace() {
+            if let Ok(verified) = self.verify(word).await?
+                && verified.channel == Channel::Email
+            {
+                claim = Some(verified);
+                break;
+            }
+        }
+        let Some(claim) = claim else {
+            tracing::info!("an email to the unsubscribe address without a valid token: ignored");
+            return Ok(page(StatusCode::OK, INVALID_LINK));
+        };
+        let from = fields.get("from").cloned().unwrap_or_default();
+        let topic = claim.topic.clone();
+        match self
+            .change(
+                &claim,
+                topic,
+                ConsentState::OptedOut,
+                Via::MailReply { from },
+            )
+            .await
+        {
+            // The same link's opt-out already went through this minute.
+            Err(ApiError::TooManyRequests(_)) => {
+                tracing::info!("an unsubscribe email past the link's rate: ignored");
+                Ok(page(StatusCode::OK, UNSUBSCRIBED))
+            }
+            Err(error) => Err(error),
+            Ok(()) => Ok(page(StatusCode::OK, UNSUBSCRIBED)),
         }
     }
 
@@ -138,6 +201,7 @@ impl Unsubscribe {
         claim: &UnsubscribeClaim,
         topic: String,
         state: ConsentState,
+        via: Via,
     ) -> Result<(), ApiError> {
         let now = chrono::Utc::now();
         if topic != ALL_TOPICS && self.store.topic(&claim.org, &topic).await.is_err() {
@@ -156,19 +220,27 @@ impl Unsubscribe {
                 "too many changes through this link in a minute".to_owned(),
             ));
         }
+        let mut evidence = BTreeMap::from([("message_id".to_owned(), claim.message_id.clone())]);
+        let (source, actor) = match via {
+            Via::Link => (ConsentSource::OneClick, "one-click"),
+            Via::MailReply { from } => {
+                evidence.insert("from".to_owned(), from);
+                (ConsentSource::MailReply, "mail-reply")
+            }
+        };
         let change = ConsentChange {
             channel: claim.channel,
             subject: claim.subject.clone(),
             topic: topic.clone(),
             state,
-            source: ConsentSource::OneClick,
-            actor: "one-click".to_owned(),
-            evidence: BTreeMap::from([("message_id".to_owned(), claim.message_id.clone())]),
+            source,
+            actor: actor.to_owned(),
+            evidence: evidence.clone(),
             at: now,
         };
         self.store.record(&claim.org, &change, None).await?;
         let event = Event {
-            actor: Some("one-click".to_owned()),
+            actor: Some(actor.to_owned()),
             resource: Some(format!(
                 "consent/{}/{}/{topic}",
                 claim.channel.as_str(),
@@ -178,14 +250,15 @@ impl Unsubscribe {
         }
         .with_detail(serde_json::json!({
             "state": state,
-            "source": "one_click",
-            "message_id": claim.message_id,
+            "source": source,
+            "evidence": evidence,
         }));
         self.events.publish(vec![event]).await;
         tracing::info!(
             org = claim.org.as_str(),
             topic,
             ?state,
+            actor,
             "consent changed by link"
         );
         Ok(())
@@ -216,19 +289,19 @@ impl Unsubscribe {
             html.push_str(&match state {
                 ConsentState::OptedOut => format!(
                     "<p class=done>You are unsubscribed from {}.</p>",
-                    escape(&name)
+                    http::escape_markup(&name)
                 ),
                 ConsentState::OptedIn => format!(
                     "<p class=done>You are subscribed to {} again.</p>",
-                    escape(&name)
+                    http::escape_markup(&name)
                 ),
             });
         }
         let link_topic = topic_name(&topics, &claim.topic);
         html.push_str(&format!(
             "<p>This link manages what <b>{}</b> receives. It came with a message about {}.</p><ul>",
-            escape(&claim.subject),
-            escape(&link_topic)
+            http::escape_markup(&claim.subject),
+            http::escape_markup(&link_topic)
         ));
         for topic in topics
             .iter()
@@ -247,6 +320,22 @@ impl Unsubscribe {
     }
 }
 
+/// How the link was used.
+enum Via {
+    /// Its URL: RFC 8058's POST, or the page's forms.
+    Link,
+    /// An email to its `mailto:` address, from `from`.
+    MailReply { from: String },
+}
+
+fn content_type(request: &Request) -> &str {
+    request
+        .headers()
+        .get(lambda_http::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
 /// What a POST asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Change {
@@ -256,11 +345,14 @@ enum Change {
     FromPage(String, ConsentState),
 }
 
-fn requested_change(body: &[u8]) -> Option<Change> {
-    let form: BTreeMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-    if form.get("List-Unsubscribe").map(String::as_str) == Some("One-Click")
-        || multipart_one_click(body)
-    {
+fn requested_change(content_type: &str, body: &[u8]) -> Option<Change> {
+    // RFC 8058 §3.1: the one-click POST is `application/x-www-form-urlencoded` or
+    // `multipart/form-data`; the page's own forms are the former.
+    let form: BTreeMap<String, String> = match http::multipart_fields(content_type, body) {
+        Some(fields) => fields,
+        None => url::form_urlencoded::parse(body).into_owned().collect(),
+    };
+    if form.get("List-Unsubscribe").map(String::as_str) == Some("One-Click") {
         return Some(Change::OneClick);
     }
     let state = match form.get("state").map(String::as_str) {
@@ -271,23 +363,6 @@ fn requested_change(body: &[u8]) -> Option<Change> {
     let topic = form.get("topic")?;
     (topic == ALL_TOPICS || shared::consent::valid_topic_key(topic))
         .then(|| Change::FromPage(topic.clone(), state))
-}
-
-/// RFC 8058 §3.1 allows `multipart/form-data` too: a part named `List-Unsubscribe` whose
-/// value is `One-Click`.
-fn multipart_one_click(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body);
-    text.contains("name=\"List-Unsubscribe\"")
-        && text
-            .split("name=\"List-Unsubscribe\"")
-            .nth(1)
-            .is_some_and(|rest| {
-                rest.trim_start()
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .map(str::trim)
-                    == Some("One-Click")
-            })
 }
 
 fn topic_name(topics: &[Topic], key: &str) -> String {
@@ -310,8 +385,8 @@ fn topic_row(key: &str, name: &str, subscribed: bool) -> String {
         "<li><form method=post><input type=hidden name=topic value=\"{}\">\
          <input type=hidden name=state value={state}>{} — {label} \
          <button type=submit>{button}</button></form></li>",
-        escape(key),
-        escape(name)
+        http::escape_markup(key),
+        http::escape_markup(name)
     )
 }
 
@@ -339,37 +414,31 @@ fn page(status: StatusCode, html: &str) -> Response<Body> {
         .unwrap_or_default()
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_one_click_body_and_the_page_forms_are_told_apart() {
+        let form = "application/x-www-form-urlencoded";
         assert_eq!(
-            requested_change(b"List-Unsubscribe=One-Click"),
+            requested_change(form, b"List-Unsubscribe=One-Click"),
             Some(Change::OneClick)
         );
         let multipart = b"--b\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--b--\r\n";
-        assert_eq!(requested_change(multipart), Some(Change::OneClick));
         assert_eq!(
-            requested_change(b"topic=all&state=opted_in"),
+            requested_change("multipart/form-data; boundary=b", multipart),
+            Some(Change::OneClick)
+        );
+        assert_eq!(
+            requested_change(form, b"topic=all&state=opted_in"),
             Some(Change::FromPage("all".to_owned(), ConsentState::OptedIn))
         );
-        assert_eq!(requested_change(b""), None);
-        assert_eq!(requested_change(b"List-Unsubscribe=Yes"), None);
-        assert_eq!(requested_change(b"topic=Bad%20Key&state=opted_in"), None);
-    }
-
-    #[test]
-    fn names_are_escaped() {
-        assert_eq!(escape("<b>\"x\"&'"), "&lt;b&gt;&quot;x&quot;&amp;&#39;");
+        assert_eq!(requested_change(form, b""), None);
+        assert_eq!(requested_change(form, b"List-Unsubscribe=Yes"), None);
+        assert_eq!(
+            requested_change(form, b"topic=Bad%20Key&state=opted_in"),
+            None
+        );
     }
 }

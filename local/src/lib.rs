@@ -187,8 +187,20 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
     } else if !options.sandbox {
         None
     } else {
-        let sandbox = SendGridSandbox::new(format!("{base_url}/hooks/sendgrid-webhook"));
+        let sandbox = SendGridSandbox::new(
+            format!("{base_url}/hooks/sendgrid-webhook"),
+            format!(
+                "{base_url}/hooks/unsubscribe/{}",
+                functions::unsubscribe::INBOUND_PATH
+            ),
+        );
         secret_values.extend(sandbox.secret_values());
+        // The sandbox stands in for Inbound Parse too: the links offer a mailto: whose mail
+        // it posts to the unsubscribe function (`_mail_reply`).
+        overrides.insert(
+            "UNSUBSCRIBE_MAILBOX".to_owned(),
+            "unsubscribe@parse.sandbox.test".to_owned(),
+        );
         overrides.insert(
             "SENDGRID_BASE_URL".to_owned(),
             format!("{base_url}/sandbox/sendgrid"),

@@ -60,6 +60,9 @@ pub enum ConsentSource {
     Import,
     /// The one-click unsubscribe link (RFC 8058 POST) or its confirmation page.
     OneClick,
+    /// An email to the `mailto:` address of `List-Unsubscribe` (RFC 2369), as SendGrid's
+    /// Inbound Parse posts it (evidence: the email whose link it was, and its sender).
+    MailReply,
     /// SendGrid's `unsubscribe` / `group_unsubscribe` events.
     ProviderUnsubscribe,
     /// SendGrid's `spamreport` event.

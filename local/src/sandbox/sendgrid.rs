@@ -32,6 +32,8 @@ pub struct SendGridSandbox {
     api_key: Mutex<String>,
     signer: WebhookSigner,
     webhook_url: String,
+    /// Where Inbound Parse posts the emails sent to the `List-Unsubscribe` `mailto:`.
+    inbound_parse_url: String,
     http: reqwest::Client,
     state: Mutex<SandboxState>,
 }
@@ -63,11 +65,12 @@ struct SandboxState {
 const ACTIVITY_REQUESTS_PER_MINUTE: usize = 6;
 
 impl SendGridSandbox {
-    pub fn new(webhook_url: String) -> Arc<Self> {
+    pub fn new(webhook_url: String, inbound_parse_url: String) -> Arc<Self> {
         Arc::new(Self {
             api_key: Mutex::new(new_api_key()),
             signer: WebhookSigner::generate(),
             webhook_url,
+            inbound_parse_url,
             http: reqwest::Client::new(),
             state: Mutex::new(SandboxState::default()),
         })
@@ -160,6 +163,7 @@ impl SendGridSandbox {
             .route("/sandbox/sendgrid/v3/messages/{id}", get(activity))
             .route("/sandbox/sendgrid/_inbox", get(inbox))
             .route("/sandbox/sendgrid/_engagement", post(engagement))
+            .route("/sandbox/sendgrid/_mail_reply", post(mail_reply))
             .route(
                 "/sandbox/sendgrid/_faults",
                 post(add_fault).get(injected_faults),
@@ -706,6 +710,115 @@ async fn engagement(
     }
     sandbox.post_events(std::slice::from_ref(&event)).await;
     (StatusCode::OK, Json(event)).into_response()
+}
+
+/// `POST /sandbox/sendgrid/_mail_reply` with `{"email_id": "<Herald's id>"}`: the recipient
+/// of that copy uses the `mailto:` of its `List-Unsubscribe` (RFC 2369), as a mail client
+/// without one-click does: an email to that address with the URI's subject, which SendGrid's
+/// Inbound Parse posts to its Destination URL. As Inbound Parse does (Twilio SendGrid docs,
+/// "Inbound Email Parse Webhook"): `multipart/form-data` with the parsed fields (`headers`,
+/// `to`, `from`, `subject`, `text`, `envelope`, `charsets`, `SPF`), redirects not followed,
+/// posted again after a 5xx (a few times here; SendGrid keeps trying for three days) and
+/// not after any other status. Answers with the last status Inbound Parse saw.
+async fn mail_reply(
+    State(sandbox): State<Arc<SendGridSandbox>>,
+    Json(request): Json<Value>,
+) -> Response {
+    let Some(email_id) = request["email_id"].as_str() else {
+        return error(StatusCode::BAD_REQUEST, "email_id is required");
+    };
+    let copy = sandbox.state.lock().ok().and_then(|state| {
+        state
+            .inbox
+            .iter()
+            .find(|m| m["custom_args"]["email_id"] == email_id)
+            .cloned()
+    });
+    let Some(copy) = copy else {
+        return error(StatusCode::NOT_FOUND, "no copy of that email in the inbox");
+    };
+    let list = copy["headers"]["List-Unsubscribe"]
+        .as_str()
+        .unwrap_or_default();
+    let Some((mailbox, subject)) = mailto_of(list) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the copy's List-Unsubscribe has no mailto:",
+        );
+    };
+    let from = copy["to"].as_str().unwrap_or_default().to_owned();
+    let fields = [
+        (
+            "headers",
+            format!("From: <{from}>\r\nTo: <{mailbox}>\r\nSubject: {subject}\r\n"),
+        ),
+        ("dkim", "{@example.com : pass}".to_owned()),
+        ("to", mailbox.clone()),
+        ("from", from.clone()),
+        ("text", "unsubscribe\r\n".to_owned()),
+        ("sender_ip", "192.0.2.1".to_owned()),
+        (
+            "envelope",
+            json!({"to": [mailbox], "from": from}).to_string(),
+        ),
+        ("attachments", "0".to_owned()),
+        ("subject", subject),
+        (
+            "charsets",
+            json!({"to": "UTF-8", "from": "UTF-8", "subject": "UTF-8", "text": "UTF-8"})
+                .to_string(),
+        ),
+        ("SPF", "pass".to_owned()),
+    ];
+    let boundary = format!("xYzZY{}", uuid::Uuid::new_v4().simple());
+    let mut body = String::new();
+    for (name, value) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
+    let mut last = 0;
+    for attempt in 0..4u32 {
+        let result = client
+            .post(&sandbox.inbound_parse_url)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body.clone())
+            .send()
+            .await;
+        match result {
+            Ok(response) if !response.status().is_server_error() => {
+                last = response.status().as_u16();
+                break;
+            }
+            Ok(response) => last = response.status().as_u16(),
+            Err(error) => tracing::warn!(%error, attempt, "Inbound Parse URL unreachable"),
+        }
+        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+    }
+    (StatusCode::OK, Json(json!({"inbound_parse_status": last}))).into_response()
+}
+
+/// The address and the (percent-decoded) subject of the `mailto:` in a `List-Unsubscribe`
+/// value: `<https://…>, <mailto:a@b?subject=…>`.
+fn mailto_of(list: &str) -> Option<(String, String)> {
+    let uri = list
+        .split(',')
+        .map(|entry| entry.trim().trim_start_matches('<').trim_end_matches('>'))
+        .find_map(|entry| entry.strip_prefix("mailto:"))?;
+    let (mailbox, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let subject = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "subject")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    Some((mailbox.to_owned(), subject))
 }
 
 async fn inbox(State(sandbox): State<Arc<SendGridSandbox>>) -> Response {

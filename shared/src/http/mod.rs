@@ -1,10 +1,12 @@
 //! The HTTP API conventions every endpoint function follows (SPEC §3).
 
+mod form;
 pub mod idempotency;
 mod pagination;
 mod problem;
 mod router;
 
+pub use form::{escape_markup, multipart_fields};
 pub use pagination::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
 pub use problem::{ApiError, FieldErrors};
 pub use router::{Route, RouteMatch, Router, match_path};

@@ -59,12 +59,21 @@ fn one_click_url(copy: &Value) -> String {
         "{copy}"
     );
     let list = headers["List-Unsubscribe"].as_str().unwrap();
-    let url = list
-        .strip_prefix('<')
-        .and_then(|l| l.strip_suffix('>'))
-        .unwrap_or_else(|| panic!("List-Unsubscribe is not <url>: {list}"));
-    assert!(url.starts_with("http"), "{url}");
-    url.to_owned()
+    // RFC 2369: `<uri>, <uri>`, most preferred first; RFC 8058 needs the https one.
+    let uris: Vec<&str> = list
+        .split(", ")
+        .map(|uri| {
+            uri.strip_prefix('<')
+                .and_then(|u| u.strip_suffix('>'))
+                .unwrap_or_else(|| panic!("List-Unsubscribe is not <uri>, <uri>: {list}"))
+        })
+        .collect();
+    assert!(uris[0].starts_with("http"), "{list}");
+    assert!(
+        uris[1..].iter().all(|uri| uri.starts_with("mailto:")),
+        "{list}"
+    );
+    uris[0].to_owned()
 }
 
 /// What a mailbox provider sends: a form POST, no cookie, no authentication.
@@ -776,4 +785,77 @@ async fn an_sms_topic_skips_the_numbers_opted_out_of_it_and_a_transactional_sms_
         )
         .await;
     assert!(refused.problem(400)["errors"].get("topic").is_some());
+}
+
+/// A mail client without one-click uses the `mailto:` of `List-Unsubscribe`: the email it
+/// sends reaches the unsubscribe function through SendGrid's Inbound Parse (the sandbox
+/// posts it as Inbound Parse does), and opts the address out of the topic with the email
+/// as evidence. An email to that address without a valid token changes nothing.
+#[tokio::test]
+async fn a_mailto_unsubscribe_through_inbound_parse_opts_out_of_the_topic() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    create_newsletter(&app, &admin).await;
+    let ids = newsletter(&app, &admin, &["dee@example.com"]).await;
+    delivered_or(&app, &admin, &ids[0], "delivered").await;
+    let copy = received(&app, &ids[0]).remove(0);
+    one_click_url(&copy);
+    let list = copy["headers"]["List-Unsubscribe"].as_str().unwrap();
+    assert!(
+        list.contains("<mailto:unsubscribe@parse.sandbox.test?subject=unsubscribe%20v1."),
+        "{list}"
+    );
+
+    let reply: Value = app
+        .http
+        .post(app.bundle.url("/sandbox/sendgrid/_mail_reply"))
+        .json(&json!({"email_id": ids[0]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["inbound_parse_status"], 200, "{reply}");
+    let ledger = app
+        .get("/services/consent/?address=dee%40example.com", &admin)
+        .await;
+    let history = ledger.body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{}", ledger.body);
+    assert_eq!(history[0]["source"], "mail_reply");
+    assert_eq!(history[0]["topic"], "newsletter");
+    assert_eq!(history[0]["state"], "opted_out");
+    assert_eq!(history[0]["evidence"]["message_id"], ids[0].as_str());
+    assert_eq!(history[0]["evidence"]["from"], "dee@example.com");
+
+    // Inbound Parse drops what answers 2xx: an email with a forged or no token is accepted
+    // and ignored, and a body that is not multipart is refused.
+    let inbound = app.bundle.url("/hooks/unsubscribe/inbound");
+    for subject in ["unsubscribe", "unsubscribe v1.k.Zm9v.YmFy"] {
+        let body = format!(
+            "--b\r\nContent-Disposition: form-data; name=\"subject\"\r\n\r\n{subject}\r\n--b--\r\n"
+        );
+        let response = app
+            .http
+            .post(&inbound)
+            .header("content-type", "multipart/form-data; boundary=b")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let response = app
+        .http
+        .post(&inbound)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let after = app
+        .get("/services/consent/?address=dee%40example.com", &admin)
+        .await;
+    assert_eq!(after.body["history"].as_array().unwrap().len(), 1, "{}", after.body);
 }
