@@ -56,6 +56,18 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         pattern: "/services/consent/export",
     },
+    Route {
+        method: "GET",
+        pattern: "/services/consent/sms-help",
+    },
+    Route {
+        method: "PUT",
+        pattern: "/services/consent/sms-help",
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/services/consent/sms-help",
+    },
 ];
 
 /// Ledger entries per export page: about 1.5 MB of CSV, well inside Lambda's 6 MB response.
@@ -67,6 +79,8 @@ pub struct ConsentApi {
     store: ConsentStore,
     events: EventPublisher,
     claims: ClaimNames,
+    /// The deployment's HELP answer (`SMS_HELP_TEXT`), shown for organizations without one.
+    sms_help_text: Option<String>,
 }
 
 impl HttpFunction for ConsentApi {
@@ -109,6 +123,7 @@ impl ConsentApi {
             store: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             claims: ClaimNames::from_env(env),
+            sms_help_text: env.optional("SMS_HELP_TEXT"),
         })
     }
 
@@ -133,6 +148,22 @@ impl ConsentApi {
             ("GET", "/services/consent", _) => self.show(request, &caller).await,
             ("PUT", "/services/consent", _) => self.put(request, &caller).await,
             ("GET", "/services/consent/export", _) => self.export(request, &caller).await,
+            ("GET", "/services/consent/sms-help", _) => self.sms_help(&caller).await,
+            ("PUT", "/services/consent/sms-help", _) => self.set_sms_help(request, &caller).await,
+            ("DELETE", "/services/consent/sms-help", _) => {
+                caller.require(Role::Admin)?;
+                self.store
+                    .set_sms_help_text(&caller.org, None, chrono::Utc::now())
+                    .await?;
+                self.audit(
+                    request,
+                    &caller,
+                    "consent.sms_help.reset",
+                    "consent/sms-help".to_owned(),
+                )
+                .await;
+                Ok(http::no_content())
+            }
             _ => Err(ApiError::MethodNotAllowed),
         }
     }
@@ -288,6 +319,53 @@ impl ConsentApi {
         response
             .body(Body::Binary(out))
             .map_err(|e| ApiError::internal(anyhow::Error::new(e)))
+    }
+
+    /// `GET /services/consent/sms-help/`: what an inbound HELP or INFO is answered with, and
+    /// whether the organization set it or it is the deployment's.
+    async fn sms_help(&self, caller: &Caller) -> Result<Response<Body>, ApiError> {
+        caller.require(Role::Member)?;
+        let (text, set_by) = match self.store.sms_help_text(&caller.org).await? {
+            Some(text) => (text, "organization"),
+            None => (
+                shared::consent::deployment_sms_help_text(
+                    self.sms_help_text.as_deref(),
+                    &caller.org,
+                ),
+                "deployment",
+            ),
+        };
+        http::json(200, &json!({ "text": text, "set_by": set_by }))
+    }
+
+    /// `PUT /services/consent/sms-help/` with `{"text": …}`: the organization's own answer.
+    async fn set_sms_help(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct HelpInput {
+            text: Option<String>,
+        }
+        caller.require(Role::Admin)?;
+        let input: HelpInput = http::parse_json(request)?;
+        let text = input.text.unwrap_or_default();
+        if let Some(problem) = shared::consent::sms_help_text_problem(&text) {
+            return Err(ApiError::field("text", problem));
+        }
+        self.store
+            .set_sms_help_text(&caller.org, Some(&text), chrono::Utc::now())
+            .await?;
+        self.audit(
+            request,
+            caller,
+            "consent.sms_help.set",
+            "consent/sms-help".to_owned(),
+        )
+        .await;
+        http::json(200, &json!({ "text": text, "set_by": "organization" }))
     }
 
     /// `PUT /services/consent/`: records a choice made elsewhere, with its source.

@@ -14,8 +14,8 @@
 //!   the sender out for that organization, `START`/`UNSTOP`/`YES` back in.
 //!
 //! Every answer is TwiML: empty (`<Response/>`, Twilio's own Advanced Opt-Out answers STOP
-//! and START), except for `HELP`/`INFO`, answered with `SMS_HELP_TEXT` (`{organization}`
-//! replaced). STOP and START are also changes of the consent ledger (issue 19).
+//! and START), except for `HELP`/`INFO`, answered with the organization's own help text
+//! (`PUT /services/consent/sms-help/`), else `SMS_HELP_TEXT` (`{organization}` replaced). STOP and START are also changes of the consent ledger (issue 19).
 
 use std::collections::HashMap;
 
@@ -40,13 +40,11 @@ use crate::registry::{BoxFuture, HttpFunction};
 
 pub const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
-/// The answer to HELP when the template sets none.
-pub const DEFAULT_HELP_TEXT: &str = "Messages from {organization}. Reply STOP to opt out, START to opt back in. Msg & data rates may apply.";
-
 pub struct TwilioWebhook {
     sms: SmsStore,
     consent: ConsentStore,
-    help_text: String,
+    /// The deployment's HELP answer (`SMS_HELP_TEXT`), for organizations without their own.
+    help_text: Option<String>,
     events: EventPublisher,
     /// Read on first use; `None` when not configured.
     auth_token: OnFirstUse<Option<SecretString>>,
@@ -110,10 +108,7 @@ impl TwilioWebhook {
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             consent: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            help_text: env
-                .optional("SMS_HELP_TEXT")
-                .filter(|text| !text.trim().is_empty())
-                .unwrap_or_else(|| DEFAULT_HELP_TEXT.to_owned()),
+            help_text: env.optional("SMS_HELP_TEXT"),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             auth_token: env.on_first_use(&aws.secrets, |env, secrets| async move {
                 Ok(env.secret("TWILIO_AUTH_TOKEN", &secrets).await?)
@@ -258,6 +253,20 @@ impl TwilioWebhook {
         Ok(twiml())
     }
 
+    /// The organization's own HELP answer (`PUT /services/consent/sms-help/`), else the
+    /// deployment's. A storage failure answers with the deployment's: CTIA asks that HELP
+    /// is always answered, and Twilio would not retry a 5xx inbound answer as a reply.
+    async fn help_text_of(&self, org: &OrgId) -> String {
+        match self.consent.sms_help_text(org).await {
+            Ok(Some(text)) => text,
+            Ok(None) => shared::consent::deployment_sms_help_text(self.help_text.as_deref(), org),
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "reading the SMS help text");
+                shared::consent::deployment_sms_help_text(self.help_text.as_deref(), org)
+            }
+        }
+    }
+
     async fn inbound<'a>(
         &self,
         sid: &str,
@@ -309,9 +318,7 @@ impl TwilioWebhook {
         ];
         if keyword == Some(Keyword::Help) {
             self.events.publish(events).await;
-            return Ok(twiml_message(
-                &self.help_text.replace("{organization}", org.as_str()),
-            ));
+            return Ok(twiml_message(&self.help_text_of(&org).await));
         }
         if let (Some(keyword), Some(number)) = (keyword, &from_number) {
             let opted_out = keyword == Keyword::OptOut;

@@ -85,6 +85,34 @@ impl ConsentSource {
     }
 }
 
+/// The answer to an inbound SMS HELP or INFO when neither the organization nor the
+/// deployment (`SmsHelpText`) set one; `{organization}` is replaced by its id.
+pub const DEFAULT_SMS_HELP_TEXT: &str = "Messages from {organization}. Reply STOP to opt out, START to opt back in. Msg & data rates may apply.";
+
+/// Longest HELP answer an organization may set: two GSM-7 segments.
+pub const MAX_SMS_HELP_CHARS: usize = 306;
+
+/// The deployment's HELP answer for `org`: `SmsHelpText` (`configured`), else the default.
+pub fn deployment_sms_help_text(configured: Option<&str>, org: &OrgId) -> String {
+    configured
+        .filter(|text| !text.trim().is_empty())
+        .unwrap_or(DEFAULT_SMS_HELP_TEXT)
+        .replace("{organization}", org.as_str())
+}
+
+/// Why an organization's HELP answer is refused, or `None`. CTIA's Messaging Principles and
+/// Best Practices ask a HELP answer to name the program and to say how to opt out; the
+/// name cannot be checked, the opt-out can (the word STOP).
+pub fn sms_help_text_problem(text: &str) -> Option<&'static str> {
+    if text.trim().is_empty() || text.chars().count() > MAX_SMS_HELP_CHARS {
+        return Some("is required, at most 306 characters (two SMS segments)");
+    }
+    if !text.to_uppercase().contains("STOP") {
+        return Some("must say how to opt out (reply STOP), as CTIA asks of a HELP answer");
+    }
+    None
+}
+
 /// Whether `key` can name a topic: 1–64 of `a-z 0-9 - _`, not [`ALL_TOPICS`].
 pub fn valid_topic_key(key: &str) -> bool {
     !key.is_empty()

@@ -3,6 +3,7 @@
 //! | item | `sk` |
 //! |---|---|
 //! | topic | `TOPIC#<key>` |
+//! | the organization's answer to an SMS HELP | `SMSHELP` |
 //! | current state of one (channel, address or number, topic) | `CONSENT#<channel>#<subject>#<topic>` |
 //! | one change, never rewritten | `CONSENTLOG#<channel>#<subject>#<time>#<ulid>` |
 //!
@@ -105,6 +106,8 @@ fn n(value: impl ToString) -> aws_sdk_dynamodb::types::AttributeValue {
 fn org_pk(org: &OrgId) -> String {
     format!("ORG#{org}")
 }
+
+const SMS_HELP_SK: &str = "SMSHELP";
 
 fn topic_sk(key: &str) -> String {
     format!("TOPIC#{key}")
@@ -245,6 +248,61 @@ impl ConsentStore {
             Err(error) if is_condition_failure(&error) => Err(StoreError::NotFound),
             Err(error) => Err(anyhow::Error::new(error).context("DeleteItem topic").into()),
         }
+    }
+
+    /// The organization's own answer to an inbound HELP or INFO, when it set one.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn sms_help_text(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(SMS_HELP_SK))
+            .send()
+            .await
+            .context("GetItem SMS help text")?
+            .item;
+        Ok(item.and_then(|item| item.get("text")?.as_s().ok().cloned()))
+    }
+
+    /// Sets the organization's answer to HELP, or with `None` goes back to the deployment's.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn set_sms_help_text(
+        &self,
+        org: &OrgId,
+        text: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match text {
+            Some(text) => {
+                self.dynamodb
+                    .put_item()
+                    .table_name(&self.table)
+                    .item("pk", s(org_pk(org)))
+                    .item("sk", s(SMS_HELP_SK))
+                    .item("text", s(text))
+                    .item("updated_at", s(now.to_rfc3339()))
+                    .send()
+                    .await
+                    .context("PutItem SMS help text")?;
+            }
+            None => {
+                self.dynamodb
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", s(org_pk(org)))
+                    .key("sk", s(SMS_HELP_SK))
+                    .send()
+                    .await
+                    .context("DeleteItem SMS help text")?;
+            }
+        }
+        Ok(())
     }
 
     /// Records a change: the new state and its history entry, together. A change a provider

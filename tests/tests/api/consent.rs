@@ -857,5 +857,107 @@ async fn a_mailto_unsubscribe_through_inbound_parse_opts_out_of_the_topic() {
     let after = app
         .get("/services/consent/?address=dee%40example.com", &admin)
         .await;
-    assert_eq!(after.body["history"].as_array().unwrap().len(), 1, "{}", after.body);
+    assert_eq!(
+        after.body["history"].as_array().unwrap().len(),
+        1,
+        "{}",
+        after.body
+    );
+}
+
+/// An organization sets its own answer to HELP (CTIA: name the program, say how to opt
+/// out); another organization keeps the deployment's, and DELETE goes back to it.
+#[tokio::test]
+async fn an_organization_answers_help_with_its_own_text() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let member = app.token("acme", "member");
+    let ann = "+14155552672";
+    // Ann texted by acme first, so her inbound SMS belong to acme (a shared sender).
+    let sent = app
+        .post(
+            "/services/sms/",
+            &admin,
+            json!({"to": ann, "body": "Your code is 1234"}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    sms_status(&app, &admin, sent.body["id"].as_str().unwrap(), "delivered").await;
+
+    let shown = app.get("/services/consent/sms-help/", &member).await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.body["set_by"], "deployment");
+    assert!(
+        shown.body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Messages from acme.")
+    );
+
+    let text = "Acme alerts: help at acme.example/help. Reply STOP to opt out.";
+    for (token, body, status, field) in [
+        (&member, json!({"text": text}), 403, None),
+        (
+            &admin,
+            json!({"text": "Acme alerts, reply with questions"}),
+            400,
+            Some("text"),
+        ),
+        (&admin, json!({"text": ""}), 400, Some("text")),
+        (
+            &admin,
+            json!({"text": "STOP ".repeat(70)}),
+            400,
+            Some("text"),
+        ),
+        (&admin, json!({"text": text, "extra": 1}), 400, None),
+    ] {
+        let reply = app
+            .call(
+                "PUT",
+                "/services/consent/sms-help/",
+                Some(token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(reply.status, status, "{}", reply.body);
+        if let Some(field) = field {
+            assert!(reply.body["errors"][field].is_array(), "{}", reply.body);
+        }
+    }
+    assert!(
+        inbound_sms(&app, ann, "HELP")
+            .await
+            .contains("Messages from acme.")
+    );
+
+    let set = app
+        .call(
+            "PUT",
+            "/services/consent/sms-help/",
+            Some(&admin),
+            Some(json!({"text": text})),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.body["set_by"], "organization");
+    let help = inbound_sms(&app, ann, "info").await;
+    assert!(
+        help.contains(&format!("<Message>{text}</Message>")),
+        "{help}"
+    );
+    let other = app
+        .get("/services/consent/sms-help/", &app.token("globex", "admin"))
+        .await;
+    assert_eq!(other.body["set_by"], "deployment", "{}", other.body);
+
+    let reset = app
+        .call("DELETE", "/services/consent/sms-help/", Some(&admin), None)
+        .await;
+    assert_eq!(reset.status, 204, "{}", reset.body);
+    assert!(
+        inbound_sms(&app, ann, "HELP")
+            .await
+            .contains("Messages from acme.")
+    );
 }
