@@ -248,12 +248,14 @@ async fn wait_until_final(
     }
 }
 
-/// The counts once nothing has changed for three seconds: the delivery events a webhook
-/// publishes after its write, and their recording, finish after the status is final.
+/// The counts once nothing has changed for five seconds: the delivery events a webhook
+/// publishes after its write, and their recording, finish after the status is final, and a
+/// worker whose calls overtook its own outcome writes (the webhook got there first) writes
+/// after it too — on a loaded machine seconds later.
 async fn settled_counts(bundle: &RunningBundle) -> SdkCallCounts {
     let mut last = bundle.sdk_calls.snapshot();
     let mut quiet = 0;
-    while quiet < 3 {
+    while quiet < 5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = bundle.sdk_calls.snapshot();
         if now.operations == last.operations {

@@ -72,6 +72,12 @@ const SEND_BUDGET_SECONDS: u64 = 30;
 /// inside a few budgets without opening hundreds of connections per worker.
 const CALLS_IN_FLIGHT: usize = 8;
 
+/// SendGrid calls one delivery of a job makes at most (eight rounds of [`CALLS_IN_FLIGHT`]),
+/// well inside the send budget at SendGrid's usual answer times; the rest of a job is passed
+/// on before anything is claimed ([`EmailWorker::this_delivery`]). A 1,000-email job whose
+/// emails share one call is one call, untouched by this.
+const CALLS_PER_DELIVERY: usize = 64;
+
 impl SqsFunction for EmailWorker {
     fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse> {
         Box::pin(self.handle(event))
@@ -164,11 +170,14 @@ impl EmailWorker {
         let org = envelope.org;
         let now = chrono::Utc::now();
 
-        let records = self
+        let mut records = self
             .emails
             .get_many(&org, &ids)
             .await
             .map_err(|e| Retry(format!("{e:#}")))?;
+        if records.len() > 1 {
+            records = self.this_delivery(&org, records).await?;
+        }
         let claimed = self
             .emails
             .claim_all(&records, now, self.claim_lease)
@@ -193,6 +202,45 @@ impl EmailWorker {
             )));
         }
         result
+    }
+
+    /// The emails this delivery sends: those of the job's first [`CALLS_PER_DELIVERY`]
+    /// planned calls. The rest go back on the queue as a job of their own before anything is
+    /// claimed, so they stay `queued` without a write: a job whose emails cannot share calls
+    /// (a bulk with a cc) moves on 64 calls a delivery at two writes per email, where
+    /// claiming all 1,000 and handing back what the budget did not reach rewrote the rest on
+    /// every slice. Bodies are read first, as the plan depends on them.
+    async fn this_delivery(
+        &self,
+        org: &OrgId,
+        mut records: Vec<EmailRecord>,
+    ) -> Result<Vec<EmailRecord>, Retry> {
+        records.retain(|r| matches!(r.status, EmailStatus::Queued | EmailStatus::Sending));
+        self.emails
+            .attach_bodies(&mut records)
+            .await
+            .map_err(|e| Retry(format!("{e:#}")))?;
+        let calls = plan_mails(&records);
+        if calls.len() <= CALLS_PER_DELIVERY {
+            return Ok(records);
+        }
+        let rest: Vec<String> = calls[CALLS_PER_DELIVERY..]
+            .iter()
+            .flat_map(|call| call.ids.iter().cloned())
+            .collect();
+        let rest_set: std::collections::HashSet<&str> = rest.iter().map(String::as_str).collect();
+        let job = Envelope::new(org.clone(), Job::EmailSend { ids: rest.clone() });
+        self.queue
+            .send_all(&self.send_queue, &[job])
+            .await
+            .map_err(|error| Retry(format!("passing the rest of the job on failed: {error:#}")))?;
+        tracing::info!(
+            emails = rest.len(),
+            calls = calls.len() - CALLS_PER_DELIVERY,
+            "more calls than one delivery makes: the rest passed on as a job"
+        );
+        records.retain(|r| !rest_set.contains(r.id.as_str()));
+        Ok(records)
     }
 
     /// Sends what this delivery claimed, recording each email's outcome.

@@ -237,7 +237,11 @@ impl EmailStore {
 
     /// Fills in the bodies of `records` from their body items (one read per 100). A record
     /// stored before bodies had their own item keeps the bodies it carries.
-    async fn attach_bodies(&self, records: &mut [EmailRecord]) -> Result<(), StoreError> {
+    /// Reads the records' bodies (their own items) into `html` and `text`.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn attach_bodies(&self, records: &mut [EmailRecord]) -> Result<(), StoreError> {
         let keys = records
             .iter()
             .map(|record| {
@@ -426,7 +430,7 @@ impl EmailStore {
     /// Takes emails for sending: each one `queued`, or `sending` whose previous claim lapsed
     /// (the worker that held it died). Returns the records claimed, leaving out any that
     /// another delivery already has or that moved on, so a duplicate message never sends
-    /// twice.
+    /// twice. Bodies already read into `records` are kept; the others are read.
     ///
     /// # Errors
     /// Storage failures only.
@@ -466,7 +470,33 @@ impl EmailStore {
             .flatten()
             .map(decode)
             .collect::<Result<Vec<_>, _>>()?;
-        self.attach_bodies(&mut claimed).await?;
+        let read: HashMap<&str, &EmailRecord> = records
+            .iter()
+            .filter(|r| r.html.is_some() || r.text.is_some())
+            .map(|r| (r.id.as_str(), r))
+            .collect();
+        for record in &mut claimed {
+            if let Some(known) = read.get(record.id.as_str()) {
+                record.html.clone_from(&known.html);
+                record.text.clone_from(&known.text);
+            }
+        }
+        let mut unread: Vec<EmailRecord> = claimed
+            .iter()
+            .filter(|r| r.html.is_none() && r.text.is_none())
+            .cloned()
+            .collect();
+        if !unread.is_empty() {
+            self.attach_bodies(&mut unread).await?;
+            let fresh: HashMap<String, EmailRecord> =
+                unread.into_iter().map(|r| (r.id.clone(), r)).collect();
+            for record in &mut claimed {
+                if let Some(fresh) = fresh.get(&record.id) {
+                    record.html.clone_from(&fresh.html);
+                    record.text.clone_from(&fresh.text);
+                }
+            }
+        }
         Ok(claimed)
     }
 
