@@ -303,6 +303,17 @@ async fn a_bulk_with_a_cc_keeps_to_sendgrid_rules_and_fails_nothing() {
         "no request broke a Mail Send rule"
     );
     assert_eq!(app.sandbox().inbox().len(), 300);
+    // One call per email (the cc may appear once per request): a delivery makes at most 64
+    // of them and passes the rest of its job on unclaimed, so every email is claimed once
+    // (a claim counts an attempt) — 300 emails in the bulk's job and four passed on.
+    for id in &ids {
+        let email = app.get(&format!("/services/email/{id}/"), &token).await;
+        assert_eq!(email.body["attempts"], 1, "claimed once: {}", email.body);
+    }
+    let send_queue = app.bundle.resource("EmailSendQueue");
+    let send_queue = send_queue.rsplit('/').next().unwrap();
+    let jobs = app.bundle.sdk_calls.snapshot().messages_by_queue[send_queue];
+    assert_eq!(jobs, 5, "300 emails at 64 calls a delivery");
 }
 
 #[tokio::test]
