@@ -253,6 +253,42 @@ impl TwilioWebhook {
         Ok(twiml())
     }
 
+    /// Keeps a HELP in the number's ledger history with the answer it got (once per
+    /// message SID): it changes no consent, so the entry carries the state it found.
+    async fn note_help(
+        &self,
+        org: &OrgId,
+        number: &PhoneNumber,
+        sid: &str,
+        body: &str,
+        answer: &str,
+    ) -> Result<(), StoreError> {
+        let subject = number.to_string();
+        let current = self
+            .consent
+            .state(org, Channel::Sms, &subject, ALL_TOPICS)
+            .await?
+            .map_or(ConsentState::OptedIn, |c| c.state);
+        let entry = ConsentChange {
+            channel: Channel::Sms,
+            subject: subject.clone(),
+            topic: ALL_TOPICS.to_owned(),
+            state: current,
+            source: ConsentSource::SmsKeyword,
+            actor: subject,
+            evidence: std::collections::BTreeMap::from([
+                ("message_sid".to_owned(), sid.to_owned()),
+                ("keyword".to_owned(), body.trim().to_ascii_uppercase()),
+                ("answer".to_owned(), answer.to_owned()),
+            ]),
+            at: chrono::Utc::now(),
+        };
+        self.consent
+            .note(org, &entry, Some(&format!("twilio#{sid}")))
+            .await?;
+        Ok(())
+    }
+
     /// The organization's own HELP answer (`PUT /services/consent/sms-help/`), else the
     /// deployment's. A storage failure answers with the deployment's: CTIA asks that HELP
     /// is always answered, and Twilio would not retry a 5xx inbound answer as a reply.
@@ -317,8 +353,18 @@ impl TwilioWebhook {
             .with_detail(json!({"from": from, "to": to, "keyword": entry.keyword})),
         ];
         if keyword == Some(Keyword::Help) {
+            let answer = self.help_text_of(&org).await;
+            if let Some(number) = &from_number
+                && let Err(error) = self.note_help(&org, number, sid, body, &answer).await
+            {
+                // HELP is answered all the same: CTIA asks that it always is.
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "keeping the HELP in the ledger"
+                );
+            }
             self.events.publish(events).await;
-            return Ok(twiml_message(&self.help_text_of(&org).await));
+            return Ok(twiml_message(&answer));
         }
         if let (Some(keyword), Some(number)) = (keyword, &from_number) {
             let opted_out = keyword == Keyword::OptOut;

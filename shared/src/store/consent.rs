@@ -317,6 +317,31 @@ impl ConsentStore {
         change: &ConsentChange,
         dedupe: Option<&str>,
     ) -> Result<bool, StoreError> {
+        self.write(org, change, dedupe, true).await
+    }
+
+    /// Adds a history entry that changes no state: an SMS HELP, kept with the answer it got
+    /// as the proof CTIA audits ask for. `change.state` is the state it found. Once per
+    /// `dedupe` key, as [`Self::record`].
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn note(
+        &self,
+        org: &OrgId,
+        change: &ConsentChange,
+        dedupe: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.write(org, change, dedupe, false).await
+    }
+
+    async fn write(
+        &self,
+        org: &OrgId,
+        change: &ConsentChange,
+        dedupe: Option<&str>,
+        sets_state: bool,
+    ) -> Result<bool, StoreError> {
         let state = Consent {
             channel: change.channel,
             subject: change.subject.clone(),
@@ -359,8 +384,10 @@ impl ConsentStore {
         let mut transaction = self
             .dynamodb
             .transact_write_items()
-            .transact_items(put(state_item, None)?)
             .transact_items(put(log_item, Some("attribute_not_exists(pk)"))?);
+        if sets_state {
+            transaction = transaction.transact_items(put(state_item, None)?);
+        }
         if let Some(key) = dedupe {
             // The event's own marker, in the same transaction: a second delivery of the
             // event fails its condition and cancels the whole change.
@@ -384,6 +411,31 @@ impl ConsentStore {
             }
         }
         Ok(true)
+    }
+
+    /// One (channel, subject, topic)'s current state, `None` when nothing was recorded.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn state(
+        &self,
+        org: &OrgId,
+        channel: Channel,
+        subject: &str,
+        topic: &str,
+    ) -> Result<Option<Consent>, StoreError> {
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(state_sk(channel, subject, topic)))
+            .send()
+            .await
+            .context("GetItem consent")?
+            .item;
+        item.map(|item| Ok(serde_dynamo::from_item(item).context("malformed consent")?))
+            .transpose()
     }
 
     /// Every topic's current state for one subject.

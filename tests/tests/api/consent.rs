@@ -588,17 +588,33 @@ async fn sms_keywords_land_in_the_ledger_and_help_answers_with_the_help_text() {
         .get("/services/consent/?phone=%2B14155552671", &admin)
         .await;
     let history = ledger.body["history"].as_array().unwrap();
-    assert_eq!(history.len(), 2, "HELP changes nothing: {}", ledger.body);
-    for (entry, (state, keyword)) in history
-        .iter()
-        .zip([("opted_out", "STOP"), ("opted_in", "START")])
-    {
+    assert_eq!(history.len(), 3, "{}", ledger.body);
+    // HELP is kept with its answer and the state it found (still out after the STOP).
+    for (entry, (state, keyword)) in history.iter().zip([
+        ("opted_out", "STOP"),
+        ("opted_out", "HELP"),
+        ("opted_in", "START"),
+    ]) {
         assert_eq!(entry["channel"], "sms");
         assert_eq!(entry["source"], "sms_keyword");
         assert_eq!(entry["state"], state);
         assert_eq!(entry["evidence"]["keyword"], keyword);
         assert!(entry["evidence"]["message_sid"].is_string());
     }
+    assert!(
+        history[1]["evidence"]["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("Messages from acme."),
+        "{}",
+        history[1]
+    );
+    // ... and changes no state: the STOP's source still stands for the opt-out it made.
+    assert_eq!(
+        ledger.body["states"][0]["state"], "opted_in",
+        "{}",
+        ledger.body
+    );
 
     // An opt-out recorded elsewhere stops SMS too, without a STOP.
     let recorded = app
