@@ -148,7 +148,7 @@ impl ConsentApi {
             ("GET", "/services/consent", _) => self.show(request, &caller).await,
             ("PUT", "/services/consent", _) => self.put(request, &caller).await,
             ("GET", "/services/consent/export", _) => self.export(request, &caller).await,
-            ("GET", "/services/consent/sms-help", _) => self.sms_help(&caller).await,
+            ("GET", "/services/consent/sms-help", _) => self.sms_help(request, &caller).await,
             ("PUT", "/services/consent/sms-help", _) => self.set_sms_help(request, &caller).await,
             ("DELETE", "/services/consent/sms-help", _) => {
                 caller.require(Role::Admin)?;
@@ -323,15 +323,17 @@ impl ConsentApi {
 
     /// `GET /services/consent/sms-help/`: what an inbound HELP or INFO is answered with, and
     /// whether the organization set it or it is the deployment's.
-    async fn sms_help(&self, caller: &Caller) -> Result<Response<Body>, ApiError> {
+    async fn sms_help(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
         caller.require(Role::Member)?;
-        let (text, set_by) = match self.store.sms_help_text(&caller.org).await? {
+        let org = caller.listed_org(&http::query_map(request))?;
+        let (text, set_by) = match self.store.sms_help_text(&org).await? {
             Some(text) => (text, "organization"),
             None => (
-                shared::consent::deployment_sms_help_text(
-                    self.sms_help_text.as_deref(),
-                    &caller.org,
-                ),
+                shared::consent::deployment_sms_help_text(self.sms_help_text.as_deref(), &org),
                 "deployment",
             ),
         };

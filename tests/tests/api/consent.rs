@@ -966,6 +966,13 @@ async fn an_organization_answers_help_with_its_own_text() {
         .get("/services/consent/sms-help/", &app.token("globex", "admin"))
         .await;
     assert_eq!(other.body["set_by"], "deployment", "{}", other.body);
+    // Only a platform superuser may name another organization.
+    let filtered = "/services/consent/sms-help/?organization=acme";
+    app.get(filtered, &app.token("globex", "admin"))
+        .await
+        .problem(403);
+    let seen = app.get(filtered, &app.token("platform", "superuser")).await;
+    assert_eq!(seen.body["text"], text, "{}", seen.body);
 
     let reset = app
         .call("DELETE", "/services/consent/sms-help/", Some(&admin), None)

@@ -496,6 +496,8 @@ const NOT_LISTS: &[&str] = &[
     "/services/consent",
     // CSV, not JSON; its organization filter is checked in consent::the_ledger_exports_….
     "/services/consent/export",
+    // One setting; its organization filter is checked in consent::an_organization_answers_….
+    "/services/consent/sms-help",
 ];
 
 /// Every list, from the route table (SPEC §2, issue 18): `organization=` from anyone but a
