@@ -18,7 +18,7 @@ use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState, valid_to
 use shared::domain::email::EmailAddress;
 use shared::domain::sms_message::PhoneNumber;
 use shared::events::{Event, EventPublisher};
-use shared::http::{self, ApiError, FieldErrors, Route, Router};
+use shared::http::{self, ApiError, FieldErrorCollector, Route, Router};
 use shared::store::{ConsentChange, ConsentStore, Topic};
 
 use crate::registry::{BoxFuture, HttpFunction};
@@ -375,19 +375,13 @@ impl ConsentApi {
         caller.require(Role::Admin)?;
         let input: ConsentInput = http::parse_json(request)?;
         let (channel, subject) = subject_of(input.address.as_deref(), input.phone.as_deref())?;
-        let mut errors = FieldErrors::new();
-        let mut error = |field: &str, message: &str| {
-            errors
-                .entry(field.to_owned())
-                .or_default()
-                .push(message.to_owned());
-        };
+        let mut errors = FieldErrorCollector::new();
         let topic = input.topic.unwrap_or_else(|| ALL_TOPICS.to_owned());
         let state = match input.state.as_deref() {
             Some("opted_in") => Some(ConsentState::OptedIn),
             Some("opted_out") => Some(ConsentState::OptedOut),
             _ => {
-                error("state", "must be opted_in or opted_out");
+                errors.add("state", "must be opted_in or opted_out");
                 None
             }
         };
@@ -398,7 +392,7 @@ impl ConsentApi {
         {
             Some(source) => Some(source),
             None => {
-                error(
+                errors.add(
                     "source",
                     "is required: api (a choice made elsewhere) or import",
                 );
@@ -411,17 +405,16 @@ impl ConsentApi {
                 .iter()
                 .any(|(k, v)| k.chars().count() + v.chars().count() > MAX_EVIDENCE_CHARS)
         {
-            error(
+            errors.add(
                 "evidence",
                 "at most 10 entries of at most 500 characters each",
             );
         }
+        errors.finish()?;
+        // A missing state or source was noted above, so both are here.
         let (Some(state), Some(source)) = (state, source) else {
-            return Err(ApiError::invalid(errors));
+            return Err(ApiError::field("state", "state and source are required"));
         };
-        if !errors.is_empty() {
-            return Err(ApiError::invalid(errors));
-        }
         if topic != ALL_TOPICS {
             let known = self.store.topic(&caller.org, &topic).await;
             if matches!(known, Err(shared::store::StoreError::NotFound)) {
@@ -476,18 +469,12 @@ fn topic_from(
     current: Option<&Topic>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Topic, ApiError> {
-    let mut errors = FieldErrors::new();
-    let mut error = |field: &str, message: &str| {
-        errors
-            .entry(field.to_owned())
-            .or_default()
-            .push(message.to_owned());
-    };
+    let mut errors = FieldErrorCollector::new();
     let key = match (current, input.key) {
         (Some(current), _) => current.key.clone(),
         (None, Some(key)) if valid_topic_key(&key) => key,
         (None, _) => {
-            error(
+            errors.add(
                 "key",
                 "is required: 1-64 of a-z, 0-9, - and _ (and not \"all\")",
             );
@@ -499,20 +486,20 @@ fn topic_from(
         .or_else(|| current.map(|c| c.name.clone()))
         .unwrap_or_default();
     if name.trim().is_empty() || name.chars().count() > 200 {
-        error("name", "is required, at most 200 characters");
+        errors.add("name", "is required, at most 200 characters");
     }
     let description = input
         .description
         .or_else(|| current.map(|c| c.description.clone()))
         .unwrap_or_default();
     if description.chars().count() > 2000 {
-        error("description", "at most 2000 characters");
+        errors.add("description", "at most 2000 characters");
     }
     let channels = match input.channels {
         Some(names) => {
             let parsed: Vec<Option<Channel>> = names.iter().map(|n| Channel::parse(n)).collect();
             if parsed.is_empty() || parsed.iter().any(Option::is_none) {
-                error("channels", "must list email and/or sms");
+                errors.add("channels", "must list email and/or sms");
             }
             let mut channels: Vec<Channel> = parsed.into_iter().flatten().collect();
             channels.sort();
@@ -525,9 +512,7 @@ fn topic_from(
         .default_opted_in
         .or(current.map(|c| c.default_opted_in))
         .unwrap_or(true);
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
-    }
+    errors.finish()?;
     Ok(Topic {
         key,
         name,

@@ -17,7 +17,7 @@ use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntr
 use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::{decode_segment, run_once};
-use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
+use shared::http::{self, ApiError, FieldErrorCollector, PageRequest, Route, RouteMatch, Router};
 use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 
 use shared::render::{self, Escape, RenderError};
@@ -69,7 +69,6 @@ pub const MAX_BULK_RECIPIENTS: usize = 10_000;
 /// Ids per send job: one SendGrid call carries up to 1,000 personalizations.
 pub const SEND_CHUNK: usize = 1_000;
 const MAX_RESEND: usize = 10_000;
-const MAX_REPORTED_ERRORS: usize = 20;
 
 pub struct EmailApi {
     emails: EmailStore,
@@ -143,16 +142,6 @@ struct ContentSource {
     /// Literal content (a simple send) is not rendered.
     render: bool,
     template_id: Option<String>,
-}
-
-struct Errors(FieldErrors);
-
-impl Errors {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        if self.0.len() < MAX_REPORTED_ERRORS {
-            self.0.entry(field.into()).or_default().push(message.into());
-        }
-    }
 }
 
 impl EmailApi {
@@ -309,7 +298,7 @@ impl EmailApi {
         self.require_provider().await?;
         let body: SendRequest = http::parse_json(request)?;
         let now = chrono::Utc::now();
-        let mut errors = Errors(FieldErrors::new());
+        let mut errors = FieldErrorCollector::new();
 
         let from = match body.from.as_deref().or(self.default_from.as_deref()) {
             Some(from) => EmailAddress::parse(from)
@@ -494,9 +483,7 @@ impl EmailApi {
                 applied_events: Vec::new(),
             });
         }
-        if !errors.0.is_empty() {
-            return Err(ApiError::invalid(errors.0));
-        }
+        errors.finish()?;
 
         self.emails.create_all(&records).await?;
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
@@ -559,7 +546,7 @@ impl EmailApi {
         &self,
         body: &SendRequest,
         caller: &Caller,
-        errors: &mut Errors,
+        errors: &mut FieldErrorCollector,
     ) -> Result<Option<ContentSource>, ApiError> {
         if let Some(template_id) = &body.template_id {
             for (field, present) in [
@@ -759,7 +746,11 @@ fn record_id(found: &RouteMatch) -> Result<RecordId, ApiError> {
     RecordId::parse(found.param("id")).ok_or(ApiError::NotFound)
 }
 
-fn parse_list(values: &[String], field: &str, errors: &mut Errors) -> Vec<EmailAddress> {
+fn parse_list(
+    values: &[String],
+    field: &str,
+    errors: &mut FieldErrorCollector,
+) -> Vec<EmailAddress> {
     if values.len() > 50 {
         errors.add(field, "at most 50 addresses");
     }

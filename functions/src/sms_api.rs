@@ -18,7 +18,9 @@ use shared::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
 use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::idempotency::run_once;
-use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
+use shared::http::{
+    self, ApiError, FieldErrorCollector, FieldErrors, PageRequest, Route, RouteMatch, Router,
+};
 use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 use shared::render::{self, Escape, RenderError};
 use shared::store::{
@@ -88,7 +90,6 @@ pub const SMS_SEND_CHUNK: usize = 25;
 /// Twilio's own limit on a message body.
 pub const MAX_BODY_CHARS: usize = 1600;
 const MAX_CONTACTS_PER_IMPORT: usize = 10_000;
-const MAX_REPORTED_ERRORS: usize = 20;
 
 pub struct SmsApi {
     sms: SmsStore,
@@ -150,16 +151,6 @@ struct ContactInput {
     name: Option<String>,
     #[serde(default)]
     fields: BTreeMap<String, String>,
-}
-
-struct Errors(FieldErrors);
-
-impl Errors {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        if self.0.len() < MAX_REPORTED_ERRORS {
-            self.0.entry(field.into()).or_default().push(message.into());
-        }
-    }
 }
 
 /// One recipient before rendering: the field to report errors on, the number, variables.
@@ -507,7 +498,7 @@ impl SmsApi {
         let twilio = self.twilio().await?;
         let body: SendRequest = http::parse_json(request)?;
         let now = chrono::Utc::now();
-        let mut errors = Errors(FieldErrors::new());
+        let mut errors = FieldErrorCollector::new();
 
         let from = match body.from.as_deref().or(twilio.default_from.as_deref()) {
             Some(from) => validate_sender(from)
@@ -624,9 +615,7 @@ impl SmsApi {
             record.topic.clone_from(&body.topic);
             records.push(record);
         }
-        if !errors.0.is_empty() {
-            return Err(ApiError::invalid(errors.0));
-        }
+        errors.finish()?;
         if records.is_empty() {
             return Err(ApiError::field(
                 "phonebook_id",
@@ -686,7 +675,7 @@ impl SmsApi {
         &self,
         body: &SendRequest,
         caller: &Caller,
-        errors: &mut Errors,
+        errors: &mut FieldErrorCollector,
     ) -> Result<Vec<Target>, ApiError> {
         let given = [
             body.to.is_some(),
@@ -778,7 +767,7 @@ impl SmsApi {
         &self,
         caller: &Caller,
         template_id: &str,
-        errors: &mut Errors,
+        errors: &mut FieldErrorCollector,
     ) -> Result<Option<String>, ApiError> {
         let Some(id) = RecordId::parse(template_id) else {
             errors.add("template_id", "no such SMS template");
@@ -933,7 +922,7 @@ impl SmsApi {
         rejected.sort_by_key(|r| r.row);
         if contacts.is_empty() {
             let mut errors = FieldErrors::new();
-            for row in rejected.iter().take(MAX_REPORTED_ERRORS) {
+            for row in rejected.iter().take(http::MAX_REPORTED_FIELDS) {
                 errors.insert(format!("row {}", row.row), vec![row.reason.clone()]);
             }
             if errors.is_empty() {

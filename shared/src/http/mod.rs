@@ -8,7 +8,7 @@ mod router;
 
 pub use form::{escape_markup, multipart_fields};
 pub use pagination::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
-pub use problem::{ApiError, FieldErrors};
+pub use problem::{ApiError, FieldErrorCollector, FieldErrors, MAX_REPORTED_FIELDS};
 pub use router::{Route, RouteMatch, Router, match_path};
 
 use std::collections::BTreeMap;

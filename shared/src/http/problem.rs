@@ -12,6 +12,47 @@ use serde::Serialize;
 /// Field name → messages, the `errors` member of a validation problem.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
+/// Fields a validation problem names at most: a 10,000-recipient bulk with every address
+/// wrong answers a readable problem, not megabytes.
+pub const MAX_REPORTED_FIELDS: usize = 20;
+
+/// The field errors of one request, gathered while it is checked so the caller hears of
+/// every bad field at once: the one collector every API uses.
+#[derive(Debug, Default)]
+pub struct FieldErrorCollector {
+    errors: FieldErrors,
+}
+
+impl FieldErrorCollector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes what is wrong with `field` (dropped past [`MAX_REPORTED_FIELDS`] fields).
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        let field = field.into();
+        if self.errors.len() < MAX_REPORTED_FIELDS || self.errors.contains_key(&field) {
+            self.errors.entry(field).or_default().push(message.into());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// `Ok` when nothing was noted, else the 400 naming every field.
+    ///
+    /// # Errors
+    /// [`ApiError::Validation`] with the fields noted.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.errors))
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
