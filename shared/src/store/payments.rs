@@ -28,7 +28,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Item, PartitionKey, StoreError, paged_query, s};
+use super::{Item, PartitionKey, StoreError, is_condition_failure, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::{OrgId, RecordId};
 use crate::http::{Cursor, PageRequest};
@@ -127,10 +127,6 @@ fn sk<T: PaymentEntity>(id: &str) -> String {
     format!("{}#{id}", T::PREFIX)
 }
 
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error: &E) -> bool {
-    error.code() == Some("ConditionalCheckFailedException")
-}
-
 /// The partition of a Stripe id's links.
 fn link_pk(stripe_id: &str) -> String {
     format!("STRIPE#{stripe_id}")
@@ -206,7 +202,7 @@ impl PaymentStore {
             Ok(_) => Ok(()),
             Err(error) => {
                 record.set_version(expected);
-                if error.as_service_error().is_some_and(is_condition_failure) {
+                if is_condition_failure(&error) {
                     Err(StoreError::Conflict(
                         "the record changed concurrently".to_owned(),
                     ))
@@ -413,7 +409,7 @@ impl PaymentStore {
             .await;
         match result {
             Ok(_) => return Ok(RequestClaim::New),
-            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => {}
+            Err(error) if is_condition_failure(&error) => {}
             Err(error) => {
                 return Err(anyhow::Error::new(error)
                     .context("PutItem create request")
@@ -489,7 +485,7 @@ impl PaymentStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(false),
+            Err(error) if is_condition_failure(&error) => Ok(false),
             Err(error) => Err(anyhow::Error::new(error)
                 .context("PutItem Stripe event")
                 .into()),
@@ -536,7 +532,7 @@ impl PaymentStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => {
+            Err(error) if is_condition_failure(&error) => {
                 checkpoint.version = expected;
                 Err(StoreError::Conflict(
                     "another sync run moved the checkpoint".to_owned(),
