@@ -12,12 +12,12 @@ use tracing::Instrument;
 use shared::aws::AwsClients;
 use shared::config::Env;
 use shared::metrics::JobOutcome;
-use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher, RetryDelay};
+use shared::queue::{
+    BulkSpan, EMAIL_SEND_JOB_IDS, Envelope, Job, QueuePublisher, RetryDelay, SMS_SEND_JOB_IDS,
+};
 use shared::store::{EmailStore, SmsStore};
 
-use crate::email_api::SEND_CHUNK;
 use crate::registry::{BoxFuture, SqsFunction, batch_response};
-use crate::sms_api::SMS_SEND_CHUNK;
 
 pub struct BulkWorker {
     emails: EmailStore,
@@ -85,7 +85,7 @@ impl BulkWorker {
             .queued_in_bulk(&envelope.org, bulk_id, span)
             .await?;
         let jobs: Vec<Envelope> = ids
-            .chunks(SEND_CHUNK)
+            .chunks(EMAIL_SEND_JOB_IDS)
             .map(|chunk| {
                 Envelope::new(
                     envelope.org.clone(),
@@ -121,7 +121,7 @@ impl BulkWorker {
             .queued_in_bulk(&envelope.org, bulk_id, span)
             .await?;
         let jobs: Vec<Envelope> = ids
-            .chunks(SMS_SEND_CHUNK)
+            .chunks(SMS_SEND_JOB_IDS)
             .map(|chunk| {
                 Envelope::new(
                     envelope.org.clone(),

@@ -18,7 +18,7 @@ use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::{decode_segment, run_once};
 use shared::http::{self, ApiError, FieldErrorCollector, PageRequest, Route, RouteMatch, Router};
-use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
+use shared::queue::{BulkSpan, EMAIL_SEND_JOB_IDS, Envelope, Job, QueuePublisher};
 
 use shared::render::{self, Escape, RenderError};
 use shared::store::{
@@ -66,8 +66,6 @@ pub const ROUTES: &[Route] = &[
 const ROUTER: Router = Router::new(ROUTES);
 
 pub const MAX_BULK_RECIPIENTS: usize = 10_000;
-/// Ids per send job: one SendGrid call carries up to 1,000 personalizations.
-pub const SEND_CHUNK: usize = 1_000;
 const MAX_RESEND: usize = 10_000;
 
 pub struct EmailApi {
@@ -715,7 +713,7 @@ impl EmailApi {
             .requeue_transient_failures(&caller.org, &query, MAX_RESEND, chrono::Utc::now())
             .await?;
         let jobs: Vec<Envelope> = ids
-            .chunks(SEND_CHUNK)
+            .chunks(EMAIL_SEND_JOB_IDS)
             .map(|chunk| {
                 Envelope::new(
                     caller.org.clone(),

@@ -14,9 +14,9 @@ use shared::providers::sendgrid::{ActivityStatus, RecipientStatus, SendError, Se
 use shared::queue::{Job, QueuePublisher};
 use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent};
 
-use crate::email_api::SEND_CHUNK;
 use crate::registry::{BoxFuture, ScheduledFunction};
 use crate::sweep::Sweep;
+use shared::queue::EMAIL_SEND_JOB_IDS;
 
 /// Per run, so one run stays well inside the function timeout.
 const MAX_PER_RUN: usize = 500;
@@ -61,7 +61,7 @@ impl EmailStatusCheck {
             events.clone(),
             env,
             "EMAIL_SEND_QUEUE_URL",
-            SEND_CHUNK,
+            EMAIL_SEND_JOB_IDS,
             |ids| Job::EmailSend { ids },
         )?;
         Ok(Self {

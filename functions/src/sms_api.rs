@@ -84,9 +84,6 @@ pub const ROUTES: &[Route] = &[
 const ROUTER: Router = Router::new(ROUTES);
 
 pub const MAX_BULK_RECIPIENTS: usize = 10_000;
-/// Ids per SMS send job: one Twilio call each, so a job stays well inside the worker's
-/// timeout even at a low per-organization rate.
-pub const SMS_SEND_CHUNK: usize = 25;
 /// Twilio's own limit on a message body.
 pub const MAX_BODY_CHARS: usize = 1600;
 const MAX_CONTACTS_PER_IMPORT: usize = 10_000;

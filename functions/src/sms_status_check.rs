@@ -13,9 +13,9 @@ use shared::queue::{Job, QueuePublisher};
 use shared::store::{SmsStore, StatusApplied, StuckInSent, TwilioReport};
 
 use crate::registry::{BoxFuture, ScheduledFunction};
-use crate::sms_api::SMS_SEND_CHUNK;
 use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
 use crate::sweep::Sweep;
+use shared::queue::SMS_SEND_JOB_IDS;
 
 /// Messages looked up per run; the rest wait for the next run.
 const MAX_PER_RUN: usize = 2_000;
@@ -63,7 +63,7 @@ impl SmsStatusCheck {
             events.clone(),
             env,
             "SMS_SEND_QUEUE_URL",
-            SMS_SEND_CHUNK,
+            SMS_SEND_JOB_IDS,
             |ids| Job::SmsSend { ids },
         )?;
         Ok(Self {

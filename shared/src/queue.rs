@@ -12,6 +12,13 @@ use crate::domain::OrgId;
 
 pub const MESSAGE_VERSION: u8 = 1;
 
+/// Ids per `email.send` job: one SendGrid call carries up to 1,000 personalizations.
+pub const EMAIL_SEND_JOB_IDS: usize = 1_000;
+
+/// Ids per `sms.send` job: one Twilio call each, so a job stays well inside the worker's
+/// timeout even at a low per-organization rate.
+pub const SMS_SEND_JOB_IDS: usize = 25;
+
 /// What a worker is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
