@@ -524,29 +524,6 @@ async fn an_address_history_shows_a_bounce_its_lifting_a_one_click_and_a_resubsc
 
 /// What the Twilio sandbox's webhook call answered for an inbound SMS (signed as Twilio
 /// signs it).
-async fn inbound_sms(app: &TestBundle, from: &str, body: &str) -> String {
-    let reply: Value = app
-        .http
-        .post(app.bundle.url("/sandbox/twilio/_inbound"))
-        .json(&json!({"from": from, "body": body}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(reply["webhook_status"], 200, "{reply}");
-    reply["webhook_body"].as_str().unwrap().to_owned()
-}
-
-async fn sms_status(app: &TestBundle, token: &str, id: &str, status: &str) {
-    eventually(60, &format!("SMS {id} {status}"), || async {
-        let sms = app.get(&format!("/services/sms/{id}/"), token).await;
-        (sms.body["status"] == status).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn sms_keywords_land_in_the_ledger_and_help_answers_with_the_help_text() {
     let app = spawn_bundle().await;
@@ -560,29 +537,16 @@ async fn sms_keywords_land_in_the_ledger_and_help_answers_with_the_help_text() {
         )
         .await;
     assert_eq!(first.status, 202, "{}", first.body);
-    sms_status(
-        &app,
-        &admin,
-        first.body["id"].as_str().unwrap(),
-        "delivered",
-    )
-    .await;
+    app.sms_reaches(&admin, first.body["id"].as_str().unwrap(), "delivered")
+        .await;
 
-    assert!(
-        inbound_sms(&app, ann, "STOP")
-            .await
-            .ends_with("<Response/>")
-    );
-    let help = inbound_sms(&app, ann, "help").await;
+    assert!(app.inbound_sms(ann, "STOP").await.ends_with("<Response/>"));
+    let help = app.inbound_sms(ann, "help").await;
     assert!(
         help.contains("<Message>Messages from acme. Reply STOP to opt out, START to opt back in."),
         "HELP answers with the help text in TwiML: {help}"
     );
-    assert!(
-        inbound_sms(&app, ann, "Start")
-            .await
-            .ends_with("<Response/>")
-    );
+    assert!(app.inbound_sms(ann, "Start").await.ends_with("<Response/>"));
 
     let ledger = app
         .get("/services/consent/?phone=%2B14155552671", &admin)
@@ -633,13 +597,8 @@ async fn sms_keywords_land_in_the_ledger_and_help_answers_with_the_help_text() {
             json!({"to": ann, "body": "Sale!"}),
         )
         .await;
-    sms_status(
-        &app,
-        &admin,
-        blocked.body["id"].as_str().unwrap(),
-        "suppressed",
-    )
-    .await;
+    app.sms_reaches(&admin, blocked.body["id"].as_str().unwrap(), "suppressed")
+        .await;
 }
 
 #[tokio::test]
@@ -775,13 +734,8 @@ async fn an_sms_topic_skips_the_numbers_opted_out_of_it_and_a_transactional_sms_
         )
         .await;
     assert_eq!(alert.status, 202, "{}", alert.body);
-    sms_status(
-        &app,
-        &admin,
-        alert.body["id"].as_str().unwrap(),
-        "suppressed",
-    )
-    .await;
+    app.sms_reaches(&admin, alert.body["id"].as_str().unwrap(), "suppressed")
+        .await;
     let code = app
         .post(
             "/services/sms/",
@@ -789,7 +743,8 @@ async fn an_sms_topic_skips_the_numbers_opted_out_of_it_and_a_transactional_sms_
             json!({"to": ann, "body": "Your code is 1234"}),
         )
         .await;
-    sms_status(&app, &admin, code.body["id"].as_str().unwrap(), "delivered").await;
+    app.sms_reaches(&admin, code.body["id"].as_str().unwrap(), "delivered")
+        .await;
 
     // A topic for email only is not one an SMS may name.
     create_newsletter(&app, &admin).await;
@@ -898,7 +853,8 @@ async fn an_organization_answers_help_with_its_own_text() {
         )
         .await;
     assert_eq!(sent.status, 202, "{}", sent.body);
-    sms_status(&app, &admin, sent.body["id"].as_str().unwrap(), "delivered").await;
+    app.sms_reaches(&admin, sent.body["id"].as_str().unwrap(), "delivered")
+        .await;
 
     let shown = app.get("/services/consent/sms-help/", &member).await;
     assert_eq!(shown.status, 200, "{}", shown.body);
@@ -942,7 +898,7 @@ async fn an_organization_answers_help_with_its_own_text() {
         }
     }
     assert!(
-        inbound_sms(&app, ann, "HELP")
+        app.inbound_sms(ann, "HELP")
             .await
             .contains("Messages from acme.")
     );
@@ -957,7 +913,7 @@ async fn an_organization_answers_help_with_its_own_text() {
         .await;
     assert_eq!(set.status, 200, "{}", set.body);
     assert_eq!(set.body["set_by"], "organization");
-    let help = inbound_sms(&app, ann, "info").await;
+    let help = app.inbound_sms(ann, "info").await;
     assert!(
         help.contains(&format!("<Message>{text}</Message>")),
         "{help}"
@@ -979,7 +935,7 @@ async fn an_organization_answers_help_with_its_own_text() {
         .await;
     assert_eq!(reset.status, 204, "{}", reset.body);
     assert!(
-        inbound_sms(&app, ann, "HELP")
+        app.inbound_sms(ann, "HELP")
             .await
             .contains("Messages from acme.")
     );

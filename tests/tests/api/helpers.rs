@@ -223,6 +223,36 @@ impl TestBundle {
         }
     }
 
+    /// Waits (60 s at most) until an SMS reaches `status` and returns it.
+    pub async fn sms_reaches(&self, token: &str, id: &str, status: &str) -> Value {
+        let path = format!("/services/sms/{id}");
+        eventually(60, &format!("SMS {id} to reach {status}"), || async {
+            let reply = self.get(&path, token).await;
+            (reply.body["status"] == status).then_some(reply.body)
+        })
+        .await
+    }
+
+    /// An SMS from `from` to Herald's number, as the Twilio sandbox posts it to the signed
+    /// webhook; the webhook's TwiML answer (asserted 200).
+    pub async fn inbound_sms(&self, from: &str, body: &str) -> String {
+        let reply: Value = self
+            .http
+            .post(self.bundle.url("/sandbox/twilio/_inbound"))
+            .json(&serde_json::json!({"from": from, "body": body}))
+            .send()
+            .await
+            .expect("the sandbox answers")
+            .json()
+            .await
+            .expect("the sandbox answers JSON");
+        assert_eq!(reply["webhook_status"], 200, "{reply}");
+        reply["webhook_body"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     pub fn sandbox(&self) -> &local::sandbox::sendgrid::SendGridSandbox {
         self.bundle
             .sendgrid

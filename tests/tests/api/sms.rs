@@ -31,15 +31,6 @@ async fn send(app: &TestBundle, token: &str, body: Value) -> Value {
     reply.body
 }
 
-async fn sms_reaches(app: &TestBundle, token: &str, id: &str, status: &str) -> Value {
-    let path = format!("/services/sms/{id}");
-    eventually(60, &format!("SMS {id} to reach {status}"), || async {
-        let reply = app.get(&path, token).await;
-        (reply.body["status"] == status).then_some(reply.body)
-    })
-    .await
-}
-
 async fn twilio_fault(app: &TestBundle, fault: Value) {
     let response = app
         .http
@@ -51,24 +42,9 @@ async fn twilio_fault(app: &TestBundle, fault: Value) {
     assert!(response.status().is_success());
 }
 
-async fn inbound(app: &TestBundle, from: &str, body: &str) -> Value {
-    let response = app
-        .http
-        .post(app.bundle.url("/sandbox/twilio/_inbound"))
-        .json(&json!({"from": from, "body": body}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let reply: Value = response.json().await.unwrap();
-    assert_eq!(reply["webhook_status"], 200, "{reply}");
-    assert!(
-        reply["webhook_body"]
-            .as_str()
-            .unwrap()
-            .ends_with("<Response/>")
-    );
-    reply
+/// An inbound SMS that Twilio's Advanced Opt-Out answers itself (Herald's TwiML is empty).
+async fn inbound(app: &TestBundle, from: &str, body: &str) {
+    assert!(app.inbound_sms(from, body).await.ends_with("<Response/>"));
 }
 
 fn timeline(sms: &Value) -> Vec<String> {
@@ -163,7 +139,9 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
     .await;
     assert_eq!(bulk["count"], 3);
     for id in bulk["ids"].as_array().unwrap() {
-        let sms = sms_reaches(&app, &token, id.as_str().unwrap(), "delivered").await;
+        let sms = app
+            .sms_reaches(&token, id.as_str().unwrap(), "delivered")
+            .await;
         assert_eq!(sms["phonebook_id"], json!(book_id));
         assert!(
             timeline(&sms).iter().any(|e| e == "twilio.delivered"),
@@ -177,7 +155,7 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
     assert_eq!(single["encoding"], "UCS-2");
     assert_eq!(single["segments"], 2);
     let id = single["id"].as_str().unwrap().to_owned();
-    let sms = sms_reaches(&app, &token, &id, "delivered").await;
+    let sms = app.sms_reaches(&token, &id, "delivered").await;
     assert_eq!(sms["encoding"], "UCS-2");
     assert_eq!(sms["segments"], 2);
     assert_eq!(sms["twilio_status"], "delivered");
@@ -216,7 +194,9 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
         json!({"to": "+14155552671", "body": "One more thing"}),
     )
     .await;
-    let sms = sms_reaches(&app, &token, blocked["id"].as_str().unwrap(), "suppressed").await;
+    let sms = app
+        .sms_reaches(&token, blocked["id"].as_str().unwrap(), "suppressed")
+        .await;
     assert!(sms["provider_message_id"].is_null());
     assert_eq!(
         twilio(&app).calls(),
@@ -242,7 +222,8 @@ async fn csv_phonebook_bulk_and_unicode_sms_reach_delivered_and_stop_suppresses(
         json!({"to": "+14155552671", "body": "Welcome back"}),
     )
     .await;
-    sms_reaches(&app, &token, again["id"].as_str().unwrap(), "delivered").await;
+    app.sms_reaches(&token, again["id"].as_str().unwrap(), "delivered")
+        .await;
 }
 
 #[tokio::test]
@@ -251,7 +232,7 @@ async fn the_webhook_checks_signatures_and_never_moves_a_status_back() {
     let token = app.token("acme", "member");
     let reply = send(&app, &token, json!({"to": "+14155552671", "body": "Hello"})).await;
     let id = reply["id"].as_str().unwrap().to_owned();
-    let sms = sms_reaches(&app, &token, &id, "delivered").await;
+    let sms = app.sms_reaches(&token, &id, "delivered").await;
     let sid = sms["provider_message_id"].as_str().unwrap().to_owned();
     let url = app.bundle.url("/hooks/twilio-webhook/");
     let auth_token = twilio(&app).auth_token().to_owned();
@@ -342,7 +323,9 @@ async fn transient_failures_retry_then_land_in_the_dlq_with_the_record_failed() 
     let token = app.token("acme", "admin");
     twilio_fault(&app, json!({"status": 503, "count": 3})).await;
     let reply = send(&app, &token, json!({"to": "+14155552671", "body": "Hello"})).await;
-    let sms = sms_reaches(&app, &token, reply["id"].as_str().unwrap(), "failed").await;
+    let sms = app
+        .sms_reaches(&token, reply["id"].as_str().unwrap(), "failed")
+        .await;
     assert_eq!(
         sms["attempts"], 3,
         "one attempt per receive, max receives 3"
@@ -367,7 +350,9 @@ async fn transient_failures_retry_then_land_in_the_dlq_with_the_record_failed() 
     // A 429 once is retried and then sent.
     twilio_fault(&app, json!({"status": 429, "count": 1})).await;
     let reply = send(&app, &token, json!({"to": "+14155552671", "body": "Again"})).await;
-    let sms = sms_reaches(&app, &token, reply["id"].as_str().unwrap(), "delivered").await;
+    let sms = app
+        .sms_reaches(&token, reply["id"].as_str().unwrap(), "delivered")
+        .await;
     assert_eq!(sms["attempts"], 2);
 }
 
@@ -377,7 +362,9 @@ async fn permanent_twilio_errors_fail_at_once() {
     let token = app.token("acme", "admin");
     twilio_fault(&app, json!({"status": 400, "code": 21610, "count": 1})).await;
     let reply = send(&app, &token, json!({"to": "+14155552671", "body": "Hello"})).await;
-    let sms = sms_reaches(&app, &token, reply["id"].as_str().unwrap(), "failed").await;
+    let sms = app
+        .sms_reaches(&token, reply["id"].as_str().unwrap(), "failed")
+        .await;
     assert_eq!(sms["attempts"], 1);
     assert_eq!(sms["failure_kind"], "permanent");
     assert_eq!(sms["error_code"], 21610);
@@ -391,7 +378,7 @@ async fn a_duplicate_delivery_sends_once() {
     let token = app.token("acme", "admin");
     let reply = send(&app, &token, json!({"to": "+14155552671", "body": "Once"})).await;
     let id = reply["id"].as_str().unwrap().to_owned();
-    sms_reaches(&app, &token, &id, "delivered").await;
+    app.sms_reaches(&token, &id, "delivered").await;
     // The same job delivered again (SQS is at-least-once).
     let job = json!({"v": 1, "org": "acme", "kind": "sms.send", "ids": [id]}).to_string();
     for _ in 0..2 {
@@ -550,12 +537,12 @@ async fn the_status_check_applies_statuses_whose_callbacks_were_lost() {
     )
     .await;
     let id = reply["id"].as_str().unwrap().to_owned();
-    sms_reaches(&app, &token, &id, "sent").await;
+    app.sms_reaches(&token, &id, "sent").await;
     // The check reads an index, which lags writes (as on AWS); its schedule runs much later.
     tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
     let result = app.fire_schedule("sms-status-check").await;
     assert_eq!(result["updated"], 1, "{result}");
-    let sms = sms_reaches(&app, &token, &id, "delivered").await;
+    let sms = app.sms_reaches(&token, &id, "delivered").await;
     assert!(timeline(&sms).iter().any(|e| e == "twilio.delivered"));
 }
 
@@ -618,7 +605,9 @@ async fn balance_validation_idempotency_and_an_unconfigured_provider() {
         let id = reply["id"].as_str().unwrap().to_owned();
         assert_eq!(first.get_or_insert(id.clone()), &id);
     }
-    let sms = sms_reaches(&app, &token, first.as_ref().unwrap(), "delivered").await;
+    let sms = app
+        .sms_reaches(&token, first.as_ref().unwrap(), "delivered")
+        .await;
     assert_eq!(sms["body"], "Your code is 4821");
     assert_eq!(sms["encoding"], "GSM-7");
 
@@ -723,7 +712,7 @@ async fn organizations_are_isolated() {
     );
 
     // A STOP routed to acme (the last organization to text Ann) does not opt her out of globex.
-    sms_reaches(&app, &acme, &id, "delivered").await;
+    app.sms_reaches(&acme, &id, "delivered").await;
     inbound(&app, "+14155552671", "STOP").await;
     let theirs = send(
         &app,
@@ -731,7 +720,8 @@ async fn organizations_are_isolated() {
         json!({"to": "+14155552671", "body": "Globex"}),
     )
     .await;
-    sms_reaches(&app, &globex, theirs["id"].as_str().unwrap(), "delivered").await;
+    app.sms_reaches(&globex, theirs["id"].as_str().unwrap(), "delivered")
+        .await;
 
     // The owner can delete; then it is gone.
     assert_eq!(
@@ -769,7 +759,8 @@ async fn sms_events_feed_the_audit_log_and_analytics() {
         json!({"to": "+14155552671", "body": "Counted"}),
     )
     .await;
-    sms_reaches(&app, &token, reply["id"].as_str().unwrap(), "delivered").await;
+    app.sms_reaches(&token, reply["id"].as_str().unwrap(), "delivered")
+        .await;
     inbound(&app, "+14155552671", "STOP").await;
 
     let expected = [("delivered", 1), ("queued", 1), ("sent", 1)];
@@ -813,7 +804,7 @@ async fn status_callbacks_that_overtake_the_send_are_applied() {
     twilio_fault(&app, json!({"callbacks_first": true})).await;
     let sent = send(&app, &token, json!({"to": "+14155552671", "body": "Hi"})).await;
     let id = sent["id"].as_str().unwrap().to_owned();
-    let sms = sms_reaches(&app, &token, &id, "delivered").await;
+    let sms = app.sms_reaches(&token, &id, "delivered").await;
     assert_eq!(sms["twilio_status"], "delivered");
     let sid = sms["provider_message_id"].as_str().unwrap();
     assert!(sid.starts_with("SM"), "{sms}");
