@@ -420,7 +420,7 @@ async fn a_malformed_number_fails_the_function_at_init_naming_the_variable() {
     for variable in [
         "SENDGRID_TIMEOUT_MS",
         "TWILIO_TIMEOUT_MS",
-        "STRIPE_TIMEOUT_SECONDS",
+        "STRIPE_TIMEOUT_MS",
         "MAX_RECEIVES",
         "RETRY_BASE_SECONDS",
     ] {

@@ -501,7 +501,7 @@ async fn retries_reuse_the_stripe_idempotency_key_and_never_double_charge() {
     let app = spawn_bundle_with(|options| {
         options
             .overrides
-            .insert("STRIPE_TIMEOUT_SECONDS".to_owned(), "1".to_owned());
+            .insert("STRIPE_TIMEOUT_MS".to_owned(), "1000".to_owned());
     })
     .await;
     let token = app.token("acme", "member");
@@ -1142,7 +1142,7 @@ async fn a_retry_of_a_cut_off_create_reaches_the_same_stripe_object() {
     let app = spawn_bundle_with(|options| {
         options
             .overrides
-            .insert("STRIPE_TIMEOUT_SECONDS".to_owned(), "20".to_owned());
+            .insert("STRIPE_TIMEOUT_MS".to_owned(), "20000".to_owned());
     })
     .await;
     let token = app.token("acme", "admin");
@@ -1299,7 +1299,7 @@ async fn random_crash_points_never_make_a_second_payment_intent() {
     let app = spawn_bundle_with(|options| {
         options
             .overrides
-            .insert("STRIPE_TIMEOUT_SECONDS".to_owned(), "20".to_owned());
+            .insert("STRIPE_TIMEOUT_MS".to_owned(), "20000".to_owned());
     })
     .await;
     let token = app.token("acme", "member");
@@ -1379,7 +1379,7 @@ async fn random_crash_points_never_make_a_second_payment_intent() {
 async fn an_unknown_outcome_answers_pending_and_the_webhook_settles_it() {
     let app = spawn_bundle_with(|options| {
         for (name, value) in [
-            ("STRIPE_TIMEOUT_SECONDS", "1"),
+            ("STRIPE_TIMEOUT_MS", "1000"),
             ("STRIPE_BUDGET_SECONDS", "3"),
         ] {
             options.overrides.insert(name.to_owned(), value.to_owned());

@@ -21,7 +21,8 @@ use super::form;
 /// the account's default version is.
 pub const API_VERSION: &str = "2024-06-20";
 pub const DEFAULT_BASE_URL: &str = "https://api.stripe.com";
-/// One attempt's limit unless `STRIPE_TIMEOUT_SECONDS` says otherwise. Callers that retry
+/// One attempt's limit unless `STRIPE_TIMEOUT_MS` says otherwise (milliseconds, as for
+/// SendGrid and Twilio). Callers that retry
 /// plan their attempts inside their own deadline (see the payments API's Stripe budget).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6);
 /// Stripe's largest list page.
@@ -190,15 +191,16 @@ impl StripeClient {
         self.timeout
     }
 
-    /// `STRIPE_TIMEOUT_SECONDS`, read at init so a malformed value fails the function's start.
+    /// `STRIPE_TIMEOUT_MS`, read at init so a malformed value fails the function's start.
     ///
     /// # Errors
     /// [`crate::config::ConfigError::Malformed`] for a value that is not a number.
     pub fn timeout_from_env(
         env: &crate::config::Env,
     ) -> Result<Duration, crate::config::ConfigError> {
-        let seconds = env.number("STRIPE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT.as_secs())?;
-        Ok(Duration::from_secs(seconds))
+        let default = u64::try_from(DEFAULT_TIMEOUT.as_millis()).unwrap_or(6_000);
+        let millis = env.number("STRIPE_TIMEOUT_MS", default)?;
+        Ok(Duration::from_millis(millis))
     }
 
     /// The platform account's client as the environment configures it: `STRIPE_SECRET_KEY`
