@@ -11,69 +11,39 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::AwsClients;
 use shared::config::{ConfigError, Env};
 use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState, valid_topic_key};
 use shared::domain::email::EmailAddress;
 use shared::domain::sms_message::PhoneNumber;
 use shared::events::{Event, EventPublisher};
-use shared::http::{self, ApiError, FieldErrorCollector, Route, Router};
+use shared::http::{self, ApiError, FieldErrorCollector, Route};
 use shared::store::{ConsentChange, ConsentStore, Topic};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        pattern: "/services/topics",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/topics",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/topics/{key}",
-    },
-    Route {
-        method: "PATCH",
-        pattern: "/services/topics/{key}",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/topics/{key}",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/consent",
-    },
-    Route {
-        method: "PUT",
-        pattern: "/services/consent",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/consent/export",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/consent/sms-help",
-    },
-    Route {
-        method: "PUT",
-        pattern: "/services/consent/sms-help",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/consent/sms-help",
-    },
-];
+shared::operations! {
+    /// Every operation of the consent API, with the role it needs.
+    pub enum ConsentOperation {
+        ListTopics = "GET" "/services/topics" Member,
+        CreateTopic = "POST" "/services/topics" Admin,
+        GetTopic = "GET" "/services/topics/{key}" Member,
+        UpdateTopic = "PATCH" "/services/topics/{key}" Admin,
+        DeleteTopic = "DELETE" "/services/topics/{key}" Admin,
+        ShowConsent = "GET" "/services/consent" Member,
+        RecordConsent = "PUT" "/services/consent" Admin,
+        ExportConsent = "GET" "/services/consent/export" Admin,
+        GetSmsHelp = "GET" "/services/consent/sms-help" Member,
+        SetSmsHelp = "PUT" "/services/consent/sms-help" Admin,
+        ResetSmsHelp = "DELETE" "/services/consent/sms-help" Admin,
+    }
+}
+
+pub const ROUTES: &[Route] = ConsentOperation::ROUTES;
 
 /// Ledger entries per export page: about 1.5 MB of CSV, well inside Lambda's 6 MB response.
 pub const EXPORT_PAGE_ROWS: usize = 10_000;
-
-const ROUTER: Router = Router::new(ROUTES);
 
 pub struct ConsentApi {
     store: ConsentStore,
@@ -132,26 +102,25 @@ impl ConsentApi {
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use ConsentOperation as Op;
+        let (operation, found) =
+            ConsentOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
-        let key = found.params.get("key").cloned();
-        match (found.route.method, found.route.pattern, key) {
-            ("GET", "/services/topics", _) => self.list_topics(request, &caller).await,
-            ("POST", "/services/topics", _) => self.create_topic(request, &caller).await,
-            ("GET", _, Some(key)) => {
-                caller.require(Role::Member)?;
-                http::json(200, &self.store.topic(&caller.org, &key).await?)
-            }
-            ("PATCH", _, Some(key)) => self.update_topic(request, &caller, &key).await,
-            ("DELETE", _, Some(key)) => self.delete_topic(request, &caller, &key).await,
-            ("GET", "/services/consent", _) => self.show(request, &caller).await,
-            ("PUT", "/services/consent", _) => self.put(request, &caller).await,
-            ("GET", "/services/consent/export", _) => self.export(request, &caller).await,
-            ("GET", "/services/consent/sms-help", _) => self.sms_help(request, &caller).await,
-            ("PUT", "/services/consent/sms-help", _) => self.set_sms_help(request, &caller).await,
-            ("DELETE", "/services/consent/sms-help", _) => {
-                caller.require(Role::Admin)?;
+        caller.require(operation.role())?;
+        let key = found.param("key");
+        match operation {
+            Op::ListTopics => self.list_topics(request, &caller).await,
+            Op::CreateTopic => self.create_topic(request, &caller).await,
+            Op::GetTopic => http::json(200, &self.store.topic(&caller.org, key).await?),
+            Op::UpdateTopic => self.update_topic(request, &caller, key).await,
+            Op::DeleteTopic => self.delete_topic(request, &caller, key).await,
+            Op::ShowConsent => self.show(request, &caller).await,
+            Op::RecordConsent => self.put(request, &caller).await,
+            Op::ExportConsent => self.export(request, &caller).await,
+            Op::GetSmsHelp => self.sms_help(request, &caller).await,
+            Op::SetSmsHelp => self.set_sms_help(request, &caller).await,
+            Op::ResetSmsHelp => {
                 self.store
                     .set_sms_help_text(&caller.org, None, chrono::Utc::now())
                     .await?;
@@ -164,7 +133,6 @@ impl ConsentApi {
                 .await;
                 Ok(http::no_content())
             }
-            _ => Err(ApiError::MethodNotAllowed),
         }
     }
 
@@ -178,7 +146,6 @@ impl ConsentApi {
         request: &Request,
         caller: &Caller,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Member)?;
         let org = caller.listed_org(&http::query_map(request))?;
         let topics = self.store.topics(&org).await?;
         http::json(200, &json!({ "items": topics, "next_cursor": null }))
@@ -189,7 +156,6 @@ impl ConsentApi {
         request: &Request,
         caller: &Caller,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Admin)?;
         let input: TopicInput = http::parse_json(request)?;
         let now = chrono::Utc::now();
         let topic = topic_from(input, None, now)?;
@@ -210,7 +176,6 @@ impl ConsentApi {
         caller: &Caller,
         key: &str,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Admin)?;
         let current = self.store.topic(&caller.org, key).await?;
         let input: TopicInput = http::parse_json(request)?;
         if input.key.as_deref().is_some_and(|k| k != key) {
@@ -229,7 +194,6 @@ impl ConsentApi {
         caller: &Caller,
         key: &str,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Admin)?;
         self.store.delete_topic(&caller.org, key).await?;
         self.audit(request, caller, "topic.delete", format!("topic/{key}"))
             .await;
@@ -240,7 +204,6 @@ impl ConsentApi {
     /// history, oldest first. An address nobody recorded anything for answers empty lists,
     /// exactly like one that exists.
     async fn show(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Member)?;
         let params = http::query_map(request);
         let org = caller.listed_org(&params)?;
         let (channel, subject) = subject_of(
@@ -265,7 +228,6 @@ impl ConsentApi {
     /// (`rel="next"`) names the next page while there is one.
     async fn export(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
         use shared::reports::{Cell, csv};
-        caller.require(Role::Admin)?;
         let params = http::query_map(request);
         let org = caller.listed_org(&params)?;
         // The cursor is the last entry's key in the organization's partition: a key of
@@ -328,7 +290,6 @@ impl ConsentApi {
         request: &Request,
         caller: &Caller,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Member)?;
         let org = caller.listed_org(&http::query_map(request))?;
         let (text, set_by) = match self.store.sms_help_text(&org).await? {
             Some(text) => (text, "organization"),
@@ -351,7 +312,6 @@ impl ConsentApi {
         struct HelpInput {
             text: Option<String>,
         }
-        caller.require(Role::Admin)?;
         let input: HelpInput = http::parse_json(request)?;
         let text = input.text.unwrap_or_default();
         if let Some(problem) = shared::consent::sms_help_text_problem(&text) {
@@ -372,7 +332,6 @@ impl ConsentApi {
 
     /// `PUT /services/consent/`: records a choice made elsewhere, with its source.
     async fn put(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Admin)?;
         let input: ConsentInput = http::parse_json(request)?;
         let (channel, subject) = subject_of(input.address.as_deref(), input.phone.as_deref())?;
         let mut errors = FieldErrorCollector::new();

@@ -72,6 +72,78 @@ impl Router {
     }
 }
 
+/// Declares a function's operations as one typed table: an enum with, per operation, its
+/// method, path pattern and the role it needs. The enum gets `ROUTES` (the table the local
+/// runner, the OpenAPI drift tests and the isolation matrix read), `route()`, `role()` and
+/// `find()`; the function dispatches with an exhaustive `match` on the operation, so a row
+/// without a handler does not compile, and checks `role()` once before it.
+///
+/// ```
+/// shared::operations! {
+///     pub enum TopicOperation {
+///         ListTopics = "GET" "/services/topics" Member,
+///         CreateTopic = "POST" "/services/topics" Admin,
+///     }
+/// }
+/// let (operation, _) = TopicOperation::find("POST", "/services/topics/").unwrap();
+/// assert_eq!(operation, TopicOperation::CreateTopic);
+/// assert_eq!(operation.role(), shared::auth::Role::Admin);
+/// ```
+#[macro_export]
+macro_rules! operations {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$variant_meta:meta])* $variant:ident = $method:literal $pattern:literal $role:ident ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $( $(#[$variant_meta])* $variant ),+
+        }
+
+        impl $name {
+            /// Every operation, in the table's order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+            /// The routes, in the same order.
+            pub const ROUTES: &'static [$crate::http::Route] =
+                &[$($crate::http::Route { method: $method, pattern: $pattern }),+];
+
+            pub const fn route(self) -> $crate::http::Route {
+                match self {
+                    $(Self::$variant => $crate::http::Route { method: $method, pattern: $pattern }),+
+                }
+            }
+
+            /// The role a caller needs for this operation.
+            pub const fn role(self) -> $crate::auth::Role {
+                match self {
+                    $(Self::$variant => $crate::auth::Role::$role),+
+                }
+            }
+
+            /// The operation a request asks for, with its path parameters.
+            ///
+            /// # Errors
+            /// [`$crate::http::ApiError::NotFound`] when no pattern matches the path,
+            /// `MethodNotAllowed` when one does with another method.
+            pub fn find(
+                method: &str,
+                path: &str,
+            ) -> Result<(Self, $crate::http::RouteMatch), $crate::http::ApiError> {
+                let found = $crate::http::Router::new(Self::ROUTES).find(method, path)?;
+                let operation = Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|operation| operation.route() == found.route)
+                    .ok_or($crate::http::ApiError::NotFound)?;
+                Ok((operation, found))
+            }
+        }
+    };
+}
+
 /// Matches `path` against `pattern`, ignoring one trailing slash on either.
 pub fn match_path(pattern: &str, path: &str) -> Option<BTreeMap<String, String>> {
     let pattern_parts: Vec<&str> = pattern.trim_matches('/').split('/').collect();

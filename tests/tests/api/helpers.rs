@@ -145,6 +145,14 @@ impl TestBundle {
             .unwrap()
     }
 
+    /// A valid token of `org` that carries no role at all.
+    pub fn mint_without_roles(&self, org: &str) -> String {
+        self.bundle
+            .auth
+            .mint("user-1", Some(org), &[], 600)
+            .unwrap()
+    }
+
     pub fn table(&self) -> &str {
         self.bundle.resource("HeraldTable")
     }

@@ -54,3 +54,38 @@ async fn group_names_that_contain_a_role_grant_nothing_and_a_tenant_superuser_is
         200
     );
 }
+
+/// Issue 21: a function's typed operation table names each operation's role, and the
+/// function checks it once, before reading the request: every operation refuses a caller
+/// below its role with 403, whatever the body. (Functions join this test as their routes
+/// become typed tables.)
+#[tokio::test]
+async fn every_typed_operation_refuses_a_caller_below_its_role() {
+    use functions::consent_api::ConsentOperation;
+    use shared::auth::Role;
+
+    let app = spawn_bundle().await;
+    let member = app.token("acme", "member");
+    let nobody = app.mint_without_roles("acme");
+    let mut checked = 0;
+    for operation in ConsentOperation::ALL {
+        let route = operation.route();
+        let path = route.pattern.replace("{key}", "newsletter");
+        let below = match operation.role() {
+            Role::Member => &nobody,
+            Role::Admin => &member,
+            Role::Superuser => continue,
+        };
+        let reply = app
+            .call(
+                route.method,
+                &format!("{path}/"),
+                Some(below),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(reply.status, 403, "{} {path}: {}", route.method, reply.body);
+        checked += 1;
+    }
+    assert_eq!(checked, ConsentOperation::ALL.len());
+}
