@@ -8,7 +8,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState};
@@ -17,7 +17,7 @@ use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntr
 use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::{decode_segment, run_once};
-use shared::http::{self, ApiError, FieldErrorCollector, PageRequest, Route, RouteMatch, Router};
+use shared::http::{self, ApiError, FieldErrorCollector, PageRequest, Route, RouteMatch};
 use shared::queue::{BulkSpan, EMAIL_SEND_JOB_IDS, Envelope, Job, QueuePublisher};
 
 use shared::render::{self, Escape, RenderError};
@@ -33,37 +33,20 @@ use crate::registry::{BoxFuture, HttpFunction};
 /// "Quotas", "Item size"): 400 KB = 409,600 bytes, less room for the keys and names.
 pub const MAX_EMAIL_BODY_BYTES: usize = 400_000;
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "POST",
-        pattern: "/services/email",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/email",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/email/suppressions",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/email/suppressions/{address}",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/email/resend-failed",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/email/{id}",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/email/{id}",
-    },
-];
-const ROUTER: Router = Router::new(ROUTES);
+shared::operations! {
+    /// Every operation of the email API, with the role it needs.
+    pub enum EmailOperation {
+        Send = "POST" "/services/email" Member,
+        List = "GET" "/services/email" Member,
+        ListSuppressions = "GET" "/services/email/suppressions" Member,
+        DeleteSuppression = "DELETE" "/services/email/suppressions/{address}" Admin,
+        ResendFailed = "POST" "/services/email/resend-failed" Admin,
+        Get = "GET" "/services/email/{id}" Member,
+        Delete = "DELETE" "/services/email/{id}" Admin,
+    }
+}
+
+pub const ROUTES: &[Route] = EmailOperation::ROUTES;
 
 pub const MAX_BULK_RECIPIENTS: usize = 10_000;
 const MAX_RESEND: usize = 10_000;
@@ -202,12 +185,14 @@ impl EmailApi {
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use EmailOperation as Op;
+        let (operation, found) =
+            EmailOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
-        match (found.route.method, found.route.pattern) {
-            ("POST", "/services/email") => {
-                caller.require(Role::Member)?;
+        caller.require(operation.role())?;
+        match operation {
+            Op::Send => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -217,12 +202,9 @@ impl EmailApi {
                 )
                 .await
             }
-            ("GET", "/services/email") => self.list(request, &caller).await,
-            ("GET", "/services/email/suppressions") => {
-                self.list_suppressions(request, &caller).await
-            }
-            ("DELETE", "/services/email/suppressions/{address}") => {
-                caller.require(Role::Admin)?;
+            Op::List => self.list(request, &caller).await,
+            Op::ListSuppressions => self.list_suppressions(request, &caller).await,
+            Op::DeleteSuppression => {
                 let address = decode_segment(found.param("address"));
                 self.emails
                     .delete_suppression(&caller.org, &address)
@@ -238,8 +220,7 @@ impl EmailApi {
                 .await;
                 Ok(http::no_content())
             }
-            ("POST", "/services/email/resend-failed") => {
-                caller.require(Role::Admin)?;
+            Op::ResendFailed => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -249,16 +230,14 @@ impl EmailApi {
                 )
                 .await
             }
-            ("GET", _) => {
-                caller.require(Role::Member)?;
+            Op::Get => {
                 let record = self
                     .emails
                     .get_with_bodies(&caller.org, record_id(&found)?)
                     .await?;
                 http::json(200, &record.to_json(true))
             }
-            ("DELETE", _) => {
-                caller.require(Role::Admin)?;
+            Op::Delete => {
                 let id = record_id(&found)?;
                 self.emails
                     .delete(&caller.org, id, chrono::Utc::now())
@@ -273,7 +252,6 @@ impl EmailApi {
                 .await;
                 Ok(http::no_content())
             }
-            _ => Err(ApiError::MethodNotAllowed),
         }
     }
 
@@ -646,7 +624,6 @@ impl EmailApi {
     }
 
     async fn list(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Member)?;
         let params = http::query_map(request);
         let status = params
             .get("status")
@@ -677,7 +654,6 @@ impl EmailApi {
         request: &Request,
         caller: &Caller,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Member)?;
         let params = http::query_map(request);
         let org = caller.listed_org(&params)?;
         let page = PageRequest::from_query(&params, org.as_str())?;

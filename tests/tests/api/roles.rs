@@ -62,16 +62,24 @@ async fn group_names_that_contain_a_role_grant_nothing_and_a_tenant_superuser_is
 #[tokio::test]
 async fn every_typed_operation_refuses_a_caller_below_its_role() {
     use functions::consent_api::ConsentOperation;
+    use functions::email_api::EmailOperation;
     use shared::auth::Role;
 
     let app = spawn_bundle().await;
     let member = app.token("acme", "member");
     let nobody = app.mint_without_roles("acme");
+    let operations = ConsentOperation::ALL
+        .iter()
+        .map(|o| (o.route(), o.role()))
+        .chain(EmailOperation::ALL.iter().map(|o| (o.route(), o.role())));
     let mut checked = 0;
-    for operation in ConsentOperation::ALL {
-        let route = operation.route();
-        let path = route.pattern.replace("{key}", "newsletter");
-        let below = match operation.role() {
+    for (route, role) in operations {
+        let path = route
+            .pattern
+            .replace("{key}", "newsletter")
+            .replace("{address}", "ann%40example.com")
+            .replace("{id}", &shared::domain::RecordId::new().to_string());
+        let below = match role {
             Role::Member => &nobody,
             Role::Admin => &member,
             Role::Superuser => continue,
@@ -87,5 +95,8 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
         assert_eq!(reply.status, 403, "{} {path}: {}", route.method, reply.body);
         checked += 1;
     }
-    assert_eq!(checked, ConsentOperation::ALL.len());
+    assert_eq!(
+        checked,
+        ConsentOperation::ALL.len() + EmailOperation::ALL.len()
+    );
 }
