@@ -9,7 +9,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::consent::Channel;
@@ -19,7 +19,7 @@ use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::idempotency::run_once;
 use shared::http::{
-    self, ApiError, FieldErrorCollector, FieldErrors, PageRequest, Route, RouteMatch, Router,
+    self, ApiError, FieldErrorCollector, FieldErrors, PageRequest, Route, RouteMatch,
 };
 use shared::queue::{BulkSpan, Envelope, Job, QueuePublisher};
 use shared::render::{self, Escape, RenderError};
@@ -31,57 +31,25 @@ use shared::store::{
 use crate::registry::{BoxFuture, HttpFunction};
 use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "POST",
-        pattern: "/services/sms",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/sms",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/sms/balance",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/sms/inbound",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/sms/{id}",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/sms/{id}",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/phonebooks",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/phonebooks",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/phonebooks/{id}",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/phonebooks/{id}",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/phonebooks/{id}/contacts",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/phonebooks/{id}/contacts",
-    },
-];
-const ROUTER: Router = Router::new(ROUTES);
+shared::operations! {
+    /// Every operation of the SMS and phonebook API, with the role it needs.
+    pub enum SmsOperation {
+        Send = "POST" "/services/sms" Member,
+        List = "GET" "/services/sms" Member,
+        Balance = "GET" "/services/sms/balance" Member,
+        ListInbound = "GET" "/services/sms/inbound" Member,
+        Get = "GET" "/services/sms/{id}" Member,
+        Delete = "DELETE" "/services/sms/{id}" Admin,
+        CreatePhonebook = "POST" "/services/phonebooks" Member,
+        ListPhonebooks = "GET" "/services/phonebooks" Member,
+        GetPhonebook = "GET" "/services/phonebooks/{id}" Member,
+        DeletePhonebook = "DELETE" "/services/phonebooks/{id}" Admin,
+        ImportContacts = "POST" "/services/phonebooks/{id}/contacts" Member,
+        ListContacts = "GET" "/services/phonebooks/{id}/contacts" Member,
+    }
+}
+
+pub const ROUTES: &[Route] = SmsOperation::ROUTES;
 
 pub const MAX_BULK_RECIPIENTS: usize = 10_000;
 /// Twilio's own limit on a message body.
@@ -349,12 +317,14 @@ impl SmsApi {
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use SmsOperation as Op;
+        let (operation, found) =
+            SmsOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
-        match (found.route.method, found.route.pattern) {
-            ("POST", "/services/sms") => {
-                caller.require(Role::Member)?;
+        caller.require(operation.role())?;
+        match operation {
+            Op::Send => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -364,13 +334,9 @@ impl SmsApi {
                 )
                 .await
             }
-            ("GET", "/services/sms") => self.list(request, &caller).await,
-            ("GET", "/services/sms/balance") => {
-                caller.require(Role::Member)?;
-                self.balance(&caller).await
-            }
-            ("GET", "/services/sms/inbound") => {
-                caller.require(Role::Member)?;
+            Op::List => self.list(request, &caller).await,
+            Op::Balance => self.balance(&caller).await,
+            Op::ListInbound => {
                 let params = http::query_map(request);
                 let org = caller.listed_org(&params)?;
                 let page = PageRequest::from_query(&params, org.as_str())?;
@@ -383,13 +349,11 @@ impl SmsApi {
                     &json!({"items": entries, "next_cursor": next.map(|p| page.next_cursor(p))}),
                 )
             }
-            ("GET", "/services/sms/{id}") => {
-                caller.require(Role::Member)?;
+            Op::Get => {
                 let record = self.sms.get(&caller.org, &record_id(&found)?).await?;
                 http::json(200, &record.to_json(true))
             }
-            ("DELETE", "/services/sms/{id}") => {
-                caller.require(Role::Admin)?;
+            Op::Delete => {
                 let id = record_id(&found)?;
                 self.sms
                     .delete(&caller.org, &id, chrono::Utc::now())
@@ -404,8 +368,7 @@ impl SmsApi {
                 .await;
                 Ok(http::no_content())
             }
-            ("POST", "/services/phonebooks") => {
-                caller.require(Role::Member)?;
+            Op::CreatePhonebook => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -415,8 +378,7 @@ impl SmsApi {
                 )
                 .await
             }
-            ("GET", "/services/phonebooks") => {
-                caller.require(Role::Member)?;
+            Op::ListPhonebooks => {
                 let params = http::query_map(request);
                 let org = caller.listed_org(&params)?;
                 let page = PageRequest::from_query(&params, org.as_str())?;
@@ -426,16 +388,14 @@ impl SmsApi {
                     &json!({"items": books, "next_cursor": next.map(|p| page.next_cursor(p))}),
                 )
             }
-            ("GET", "/services/phonebooks/{id}") => {
-                caller.require(Role::Member)?;
+            Op::GetPhonebook => {
                 let book = self
                     .phonebooks
                     .get(&caller.org, &record_id(&found)?)
                     .await?;
                 http::json(200, &book)
             }
-            ("DELETE", "/services/phonebooks/{id}") => {
-                caller.require(Role::Admin)?;
+            Op::DeletePhonebook => {
                 let id = record_id(&found)?;
                 self.phonebooks
                     .delete(&caller.org, &id, chrono::Utc::now())
@@ -450,8 +410,7 @@ impl SmsApi {
                 .await;
                 Ok(http::no_content())
             }
-            ("POST", "/services/phonebooks/{id}/contacts") => {
-                caller.require(Role::Member)?;
+            Op::ImportContacts => {
                 let id = record_id(&found)?;
                 run_once(
                     &self.idempotency,
@@ -462,8 +421,7 @@ impl SmsApi {
                 )
                 .await
             }
-            ("GET", "/services/phonebooks/{id}/contacts") => {
-                caller.require(Role::Member)?;
+            Op::ListContacts => {
                 let id = record_id(&found)?;
                 let params = http::query_map(request);
                 let org = caller.listed_org(&params)?;
@@ -475,7 +433,6 @@ impl SmsApi {
                     &json!({"items": contacts, "next_cursor": next.map(|p| page.next_cursor(p))}),
                 )
             }
-            _ => Err(ApiError::MethodNotAllowed),
         }
     }
 
@@ -791,7 +748,6 @@ impl SmsApi {
     }
 
     async fn list(&self, request: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Member)?;
         let params = http::query_map(request);
         let status = params
             .get("status")

@@ -63,6 +63,7 @@ async fn group_names_that_contain_a_role_grant_nothing_and_a_tenant_superuser_is
 async fn every_typed_operation_refuses_a_caller_below_its_role() {
     use functions::consent_api::ConsentOperation;
     use functions::email_api::EmailOperation;
+    use functions::sms_api::SmsOperation;
     use shared::auth::Role;
 
     let app = spawn_bundle().await;
@@ -71,7 +72,8 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
     let operations = ConsentOperation::ALL
         .iter()
         .map(|o| (o.route(), o.role()))
-        .chain(EmailOperation::ALL.iter().map(|o| (o.route(), o.role())));
+        .chain(EmailOperation::ALL.iter().map(|o| (o.route(), o.role())))
+        .chain(SmsOperation::ALL.iter().map(|o| (o.route(), o.role())));
     let mut checked = 0;
     for (route, role) in operations {
         let path = route
@@ -97,6 +99,6 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
     }
     assert_eq!(
         checked,
-        ConsentOperation::ALL.len() + EmailOperation::ALL.len()
+        ConsentOperation::ALL.len() + EmailOperation::ALL.len() + SmsOperation::ALL.len()
     );
 }
