@@ -9,50 +9,32 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::AwsClients;
 use shared::config::{ConfigError, Env};
 use shared::domain::RecordId;
 use shared::domain::template::{Template, TemplateInput, TemplateKind};
 use shared::events::{Event, EventPublisher};
-use shared::http::{self, ApiError, PageRequest, Route, RouteMatch, Router};
+use shared::http::{self, ApiError, PageRequest, Route, RouteMatch};
 use shared::render::RenderError;
 use shared::store::{TemplateListQuery, TemplateOrder, TemplateStore};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        pattern: "/services/templates/{kind}",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/templates/{kind}",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/templates/{kind}/{id}",
-    },
-    Route {
-        method: "PUT",
-        pattern: "/services/templates/{kind}/{id}",
-    },
-    Route {
-        method: "PATCH",
-        pattern: "/services/templates/{kind}/{id}",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/templates/{kind}/{id}",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/templates/{kind}/{id}/preview",
-    },
-];
+shared::operations! {
+    /// Every operation of the templates API, with the role it needs.
+    pub enum TemplateOperation {
+        List = "GET" "/services/templates/{kind}" Member,
+        Create = "POST" "/services/templates/{kind}" Admin,
+        Get = "GET" "/services/templates/{kind}/{id}" Member,
+        Replace = "PUT" "/services/templates/{kind}/{id}" Admin,
+        Update = "PATCH" "/services/templates/{kind}/{id}" Admin,
+        Delete = "DELETE" "/services/templates/{kind}/{id}" Admin,
+        Preview = "POST" "/services/templates/{kind}/{id}/preview" Member,
+    }
+}
 
-const ROUTER: Router = Router::new(ROUTES);
+pub const ROUTES: &[Route] = TemplateOperation::ROUTES;
 
 pub struct TemplatesApi {
     store: TemplateStore,
@@ -93,24 +75,24 @@ impl TemplatesApi {
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use TemplateOperation as Op;
+        let (operation, found) =
+            TemplateOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
+        caller.require(operation.role())?;
         let kind = TemplateKind::parse(found.param("kind")).ok_or(ApiError::NotFound)?;
-        match (found.route.method, found.route.pattern.ends_with("preview")) {
-            ("GET", _) if !found.params.contains_key("id") => {
-                self.list(request, &caller, kind).await
-            }
-            ("POST", false) => self.create(request, &caller, kind).await,
-            ("GET", _) => Ok(http::json(
+        match operation {
+            Op::List => self.list(request, &caller, kind).await,
+            Op::Create => self.create(request, &caller, kind).await,
+            Op::Get => Ok(http::json(
                 200,
                 &self.fetch(&caller, kind, &found).await?.to_json(),
             )?),
-            ("PUT", _) => self.update(request, &caller, kind, &found, false).await,
-            ("PATCH", _) => self.update(request, &caller, kind, &found, true).await,
-            ("DELETE", _) => self.delete(request, &caller, kind, &found).await,
-            ("POST", true) => self.preview(request, &caller, kind, &found).await,
-            _ => Err(ApiError::MethodNotAllowed),
+            Op::Replace => self.update(request, &caller, kind, &found, false).await,
+            Op::Update => self.update(request, &caller, kind, &found, true).await,
+            Op::Delete => self.delete(request, &caller, kind, &found).await,
+            Op::Preview => self.preview(request, &caller, kind, &found).await,
         }
     }
 
@@ -120,7 +102,6 @@ impl TemplatesApi {
         caller: &Caller,
         kind: TemplateKind,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Member)?;
         let params = http::query_map(request);
         let org = match caller.organization_filter(&params)? {
             None if !caller.is_superuser() => Some(caller.org.clone()),
@@ -191,7 +172,6 @@ impl TemplatesApi {
         caller: &Caller,
         kind: TemplateKind,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Admin)?;
         let input: TemplateInput = http::parse_json(request)?;
         let fields = input.validate(kind, None).map_err(ApiError::invalid)?;
         let now = chrono::Utc::now();
@@ -220,7 +200,6 @@ impl TemplatesApi {
         kind: TemplateKind,
         found: &RouteMatch,
     ) -> Result<Template, ApiError> {
-        caller.require(Role::Member)?;
         let id = RecordId::parse(found.param("id")).ok_or(ApiError::NotFound)?;
         let org = if caller.is_superuser() {
             self.store.owner_of(kind, id).await?
@@ -238,7 +217,6 @@ impl TemplatesApi {
         found: &RouteMatch,
         partial: bool,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Admin)?;
         let current = self.fetch(caller, kind, found).await?;
         let input: TemplateInput = http::parse_json(request)?;
         let fields = input
@@ -266,7 +244,6 @@ impl TemplatesApi {
         kind: TemplateKind,
         found: &RouteMatch,
     ) -> Result<Response<Body>, ApiError> {
-        caller.require(Role::Admin)?;
         let template = self.fetch(caller, kind, found).await?;
         self.store
             .delete(&template.org, kind, template.id, chrono::Utc::now())

@@ -64,6 +64,7 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
     use functions::consent_api::ConsentOperation;
     use functions::email_api::EmailOperation;
     use functions::sms_api::SmsOperation;
+    use functions::templates_api::TemplateOperation;
     use shared::auth::Role;
 
     let app = spawn_bundle().await;
@@ -73,12 +74,14 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
         .iter()
         .map(|o| (o.route(), o.role()))
         .chain(EmailOperation::ALL.iter().map(|o| (o.route(), o.role())))
-        .chain(SmsOperation::ALL.iter().map(|o| (o.route(), o.role())));
+        .chain(SmsOperation::ALL.iter().map(|o| (o.route(), o.role())))
+        .chain(TemplateOperation::ALL.iter().map(|o| (o.route(), o.role())));
     let mut checked = 0;
     for (route, role) in operations {
         let path = route
             .pattern
             .replace("{key}", "newsletter")
+            .replace("{kind}", "email")
             .replace("{address}", "ann%40example.com")
             .replace("{id}", &shared::domain::RecordId::new().to_string());
         let below = match role {
@@ -99,6 +102,9 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
     }
     assert_eq!(
         checked,
-        ConsentOperation::ALL.len() + EmailOperation::ALL.len() + SmsOperation::ALL.len()
+        ConsentOperation::ALL.len()
+            + EmailOperation::ALL.len()
+            + SmsOperation::ALL.len()
+            + TemplateOperation::ALL.len()
     );
 }
