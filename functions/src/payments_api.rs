@@ -27,14 +27,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::{AwsClients, S3Client};
 use shared::config::{Env, OnFirstUse};
 use shared::domain::email::EmailAddress;
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::idempotency::{self, run_once};
-use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
+use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch};
 use shared::payments::reconcile::{Applied, Reconciler, decline_reason};
 use shared::payments::{Currency, money};
 use shared::payments::{
@@ -46,61 +46,26 @@ use shared::store::{IdempotencyStore, PaymentEntity, PaymentStore, RequestClaim,
 
 use crate::registry::{BoxFuture, HttpFunction};
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "POST",
-        pattern: "/services/payments",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/payments/customers",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments/customers",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments/customers/{id}",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/payments/subscriptions",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments/subscriptions",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments/subscriptions/{id}",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/payments/subscriptions/{id}",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments/invoices",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments/{id}",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/payments/{id}/refund",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/payments/{id}/invoice",
-    },
-];
-const ROUTER: Router = Router::new(ROUTES);
+shared::operations! {
+    /// Every operation of the payments API, with the role it needs.
+    pub enum PaymentOperation {
+        Charge = "POST" "/services/payments" Member,
+        ListPayments = "GET" "/services/payments" Member,
+        CreateCustomer = "POST" "/services/payments/customers" Member,
+        ListCustomers = "GET" "/services/payments/customers" Member,
+        GetCustomer = "GET" "/services/payments/customers/{id}" Member,
+        CreateSubscription = "POST" "/services/payments/subscriptions" Member,
+        ListSubscriptions = "GET" "/services/payments/subscriptions" Member,
+        GetSubscription = "GET" "/services/payments/subscriptions/{id}" Member,
+        CancelSubscription = "DELETE" "/services/payments/subscriptions/{id}" Admin,
+        ListInvoices = "GET" "/services/payments/invoices" Member,
+        GetPayment = "GET" "/services/payments/{id}" Member,
+        Refund = "POST" "/services/payments/{id}/refund" Admin,
+        InvoiceLink = "GET" "/services/payments/{id}/invoice" Member,
+    }
+}
+
+pub const ROUTES: &[Route] = PaymentOperation::ROUTES;
 
 /// Attempts at one Stripe call that fails transiently (same idempotency key each time), as
 /// many as fit in the request's Stripe budget.
@@ -442,12 +407,14 @@ impl PaymentsApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         let deadline = self.deadline(request);
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use PaymentOperation as Op;
+        let (operation, found) =
+            PaymentOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(Role::Member)?;
-        match (found.route.method, found.route.pattern) {
-            ("POST", "/services/payments") => {
+        caller.require(operation.role())?;
+        match operation {
+            Op::Charge => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -457,8 +424,8 @@ impl PaymentsApi {
                 )
                 .await
             }
-            ("GET", "/services/payments") => self.list_payments(request, &caller).await,
-            ("POST", "/services/payments/customers") => {
+            Op::ListPayments => self.list_payments(request, &caller).await,
+            Op::CreateCustomer => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -468,12 +435,12 @@ impl PaymentsApi {
                 )
                 .await
             }
-            ("GET", "/services/payments/customers") => self.list_customers(request, &caller).await,
-            ("GET", "/services/payments/customers/{id}") => {
+            Op::ListCustomers => self.list_customers(request, &caller).await,
+            Op::GetCustomer => {
                 let record: CustomerRecord = self.store.get(&caller.org, &path_id(&found)?).await?;
                 http::json(200, &record.to_json())
             }
-            ("POST", "/services/payments/subscriptions") => {
+            Op::CreateSubscription => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -483,26 +450,22 @@ impl PaymentsApi {
                 )
                 .await
             }
-            ("GET", "/services/payments/subscriptions") => {
-                self.list_subscriptions(request, &caller).await
-            }
-            ("GET", "/services/payments/subscriptions/{id}") => {
+            Op::ListSubscriptions => self.list_subscriptions(request, &caller).await,
+            Op::GetSubscription => {
                 let record: SubscriptionRecord =
                     self.store.get(&caller.org, &path_id(&found)?).await?;
                 http::json(200, &record.to_json())
             }
-            ("DELETE", "/services/payments/subscriptions/{id}") => {
-                caller.require(Role::Admin)?;
+            Op::CancelSubscription => {
                 self.cancel_subscription(request, &caller, &path_id(&found)?)
                     .await
             }
-            ("GET", "/services/payments/invoices") => self.list_invoices(request, &caller).await,
-            ("GET", "/services/payments/{id}") => {
+            Op::ListInvoices => self.list_invoices(request, &caller).await,
+            Op::GetPayment => {
                 let record: PaymentRecord = self.store.get(&caller.org, &path_id(&found)?).await?;
                 http::json(200, &record.to_json())
             }
-            ("POST", "/services/payments/{id}/refund") => {
-                caller.require(Role::Admin)?;
+            Op::Refund => {
                 let id = path_id(&found)?;
                 run_once(
                     &self.idempotency,
@@ -513,10 +476,7 @@ impl PaymentsApi {
                 )
                 .await
             }
-            ("GET", "/services/payments/{id}/invoice") => {
-                self.invoice_link(&caller, &path_id(&found)?).await
-            }
-            _ => Err(ApiError::MethodNotAllowed),
+            Op::InvoiceLink => self.invoice_link(&caller, &path_id(&found)?).await,
         }
     }
 

@@ -63,6 +63,7 @@ async fn group_names_that_contain_a_role_grant_nothing_and_a_tenant_superuser_is
 async fn every_typed_operation_refuses_a_caller_below_its_role() {
     use functions::consent_api::ConsentOperation;
     use functions::email_api::EmailOperation;
+    use functions::payments_api::PaymentOperation;
     use functions::sms_api::SmsOperation;
     use functions::templates_api::TemplateOperation;
     use shared::auth::Role;
@@ -75,7 +76,8 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
         .map(|o| (o.route(), o.role()))
         .chain(EmailOperation::ALL.iter().map(|o| (o.route(), o.role())))
         .chain(SmsOperation::ALL.iter().map(|o| (o.route(), o.role())))
-        .chain(TemplateOperation::ALL.iter().map(|o| (o.route(), o.role())));
+        .chain(TemplateOperation::ALL.iter().map(|o| (o.route(), o.role())))
+        .chain(PaymentOperation::ALL.iter().map(|o| (o.route(), o.role())));
     let mut checked = 0;
     for (route, role) in operations {
         let path = route
@@ -106,5 +108,6 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
             + EmailOperation::ALL.len()
             + SmsOperation::ALL.len()
             + TemplateOperation::ALL.len()
+            + PaymentOperation::ALL.len()
     );
 }
