@@ -5,26 +5,24 @@
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
-use shared::http::{self, ApiError, Cursor, PageRequest, Route, Router};
+use shared::http::{self, ApiError, Cursor, PageRequest, Route};
 use shared::store::{AuditQuery, EventStore};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        pattern: "/services/audit-logs",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/analytics",
-    },
-];
-const ROUTER: Router = Router::new(ROUTES);
+shared::operations! {
+    /// Every operation of the audit and analytics API, with the role it needs.
+    pub enum AuditOperation {
+        AuditLogs = "GET" "/services/audit-logs" Admin,
+        Analytics = "GET" "/services/analytics" Member,
+    }
+}
+
+pub const ROUTES: &[Route] = AuditOperation::ROUTES;
 /// The longest analytics range one request may ask for.
 const MAX_RANGE_DAYS: i64 = 366;
 
@@ -60,14 +58,15 @@ impl AuditApi {
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use AuditOperation as Op;
+        let (operation, _) = AuditOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
+        caller.require(operation.role())?;
         let params = http::query_map(request);
         let org = scope(&caller, &params)?;
-        match found.route.pattern {
-            "/services/audit-logs" => {
-                caller.require(Role::Admin)?;
+        match operation {
+            Op::AuditLogs => {
                 let query = AuditQuery {
                     org: org.clone(),
                     actor: params.get("actor").cloned(),
@@ -117,8 +116,7 @@ impl AuditApi {
                 };
                 http::json(200, &json!({"items": items, "next_cursor": next}))
             }
-            _ => {
-                caller.require(Role::Member)?;
+            Op::Analytics => {
                 let granularity = params.get("granularity").map_or("day", String::as_str);
                 if granularity != "hour" && granularity != "day" {
                     return Err(ApiError::field("granularity", "must be hour or day"));

@@ -15,25 +15,23 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::{AwsClients, SqsClient};
 use shared::config::Env;
 use shared::events::{Event, EventPublisher};
-use shared::http::{self, ApiError, Route, Router};
+use shared::http::{self, ApiError, Route};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        pattern: "/services/admin/dead-letters",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/admin/dead-letters/{queue}/redrive",
-    },
-];
-const ROUTER: Router = Router::new(ROUTES);
+shared::operations! {
+    /// Every operation of the operations API: platform superusers only.
+    pub enum OperationsOperation {
+        ListDeadLetters = "GET" "/services/admin/dead-letters" Superuser,
+        Redrive = "POST" "/services/admin/dead-letters/{queue}/redrive" Superuser,
+    }
+}
+
+pub const ROUTES: &[Route] = OperationsOperation::ROUTES;
 /// How many of a DLQ's messages a listing shows (one ReceiveMessage call's maximum).
 const SHOWN_MESSAGES: i32 = 10;
 
@@ -99,19 +97,21 @@ impl OperationsApi {
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use OperationsOperation as Op;
+        let (operation, found) =
+            OperationsOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(Role::Superuser)?;
-        match found.route.pattern {
-            "/services/admin/dead-letters" => {
+        caller.require(operation.role())?;
+        match operation {
+            Op::ListDeadLetters => {
                 let mut queues = Vec::new();
                 for queue in &self.queues {
                     queues.push(self.describe(queue).await?);
                 }
                 http::json(200, &json!({ "items": queues }))
             }
-            _ => {
+            Op::Redrive => {
                 let key = found.param("queue");
                 let queue = self
                     .queues

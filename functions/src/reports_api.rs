@@ -9,55 +9,36 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use shared::auth::{Caller, ClaimNames, Role};
+use shared::auth::{Caller, ClaimNames};
 use shared::aws::{AwsClients, S3Client, SchedulerClient};
 use shared::config::{Env, OnFirstUse};
 use shared::domain::email::EmailAddress;
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::run_once;
-use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch, Router};
+use shared::http::{self, ApiError, FieldErrors, PageRequest, Route, RouteMatch};
 use shared::queue::{Envelope, Job, QueuePublisher};
 use shared::reports::{Report, ReportFormat, ReportKind, ReportSchedule, ReportStatus};
 use shared::store::{IdempotencyStore, ReportStore};
 
 use crate::registry::{BoxFuture, HttpFunction};
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "POST",
-        pattern: "/services/reports",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/reports",
-    },
-    Route {
-        method: "POST",
-        pattern: "/services/reports/schedules",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/reports/schedules",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/reports/schedules",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/reports/schedules/{id}",
-    },
-    Route {
-        method: "GET",
-        pattern: "/services/reports/{id}",
-    },
-    Route {
-        method: "DELETE",
-        pattern: "/services/reports/{id}",
-    },
-];
-const ROUTER: Router = Router::new(ROUTES);
+shared::operations! {
+    /// Every operation of the reports API, with the role it needs.
+    pub enum ReportOperation {
+        Request = "POST" "/services/reports" Member,
+        List = "GET" "/services/reports" Member,
+        CreateSchedule = "POST" "/services/reports/schedules" Admin,
+        ListSchedules = "GET" "/services/reports/schedules" Member,
+        /// SPEC's form: the schedule named by `?id=`.
+        DeleteScheduleById = "DELETE" "/services/reports/schedules" Admin,
+        DeleteSchedule = "DELETE" "/services/reports/schedules/{id}" Admin,
+        Get = "GET" "/services/reports/{id}" Member,
+        Delete = "DELETE" "/services/reports/{id}" Admin,
+    }
+}
+
+pub const ROUTES: &[Route] = ReportOperation::ROUTES;
 
 /// How long a download link works (SPEC §9).
 pub const DOWNLOAD_URL_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -228,12 +209,14 @@ impl ReportsApi {
     }
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let found = ROUTER.find(request.method().as_str(), request.uri().path())?;
+        use ReportOperation as Op;
+        let (operation, found) =
+            ReportOperation::find(request.method().as_str(), request.uri().path())?;
         let caller = Caller::from_request(request, &self.claims)?;
         tracing::Span::current().record("org", caller.org.as_str());
-        match (found.route.method, found.route.pattern) {
-            ("POST", "/services/reports") => {
-                caller.require(Role::Member)?;
+        caller.require(operation.role())?;
+        match operation {
+            Op::Request => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -243,8 +226,7 @@ impl ReportsApi {
                 )
                 .await
             }
-            ("GET", "/services/reports") => {
-                caller.require(Role::Member)?;
+            Op::List => {
                 let params = http::query_map(request);
                 let org = caller.listed_org(&params)?;
                 let page = PageRequest::from_query(&params, org.as_str())?;
@@ -255,8 +237,7 @@ impl ReportsApi {
                     &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
                 )
             }
-            ("POST", "/services/reports/schedules") => {
-                caller.require(Role::Admin)?;
+            Op::CreateSchedule => {
                 run_once(
                     &self.idempotency,
                     &caller.org,
@@ -266,8 +247,7 @@ impl ReportsApi {
                 )
                 .await
             }
-            ("GET", "/services/reports/schedules") => {
-                caller.require(Role::Member)?;
+            Op::ListSchedules => {
                 let params = http::query_map(request);
                 let org = caller.listed_org(&params)?;
                 let page = PageRequest::from_query(&params, org.as_str())?;
@@ -278,26 +258,22 @@ impl ReportsApi {
                     &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
                 )
             }
-            ("DELETE", "/services/reports/schedules") => {
-                caller.require(Role::Admin)?;
+            Op::DeleteScheduleById => {
                 let params = http::query_map(request);
                 let id = params
                     .get("id")
                     .ok_or_else(|| ApiError::field("id", "is required"))?;
                 self.delete_schedule(request, &caller, id).await
             }
-            ("DELETE", "/services/reports/schedules/{id}") => {
-                caller.require(Role::Admin)?;
+            Op::DeleteSchedule => {
                 self.delete_schedule(request, &caller, found.param("id"))
                     .await
             }
-            ("GET", _) => {
-                caller.require(Role::Member)?;
+            Op::Get => {
                 let report = self.reports.get(&caller.org, record_id(&found)?).await?;
                 self.with_download(&report).await
             }
-            ("DELETE", _) => {
-                caller.require(Role::Admin)?;
+            Op::Delete => {
                 let id = record_id(&found)?;
                 let report = self.reports.delete(&caller.org, id, Utc::now()).await?;
                 self.s3
@@ -317,7 +293,6 @@ impl ReportsApi {
                 .await;
                 Ok(http::no_content())
             }
-            _ => Err(ApiError::MethodNotAllowed),
         }
     }
 

@@ -61,15 +61,19 @@ async fn group_names_that_contain_a_role_grant_nothing_and_a_tenant_superuser_is
 /// become typed tables.)
 #[tokio::test]
 async fn every_typed_operation_refuses_a_caller_below_its_role() {
+    use functions::audit_api::AuditOperation;
     use functions::consent_api::ConsentOperation;
     use functions::email_api::EmailOperation;
+    use functions::operations_api::OperationsOperation;
     use functions::payments_api::PaymentOperation;
+    use functions::reports_api::ReportOperation;
     use functions::sms_api::SmsOperation;
     use functions::templates_api::TemplateOperation;
     use shared::auth::Role;
 
     let app = spawn_bundle().await;
     let member = app.token("acme", "member");
+    let admin = app.token("acme", "admin");
     let nobody = app.mint_without_roles("acme");
     let operations = ConsentOperation::ALL
         .iter()
@@ -77,19 +81,27 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
         .chain(EmailOperation::ALL.iter().map(|o| (o.route(), o.role())))
         .chain(SmsOperation::ALL.iter().map(|o| (o.route(), o.role())))
         .chain(TemplateOperation::ALL.iter().map(|o| (o.route(), o.role())))
-        .chain(PaymentOperation::ALL.iter().map(|o| (o.route(), o.role())));
+        .chain(PaymentOperation::ALL.iter().map(|o| (o.route(), o.role())))
+        .chain(ReportOperation::ALL.iter().map(|o| (o.route(), o.role())))
+        .chain(AuditOperation::ALL.iter().map(|o| (o.route(), o.role())))
+        .chain(
+            OperationsOperation::ALL
+                .iter()
+                .map(|o| (o.route(), o.role())),
+        );
     let mut checked = 0;
     for (route, role) in operations {
         let path = route
             .pattern
             .replace("{key}", "newsletter")
             .replace("{kind}", "email")
+            .replace("{queue}", "email-send")
             .replace("{address}", "ann%40example.com")
             .replace("{id}", &shared::domain::RecordId::new().to_string());
         let below = match role {
             Role::Member => &nobody,
             Role::Admin => &member,
-            Role::Superuser => continue,
+            Role::Superuser => &admin,
         };
         let reply = app
             .call(
@@ -109,5 +121,8 @@ async fn every_typed_operation_refuses_a_caller_below_its_role() {
             + SmsOperation::ALL.len()
             + TemplateOperation::ALL.len()
             + PaymentOperation::ALL.len()
+            + ReportOperation::ALL.len()
+            + AuditOperation::ALL.len()
+            + OperationsOperation::ALL.len()
     );
 }
