@@ -335,6 +335,14 @@ impl SendGridWebhook {
             duplicates += outcome.duplicates;
             log.extend(logged);
             if let (Some((org, id)), Some(status)) = (email, outcome.new_status) {
+                if outcome.overtook_sent {
+                    log.push(Event::delivery(
+                        &org,
+                        "email",
+                        format!("email/{id}"),
+                        "sent",
+                    ));
+                }
                 log.push(Event::delivery(
                     &org,
                     "email",

@@ -20,8 +20,9 @@ pub struct Fault {
     pub connection: Option<ConnectionFault>,
     /// `{"webhooks": false}` stops webhook posting; `true` resumes it (sandbox-specific).
     pub webhooks: Option<bool>,
-    /// Twilio: post this message's status callbacks before answering the create, as when
-    /// they overtake the API's answer on its way back (`{"callbacks_first": true}`).
+    /// Post this call's webhooks (Twilio: status callbacks; SendGrid: events) before
+    /// answering it, as when they overtake the API's answer on its way back
+    /// (`{"callbacks_first": true}`).
     #[serde(default)]
     pub callbacks_first: bool,
     /// Replaces the chaos plan (`share` 0 turns it off).

@@ -537,14 +537,18 @@ async fn mail_send(
         .lock()
         .map(|s| s.webhooks_off)
         .unwrap_or(false);
-    let poster = Arc::clone(&sandbox);
-    tokio::spawn(async move {
-        if webhooks_off {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        poster.post_events(&events).await;
-    });
+    if fault.callbacks_first && !webhooks_off {
+        sandbox.post_events(&events).await;
+    } else {
+        let poster = Arc::clone(&sandbox);
+        tokio::spawn(async move {
+            if webhooks_off {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            poster.post_events(&events).await;
+        });
+    }
     if let Some(connection) = fault.connection {
         if let Ok(mut state) = sandbox.state.lock() {
             state.unanswered_recipients += recipients;

@@ -161,6 +161,10 @@ pub struct EventsApplied {
     pub duplicates: usize,
     /// The email's status after the events, when they changed it.
     pub new_status: Option<EmailStatus>,
+    /// The events took the email past `sent` before the worker recorded it there (the
+    /// webhook overtook the worker's outcome write, whose condition then fails): the `sent`
+    /// change is the webhook's to report, or analytics would never count it.
+    pub overtook_sent: bool,
 }
 
 /// One provider event to apply: its dedupe key and the address it suppresses, if any.
@@ -611,6 +615,7 @@ impl EmailStore {
                     applied: 0,
                     duplicates,
                     new_status: None,
+                    overtook_sent: false,
                 });
             }
             if self
@@ -618,10 +623,14 @@ impl EmailStore {
                 .await?
                 .is_some()
             {
+                let sent = EmailStatus::Sent.rank();
                 return Ok(EventsApplied {
                     applied: fresh.len(),
                     duplicates,
                     new_status: (after.status != before.status).then_some(after.status),
+                    overtook_sent: before.status.rank() < sent
+                        && after.status.rank() > sent
+                        && after.status != EmailStatus::Suppressed,
                 });
             }
             // The email changed under us: read it again and decide again.
