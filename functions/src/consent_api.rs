@@ -120,19 +120,7 @@ impl ConsentApi {
             Op::ExportConsent => self.export(request, &caller).await,
             Op::GetSmsHelp => self.sms_help(request, &caller).await,
             Op::SetSmsHelp => self.set_sms_help(request, &caller).await,
-            Op::ResetSmsHelp => {
-                self.store
-                    .set_sms_help_text(&caller.org, None, chrono::Utc::now())
-                    .await?;
-                self.audit(
-                    request,
-                    &caller,
-                    "consent.sms_help.reset",
-                    "consent/sms-help".to_owned(),
-                )
-                .await;
-                Ok(http::no_content())
-            }
+            Op::ResetSmsHelp => self.reset_sms_help(request, &caller).await,
         }
     }
 
@@ -299,6 +287,25 @@ impl ConsentApi {
             ),
         };
         http::json(200, &json!({ "text": text, "set_by": set_by }))
+    }
+
+    /// `DELETE /services/consent/sms-help/`: back to the deployment's answer.
+    async fn reset_sms_help(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        self.store
+            .set_sms_help_text(&caller.org, None, chrono::Utc::now())
+            .await?;
+        self.audit(
+            request,
+            caller,
+            "consent.sms_help.reset",
+            "consent/sms-help".to_owned(),
+        )
+        .await;
+        Ok(http::no_content())
     }
 
     /// `PUT /services/consent/sms-help/` with `{"text": …}`: the organization's own answer.

@@ -293,14 +293,17 @@ impl TwilioWebhook {
     /// deployment's. A storage failure answers with the deployment's: CTIA asks that HELP
     /// is always answered, and Twilio would not retry a 5xx inbound answer as a reply.
     async fn help_text_of(&self, org: &OrgId) -> String {
-        match self.consent.sms_help_text(org).await {
-            Ok(Some(text)) => text,
-            Ok(None) => shared::consent::deployment_sms_help_text(self.help_text.as_deref(), org),
-            Err(error) => {
+        let own = self
+            .consent
+            .sms_help_text(org)
+            .await
+            .unwrap_or_else(|error| {
                 tracing::error!(error = format!("{error:#}"), "reading the SMS help text");
-                shared::consent::deployment_sms_help_text(self.help_text.as_deref(), org)
-            }
-        }
+                None
+            });
+        own.unwrap_or_else(|| {
+            shared::consent::deployment_sms_help_text(self.help_text.as_deref(), org)
+        })
     }
 
     async fn inbound<'a>(

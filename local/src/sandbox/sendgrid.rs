@@ -156,6 +156,17 @@ impl SendGridSandbox {
             .unwrap_or_default()
     }
 
+    /// The inbox's copy of Herald's email `email_id` (kept in its `custom_args`).
+    fn received_copy(&self, email_id: &str) -> Option<Value> {
+        self.state.lock().ok().and_then(|state| {
+            state
+                .inbox
+                .iter()
+                .find(|m| m["custom_args"]["email_id"] == email_id)
+                .cloned()
+        })
+    }
+
     pub fn router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
             .route("/sandbox/sendgrid/v3/mail/send", post(mail_send))
@@ -687,14 +698,7 @@ async fn engagement(
     ) {
         return error(StatusCode::BAD_REQUEST, "not an engagement event");
     }
-    let copy = sandbox.state.lock().ok().and_then(|state| {
-        state
-            .inbox
-            .iter()
-            .find(|m| m["custom_args"]["email_id"] == email_id)
-            .cloned()
-    });
-    let Some(copy) = copy else {
+    let Some(copy) = sandbox.received_copy(email_id) else {
         return error(StatusCode::NOT_FOUND, "no copy of that email in the inbox");
     };
     let mut event = json!({
@@ -731,14 +735,7 @@ async fn mail_reply(
     let Some(email_id) = request["email_id"].as_str() else {
         return error(StatusCode::BAD_REQUEST, "email_id is required");
     };
-    let copy = sandbox.state.lock().ok().and_then(|state| {
-        state
-            .inbox
-            .iter()
-            .find(|m| m["custom_args"]["email_id"] == email_id)
-            .cloned()
-    });
-    let Some(copy) = copy else {
+    let Some(copy) = sandbox.received_copy(email_id) else {
         return error(StatusCode::NOT_FOUND, "no copy of that email in the inbox");
     };
     let list = copy["headers"]["List-Unsubscribe"]

@@ -109,6 +109,11 @@ macro_rules! operations {
             /// The routes, in the same order.
             pub const ROUTES: &'static [$crate::http::Route] =
                 &[$($crate::http::Route { method: $method, pattern: $pattern }),+];
+            /// Each route with the role it needs, in the same order.
+            pub const TABLE: &'static [($crate::http::Route, $crate::auth::Role)] = &[$((
+                $crate::http::Route { method: $method, pattern: $pattern },
+                $crate::auth::Role::$role,
+            )),+];
 
             pub const fn route(self) -> $crate::http::Route {
                 match self {

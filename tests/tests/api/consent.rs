@@ -522,23 +522,27 @@ async fn an_address_history_shows_a_bounce_its_lifting_a_one_click_and_a_resubsc
     );
 }
 
-/// What the Twilio sandbox's webhook call answered for an inbound SMS (signed as Twilio
-/// signs it).
+/// An SMS from the token's organization to `number`, delivered: the number's inbound SMS
+/// then belong to that organization (a shared sender).
+async fn texted_by(app: &TestBundle, token: &str, number: &str) {
+    let sent = app
+        .post(
+            "/services/sms/",
+            token,
+            json!({"to": number, "body": "Your code is 1234"}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    app.sms_reaches(token, sent.body["id"].as_str().unwrap(), "delivered")
+        .await;
+}
+
 #[tokio::test]
 async fn sms_keywords_land_in_the_ledger_and_help_answers_with_the_help_text() {
     let app = spawn_bundle().await;
     let admin = app.token("acme", "admin");
     let ann = "+14155552671";
-    let first = app
-        .post(
-            "/services/sms/",
-            &admin,
-            json!({"to": ann, "body": "Hi Ann"}),
-        )
-        .await;
-    assert_eq!(first.status, 202, "{}", first.body);
-    app.sms_reaches(&admin, first.body["id"].as_str().unwrap(), "delivered")
-        .await;
+    texted_by(&app, &admin, ann).await;
 
     assert!(app.inbound_sms(ann, "STOP").await.ends_with("<Response/>"));
     let help = app.inbound_sms(ann, "help").await;
@@ -844,17 +848,7 @@ async fn an_organization_answers_help_with_its_own_text() {
     let admin = app.token("acme", "admin");
     let member = app.token("acme", "member");
     let ann = "+14155552672";
-    // Ann texted by acme first, so her inbound SMS belong to acme (a shared sender).
-    let sent = app
-        .post(
-            "/services/sms/",
-            &admin,
-            json!({"to": ann, "body": "Your code is 1234"}),
-        )
-        .await;
-    assert_eq!(sent.status, 202, "{}", sent.body);
-    app.sms_reaches(&admin, sent.body["id"].as_str().unwrap(), "delivered")
-        .await;
+    texted_by(&app, &admin, ann).await;
 
     let shown = app.get("/services/consent/sms-help/", &member).await;
     assert_eq!(shown.status, 200, "{}", shown.body);
