@@ -40,6 +40,11 @@ impl FieldErrorCollector {
         self.errors.is_empty()
     }
 
+    /// Whether something is noted for `field` already.
+    pub fn has(&self, field: &str) -> bool {
+        self.errors.contains_key(field)
+    }
+
     /// `Ok` when nothing was noted, else the 400 naming every field.
     ///
     /// # Errors

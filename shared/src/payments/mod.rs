@@ -8,6 +8,6 @@ pub mod records;
 
 pub use money::{Currency, MAX_AMOUNT, check_amount};
 pub use records::{
-    CustomerRecord, InvoiceRecord, PaymentRecord, PaymentStatus, SubscriptionItem,
+    Charge, CustomerRecord, InvoiceRecord, PaymentRecord, PaymentStatus, SubscriptionItem,
     SubscriptionRecord,
 };

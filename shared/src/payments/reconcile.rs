@@ -63,6 +63,17 @@ pub struct PaymentChange {
 }
 
 impl PaymentChange {
+    /// The change that left `record` as it is.
+    pub fn of(record: &PaymentRecord) -> Self {
+        Self {
+            org: record.org_id.clone(),
+            id: record.id.clone(),
+            status: record.status,
+            amount: record.amount,
+            currency: record.currency.as_str().to_owned(),
+        }
+    }
+
     /// The delivery event (audit trail and analytics) of this change.
     pub fn delivery(&self) -> crate::events::Event {
         crate::events::Event::delivery(

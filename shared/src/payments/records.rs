@@ -189,7 +189,48 @@ pub struct PaymentRecord {
     pub version: u64,
 }
 
+/// A charge as a request asks for it, checked: what a new payment record starts from and
+/// what every attempt at the PaymentIntent sends Stripe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub amount: i64,
+    pub currency: Currency,
+    /// The Herald customer and its Stripe customer, when the charge names one.
+    pub customer_id: Option<String>,
+    pub stripe_customer: Option<String>,
+    pub payment_method: String,
+    pub description: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Charged while the customer is away (Stripe `off_session`).
+    pub off_session: bool,
+}
+
 impl PaymentRecord {
+    /// The record of `charge`, written before Stripe is called: `pending`, no intent yet.
+    pub fn pending(id: String, org_id: OrgId, charge: &Charge, now: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            org_id,
+            customer_id: charge.customer_id.clone(),
+            stripe_customer: charge.stripe_customer.clone(),
+            stripe_id: None,
+            amount: charge.amount,
+            currency: charge.currency.clone(),
+            description: charge.description.clone(),
+            status: PaymentStatus::Pending,
+            amount_refunded: 0,
+            failure_reason: None,
+            invoice_id: None,
+            payment_method: Some(charge.payment_method.clone()),
+            metadata: charge.metadata.clone(),
+            created_at: now,
+            updated_at: now,
+            state_at: 0,
+            state_rank: 0,
+            version: 0,
+        }
+    }
+
     /// The status with refunds laid over the PaymentIntent's own: refunds only grow.
     pub fn settle_status(&mut self, intent_status: PaymentStatus) {
         self.status = if self.amount_refunded > 0

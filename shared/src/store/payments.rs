@@ -113,6 +113,16 @@ pub struct SyncCheckpoint {
     pub version: u64,
 }
 
+/// Rounds of [`PaymentStore::update`] before it gives up on a record that keeps changing.
+pub const UPDATE_ATTEMPTS: usize = 4;
+
+/// A record after [`PaymentStore::update`]: as saved, or as found when nothing changed.
+#[derive(Debug)]
+pub struct Updated<T> {
+    pub record: T,
+    pub changed: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct PaymentStore {
     dynamodb: DynamoDbClient,
@@ -213,6 +223,43 @@ impl PaymentStore {
                 }
             }
         }
+    }
+
+    /// Reads record `id`, lets `change` edit it and saves it; when another writer saved in
+    /// between, reads it again and repeats (optimistic concurrency on `version`). `change`
+    /// answers `false` to leave the record as it found it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for no such record, [`StoreError::Conflict`] when it kept
+    /// changing for [`UPDATE_ATTEMPTS`] rounds.
+    pub async fn update<T: PaymentEntity>(
+        &self,
+        org: &OrgId,
+        id: &str,
+        mut change: impl FnMut(&mut T) -> bool,
+    ) -> Result<Updated<T>, StoreError> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let mut record: T = self.get(org, id).await?;
+            if !change(&mut record) {
+                return Ok(Updated {
+                    record,
+                    changed: false,
+                });
+            }
+            match self.save(&mut record).await {
+                Ok(()) => {
+                    return Ok(Updated {
+                        record,
+                        changed: true,
+                    });
+                }
+                Err(StoreError::Conflict(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StoreError::Conflict(
+            "the record kept changing; retry".to_owned(),
+        ))
     }
 
     /// # Errors

@@ -4,6 +4,7 @@
 //!   idempotency keys, pagination and classified errors.
 //! - [`signature`]: `Stripe-Signature` verification (and signing, for the sandbox and tests).
 //! - [`events`]: the webhook event envelope.
+//! - [`retry`]: a create retried under its idempotency key within a deadline.
 //!
 //! Herald finds its records from Stripe objects through `metadata[org_id]` and
 //! `metadata[herald_id]`, which it sets on every object it creates.
@@ -11,6 +12,7 @@
 pub mod client;
 pub mod events;
 pub mod form;
+pub mod retry;
 pub mod signature;
 
 pub use client::{
@@ -18,4 +20,5 @@ pub use client::{
     StripeClient, StripeError,
 };
 pub use events::StripeEvent;
+pub use retry::{Attempted, Deadline};
 pub use signature::{DEFAULT_TOLERANCE, SIGNATURE_HEADER, SignatureError, WebhookVerifier, sign};
