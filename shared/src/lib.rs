@@ -11,6 +11,7 @@ pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod consent;
+pub mod contacts;
 pub mod domain;
 pub mod events;
 pub mod http;

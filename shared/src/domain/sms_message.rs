@@ -50,6 +50,34 @@ impl PhoneNumber {
     }
 }
 
+/// Checks a sender: an E.164 number (normalized), a Messaging Service SID (`MG…`) or an
+/// alphanumeric sender ID (up to 11 letters, digits and spaces, at least one letter).
+///
+/// # Errors
+/// A message saying what a sender must be.
+pub fn parse_sender(from: &str) -> Result<String, String> {
+    let from = from.trim();
+    if from.starts_with('+') {
+        return PhoneNumber::parse(from).map(|n| n.to_string());
+    }
+    if from.len() == 34 && from.starts_with("MG") && from.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Ok(from.to_owned());
+    }
+    let alphanumeric = !from.is_empty()
+        && from.len() <= 11
+        && from.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
+        && from.chars().any(|c| c.is_ascii_alphabetic());
+    if alphanumeric {
+        Ok(from.to_owned())
+    } else {
+        Err(
+            "must be an E.164 number, a Messaging Service SID or an alphanumeric sender ID"
+                .to_owned(),
+        )
+    }
+}
+
 impl TryFrom<String> for PhoneNumber {
     type Error = String;
     fn try_from(value: String) -> Result<Self, Self::Error> {
@@ -292,6 +320,16 @@ impl Keyword {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn senders() {
+        assert_eq!(parse_sender("+1 415 555 2671").unwrap(), "+14155552671");
+        assert!(parse_sender("MG0123456789abcdef0123456789abcdef").is_ok());
+        assert!(parse_sender("Herald").is_ok());
+        assert!(parse_sender("12345").is_err());
+        assert!(parse_sender("A very long sender").is_err());
+        assert!(parse_sender("").is_err());
+    }
 
     #[test]
     fn numbers_are_validated_and_normalized_to_e164() {

@@ -1,0 +1,199 @@
+//! Phonebooks: create, list, read, delete, and contacts imported from JSON or CSV with a
+//! per-row report.
+
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use shared::auth::Caller;
+use shared::contacts::{CheckedUpload, ContactInput};
+use shared::domain::RecordId;
+use shared::http::{self, ApiError, FieldErrors, PageRequest};
+use shared::store::Phonebook;
+
+use super::{SmsApi, page_json};
+
+/// Rows one import takes.
+const MAX_CONTACTS_PER_IMPORT: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhonebookRequest {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl PhonebookRequest {
+    /// The new phonebook, or the 400 that names what is wrong.
+    fn into_phonebook(self, now: chrono::DateTime<chrono::Utc>) -> Result<Phonebook, ApiError> {
+        let name = self.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(ApiError::field("name", "must be 1 to 100 characters"));
+        }
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 1000)
+        {
+            return Err(ApiError::field(
+                "description",
+                "must be at most 1,000 characters",
+            ));
+        }
+        Ok(Phonebook {
+            id: RecordId::new().to_string(),
+            name,
+            description: self.description,
+            contact_count: 0,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+}
+
+/// The 400 of an upload without a single usable contact: its refused rows, or that it was
+/// empty.
+fn nothing_to_import(upload: &CheckedUpload) -> ApiError {
+    let mut errors = FieldErrors::new();
+    for row in upload.rejected.iter().take(http::MAX_REPORTED_FIELDS) {
+        errors.insert(format!("row {}", row.row), vec![row.reason.clone()]);
+    }
+    if errors.is_empty() {
+        errors.insert(
+            "body".to_owned(),
+            vec!["no contacts in the upload".to_owned()],
+        );
+    }
+    ApiError::invalid(errors)
+}
+
+impl SmsApi {
+    pub(super) async fn create_phonebook(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        let input: PhonebookRequest = http::parse_json(request)?;
+        let book = input.into_phonebook(chrono::Utc::now())?;
+        self.phonebooks.create(&caller.org, &book).await?;
+        let resource = format!("phonebook/{}", book.id);
+        self.audit(request, caller, "phonebook.create", resource, json!({}))
+            .await;
+        http::json(201, &book)
+    }
+
+    pub(super) async fn list_phonebooks(
+        &self,
+        request: &Request,
+        caller: &Caller,
+    ) -> Result<Response<Body>, ApiError> {
+        let params = http::query_map(request);
+        let org = caller.listed_org(&params)?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (books, next) = self.phonebooks.list(&org, &page).await?;
+        page_json(&page, &books, next)
+    }
+
+    pub(super) async fn get_phonebook(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let book = self.phonebooks.get(&caller.org, id).await?;
+        http::json(200, &book)
+    }
+
+    pub(super) async fn delete_phonebook(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        self.phonebooks
+            .delete(&caller.org, id, chrono::Utc::now())
+            .await?;
+        let resource = format!("phonebook/{id}");
+        self.audit(request, caller, "phonebook.delete", resource, json!({}))
+            .await;
+        Ok(http::no_content())
+    }
+
+    pub(super) async fn list_contacts(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let params = http::query_map(request);
+        let org = caller.listed_org(&params)?;
+        self.phonebooks.get(&org, id).await?;
+        let page = PageRequest::from_query(&params, org.as_str())?;
+        let (contacts, next) = self.phonebooks.list_contacts(&org, id, &page).await?;
+        page_json(&page, &contacts, next)
+    }
+
+    pub(super) async fn import_contacts(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        phonebook: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        self.phonebooks.get(&caller.org, phonebook).await?;
+        let now = chrono::Utc::now();
+        let upload = checked_upload(request, now)?;
+        if upload.rows() > MAX_CONTACTS_PER_IMPORT {
+            return Err(ApiError::field(
+                "body",
+                format!("at most {MAX_CONTACTS_PER_IMPORT} contacts per upload"),
+            ));
+        }
+        if upload.contacts.is_empty() {
+            return Err(nothing_to_import(&upload));
+        }
+        let count = self
+            .phonebooks
+            .put_contacts(&caller.org, phonebook, &upload.contacts, now)
+            .await?;
+        let (accepted, rejected) = (upload.contacts.len(), &upload.rejected);
+        let detail = json!({"accepted": accepted, "rejected": rejected.len()});
+        let resource = format!("phonebook/{phonebook}");
+        self.audit(
+            request,
+            caller,
+            "phonebook.contacts.import",
+            resource,
+            detail,
+        )
+        .await;
+        http::json(
+            200,
+            &json!({"accepted": accepted, "rejected": rejected, "contact_count": count}),
+        )
+    }
+}
+
+/// The upload a request carries: CSV for `text/csv`, else a JSON list of contacts.
+fn checked_upload(
+    request: &Request,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<CheckedUpload, ApiError> {
+    let bytes = http::body_bytes(request);
+    if bytes.len() > http::MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge(
+            "uploads are limited to 1 MiB".to_owned(),
+        ));
+    }
+    let content_type = request
+        .headers()
+        .get(::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    if content_type.starts_with("text/csv") {
+        CheckedUpload::from_csv(bytes, now).map_err(|m| ApiError::field("body", m))
+    } else {
+        let inputs: Vec<ContactInput> = http::parse_json(request)?;
+        Ok(CheckedUpload::from_inputs(inputs, now))
+    }
+}
