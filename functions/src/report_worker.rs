@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use shared::aws::{AwsClients, S3Client};
 use shared::config::{ConfigError, Env, OnFirstUse};
-use shared::domain::email::{EmailAddress, EmailRecord, EmailStatus, TimelineEntry};
+use shared::domain::email::{EmailAddress, EmailContent, EmailRecord, SendShared};
 use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
 use shared::metrics::JobOutcome;
@@ -443,37 +443,21 @@ fn link_emails(
         report.to.format("%Y-%m-%d"),
         report.id
     );
+    let shared = SendShared {
+        from_name: Some("Herald reports".to_owned()),
+        metadata: [("report_id".to_owned(), report.id.clone())].into(),
+        ..SendShared::default()
+    };
+    let content = EmailContent {
+        subject,
+        html: None,
+        text: Some(text),
+    };
     recipients
         .iter()
-        .map(|to| EmailRecord {
-            id: RecordId::new().to_string(),
-            org_id: report.org_id.clone(),
-            to: to.clone(),
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            from: from.clone(),
-            from_name: Some("Herald reports".to_owned()),
-            reply_to: None,
-            subject: subject.clone(),
-            html: None,
-            text: Some(text.clone()),
-            metadata: [("report_id".to_owned(), report.id.clone())].into(),
-            topic: None,
-            template_id: None,
-            campaign: None,
-            bulk_id: None,
-            status: EmailStatus::Queued,
-            engagement: Vec::new(),
-            timeline: vec![TimelineEntry::new(now, "queued", None)],
-            attempts: 0,
-            failure_kind: None,
-            failure_reason: None,
-            provider_message_id: None,
-            created_at: now,
-            updated_at: now,
-            sent_at: None,
-            version: 1,
-            applied_events: Vec::new(),
+        .map(|to| {
+            let org = report.org_id.clone();
+            EmailRecord::queued(org, from.clone(), to.clone(), &shared, content.clone(), now)
         })
         .collect()
 }
@@ -481,6 +465,7 @@ fn link_emails(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::domain::email::EmailStatus;
 
     #[test]
     fn every_delivery_of_one_run_names_the_same_report() {

@@ -332,7 +332,89 @@ pub struct EmailRecord {
     pub applied_events: Vec<String>,
 }
 
+/// Who an email of one send is from and who else gets it, and what labels it: what every
+/// recipient of the send shares.
+#[derive(Debug, Clone, Default)]
+pub struct SendShared {
+    pub from_name: Option<String>,
+    pub reply_to: Option<EmailAddress>,
+    pub cc: Vec<EmailAddress>,
+    pub bcc: Vec<EmailAddress>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub template_id: Option<String>,
+    pub campaign: Option<String>,
+    pub topic: Option<String>,
+    pub bulk_id: Option<String>,
+}
+
+/// What one recipient reads: the subject and bodies, rendered for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailContent {
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+}
+
+impl EmailContent {
+    /// Bytes of the html and text bodies together (what the body item holds).
+    pub fn body_bytes(&self) -> usize {
+        self.html.as_ref().map_or(0, String::len) + self.text.as_ref().map_or(0, String::len)
+    }
+}
+
 impl EmailRecord {
+    /// A new email to `to`, `queued` for the worker.
+    pub fn queued(
+        org_id: super::OrgId,
+        from: EmailAddress,
+        to: EmailAddress,
+        shared: &SendShared,
+        content: EmailContent,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        let SendShared {
+            from_name,
+            reply_to,
+            cc,
+            bcc,
+            metadata,
+            template_id,
+            campaign,
+            topic,
+            bulk_id,
+        } = shared.clone();
+        Self {
+            id: super::RecordId::new().to_string(),
+            org_id,
+            to,
+            cc,
+            bcc,
+            from,
+            from_name,
+            reply_to,
+            subject: content.subject,
+            html: content.html,
+            text: content.text,
+            metadata,
+            template_id,
+            campaign,
+            topic,
+            bulk_id,
+            status: EmailStatus::Queued,
+            engagement: Vec::new(),
+            timeline: vec![TimelineEntry::new(now, "queued", None)],
+            attempts: 0,
+            failure_kind: None,
+            failure_reason: None,
+            provider_message_id: None,
+            created_at: now,
+            updated_at: now,
+            sent_at: None,
+            version: 1,
+            applied_events: Vec::new(),
+        }
+    }
+
     /// Whether the provider's word may move this email to `next`: forward-only, except that
     /// the provider saying a message went out overrides Herald's own give-up after transient
     /// failures — a call that timed out or lost its connection may still have been carried

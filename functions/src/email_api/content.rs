@@ -1,0 +1,154 @@
+//! The content of a send: a stored email template or the request's own subject and bodies,
+//! and its rendering for each recipient.
+
+use serde_json::Value;
+
+use shared::auth::Caller;
+use shared::domain::RecordId;
+use shared::domain::email::EmailContent;
+use shared::domain::template::{TemplateContent, TemplateKind};
+use shared::http::{ApiError, FieldErrorCollector};
+use shared::render::{self, Escape, RenderError};
+
+use super::EmailApi;
+use super::send::SendRequest;
+
+/// The content every recipient of one send shares, before per-recipient variables.
+pub(super) struct ContentSource {
+    subject: String,
+    html: Option<String>,
+    text: Option<String>,
+    /// Literal content (a simple send) is not rendered.
+    render: bool,
+    pub(super) template_id: Option<String>,
+}
+
+impl ContentSource {
+    /// Subject, html, text for one recipient. Subjects and text are not HTML-escaped.
+    pub(super) fn render_for(&self, variables: &Value) -> Result<EmailContent, RenderError> {
+        if !self.render {
+            return Ok(EmailContent {
+                subject: self.subject.clone(),
+                html: self.html.clone(),
+                text: self.text.clone(),
+            });
+        }
+        let render = |body: &Option<String>, escape| {
+            body.as_deref()
+                .map(|b| render::render(b, variables, escape))
+                .transpose()
+        };
+        Ok(EmailContent {
+            subject: render::render(&self.subject, variables, Escape::None)?,
+            html: render(&self.html, Escape::Html)?,
+            text: render(&self.text, Escape::None)?,
+        })
+    }
+}
+
+impl EmailApi {
+    /// The shared content: a stored template (active, the caller's) or the request's own
+    /// subject and bodies.
+    pub(super) async fn content_source(
+        &self,
+        body: &SendRequest,
+        caller: &Caller,
+        errors: &mut FieldErrorCollector,
+    ) -> Result<Option<ContentSource>, ApiError> {
+        match &body.template_id {
+            Some(template_id) => {
+                self.template_source(body, caller, template_id, errors)
+                    .await
+            }
+            None => Ok(Some(literal_source(body, errors))),
+        }
+    }
+
+    /// The content of an active email template of the caller's organization.
+    async fn template_source(
+        &self,
+        body: &SendRequest,
+        caller: &Caller,
+        template_id: &str,
+        errors: &mut FieldErrorCollector,
+    ) -> Result<Option<ContentSource>, ApiError> {
+        for (field, present) in [
+            ("subject", body.subject.is_some()),
+            ("html", body.html.is_some()),
+            ("text", body.text.is_some()),
+        ] {
+            if present {
+                errors.add(
+                    field,
+                    "comes from the template; do not send it with template_id",
+                );
+            }
+        }
+        let Some(id) = RecordId::parse(template_id) else {
+            errors.add("template_id", "no such email template");
+            return Ok(None);
+        };
+        let template = match self
+            .templates
+            .get(&caller.org, TemplateKind::Email, id)
+            .await
+        {
+            Ok(template) => template,
+            Err(shared::store::StoreError::NotFound) => {
+                errors.add("template_id", "no such email template");
+                return Ok(None);
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if !template.is_active {
+            errors.add("template_id", "the template is not active");
+            return Ok(None);
+        }
+        let TemplateContent::Email {
+            subject,
+            html,
+            text,
+            ..
+        } = template.content
+        else {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "email template {id} has non-email content"
+            )));
+        };
+        Ok(Some(ContentSource {
+            subject,
+            html,
+            text,
+            render: true,
+            template_id: Some(template_id.to_owned()),
+        }))
+    }
+}
+
+/// The request's own subject and bodies, checked. A bulk send's are templates over each
+/// recipient's variables; a simple send's are sent as they are.
+fn literal_source(body: &SendRequest, errors: &mut FieldErrorCollector) -> ContentSource {
+    let subject = body.subject.clone().unwrap_or_default();
+    if subject.trim().is_empty() {
+        errors.add("subject", "is required");
+    } else if subject.chars().count() > 998 || subject.contains(['\r', '\n']) {
+        errors.add("subject", "must be one line of at most 998 characters");
+    }
+    let html = body.html.clone().filter(|h| !h.trim().is_empty());
+    let text = body.text.clone().filter(|t| !t.trim().is_empty());
+    if html.is_none() && text.is_none() {
+        errors.add("text", "text or html is required");
+    }
+    for (field, value) in [("html", &html), ("text", &text)] {
+        if value.as_ref().is_some_and(|v| v.len() > 256 * 1024) {
+            errors.add(field, "must be at most 256 KiB");
+        }
+    }
+    ContentSource {
+        subject,
+        html,
+        text,
+        render: body.recipients.is_some(),
+        template_id: None,
+    }
+}
