@@ -28,7 +28,7 @@ use shared::domain::{OrgId, RecordId};
 use shared::events::{Event, EventPublisher};
 use shared::metrics::JobOutcome;
 use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
-use shared::reports::{Report, ReportStatus, content, file};
+use shared::reports::{Report, ReportSpec, ReportStatus, content, file};
 use shared::store::{EmailStore, EventStore, ReportStore, StoreError};
 
 use crate::registry::{BoxFuture, SqsFunction, batch_response};
@@ -228,25 +228,22 @@ impl ReportWorker {
             Err(error) => return Err(error.into()),
         }
         let to = now;
-        let from = to - chrono::Duration::days(i64::from(schedule.period_days));
-        let report = Report {
-            key: Report::key_for(org, &id, schedule.format),
-            id: id.clone(),
-            org_id: org.clone(),
+        let spec = ReportSpec {
             kind: schedule.kind,
             format: schedule.format,
-            from,
+            from: to - chrono::Duration::days(i64::from(schedule.period_days)),
             to,
-            status: ReportStatus::Queued,
-            rows: None,
-            bytes: None,
-            error: None,
-            schedule_id: Some(schedule.id.clone()),
-            requested_by: format!("schedule/{}", schedule.id),
-            created_at: now,
-            updated_at: now,
-            ready_at: None,
         };
+        let requested_by = format!("schedule/{}", schedule.id);
+        let schedule_id = Some(schedule.id.clone());
+        let report = Report::queued(
+            id.clone(),
+            org.clone(),
+            spec,
+            requested_by,
+            schedule_id,
+            now,
+        );
         self.reports.create(&report).await?;
         Ok(Some(id))
     }
@@ -377,7 +374,7 @@ impl ReportWorker {
             return Ok(());
         }
         let result = async {
-            let url = crate::reports_api::presigned_download(
+            let url = shared::reports::download::presigned_download(
                 &self.s3,
                 &self.bucket,
                 report,

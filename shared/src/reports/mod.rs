@@ -3,10 +3,12 @@
 //! - [`csv`]: RFC 4180 rows with formula-injection-safe cells.
 //! - [`upload`]: a part buffer that streams a file to S3 as a multipart upload, so a
 //!   report's bytes never sit in memory beyond one 5 MiB part.
+//! - [`download`]: the presigned link a report is fetched with.
 //! - The PDF writer lives in [`crate::pdf`].
 
 pub mod content;
 pub mod csv;
+pub mod download;
 pub mod file;
 pub mod upload;
 
@@ -142,7 +144,46 @@ pub struct Report {
     pub ready_at: Option<DateTime<Utc>>,
 }
 
+/// What a new report covers: its kind, format and period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportSpec {
+    pub kind: ReportKind,
+    pub format: ReportFormat,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
 impl Report {
+    /// A report `queued` for the worker, asked for by `requested_by` (a user, or
+    /// `schedule/<id>` for a schedule's run).
+    pub fn queued(
+        id: String,
+        org_id: OrgId,
+        spec: ReportSpec,
+        requested_by: String,
+        schedule_id: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            key: Self::key_for(&org_id, &id, spec.format),
+            id,
+            org_id,
+            kind: spec.kind,
+            format: spec.format,
+            from: spec.from,
+            to: spec.to,
+            status: ReportStatus::Queued,
+            rows: None,
+            bytes: None,
+            error: None,
+            schedule_id,
+            requested_by,
+            created_at: now,
+            updated_at: now,
+            ready_at: None,
+        }
+    }
+
     pub fn key_for(org: &OrgId, id: &str, format: ReportFormat) -> String {
         format!("reports/{org}/{id}.{}", format.extension())
     }
