@@ -7,7 +7,7 @@ use lambda_http::{Body, Request, Response};
 use lambda_http::http::{HeaderValue, header};
 use shared::http::{self, ApiError, Route, Router};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 pub const ROUTES: &[Route] = &[
     Route {

@@ -12,7 +12,7 @@ use shared::domain::OrgId;
 use shared::http::{self, ApiError, Cursor, PageRequest, Route};
 use shared::store::{AuditQuery, EventStore};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 shared::operations! {
     /// Every operation of the audit and analytics API, with the role it needs.

@@ -17,7 +17,7 @@ use shared::queue::{
 };
 use shared::store::{EmailStore, SmsStore};
 
-use crate::registry::{BoxFuture, SqsFunction, batch_response};
+use crate::runtime::{BoxFuture, SqsFunction, batch_response};
 
 pub struct BulkWorker {
     emails: EmailStore,

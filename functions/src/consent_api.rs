@@ -21,7 +21,7 @@ use shared::events::{Event, EventPublisher};
 use shared::http::{self, ApiError, FieldErrorCollector, Route};
 use shared::store::{ConsentChange, ConsentStore, Topic};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 shared::operations! {
     /// Every operation of the consent API, with the role it needs.

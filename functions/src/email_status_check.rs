@@ -14,7 +14,7 @@ use shared::providers::sendgrid::{ActivityStatus, RecipientStatus, SendError, Se
 use shared::queue::{Job, QueuePublisher};
 use shared::store::{EmailStore, EventEffect, EventInput, StuckInSent};
 
-use crate::registry::{BoxFuture, ScheduledFunction};
+use crate::runtime::{BoxFuture, ScheduledFunction};
 use crate::sweep::Sweep;
 use shared::queue::EMAIL_SEND_JOB_IDS;
 
@@ -68,7 +68,7 @@ impl EmailStatusCheck {
             sweep,
             emails: EmailStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events,
-            sendgrid: crate::email_worker::sendgrid_on_first_use(aws, env)?,
+            sendgrid: shared::providers::sendgrid::SendGridClient::on_first_use(aws, env)?,
             stuck_after: chrono::Duration::minutes(minutes),
         })
     }

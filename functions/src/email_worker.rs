@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
-use shared::aws::{AwsClients, SecretsClient};
-use shared::config::{ConfigError, Env, OnFirstUse};
+use shared::aws::AwsClients;
+use shared::config::{Env, OnFirstUse};
 use shared::consent::{ALL_TOPICS, Channel, UnsubscribeClaim, UnsubscribeKeys};
 use shared::domain::OrgId;
 use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
@@ -25,7 +25,7 @@ use shared::providers::sendgrid::{
 use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
 use shared::store::{ConsentStore, EmailStore, SendOutcome};
 
-use crate::registry::{BoxFuture, SqsFunction, process_batch};
+use crate::runtime::{BoxFuture, SqsFunction, process_batch};
 
 /// How long a claim holds before another delivery may take the email over; longer than
 /// one SendGrid call with its timeout, shorter than the queue's visibility timeout.
@@ -133,10 +133,10 @@ impl EmailWorker {
             ),
             emails: EmailStore::new(aws.dynamodb.clone(), &table),
             consent: ConsentStore::new(aws.dynamodb.clone(), table),
-            unsubscribe_keys: crate::unsubscribe::signing_keys_on_first_use(aws, env),
+            unsubscribe_keys: UnsubscribeKeys::on_first_use(aws, env),
             unsubscribe_url: env.optional("UNSUBSCRIBE_URL"),
             unsubscribe_mailbox: env.optional("UNSUBSCRIBE_MAILBOX"),
-            sendgrid: sendgrid_on_first_use(aws, env)?,
+            sendgrid: SendGridClient::on_first_use(aws, env)?,
             retry: RetryDelay::from_env(aws.sqs.clone(), send_queue.clone(), env)?,
             send_queue,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
@@ -576,43 +576,6 @@ impl EmailWorker {
         self.events.publish(events).await;
         Ok(())
     }
-}
-
-/// The SendGrid client, built on first use by [`sendgrid_client`].
-/// `SENDGRID_TIMEOUT_MS` is read now, at init: a malformed value fails the function's
-/// start, naming the variable.
-///
-/// # Errors
-/// [`ConfigError::Malformed`] for a timeout that is not a number.
-pub fn sendgrid_on_first_use(
-    aws: &AwsClients,
-    env: &Env,
-) -> Result<OnFirstUse<Option<SendGridClient>>, ConfigError> {
-    let timeout = Duration::from_millis(env.number("SENDGRID_TIMEOUT_MS", 10_000)?);
-    Ok(
-        env.on_first_use(&aws.secrets, move |env, secrets| async move {
-            sendgrid_client(&env, &secrets, timeout).await
-        }),
-    )
-}
-
-/// Builds the SendGrid client from `SENDGRID_API_KEY` (secret) and `SENDGRID_BASE_URL`;
-/// `None` when no key is configured.
-///
-/// # Errors
-/// When the secret cannot be read or the base URL is unusable.
-pub async fn sendgrid_client(
-    env: &Env,
-    secrets: &SecretsClient,
-    timeout: Duration,
-) -> anyhow::Result<Option<SendGridClient>> {
-    let Some(key) = env.secret("SENDGRID_API_KEY", secrets).await? else {
-        return Ok(None);
-    };
-    let base = env
-        .optional("SENDGRID_BASE_URL")
-        .unwrap_or_else(|| "https://api.sendgrid.com".to_owned());
-    Ok(Some(SendGridClient::new(&base, key, timeout)?))
 }
 
 /// Groups emails into SendGrid calls. Emails with the same sender share a call. When their

@@ -13,7 +13,7 @@ use shared::events::{Event, parse_message};
 use shared::queue::RetryDelay;
 use shared::store::EventStore;
 
-use crate::registry::{BoxFuture, SqsFunction, batch_response};
+use crate::runtime::{BoxFuture, SqsFunction, batch_response};
 
 pub struct EventRecorder {
     /// Connected and indexed by the first batch: its URI is a secret, its indexes need

@@ -21,7 +21,7 @@ use shared::config::Env;
 use shared::events::{Event, EventPublisher};
 use shared::http::{self, ApiError, Route};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 shared::operations! {
     /// Every operation of the operations API: platform superusers only.

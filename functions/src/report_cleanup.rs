@@ -12,7 +12,7 @@ use shared::domain::OrgId;
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::store::ReportStore;
 
-use crate::registry::{BoxFuture, ScheduledFunction};
+use crate::runtime::{BoxFuture, ScheduledFunction};
 
 pub struct ReportCleanup {
     reports: ReportStore,

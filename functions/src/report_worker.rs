@@ -31,7 +31,7 @@ use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
 use shared::reports::{Report, ReportSpec, ReportStatus, content, file};
 use shared::store::{EmailStore, EventStore, ReportStore, StoreError};
 
-use crate::registry::{BoxFuture, SqsFunction, batch_response};
+use crate::runtime::{BoxFuture, SqsFunction, batch_response};
 
 /// How long a generation claim holds before another delivery may take over; longer than
 /// the function's timeout.

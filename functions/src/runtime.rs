@@ -12,14 +12,112 @@
 //! invocation at a time, and below 1,769 MB a function has less than one vCPU, so worker
 //! threads would only add thread start-up to every cold start. The concurrency inside an
 //! invocation (a batch's messages, a report's queries) is I/O and runs on one thread.
+//!
+//! The three kinds of handler ([`HttpFunction`], [`SqsFunction`], [`ScheduledFunction`])
+//! and how a queue worker runs a batch ([`process_batch`]) live here too: every function
+//! module depends on this one, and only the [`crate::registry`] depends on the functions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::StreamExt;
+use lambda_http::{Body, Request, Response};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use shared::aws::AwsClients;
 use shared::config::Env;
+use shared::metrics::JobOutcome;
 
-use crate::registry::{HttpFunction, ScheduledFunction, SqsFunction};
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A function behind HTTP API routes or a function URL: a request in, a response out
+/// (errors are responses).
+pub trait HttpFunction: Send + Sync {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>>;
+}
+
+/// A queue worker: reports the messages that failed (`ReportBatchItemFailures`).
+pub trait SqsFunction: Send + Sync {
+    fn call(&self, event: SqsEvent) -> BoxFuture<'_, SqsBatchResponse>;
+}
+
+/// A scheduled job. An `Err` makes the invocation fail (and EventBridge retry).
+pub trait ScheduledFunction: Send + Sync {
+    fn call(&self, event: EventBridgeEvent) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+}
+
+/// What kind of event a function takes.
+#[derive(Clone)]
+pub enum Handler {
+    Http(Arc<dyn HttpFunction>),
+    Sqs(Arc<dyn SqsFunction>),
+    Scheduled(Arc<dyn ScheduledFunction>),
+}
+
+/// The batch response naming the messages to retry.
+pub fn batch_response(failed_message_ids: Vec<String>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed_message_ids
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}
+
+/// How many messages of one batch a send worker works on at once. The messages are
+/// independent jobs, so one slow provider call must not hold up its batch-mates: with the
+/// template's batch size of 10 and 20 concurrent invocations, up to 200 jobs are in flight
+/// (docs/SCALE.md).
+pub const MESSAGES_IN_FLIGHT: usize = 10;
+
+/// Runs `process` over a batch's messages, [`MESSAGES_IN_FLIGHT`] at once, and answers with
+/// the messages to retry (`process` gives the reason, which is logged). `max_receives` is
+/// the queue's `maxReceiveCount`: a job failing on that receive is counted dead-lettered.
+pub async fn process_batch<'a, F, Fut>(
+    worker: &'static str,
+    max_receives: u32,
+    records: &'a [SqsMessage],
+    process: F,
+) -> SqsBatchResponse
+where
+    F: Fn(&'a SqsMessage) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    // The futures are made up front so the stream holds futures, not a closure (which
+    // would make the handler's future fail the `Send` check for want of a general lifetime).
+    let jobs: Vec<_> = records
+        .iter()
+        .map(|message| {
+            use tracing::Instrument;
+            let id = message.message_id.as_deref().unwrap_or_default();
+            let outcome = process(message).instrument(shared::logging::job_span(worker, id));
+            async move { (message, outcome.await) }
+        })
+        .collect();
+    let outcomes: Vec<(&SqsMessage, Result<(), String>)> = futures::stream::iter(jobs)
+        .buffer_unordered(MESSAGES_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut failed = Vec::new();
+    let mut counted = Vec::new();
+    for (message, outcome) in outcomes {
+        let receives = shared::queue::RetryDelay::receives(message);
+        counted.push(JobOutcome::of(outcome.is_err(), receives, max_receives));
+        if let Err(reason) = outcome {
+            let id = message.message_id.clone().unwrap_or_default();
+            tracing::warn!(worker, message_id = id, reason, receives, "the job failed");
+            failed.push(id);
+        }
+    }
+    shared::metrics::jobs(worker, counted);
+    batch_response(failed)
+}
 
 /// Logging, environment and AWS clients, once per cold start.
 pub async fn cold_start() -> (AwsClients, Env) {

@@ -25,7 +25,7 @@ use shared::store::{
     ConsentChange, ConsentStore, EmailStore, EventEffect, EventInput, EventsApplied, StoreError,
 };
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 pub struct SendGridWebhook {
     emails: EmailStore,

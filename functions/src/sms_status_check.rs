@@ -12,9 +12,9 @@ use shared::events::{Event, EventKind, EventPublisher};
 use shared::queue::{Job, QueuePublisher};
 use shared::store::{SmsStore, StatusApplied, StuckInSent, TwilioReport};
 
-use crate::registry::{BoxFuture, ScheduledFunction};
-use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
+use crate::runtime::{BoxFuture, ScheduledFunction};
 use crate::sweep::Sweep;
+use shared::providers::twilio::TwilioSettings;
 use shared::queue::SMS_SEND_JOB_IDS;
 
 /// Messages looked up per run; the rest wait for the next run.
@@ -69,7 +69,7 @@ impl SmsStatusCheck {
         Ok(Self {
             sweep,
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            twilio: twilio_on_first_use(aws, env)?,
+            twilio: TwilioSettings::on_first_use(aws, env)?,
             events,
             // Younger messages still have their callbacks on the way.
             min_age: chrono::Duration::seconds(

@@ -21,20 +21,19 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use secrecy::ExposeSecret;
 
-use shared::aws::{AwsClients, SecretsClient, SqsClient};
-use shared::config::{ConfigError, Env, OnFirstUse};
+use shared::aws::{AwsClients, SqsClient};
+use shared::config::{Env, OnFirstUse};
 use shared::consent::Channel;
 use shared::domain::OrgId;
 use shared::domain::email::FailureKind;
 use shared::domain::sms_message::{SmsRecord, SmsStatus};
 use shared::events::{Event, EventKind, EventPublisher};
-use shared::providers::twilio::{OutboundSms, Sender, TwilioClient, TwilioError};
+use shared::providers::twilio::{OutboundSms, Sender, TwilioError, TwilioSettings};
 use shared::queue::{Envelope, Job, RetryDelay};
 use shared::store::{Booking, ConsentStore, SendOutcome, SendRate, SmsStore, Window};
 
-use crate::registry::{BoxFuture, SqsFunction, process_batch};
+use crate::runtime::{BoxFuture, SqsFunction, process_batch};
 
 /// How long a claim holds before another delivery may take the record over.
 const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
@@ -46,59 +45,6 @@ const MAX_RATE_WAIT_SECONDS: u64 = 30;
 
 /// How late a send may wake for its booked time and still go (more, and it books again).
 const LATE_GRACE_MS: i64 = 20;
-
-/// Twilio as configured: the client and the default sender.
-#[derive(Debug, Clone)]
-pub struct TwilioSettings {
-    pub client: TwilioClient,
-    pub default_from: Option<String>,
-}
-
-/// The Twilio settings, built on first use by [`twilio_settings`].
-/// `TWILIO_TIMEOUT_MS` is read now, at init: a malformed value fails the function's start,
-/// naming the variable.
-///
-/// # Errors
-/// [`ConfigError::Malformed`] for a timeout that is not a number.
-pub fn twilio_on_first_use(
-    aws: &AwsClients,
-    env: &Env,
-) -> Result<OnFirstUse<Option<TwilioSettings>>, ConfigError> {
-    let timeout = Duration::from_millis(env.number("TWILIO_TIMEOUT_MS", 10_000)?);
-    Ok(
-        env.on_first_use(&aws.secrets, move |env, secrets| async move {
-            twilio_settings(&env, &secrets, timeout).await
-        }),
-    )
-}
-
-/// Builds the Twilio client from `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN` and the optional
-/// `TWILIO_FROM` (secrets) and `TWILIO_BASE_URL`; `None` when the credentials are not set.
-///
-/// # Errors
-/// When the secret cannot be read or the base URL is unusable.
-pub async fn twilio_settings(
-    env: &Env,
-    secrets: &SecretsClient,
-    timeout: Duration,
-) -> anyhow::Result<Option<TwilioSettings>> {
-    let sid = env.secret("TWILIO_ACCOUNT_SID", secrets).await?;
-    let token = env.secret("TWILIO_AUTH_TOKEN", secrets).await?;
-    let (Some(sid), Some(token)) = (sid, token) else {
-        return Ok(None);
-    };
-    let default_from = env
-        .secret("TWILIO_FROM", secrets)
-        .await?
-        .map(|f| f.expose_secret().to_owned());
-    let base = env
-        .optional("TWILIO_BASE_URL")
-        .unwrap_or_else(|| "https://api.twilio.com".to_owned());
-    Ok(Some(TwilioSettings {
-        client: TwilioClient::new(&base, sid.expose_secret(), token, timeout)?,
-        default_from,
-    }))
-}
 
 pub struct SmsWorker {
     sms: SmsStore,
@@ -149,7 +95,7 @@ impl SmsWorker {
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             consent: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
-            twilio: twilio_on_first_use(aws, env)?,
+            twilio: TwilioSettings::on_first_use(aws, env)?,
             retry: RetryDelay::from_env(aws.sqs.clone(), &send_queue, env)?,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             sqs: aws.sqs.clone(),

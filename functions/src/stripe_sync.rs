@@ -28,7 +28,7 @@ use shared::payments::reconcile::{
 use shared::providers::stripe::{MAX_PAGE_SIZE, StripeClient, StripeEvent};
 use shared::store::{PaymentStore, SyncCheckpoint};
 
-use crate::registry::{BoxFuture, ScheduledFunction};
+use crate::runtime::{BoxFuture, ScheduledFunction};
 
 /// What a run reads, by checkpoint step: the events (step 0, a run of its own), or the
 /// object lists in order (customers first, so the others can be linked to Herald's

@@ -18,7 +18,7 @@ use shared::providers::stripe::{
 };
 use shared::store::PaymentStore;
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 /// The Herald resource kind an object maps to (`payment/<id>`, …).
 fn resource_kind(object: &serde_json::Value) -> &'static str {

@@ -25,7 +25,7 @@ use shared::events::{Event, EventPublisher};
 use shared::queue::{Envelope, Job, QueuePublisher};
 use shared::store::{StoreError, StuckInSent, Swept, Unsettled};
 
-use crate::registry::BoxFuture;
+use crate::runtime::BoxFuture;
 
 /// Records swept per run, so a run stays well inside the function timeout.
 const MAX_PER_RUN: usize = 1_000;

@@ -19,7 +19,7 @@ use shared::http::{self, ApiError, PageRequest, Route, RouteMatch};
 use shared::render::RenderError;
 use shared::store::{TemplateListQuery, TemplateOrder, TemplateStore};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 shared::operations! {
     /// Every operation of the templates API, with the role it needs.

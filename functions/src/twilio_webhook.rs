@@ -36,7 +36,7 @@ use shared::store::{
     ConsentChange, ConsentStore, InboundSms, SmsStore, StatusApplied, StoreError, TwilioReport,
 };
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 pub const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 

@@ -33,10 +33,7 @@ use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError};
 use shared::store::{ConsentChange, ConsentStore, Topic};
 
-use crate::registry::{BoxFuture, HttpFunction};
-
-/// The secret entry holding the signing keys (comma-separated, newest first).
-pub const SIGNING_KEYS: &str = "UNSUBSCRIBE_SIGNING_KEYS";
+use crate::runtime::{BoxFuture, HttpFunction};
 
 /// The path SendGrid's Inbound Parse posts the emails to the `mailto:` address to (tokens
 /// start with `v1.`, so no token is this path).
@@ -57,21 +54,6 @@ impl HttpFunction for Unsubscribe {
     }
 }
 
-/// The signing keys, read on first use: `None` when the secret holds none.
-pub fn signing_keys_on_first_use(
-    aws: &AwsClients,
-    env: &Env,
-) -> OnFirstUse<Option<UnsubscribeKeys>> {
-    env.on_first_use(&aws.secrets, |env, secrets| async move {
-        let Some(secret) = env.secret(SIGNING_KEYS, &secrets).await? else {
-            return Ok(None);
-        };
-        let keys = UnsubscribeKeys::parse(secrecy::ExposeSecret::expose_secret(&secret))
-            .map_err(anyhow::Error::msg)?;
-        Ok(Some(keys))
-    })
-}
-
 impl Unsubscribe {
     /// # Errors
     /// When `TABLE_NAME` is missing.
@@ -79,7 +61,7 @@ impl Unsubscribe {
         Ok(Self {
             store: ConsentStore::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            keys: signing_keys_on_first_use(aws, env),
+            keys: UnsubscribeKeys::on_first_use(aws, env),
         })
     }
 

@@ -10,7 +10,7 @@ use axum::body::{Body as AxumBody, to_bytes};
 use axum::extract::State;
 use axum::response::Response as AxumResponse;
 use base64::Engine;
-use functions::registry::HttpFunction;
+use functions::runtime::HttpFunction;
 use lambda_http::Body;
 use serde_json::{Value, json};
 use shared::http::{ApiError, match_path};

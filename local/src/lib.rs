@@ -28,7 +28,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
-use functions::registry::{self, Handler};
+use functions::registry;
+use functions::runtime::Handler;
 use shared::aws::AwsClients;
 use shared::config::Env;
 
@@ -292,7 +293,6 @@ pub async fn start(options: BundleOptions) -> anyhow::Result<RunningBundle> {
             .copied()
             .unwrap_or(function.timeout);
         let handler = registry::load(&function.binary, &function_aws, &Env::from_map(vars))
-            .await
             .with_context(|| format!("building {}", function.logical_id))?;
         match handler {
             Handler::Http(http_function) => {

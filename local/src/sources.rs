@@ -10,7 +10,7 @@ use anyhow::Context;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use functions::registry::{ScheduledFunction, SqsFunction};
+use functions::runtime::{ScheduledFunction, SqsFunction};
 use serde_json::{Value, json};
 use shared::aws::SqsClient;
 

@@ -175,7 +175,26 @@ impl std::fmt::Debug for UnsubscribeKeys {
 /// Keys shorter than this are refused: HMAC-SHA256 wants at least its output size.
 pub const MIN_KEY_BYTES: usize = 32;
 
+/// The secret entry holding the unsubscribe signing keys (comma-separated, newest first).
+pub const SIGNING_KEYS: &str = "UNSUBSCRIBE_SIGNING_KEYS";
+
 impl UnsubscribeKeys {
+    /// The signing keys (the [`SIGNING_KEYS`] secret), read on first use: `None` when the
+    /// secret holds none.
+    pub fn on_first_use(
+        aws: &crate::aws::AwsClients,
+        env: &crate::config::Env,
+    ) -> crate::config::OnFirstUse<Option<Self>> {
+        env.on_first_use(&aws.secrets, |env, secrets| async move {
+            let Some(secret) = env.secret(SIGNING_KEYS, &secrets).await? else {
+                return Ok(None);
+            };
+            let keys = Self::parse(secrecy::ExposeSecret::expose_secret(&secret))
+                .map_err(anyhow::Error::msg)?;
+            Ok(Some(keys))
+        })
+    }
+
     /// # Errors
     /// When there is no key or a key is shorter than [`MIN_KEY_BYTES`].
     pub fn parse(secret: &str) -> Result<Self, String> {

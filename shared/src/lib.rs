@@ -17,6 +17,7 @@ pub mod events;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod pagination;
 pub mod payments;
 pub mod pdf;
 pub mod providers;

@@ -23,7 +23,7 @@ use shared::http::{self, ApiError, Route, RouteMatch};
 use shared::queue::QueuePublisher;
 use shared::store::{ConsentStore, EmailStore, IdempotencyStore, TemplateStore};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 shared::operations! {
     /// Every operation of the email API, with the role it needs.

@@ -47,7 +47,7 @@ use shared::payments::{CustomerRecord, PaymentRecord, SubscriptionRecord};
 use shared::providers::stripe::StripeClient;
 use shared::store::{IdempotencyStore, PaymentEntity, PaymentStore};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 shared::operations! {
     /// Every operation of the payments API, with the role it needs.

@@ -21,7 +21,7 @@ use shared::queue::QueuePublisher;
 use shared::reports::{ReportFormat, ReportKind};
 use shared::store::{IdempotencyStore, ReportStore};
 
-use crate::registry::{BoxFuture, HttpFunction};
+use crate::runtime::{BoxFuture, HttpFunction};
 
 pub use schedules::MAX_SCHEDULES_PER_ORG;
 

@@ -22,8 +22,8 @@ use shared::http::{self, ApiError, Cursor, PageRequest, Route, RouteMatch};
 use shared::queue::QueuePublisher;
 use shared::store::{ConsentStore, IdempotencyStore, PhonebookStore, SmsStore, TemplateStore};
 
-use crate::registry::{BoxFuture, HttpFunction};
-use crate::sms_worker::{TwilioSettings, twilio_on_first_use};
+use crate::runtime::{BoxFuture, HttpFunction};
+use shared::providers::twilio::TwilioSettings;
 
 shared::operations! {
     /// Every operation of the SMS and phonebook API, with the role it needs.
@@ -83,7 +83,7 @@ impl SmsApi {
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
             send_queue: env.required("SMS_SEND_QUEUE_URL")?,
             bulk_queue: env.required("SMS_BULK_QUEUE_URL")?,
-            twilio: twilio_on_first_use(aws, env)?,
+            twilio: TwilioSettings::on_first_use(aws, env)?,
             claims: ClaimNames::from_env(env),
         })
     }

@@ -18,7 +18,7 @@ use shared::render::{self, Escape, RenderError};
 use shared::store::StoreError;
 
 use super::SmsApi;
-use crate::sms_worker::TwilioSettings;
+use shared::providers::twilio::TwilioSettings;
 
 pub const MAX_BULK_RECIPIENTS: usize = 10_000;
 /// Twilio's own limit on a message body.

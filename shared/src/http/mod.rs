@@ -2,12 +2,11 @@
 
 mod form;
 pub mod idempotency;
-mod pagination;
 mod problem;
 mod router;
 
+pub use crate::pagination::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
 pub use form::{escape_markup, multipart_fields};
-pub use pagination::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
 pub use problem::{ApiError, FieldErrorCollector, FieldErrors, MAX_REPORTED_FIELDS};
 pub use router::{Route, RouteMatch, Router, match_path};
 

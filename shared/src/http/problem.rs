@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use lambda_http::{Body, Response};
 use serde::Serialize;
 
+use crate::pagination::{MAX_LIMIT, PageError};
+use crate::store::StoreError;
+
 /// Field name → messages, the `errors` member of a validation problem.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
@@ -253,6 +256,28 @@ impl ApiError {
             );
         }
         response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::InvalidCursor => ApiError::field("cursor", "is not a cursor for this list"),
+            StoreError::Other(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<PageError> for ApiError {
+    fn from(error: PageError) -> Self {
+        match error {
+            PageError::Limit => {
+                ApiError::field("limit", format!("must be between 1 and {}", MAX_LIMIT))
+            }
+            PageError::Cursor => ApiError::field("cursor", "is not a cursor for this list"),
+        }
     }
 }
 

@@ -50,7 +50,7 @@ use crate::domain::email::{
     EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
 };
 use crate::domain::{OrgId, RecordId};
-use crate::http::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 use crate::queue::BulkSpan;
 
 /// Shards of the "emails in `sent`" index, so a high send rate does not pile onto one
@@ -729,7 +729,7 @@ impl EmailStore {
         let mut params = std::collections::BTreeMap::new();
         params.insert("limit".to_owned(), "100".to_owned());
         let mut page =
-            PageRequest::from_query(&params, org.as_str()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            PageRequest::from_query(&params, org.as_str()).map_err(anyhow::Error::new)?;
         loop {
             let (records, next) = self.list(org, &query, &page).await?;
             for record in records

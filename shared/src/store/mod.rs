@@ -56,7 +56,7 @@ use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
-use crate::http::{ApiError, Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -71,17 +71,6 @@ pub enum StoreError {
     InvalidCursor,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::NotFound => ApiError::NotFound,
-            StoreError::Conflict(message) => ApiError::Conflict(message),
-            StoreError::InvalidCursor => ApiError::field("cursor", "is not a cursor for this list"),
-            StoreError::Other(cause) => ApiError::Internal(cause),
-        }
-    }
 }
 
 /// The string key attributes of an item, as a pagination cursor.

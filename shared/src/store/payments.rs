@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use super::{Item, PartitionKey, StoreError, is_condition_failure, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::{OrgId, RecordId};
-use crate::http::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 use crate::payments::records::{CustomerRecord, InvoiceRecord, PaymentRecord, SubscriptionRecord};
 
 /// How long a webhook event id is remembered: Stripe retries for three days.

@@ -16,7 +16,7 @@ use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::OrgId;
 use crate::domain::sms_message::PhoneNumber;
-use crate::http::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 
 #[derive(Debug, Clone)]
 pub struct PhonebookStore {

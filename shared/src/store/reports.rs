@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use super::{Item, PartitionKey, StoreError, get_live, is_condition_failure, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::{OrgId, RecordId};
-use crate::http::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 use crate::reports::{Report, ReportSchedule, ReportStatus};
 
 #[derive(Debug, Clone)]

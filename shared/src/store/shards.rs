@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt};
 
 use super::{Item, MAX_QUERY_ROUNDS, StoreError, s};
 use crate::domain::{OrgId, RecordId};
-use crate::http::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 use crate::queue::BulkSpan;
 
 /// How many partition keys one organization's email (or SMS) records are spread over:

@@ -39,7 +39,7 @@ use crate::aws::DynamoDbClient;
 use crate::domain::email::{FailureKind, TimelineEntry};
 use crate::domain::sms_message::{PhoneNumber, SmsRecord, SmsStatus};
 use crate::domain::{OrgId, RecordId};
-use crate::http::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 use crate::queue::BulkSpan;
 
 /// Shards of the "SMS in `sent`" index (see the email store's `SENT_SHARDS`).

@@ -9,7 +9,7 @@ use super::{Item, PartitionKey, StoreError, get_live, paged_query, s};
 use crate::aws::DynamoDbClient;
 use crate::domain::template::{Template, TemplateContent, TemplateKind};
 use crate::domain::{OrgId, RecordId};
-use crate::http::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest};
 
 #[derive(Debug, Clone)]
 pub struct TemplateStore {

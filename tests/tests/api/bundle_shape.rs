@@ -421,6 +421,7 @@ async fn a_malformed_number_fails_the_function_at_init_naming_the_variable() {
         "SENDGRID_TIMEOUT_MS",
         "TWILIO_TIMEOUT_MS",
         "STRIPE_TIMEOUT_MS",
+        "STRIPE_BUDGET_SECONDS",
         "MAX_RECEIVES",
         "RETRY_BASE_SECONDS",
     ] {

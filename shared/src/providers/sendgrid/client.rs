@@ -622,6 +622,45 @@ fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
+impl SendGridClient {
+    /// The SendGrid client, built on first use by [`Self::from_env`]. `SENDGRID_TIMEOUT_MS`
+    /// is read now, at init: a malformed value fails the function's start, naming the
+    /// variable. The one place a SendGrid client is built.
+    ///
+    /// # Errors
+    /// [`crate::config::ConfigError::Malformed`] for a timeout that is not a number.
+    pub fn on_first_use(
+        aws: &crate::aws::AwsClients,
+        env: &crate::config::Env,
+    ) -> Result<crate::config::OnFirstUse<Option<Self>>, crate::config::ConfigError> {
+        let timeout = Duration::from_millis(env.number("SENDGRID_TIMEOUT_MS", 10_000)?);
+        Ok(
+            env.on_first_use(&aws.secrets, move |env, secrets| async move {
+                Self::from_env(&env, &secrets, timeout).await
+            }),
+        )
+    }
+
+    /// Builds the SendGrid client from `SENDGRID_API_KEY` (secret) and `SENDGRID_BASE_URL`;
+    /// `None` when no key is configured.
+    ///
+    /// # Errors
+    /// When the secret cannot be read or the base URL is unusable.
+    pub async fn from_env(
+        env: &crate::config::Env,
+        secrets: &crate::aws::SecretsClient,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(key) = env.secret("SENDGRID_API_KEY", secrets).await? else {
+            return Ok(None);
+        };
+        let base = env
+            .optional("SENDGRID_BASE_URL")
+            .unwrap_or_else(|| "https://api.sendgrid.com".to_owned());
+        Ok(Some(Self::new(&base, key, timeout)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

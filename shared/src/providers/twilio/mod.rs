@@ -8,9 +8,11 @@
 
 pub mod callback;
 pub mod client;
+pub mod settings;
 pub mod signature;
 
 pub use client::{
     Balance, BuildError, MessageResource, OutboundSms, Sender, TwilioClient, TwilioError,
 };
+pub use settings::TwilioSettings;
 pub use signature::{SIGNATURE_HEADER, sign, verify};

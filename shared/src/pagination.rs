@@ -4,6 +4,9 @@
 //! the query that produced it and the storage position to resume after. A cursor presented
 //! by another organization, or with different filters, is refused with 400 — it can never
 //! widen what a caller sees, because the query's partition always comes from the token.
+//!
+//! A neutral module: the store pages with it, the HTTP layer reads it from query strings,
+//! and neither depends on the other for it ([`PageError`] becomes a 400 in `crate::http`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +14,14 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::ApiError;
+/// Why a list request's paging is refused (a 400 naming the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    #[error("limit must be between 1 and {MAX_LIMIT}")]
+    Limit,
+    #[error("cursor is not a cursor for this list")]
+    Cursor,
+}
 
 pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 100;
@@ -43,17 +53,12 @@ impl PageRequest {
     /// # Errors
     /// 400 for a limit outside 1..=100 or a cursor that is malformed or was made for another
     /// organization or query.
-    pub fn from_query(params: &BTreeMap<String, String>, scope: &str) -> Result<Self, ApiError> {
+    pub fn from_query(params: &BTreeMap<String, String>, scope: &str) -> Result<Self, PageError> {
         let limit = match params.get("limit") {
             None => DEFAULT_LIMIT,
             Some(text) => match text.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    return Err(ApiError::field(
-                        "limit",
-                        format!("must be between 1 and {MAX_LIMIT}"),
-                    ));
-                }
+                _ => return Err(PageError::Limit),
             },
         };
         let fingerprint = fingerprint(params);
@@ -96,8 +101,8 @@ fn fingerprint(params: &BTreeMap<String, String>) -> String {
     hex::encode(&hasher.finalize()[..12])
 }
 
-fn decode(token: &str, scope: &str, fingerprint: &str) -> Result<Cursor, ApiError> {
-    let invalid = || ApiError::field("cursor", "is not a cursor for this list");
+fn decode(token: &str, scope: &str, fingerprint: &str) -> Result<Cursor, PageError> {
+    let invalid = || PageError::Cursor;
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let token: CursorToken = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
     if token.v != 1 || token.o != scope || token.q != fingerprint {
