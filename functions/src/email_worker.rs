@@ -25,7 +25,7 @@ use shared::providers::sendgrid::{
 use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
 use shared::store::{ConsentStore, EmailStore, SendOutcome};
 
-use crate::runtime::{BoxFuture, SqsFunction, process_batch};
+use crate::runtime::{BoxFuture, JobError, SqsFunction, process_batch};
 
 /// How long a claim holds before another delivery may take the email over; longer than
 /// one SendGrid call with its timeout, shorter than the queue's visibility timeout.
@@ -114,10 +114,6 @@ fn refuses_the_request(status: u16) -> bool {
     matches!(status, 400 | 413)
 }
 
-/// Why one queue message must be retried.
-#[derive(Debug)]
-struct Retry(String);
-
 impl EmailWorker {
     /// No I/O: the SendGrid key is read by the first job that sends.
     ///
@@ -151,20 +147,23 @@ impl EmailWorker {
         shared::logging::invocation(
             "email-worker",
             "",
-            process_batch("email-worker", self.max_receives, &event.records, |message| async move {
-                self.process(message).await.map_err(|Retry(reason)| reason)
-            }),
+            process_batch(
+                "email-worker",
+                self.max_receives,
+                &event.records,
+                |message| async move { self.process(message).await },
+            ),
         )
         .await
     }
 
-    async fn process(&self, message: &SqsMessage) -> Result<(), Retry> {
+    async fn process(&self, message: &SqsMessage) -> Result<(), JobError> {
         let body = message.body.as_deref().unwrap_or_default();
-        let envelope =
-            Envelope::parse(body).map_err(|e| Retry(format!("unreadable message: {e:#}")))?;
+        let envelope = Envelope::parse(body)
+            .map_err(|e| JobError::Permanent(format!("unreadable message: {e:#}")))?;
         tracing::Span::current().record("org", envelope.org.as_str());
         let Job::EmailSend { ids } = envelope.job else {
-            return Err(Retry("not an email.send job".to_owned()));
+            return Err(JobError::Permanent("not an email.send job".to_owned()));
         };
         let last_attempt = RetryDelay::receives(message) >= self.max_receives;
         let org = envelope.org;
@@ -174,7 +173,7 @@ impl EmailWorker {
             .emails
             .get_many(&org, &ids)
             .await
-            .map_err(|e| Retry(format!("{e:#}")))?;
+            .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         if records.len() > 1 {
             records = self.this_delivery(&org, records).await?;
         }
@@ -182,7 +181,7 @@ impl EmailWorker {
             .emails
             .claim_all(&records, now, self.claim_lease)
             .await
-            .map_err(|e| Retry(format!("{e:#}")))?;
+            .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         // Emails another delivery holds a live claim on: if that invocation dies before
         // recording its outcome, only this message is left to bring them back, so it
         // returns once the claim has run out rather than being deleted.
@@ -197,7 +196,7 @@ impl EmailWorker {
         if held_elsewhere > 0 && result.is_ok() {
             let lease = u64::try_from(self.claim_lease.num_seconds()).unwrap_or(60);
             self.retry.delay_by(message, lease + 1).await;
-            return Err(Retry(format!(
+            return Err(JobError::Retry(format!(
                 "{held_elsewhere} emails are claimed by another delivery"
             )));
         }
@@ -214,12 +213,12 @@ impl EmailWorker {
         &self,
         org: &OrgId,
         mut records: Vec<EmailRecord>,
-    ) -> Result<Vec<EmailRecord>, Retry> {
+    ) -> Result<Vec<EmailRecord>, JobError> {
         records.retain(|r| matches!(r.status, EmailStatus::Queued | EmailStatus::Sending));
         self.emails
             .attach_bodies(&mut records)
             .await
-            .map_err(|e| Retry(format!("{e:#}")))?;
+            .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         let calls = plan_mails(&records);
         if calls.len() <= CALLS_PER_DELIVERY {
             return Ok(records);
@@ -233,7 +232,9 @@ impl EmailWorker {
         self.queue
             .send_all(&self.send_queue, &[job])
             .await
-            .map_err(|error| Retry(format!("passing the rest of the job on failed: {error:#}")))?;
+            .map_err(|error| {
+                JobError::Retry(format!("passing the rest of the job on failed: {error:#}"))
+            })?;
         tracing::info!(
             emails = rest.len(),
             calls = calls.len() - CALLS_PER_DELIVERY,
@@ -250,7 +251,7 @@ impl EmailWorker {
         claimed: Vec<EmailRecord>,
         last_attempt: bool,
         message: &SqsMessage,
-    ) -> Result<(), Retry> {
+    ) -> Result<(), JobError> {
         if claimed.is_empty() {
             return Ok(()); // a duplicate delivery, or everything already moved on
         }
@@ -369,7 +370,7 @@ impl EmailWorker {
             None => Ok(()),
             Some(reason) => {
                 self.retry.delay(message).await;
-                Err(Retry(reason))
+                Err(JobError::Retry(reason))
             }
         }
     }
@@ -422,7 +423,7 @@ impl EmailWorker {
         &self,
         org: &OrgId,
         finished: Vec<(Vec<String>, SendOutcome)>,
-    ) -> Result<(), Retry> {
+    ) -> Result<(), JobError> {
         let calls = finished
             .iter()
             .map(|(ids, outcome)| {
@@ -441,7 +442,7 @@ impl EmailWorker {
         futures::future::join_all(writes)
             .await
             .into_iter()
-            .collect::<Result<Vec<()>, Retry>>()?;
+            .collect::<Result<Vec<()>, JobError>>()?;
         Ok(())
     }
 
@@ -506,7 +507,7 @@ impl EmailWorker {
 
     /// Puts the emails this delivery did not get to back in `queued` and on the queue as a
     /// job of their own; the delivery itself then ends well.
-    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), Retry> {
+    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), JobError> {
         let outcome = SendOutcome::Retry {
             reason: "handed back: this invocation's send budget ran out".to_owned(),
         };
@@ -522,7 +523,7 @@ impl EmailWorker {
             .send_all(&self.send_queue, &[job])
             .await
             // The emails are `queued` with no job: the sweep brings them back.
-            .map_err(|error| Retry(format!("handing the job back failed: {error:#}")))
+            .map_err(|error| JobError::Retry(format!("handing the job back failed: {error:#}")))
     }
 
     /// A failure before any send: the emails go back to `queued` (or `failed` on the last
@@ -534,12 +535,12 @@ impl EmailWorker {
         last_attempt: bool,
         reason: String,
         message: &SqsMessage,
-    ) -> Result<(), Retry> {
+    ) -> Result<(), JobError> {
         let outcome = SendOutcome::transient(reason.clone(), last_attempt);
         self.finish_all(org, records.iter().map(|r| r.id.as_str()), &outcome)
             .await?;
         self.retry.delay(message).await;
-        Err(Retry(reason))
+        Err(JobError::Retry(reason))
     }
 
     async fn finish_all<'a>(
@@ -547,14 +548,14 @@ impl EmailWorker {
         org: &OrgId,
         ids: impl Iterator<Item = &'a str>,
         outcome: &SendOutcome,
-    ) -> Result<(), Retry> {
+    ) -> Result<(), JobError> {
         let ids: Vec<String> = ids.map(str::to_owned).collect();
         let written = self
             .emails
             .finish_all(org, &ids, outcome, chrono::Utc::now())
             .await
             // The claim lease runs out and a retry picks the emails up again.
-            .map_err(|error| Retry(format!("recording the outcome failed: {error:#}")))?;
+            .map_err(|error| JobError::Retry(format!("recording the outcome failed: {error:#}")))?;
         // Only the changes this wrote: where a webhook got there first, it reported its own.
         let event = |id: &String| {
             let resource = format!("email/{id}");

@@ -76,8 +76,23 @@ pub fn batch_response(failed_message_ids: Vec<String>) -> SqsBatchResponse {
 /// (docs/SCALE.md).
 pub const MESSAGES_IN_FLIGHT: usize = 10;
 
+/// Why one job of a batch failed. Either way the message is reported failed, so SQS
+/// delivers it again and, after the queue's `maxReceiveCount` receives, moves it to the
+/// dead-letter queue (where the operations API shows and redrives it): no job is dropped.
+/// The kind says whether another delivery can help, in the log and in what an operator
+/// reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// A failure another delivery may not meet: a provider or AWS outage or throttle, a
+    /// claim another delivery holds, time running out.
+    Retry(String),
+    /// A message no delivery can help (unreadable, or not a job of this worker): it is
+    /// bound for the dead-letter queue.
+    Permanent(String),
+}
+
 /// Runs `process` over a batch's messages, [`MESSAGES_IN_FLIGHT`] at once, and answers with
-/// the messages to retry (`process` gives the reason, which is logged). `max_receives` is
+/// the messages to retry (`process` says why, which is logged). `max_receives` is
 /// the queue's `maxReceiveCount`: a job failing on that receive is counted dead-lettered.
 pub async fn process_batch<'a, F, Fut>(
     worker: &'static str,
@@ -87,7 +102,7 @@ pub async fn process_batch<'a, F, Fut>(
 ) -> SqsBatchResponse
 where
     F: Fn(&'a SqsMessage) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<(), JobError>>,
 {
     // The futures are made up front so the stream holds futures, not a closure (which
     // would make the handler's future fail the `Send` check for want of a general lifetime).
@@ -100,7 +115,7 @@ where
             async move { (message, outcome.await) }
         })
         .collect();
-    let outcomes: Vec<(&SqsMessage, Result<(), String>)> = futures::stream::iter(jobs)
+    let outcomes: Vec<(&SqsMessage, Result<(), JobError>)> = futures::stream::iter(jobs)
         .buffer_unordered(MESSAGES_IN_FLIGHT)
         .collect()
         .await;
@@ -109,11 +124,29 @@ where
     for (message, outcome) in outcomes {
         let receives = shared::queue::RetryDelay::receives(message);
         counted.push(JobOutcome::of(outcome.is_err(), receives, max_receives));
-        if let Err(reason) = outcome {
-            let id = message.message_id.clone().unwrap_or_default();
-            tracing::warn!(worker, message_id = id, reason, receives, "the job failed");
-            failed.push(id);
+        let Err(error) = outcome else { continue };
+        let id = message.message_id.clone().unwrap_or_default();
+        match &error {
+            JobError::Retry(reason) => {
+                tracing::warn!(
+                    worker,
+                    message_id = id,
+                    reason,
+                    receives,
+                    "the job failed; it is retried"
+                );
+            }
+            JobError::Permanent(reason) => {
+                tracing::error!(
+                    worker,
+                    message_id = id,
+                    reason,
+                    receives,
+                    "the job cannot succeed; it goes to the dead-letter queue"
+                );
+            }
         }
+        failed.push(id);
     }
     shared::metrics::jobs(worker, counted);
     batch_response(failed)

@@ -33,7 +33,7 @@ use shared::providers::twilio::{OutboundSms, Sender, TwilioError, TwilioSettings
 use shared::queue::{Envelope, Job, RetryDelay};
 use shared::store::{Booking, ConsentStore, SendOutcome, SendRate, SmsStore, Window};
 
-use crate::runtime::{BoxFuture, SqsFunction, process_batch};
+use crate::runtime::{BoxFuture, JobError, SqsFunction, process_batch};
 
 /// How long a claim holds before another delivery may take the record over.
 const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
@@ -73,9 +73,6 @@ impl SqsFunction for SmsWorker {
     }
 }
 
-#[derive(Debug)]
-struct Retry(String);
-
 /// How one booked send went.
 enum Sent {
     Done,
@@ -113,19 +110,22 @@ impl SmsWorker {
         shared::logging::invocation(
             "sms-worker",
             "",
-            process_batch("sms-worker", self.max_receives, &event.records, |message| async move {
-                self.process(message).await.map_err(|Retry(reason)| reason)
-            }),
+            process_batch(
+                "sms-worker",
+                self.max_receives,
+                &event.records,
+                |message| async move { self.process(message).await },
+            ),
         )
         .await
     }
 
-    async fn process(&self, message: &SqsMessage) -> Result<(), Retry> {
+    async fn process(&self, message: &SqsMessage) -> Result<(), JobError> {
         let envelope = Envelope::parse(message.body.as_deref().unwrap_or_default())
-            .map_err(|e| Retry(format!("unreadable message: {e:#}")))?;
+            .map_err(|e| JobError::Permanent(format!("unreadable message: {e:#}")))?;
         tracing::Span::current().record("org", envelope.org.as_str());
         let Job::SmsSend { ids } = envelope.job else {
-            return Err(Retry("not an sms.send job".to_owned()));
+            return Err(JobError::Permanent("not an sms.send job".to_owned()));
         };
         let org = envelope.org;
         let last_attempt = RetryDelay::receives(message) >= self.max_receives;
@@ -133,7 +133,7 @@ impl SmsWorker {
             .sms
             .get_many(&org, &ids)
             .await
-            .map_err(|e| Retry(format!("{e:#}")))?;
+            .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         // Once per job, not per record: an unreadable secret is one failed read, not hundreds.
         let twilio = self.twilio().await;
         let deadline = tokio::time::Instant::now() + self.rate_wait;
@@ -152,7 +152,7 @@ impl SmsWorker {
             .consent
             .blocked_messages(&org, Channel::Sms, &messages)
             .await
-            .map_err(|e| Retry(format!("{e:#}")))?;
+            .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         let mut to_send = Vec::new();
         for record in &records {
             if !matches!(record.status, SmsStatus::Queued | SmsStatus::Sending) {
@@ -163,7 +163,7 @@ impl SmsWorker {
                     .sms
                     .is_opted_out(&org, &record.to)
                     .await
-                    .map_err(|e| Retry(format!("{e:#}")))?;
+                    .map_err(|e| JobError::Retry(format!("{e:#}")))?;
             if opted_out {
                 if self.claim(&org, record).await?.is_some() {
                     self.finish(&org, record, &SendOutcome::Suppressed, None, None)
@@ -196,7 +196,7 @@ impl SmsWorker {
                 // it already sent are skipped as duplicates.
                 if let Some(reason) = retry {
                     self.retry.delay(message).await;
-                    return Err(Retry(reason));
+                    return Err(JobError::Retry(reason));
                 }
                 // Those another delivery holds go back too, in case that delivery died.
                 let rest = held_elsewhere
@@ -225,14 +225,14 @@ impl SmsWorker {
         match retry {
             Some(reason) => {
                 self.retry.delay(message).await;
-                Err(Retry(reason))
+                Err(JobError::Retry(reason))
             }
             // Had the delivery holding those claims died, only this message would be left to
             // bring its messages back: it returns once the claims have run out.
             None if !held_elsewhere.is_empty() => {
                 let lease = u64::try_from(CLAIM_LEASE.num_seconds()).unwrap_or(60);
                 self.retry.delay_by(message, lease + 1).await;
-                Err(Retry(format!(
+                Err(JobError::Retry(format!(
                     "{} messages are claimed by another delivery",
                     held_elsewhere.len()
                 )))
@@ -260,7 +260,7 @@ impl SmsWorker {
         twilio: &TwilioSettings,
         record: &SmsRecord,
         last_attempt: bool,
-    ) -> Result<Option<String>, Retry> {
+    ) -> Result<Option<String>, JobError> {
         let Some(from) = record.from.clone().or_else(|| twilio.default_from.clone()) else {
             let outcome = SendOutcome::Failed {
                 kind: FailureKind::Permanent,
@@ -293,7 +293,7 @@ impl SmsWorker {
             self.sms
                 .link_sid(&accepted.sid, org, &record.id, now)
                 .await
-                .map_err(|e| Retry(format!("recording the SID failed: {e:#}")))?;
+                .map_err(|e| JobError::Retry(format!("recording the SID failed: {e:#}")))?;
         }
         self.events.publish(vec![call]).await;
         match result {
@@ -358,11 +358,11 @@ impl SmsWorker {
         }
     }
 
-    async fn claim(&self, org: &OrgId, record: &SmsRecord) -> Result<Option<SmsRecord>, Retry> {
+    async fn claim(&self, org: &OrgId, record: &SmsRecord) -> Result<Option<SmsRecord>, JobError> {
         self.sms
             .claim(org, &record.id, chrono::Utc::now(), CLAIM_LEASE)
             .await
-            .map_err(|e| Retry(format!("{e:#}")))
+            .map_err(|e| JobError::Retry(format!("{e:#}")))
     }
 
     async fn finish(
@@ -372,7 +372,7 @@ impl SmsWorker {
         outcome: &SendOutcome,
         twilio_status: Option<&str>,
         error_code: Option<i64>,
-    ) -> Result<(), Retry> {
+    ) -> Result<(), JobError> {
         let written = self
             .sms
             .finish(
@@ -385,7 +385,7 @@ impl SmsWorker {
             )
             .await
             // The claim lease runs out and a retry picks the record up again.
-            .map_err(|e| Retry(format!("recording the outcome failed: {e:#}")))?;
+            .map_err(|e| JobError::Retry(format!("recording the outcome failed: {e:#}")))?;
         if !written {
             return Ok(());
         }
@@ -410,7 +410,7 @@ impl SmsWorker {
         org: &OrgId,
         deadline: tokio::time::Instant,
         wanted: usize,
-    ) -> Result<Vec<i64>, Retry> {
+    ) -> Result<Vec<i64>, JobError> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let latest = now_ms() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
         let mut window = self.window_of(org);
@@ -426,7 +426,7 @@ impl SmsWorker {
                     return Ok(times);
                 }
                 Ok(Booking::Changed(current)) => window = current,
-                Err(error) => return Err(Retry(format!("{error:#}"))),
+                Err(error) => return Err(JobError::Retry(format!("{error:#}"))),
             }
         }
     }
@@ -443,7 +443,7 @@ impl SmsWorker {
         booking: (&OrgId, &TwilioSettings),
         record: &SmsRecord,
         last_attempt: bool,
-    ) -> Result<Sent, Retry> {
+    ) -> Result<Sent, JobError> {
         let (org, twilio) = booking;
         let Some(claimed) = self.claim(org, record).await? else {
             return Ok(Sent::HeldElsewhere(record.id.clone()));
@@ -489,10 +489,10 @@ impl SmsWorker {
     }
 
     /// Puts the unsent rest of a job back on the queue as a new message, a second out.
-    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), Retry> {
+    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), JobError> {
         let count = ids.len();
         let body = serde_json::to_string(&Envelope::new(org.clone(), Job::SmsSend { ids }))
-            .map_err(|e| Retry(e.to_string()))?;
+            .map_err(|e| JobError::Retry(e.to_string()))?;
         self.sqs
             .send_message()
             .queue_url(&self.send_queue)
@@ -501,7 +501,7 @@ impl SmsWorker {
             .send()
             .await
             .map_err(|e| {
-                Retry(format!(
+                JobError::Retry(format!(
                     "handing the job back failed: {}",
                     aws_sdk_sqs::error::DisplayErrorContext(&e)
                 ))
