@@ -255,51 +255,23 @@ impl EmailWorker {
         if claimed.is_empty() {
             return Ok(()); // a duplicate delivery, or everything already moved on
         }
-        let org = org.clone();
-
-        let addresses: Vec<_> = claimed.iter().map(|r| &r.to).collect();
-        let suppressed = match self.emails.suppressed(&org, &addresses).await {
-            Ok(set) => set,
+        let blocked = match self.blocked(org, &claimed).await {
+            Ok(blocked) => blocked,
             Err(error) => {
+                let reason = format!("{error:#}");
                 return self
-                    .settle(&org, &claimed, last_attempt, format!("{error:#}"), message)
-                    .await;
-            }
-        };
-        let messages: Vec<shared::store::Addressed> = claimed
-            .iter()
-            .map(|r| shared::store::Addressed {
-                id: r.id.clone(),
-                subject: r.to.suppression_key(),
-                topic: r.topic.clone(),
-            })
-            .collect();
-        let opted_out = match self
-            .consent
-            .blocked_messages(&org, Channel::Email, &messages)
-            .await
-        {
-            Ok(set) => set,
-            Err(error) => {
-                return self
-                    .settle(&org, &claimed, last_attempt, format!("{error:#}"), message)
+                    .settle(org, &claimed, last_attempt, reason, message)
                     .await;
             }
         };
         let (blocked, to_send): (Vec<EmailRecord>, Vec<EmailRecord>) =
-            claimed.into_iter().partition(|r| {
-                suppressed.contains(&r.to.suppression_key()) || opted_out.contains(&r.id)
-            });
-        self.finish_all(
-            &org,
-            blocked.iter().map(|r| r.id.as_str()),
-            &SendOutcome::Suppressed,
-        )
-        .await?;
+            claimed.into_iter().partition(|r| blocked.contains(&r.id));
+        let blocked_ids = blocked.iter().map(|r| r.id.as_str());
+        self.finish_all(org, blocked_ids, &SendOutcome::Suppressed)
+            .await?;
         if to_send.is_empty() {
             return Ok(());
         }
-
         let sendgrid = match self.sendgrid.get().await {
             Ok(Some(sendgrid)) => sendgrid,
             unusable => {
@@ -310,8 +282,9 @@ impl EmailWorker {
                     }
                     Ok(_) => "SendGrid is not configured",
                 };
+                let reason = reason.to_owned();
                 return self
-                    .settle(&org, &to_send, last_attempt, reason.to_owned(), message)
+                    .settle(org, &to_send, last_attempt, reason, message)
                     .await;
             }
         };
@@ -319,12 +292,60 @@ impl EmailWorker {
             Ok(links) => links,
             Err(reason) => {
                 return self
-                    .settle(&org, &to_send, last_attempt, reason, message)
+                    .settle(org, &to_send, last_attempt, reason, message)
                     .await;
             }
         };
         let mut calls = plan_mails(&to_send);
         attach_headers(&mut calls, &links);
+        let retry = self.make_calls(org, sendgrid, calls, last_attempt).await?;
+        match retry {
+            None => Ok(()),
+            Some(reason) => {
+                self.retry.delay(message).await;
+                Err(JobError::Retry(reason))
+            }
+        }
+    }
+
+    /// The ids of the claimed emails nobody may send: a suppressed address, or a person
+    /// opted out (of everything, or of the email's topic) in the consent ledger.
+    async fn blocked(
+        &self,
+        org: &OrgId,
+        claimed: &[EmailRecord],
+    ) -> Result<std::collections::HashSet<String>, shared::store::StoreError> {
+        let addresses: Vec<_> = claimed.iter().map(|r| &r.to).collect();
+        let suppressed = self.emails.suppressed(org, &addresses).await?;
+        let messages: Vec<shared::store::Addressed> = claimed
+            .iter()
+            .map(|r| shared::store::Addressed {
+                id: r.id.clone(),
+                subject: r.to.suppression_key(),
+                topic: r.topic.clone(),
+            })
+            .collect();
+        let mut blocked = self
+            .consent
+            .blocked_messages(org, Channel::Email, &messages)
+            .await?;
+        let by_address = claimed
+            .iter()
+            .filter(|r| suppressed.contains(&r.to.suppression_key()));
+        blocked.extend(by_address.map(|r| r.id.clone()));
+        Ok(blocked)
+    }
+
+    /// Makes the planned calls, [`CALLS_IN_FLIGHT`] at a time, recording each round's
+    /// outcomes; what the send budget leaves unsent is handed back as a new job. Answers the
+    /// first reason the job must be tried again, if any.
+    async fn make_calls(
+        &self,
+        org: &OrgId,
+        sendgrid: &SendGridClient,
+        mut calls: Vec<PlannedMail>,
+        last_attempt: bool,
+    ) -> Result<Option<String>, JobError> {
         calls.reverse(); // sent in plan order, popped from the end
         let deadline = tokio::time::Instant::now() + self.send_budget;
         let mut retry = None;
@@ -333,7 +354,7 @@ impl EmailWorker {
             // At least one round per delivery, so a handed-back job always moves on.
             if made_a_call && tokio::time::Instant::now() >= deadline {
                 let rest: Vec<String> = calls.iter().flat_map(|c| c.ids.clone()).collect();
-                self.hand_back(&org, rest).await?;
+                self.hand_back(org, rest).await?;
                 break;
             }
             let round: Vec<PlannedMail> = (0..CALLS_IN_FLIGHT).map_while(|_| calls.pop()).collect();
@@ -364,15 +385,9 @@ impl EmailWorker {
                 tracing::info!(emails = planned.ids.len(), outcome = ?outcome, "SendGrid call");
                 finished.push((planned.ids, outcome));
             }
-            self.record_calls(&org, finished).await?;
+            self.record_calls(org, finished).await?;
         }
-        match retry {
-            None => Ok(()),
-            Some(reason) => {
-                self.retry.delay(message).await;
-                Err(JobError::Retry(reason))
-            }
-        }
+        Ok(retry)
     }
 
     /// What one SendGrid answer means for the emails of its call; `retry` keeps the first

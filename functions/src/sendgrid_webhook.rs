@@ -205,6 +205,51 @@ impl SendGridWebhook {
     }
 
     async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let events = self.verified_batch(request).await?;
+        metrics::webhook_events("sendgrid", "received", events.len() as u64);
+        let (by_email, ignored) = group_by_email(&events);
+        let mut current = self.current_records(&by_email).await?;
+        let per_email: Vec<_> = by_email
+            .into_iter()
+            .map(|(key, events)| {
+                let record = current.remove(&key);
+                self.apply_to_email(key, record, events)
+            })
+            .collect();
+        let results: Vec<Result<EmailOutcome, StoreError>> = futures::stream::iter(per_email)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let (mut applied, mut duplicates) = (0, 0);
+        let mut log = Vec::new();
+        for result in results {
+            let outcome = result.map_err(ApiError::from)?;
+            applied += outcome.applied.applied;
+            duplicates += outcome.applied.duplicates;
+            let deliveries = outcome.deliveries();
+            log.extend(outcome.logged);
+            log.extend(deliveries);
+        }
+        self.events.publish(log).await;
+        tracing::info!(
+            received = events.len(),
+            applied,
+            duplicates,
+            ignored,
+            "SendGrid events"
+        );
+        metrics::webhook_events("sendgrid", "applied", applied as u64);
+        metrics::webhook_events("sendgrid", "duplicate", duplicates as u64);
+        metrics::webhook_events("sendgrid", "ignored", ignored as u64);
+        http::json(
+            200,
+            &json!({"received": events.len(), "applied": applied, "duplicates": duplicates, "ignored": ignored}),
+        )
+    }
+
+    /// The batch of a signed `POST` (SendGrid's Signed Event Webhook: ECDSA over the
+    /// timestamp and the body), or the 4xx that refuses it.
+    async fn verified_batch(&self, request: &Request) -> Result<Vec<SendGridEvent>, ApiError> {
         if request.method() != lambda_http::http::Method::POST {
             return Err(ApiError::MethodNotAllowed);
         }
@@ -228,14 +273,10 @@ impl SendGridWebhook {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
         };
+        let (signature, timestamp) = (header(SIGNATURE_HEADER), header(TIMESTAMP_HEADER));
+        let now = chrono::Utc::now();
         verifier
-            .verify(
-                header(SIGNATURE_HEADER),
-                header(TIMESTAMP_HEADER),
-                body,
-                chrono::Utc::now(),
-                DEFAULT_TOLERANCE,
-            )
+            .verify(signature, timestamp, body, now, DEFAULT_TOLERANCE)
             .map_err(|error| {
                 tracing::warn!(%error, "rejected SendGrid webhook");
                 match error {
@@ -245,126 +286,110 @@ impl SendGridWebhook {
                     _ => ApiError::Forbidden(error.to_string()),
                 }
             })?;
-        let events = parse_batch(body)
-            .map_err(|e| ApiError::BadRequest(format!("not a SendGrid event batch: {e}")))?;
-        metrics::webhook_events("sendgrid", "received", events.len() as u64);
+        parse_batch(body)
+            .map_err(|e| ApiError::BadRequest(format!("not a SendGrid event batch: {e}")))
+    }
 
-        let (by_email, ignored) = group_by_email(&events);
-        // One read per organization for every email the batch touches, then one
-        // transaction per email.
-        let mut current: BTreeMap<(String, String), EmailRecord> = BTreeMap::new();
+    /// The stored emails the batch is about: one read per organization for all of its
+    /// emails (then one transaction per email).
+    async fn current_records(
+        &self,
+        by_email: &BTreeMap<(String, String), Vec<&SendGridEvent>>,
+    ) -> Result<BTreeMap<(String, String), EmailRecord>, ApiError> {
         let mut ids_by_org: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (org, id) in by_email.keys() {
             ids_by_org.entry(org.as_str()).or_default().push(id.clone());
         }
+        let mut current = BTreeMap::new();
         for (org, ids) in ids_by_org {
             let Ok(org) = OrgId::parse(org) else { continue };
-            for record in self
-                .emails
-                .get_many(&org, &ids)
-                .await
-                .map_err(ApiError::from)?
-            {
+            for record in self.emails.get_many(&org, &ids).await? {
                 current.insert((org.to_string(), record.id.clone()), record);
             }
         }
-        let per_email: Vec<_> = by_email
-            .into_iter()
-            .map(|((org, id), events)| {
-                let record = current.remove(&(org.clone(), id.clone()));
-                let topic = record.as_ref().and_then(|r| r.topic.clone());
-                async move {
-                    let Ok(org) = OrgId::parse(&org) else {
-                        return Ok((None, EventsApplied::default(), Vec::new()));
-                    };
-                    let inputs: Vec<EventInput> = events
-                        .iter()
-                        .map(|event| EventInput {
-                            key: format!("sendgrid#{}", event.sg_event_id),
-                            suppress: suppression_reason(&event.event).and_then(|reason| {
-                                Some((EmailAddress::parse(&event.email).ok()?, reason.to_owned()))
-                            }),
-                        })
-                        .collect();
-                    let result = self
-                        .emails
-                        .apply_events(
-                            &org,
-                            Some(&id),
-                            record,
-                            &inputs,
-                            chrono::Utc::now(),
-                            |current, index| effect_of(events[index], current),
-                        )
-                        .await?;
-                    // After the email's own effects, so a failure here retries both; the
-                    // ledger keys each change by the event's id, so a retry records it once.
-                    for event in &events {
-                        if let Some(change) = consent_change(event, topic.as_deref(), &id) {
-                            let key = format!("sendgrid#{}", event.sg_event_id);
-                            self.consent.record(&org, &change, Some(&key)).await?;
-                        }
-                    }
-                    // The event log's id is the provider's, so a retried batch logs once.
-                    let logged = events
-                        .iter()
-                        .map(|event| Event {
-                            id: format!("sendgrid:{}", event.sg_event_id),
-                            resource: Some(format!("email/{id}")),
-                            channel: Some("email".to_owned()),
-                            ..Event::new(
-                                &org,
-                                LogKind::Webhook,
-                                format!("sendgrid.{}", event.event.as_str()),
-                            )
-                        })
-                        .collect::<Vec<_>>();
-                    Ok::<_, StoreError>((Some((org, id)), result, logged))
-                }
+        Ok(current)
+    }
+
+    /// Applies one email's events in order: its status and engagement (deduplicated by
+    /// event id), then the consent ledger, and returns what to log.
+    async fn apply_to_email(
+        &self,
+        (org, id): (String, String),
+        record: Option<EmailRecord>,
+        events: Vec<&SendGridEvent>,
+    ) -> Result<EmailOutcome, StoreError> {
+        let Ok(org) = OrgId::parse(&org) else {
+            return Ok(EmailOutcome::default());
+        };
+        let topic = record.as_ref().and_then(|r| r.topic.clone());
+        let inputs: Vec<EventInput> = events
+            .iter()
+            .map(|event| EventInput {
+                key: format!("sendgrid#{}", event.sg_event_id),
+                suppress: suppression_reason(&event.event).and_then(|reason| {
+                    Some((EmailAddress::parse(&event.email).ok()?, reason.to_owned()))
+                }),
             })
             .collect();
-        let results: Vec<Result<_, StoreError>> = futures::stream::iter(per_email)
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        let (mut applied, mut duplicates) = (0, 0);
-        let mut log = Vec::new();
-        for result in results {
-            let (email, outcome, logged) = result.map_err(ApiError::from)?;
-            applied += outcome.applied;
-            duplicates += outcome.duplicates;
-            log.extend(logged);
-            if let (Some((org, id)), Some(status)) = (email, outcome.new_status) {
-                if outcome.overtook_sent {
-                    log.push(Event::delivery(
-                        &org,
-                        "email",
-                        format!("email/{id}"),
-                        "sent",
-                    ));
-                }
-                log.push(Event::delivery(
-                    &org,
-                    "email",
-                    format!("email/{id}"),
-                    status.as_str(),
-                ));
+        let now = chrono::Utc::now();
+        let applied = self
+            .emails
+            .apply_events(&org, Some(&id), record, &inputs, now, |current, index| {
+                effect_of(events[index], current)
+            })
+            .await?;
+        // After the email's own effects, so a failure here retries both; the ledger keys
+        // each change by the event's id, so a retry records it once.
+        for event in &events {
+            if let Some(change) = consent_change(event, topic.as_deref(), &id) {
+                let key = format!("sendgrid#{}", event.sg_event_id);
+                self.consent.record(&org, &change, Some(&key)).await?;
             }
         }
-        self.events.publish(log).await;
-        tracing::info!(
-            received = events.len(),
+        // The event log's id is the provider's, so a retried batch logs once.
+        let logged = events
+            .iter()
+            .map(|event| Event {
+                id: format!("sendgrid:{}", event.sg_event_id),
+                resource: Some(format!("email/{id}")),
+                channel: Some("email".to_owned()),
+                ..Event::new(
+                    &org,
+                    LogKind::Webhook,
+                    format!("sendgrid.{}", event.event.as_str()),
+                )
+            })
+            .collect();
+        Ok(EmailOutcome {
+            email: Some((org, id)),
             applied,
-            duplicates,
-            ignored,
-            "SendGrid events"
-        );
-        metrics::webhook_events("sendgrid", "applied", applied as u64);
-        metrics::webhook_events("sendgrid", "duplicate", duplicates as u64);
-        metrics::webhook_events("sendgrid", "ignored", ignored as u64);
-        http::json(
-            200,
-            &json!({"received": events.len(), "applied": applied, "duplicates": duplicates, "ignored": ignored}),
-        )
+            logged,
+        })
+    }
+}
+
+/// What one email's events came to.
+#[derive(Default)]
+struct EmailOutcome {
+    email: Option<(OrgId, String)>,
+    applied: EventsApplied,
+    /// The webhook entries of its events.
+    logged: Vec<Event>,
+}
+
+impl EmailOutcome {
+    /// The delivery events of the status changes the events made (a `sent` they went past
+    /// first, so analytics counts it).
+    fn deliveries(&self) -> Vec<Event> {
+        let (Some((org, id)), Some(status)) = (&self.email, self.applied.new_status) else {
+            return Vec::new();
+        };
+        let resource = format!("email/{id}");
+        let mut events = Vec::new();
+        if self.applied.overtook_sent {
+            events.push(Event::delivery(org, "email", resource.clone(), "sent"));
+        }
+        events.push(Event::delivery(org, "email", resource, status.as_str()));
+        events
     }
 }
