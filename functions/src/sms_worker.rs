@@ -73,6 +73,15 @@ impl SqsFunction for SmsWorker {
     }
 }
 
+/// What a job has met so far that decides how it ends.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The first reason the job must be tried again.
+    retry: Option<String>,
+    /// Records another delivery holds a live claim on.
+    held_elsewhere: Vec<String>,
+}
+
 /// How one booked send went.
 enum Sent {
     Done,
@@ -137,9 +146,39 @@ impl SmsWorker {
         // Once per job, not per record: an unreadable secret is one failed read, not hundreds.
         let twilio = self.twilio().await;
         let deadline = tokio::time::Instant::now() + self.rate_wait;
-        let mut retry = None;
-        let mut held_elsewhere = Vec::new();
-        // First what needs no send slot: duplicates, opted-out numbers, no Twilio.
+        let mut progress = Progress::default();
+        let to_send = self
+            .triage(&org, &records, twilio, last_attempt, &mut progress)
+            .await?;
+        let unsent = self
+            .send_in_window(&org, &to_send, deadline, last_attempt, &mut progress)
+            .await?;
+        if let Some(rest) = unsent {
+            // Records this delivery already set back to `queued` are not in the rest:
+            // handing back only the rest would leave them `queued` for good. Retry the
+            // whole job instead (with backoff, counting towards the DLQ); the records it
+            // already sent are skipped as duplicates.
+            if let Some(reason) = progress.retry {
+                self.retry.delay(message).await;
+                return Err(JobError::Retry(reason));
+            }
+            // Those another delivery holds go back too, in case that delivery died.
+            let rest = progress.held_elsewhere.into_iter().chain(rest).collect();
+            return self.hand_back(&org, rest).await;
+        }
+        self.conclude(progress, message).await
+    }
+
+    /// First what needs no send slot: duplicates (skipped), opted-out numbers
+    /// (`suppressed`), no Twilio (a transient failure). Answers the records to send.
+    async fn triage<'a>(
+        &self,
+        org: &OrgId,
+        records: &'a [SmsRecord],
+        twilio: Result<&'a TwilioSettings, &'static str>,
+        last_attempt: bool,
+        progress: &mut Progress,
+    ) -> Result<Vec<(&'a SmsRecord, &'a TwilioSettings)>, JobError> {
         let messages: Vec<shared::store::Addressed> = records
             .iter()
             .map(|r| shared::store::Addressed {
@@ -150,23 +189,23 @@ impl SmsWorker {
             .collect();
         let blocked = self
             .consent
-            .blocked_messages(&org, Channel::Sms, &messages)
+            .blocked_messages(org, Channel::Sms, &messages)
             .await
             .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         let mut to_send = Vec::new();
-        for record in &records {
+        for record in records {
             if !matches!(record.status, SmsStatus::Queued | SmsStatus::Sending) {
                 continue; // already sent or final: a duplicate delivery
             }
             let opted_out = blocked.contains(&record.id)
                 || self
                     .sms
-                    .is_opted_out(&org, &record.to)
+                    .is_opted_out(org, &record.to)
                     .await
                     .map_err(|e| JobError::Retry(format!("{e:#}")))?;
             if opted_out {
-                if self.claim(&org, record).await?.is_some() {
-                    self.finish(&org, record, &SendOutcome::Suppressed, None, None)
+                if self.claim(org, record).await?.is_some() {
+                    self.finish(org, record, &SendOutcome::Suppressed, None, None)
                         .await?;
                 }
                 continue;
@@ -174,67 +213,73 @@ impl SmsWorker {
             match twilio {
                 Ok(twilio) => to_send.push((record, twilio)),
                 Err(reason) => {
-                    if self.claim(&org, record).await?.is_some() {
+                    if self.claim(org, record).await?.is_some() {
                         let reason = reason.to_owned();
-                        retry.get_or_insert(reason.clone());
+                        progress.retry.get_or_insert(reason.clone());
                         let outcome = SendOutcome::transient(reason, last_attempt);
-                        self.finish(&org, record, &outcome, None, None).await?;
+                        self.finish(org, record, &outcome, None, None).await?;
                     }
                 }
             }
         }
-        // Then the sends, each at a time booked in the organization's send window.
+        Ok(to_send)
+    }
+
+    /// The sends, each at a time booked in the organization's send window. `Some(ids)`:
+    /// the window had no slot before `deadline` for these.
+    async fn send_in_window(
+        &self,
+        org: &OrgId,
+        to_send: &[(&SmsRecord, &TwilioSettings)],
+        deadline: tokio::time::Instant,
+        last_attempt: bool,
+        progress: &mut Progress,
+    ) -> Result<Option<Vec<String>>, JobError> {
         let mut sent = 0;
         while sent < to_send.len() {
             let times = self
-                .book_send_times(&org, deadline, to_send.len() - sent)
+                .book_send_times(org, deadline, to_send.len() - sent)
                 .await?;
             if times.is_empty() {
-                // Records this delivery already set back to `queued` are not in the rest:
-                // handing back only the rest would leave them `queued` for good. Retry the
-                // whole job instead (with backoff, counting towards the DLQ); the records
-                // it already sent are skipped as duplicates.
-                if let Some(reason) = retry {
-                    self.retry.delay(message).await;
-                    return Err(JobError::Retry(reason));
-                }
-                // Those another delivery holds go back too, in case that delivery died.
-                let rest = held_elsewhere
-                    .into_iter()
-                    .chain(to_send[sent..].iter().map(|(r, _)| r.id.clone()))
-                    .collect();
-                return self.hand_back(&org, rest).await;
+                return Ok(Some(
+                    to_send[sent..].iter().map(|(r, _)| r.id.clone()).collect(),
+                ));
             }
             let booked = &to_send[sent..sent + times.len()];
             // Each send leaves at its own time, so the booked times are kept even when a
             // Twilio call takes longer than the gap to the next.
             let sends = booked.iter().zip(&times).map(|((record, twilio), at)| {
-                self.send_at(*at, deadline, (&org, twilio), record, last_attempt)
+                self.send_at(*at, deadline, (org, twilio), record, last_attempt)
             });
             for result in futures::future::join_all(sends).await {
                 match result? {
                     Sent::Done => {}
                     Sent::Retry(reason) => {
-                        retry.get_or_insert(reason);
+                        progress.retry.get_or_insert(reason);
                     }
-                    Sent::HeldElsewhere(id) => held_elsewhere.push(id),
+                    Sent::HeldElsewhere(id) => progress.held_elsewhere.push(id),
                 }
             }
             sent += times.len();
         }
-        match retry {
+        Ok(None)
+    }
+
+    /// How the job ends once every record had its turn.
+    async fn conclude(&self, progress: Progress, message: &SqsMessage) -> Result<(), JobError> {
+        match progress.retry {
             Some(reason) => {
                 self.retry.delay(message).await;
                 Err(JobError::Retry(reason))
             }
             // Had the delivery holding those claims died, only this message would be left to
             // bring its messages back: it returns once the claims have run out.
-            None if !held_elsewhere.is_empty() => {
+            None if !progress.held_elsewhere.is_empty() => {
                 let lease = u64::try_from(CLAIM_LEASE.num_seconds()).unwrap_or(60);
                 self.retry.delay_by(message, lease + 1).await;
                 Err(JobError::Retry(format!(
                     "{} messages are claimed by another delivery",
-                    held_elsewhere.len()
+                    progress.held_elsewhere.len()
                 )))
             }
             None => Ok(()),
@@ -296,6 +341,18 @@ impl SmsWorker {
                 .map_err(|e| JobError::Retry(format!("recording the SID failed: {e:#}")))?;
         }
         self.events.publish(vec![call]).await;
+        self.settle_send(org, record, result, last_attempt).await
+    }
+
+    /// Records what Twilio answered; `Some(reason)` when the job must be retried.
+    async fn settle_send(
+        &self,
+        org: &OrgId,
+        record: &SmsRecord,
+        result: Result<shared::providers::twilio::MessageResource, TwilioError>,
+        last_attempt: bool,
+    ) -> Result<Option<String>, JobError> {
+        let now = chrono::Utc::now();
         match result {
             Ok(accepted) => {
                 if let Err(error) = self.sms.remember_peer(&record.to, org, now).await {
