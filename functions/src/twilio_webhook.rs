@@ -316,17 +316,7 @@ impl TwilioWebhook {
         };
         let body = param("Body").unwrap_or_default();
         let from_number = PhoneNumber::parse(from).ok();
-        let to_key = PhoneNumber::parse(to)
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| to.to_owned());
-        let org = match self.number_orgs.get(&to_key) {
-            Some(org) => Some(org.clone()),
-            None => match &from_number {
-                Some(number) => self.sms.peer_org(number).await?,
-                None => None,
-            },
-        };
-        let Some(org) = org else {
+        let Some(org) = self.org_of_inbound(to, from_number.as_ref()).await? else {
             tracing::warn!(sid, "inbound SMS for no known organization acknowledged");
             metrics::webhook_events("twilio", "ignored", 1);
             return Ok(twiml());
@@ -371,45 +361,80 @@ impl TwilioWebhook {
         }
         if let (Some(keyword), Some(number)) = (keyword, &from_number) {
             let opted_out = keyword == Keyword::OptOut;
-            let now = chrono::Utc::now();
-            self.sms
-                .set_opted_out(&org, number, opted_out, &entry.body, now)
-                .await?;
-            let change = ConsentChange {
-                channel: Channel::Sms,
-                subject: number.to_string(),
-                topic: ALL_TOPICS.to_owned(),
-                state: if opted_out {
-                    ConsentState::OptedOut
-                } else {
-                    ConsentState::OptedIn
-                },
-                source: ConsentSource::SmsKeyword,
-                actor: number.to_string(),
-                evidence: std::collections::BTreeMap::from([
-                    ("message_sid".to_owned(), sid.to_owned()),
-                    ("keyword".to_owned(), body.trim().to_ascii_uppercase()),
-                ]),
-                at: now,
-            };
-            self.consent
-                .record(&org, &change, Some(&format!("twilio#{sid}")))
-                .await?;
-            let action = if opted_out {
-                "sms.opt_out"
-            } else {
-                "sms.opt_in"
-            };
-            events.push(Event {
-                actor: Some(number.to_string()),
-                resource: Some(format!("sms/opt-out/{number}")),
-                channel: Some("sms".to_owned()),
-                ..Event::new(&org, EventKind::Audit, action)
-            });
-            tracing::info!(org = org.as_str(), action, "SMS opt-out list changed");
+            events.push(
+                self.apply_keyword(&org, number, opted_out, sid, body)
+                    .await?,
+            );
         }
         self.events.publish(events).await;
         Ok(twiml())
+    }
+
+    /// The organization an inbound SMS is for: the one owning the number it was sent to,
+    /// else the one that last texted the sender from this deployment (a reply).
+    async fn org_of_inbound(
+        &self,
+        to: &str,
+        from: Option<&PhoneNumber>,
+    ) -> Result<Option<OrgId>, ApiError> {
+        let to_key = PhoneNumber::parse(to)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| to.to_owned());
+        if let Some(org) = self.number_orgs.get(&to_key) {
+            return Ok(Some(org.clone()));
+        }
+        match from {
+            Some(number) => Ok(self.sms.peer_org(number).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// STOP or START from `number`: the opt-out list and the consent ledger (keyed by the
+    /// message SID, so a redelivery records it once); answers the audit event.
+    async fn apply_keyword(
+        &self,
+        org: &OrgId,
+        number: &PhoneNumber,
+        opted_out: bool,
+        sid: &str,
+        body: &str,
+    ) -> Result<Event, ApiError> {
+        let now = chrono::Utc::now();
+        self.sms
+            .set_opted_out(org, number, opted_out, body, now)
+            .await?;
+        let change = ConsentChange {
+            channel: Channel::Sms,
+            subject: number.to_string(),
+            topic: ALL_TOPICS.to_owned(),
+            state: if opted_out {
+                ConsentState::OptedOut
+            } else {
+                ConsentState::OptedIn
+            },
+            source: ConsentSource::SmsKeyword,
+            actor: number.to_string(),
+            evidence: std::collections::BTreeMap::from([
+                ("message_sid".to_owned(), sid.to_owned()),
+                ("keyword".to_owned(), body.trim().to_ascii_uppercase()),
+            ]),
+            at: now,
+        };
+        self.consent
+            .record(org, &change, Some(&format!("twilio#{sid}")))
+            .await?;
+        let action = if opted_out {
+            "sms.opt_out"
+        } else {
+            "sms.opt_in"
+        };
+        tracing::info!(org = org.as_str(), action, "SMS opt-out list changed");
+        Ok(Event {
+            actor: Some(number.to_string()),
+            resource: Some(format!("sms/opt-out/{number}")),
+            channel: Some("sms".to_owned()),
+            ..Event::new(org, EventKind::Audit, action)
+        })
     }
 }
 
