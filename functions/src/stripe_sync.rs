@@ -25,7 +25,7 @@ use shared::events::EventPublisher;
 use shared::payments::reconcile::{
     Applied, EventApplied, HANDLED_EVENTS, PaymentChange, Reconciler,
 };
-use shared::providers::stripe::{MAX_PAGE_SIZE, StripeClient, StripeEvent};
+use shared::providers::stripe::{ListPage, MAX_PAGE_SIZE, StripeClient, StripeError, StripeEvent};
 use shared::store::{PaymentStore, SyncCheckpoint};
 
 use crate::runtime::{BoxFuture, ScheduledFunction};
@@ -143,64 +143,11 @@ impl StripeSync {
                 );
                 return Ok(tally.report(false));
             }
-            let mut filters = json!({});
-            if checkpoint.since > 0 {
-                filters["created"] = json!({"gte": checkpoint.since});
-            }
-            if !status.is_empty() {
-                filters["status"] = json!(status);
-            }
-            if checkpoint.resource == EVENTS {
-                filters["types"] = json!(HANDLED_EVENTS);
-            }
-            let listed = stripe
-                .list(path, &filters, self.page_size, checkpoint.after.as_deref())
-                .await;
-            if let Err(shared::providers::stripe::StripeError::Rejected { status: 401, .. }) =
-                &listed
-            {
-                // A key rolled in the Dashboard: the next run (EventBridge Scheduler retries
-                // a failed one) reads the secret again and resumes from the checkpoint.
-                tracing::error!(
-                    alarm = "provider-credentials",
-                    "Stripe refused Herald's key: the next run re-reads the secret"
-                );
-                self.stripe.rebuild_once();
-            }
-            let page = listed.map_err(|e| anyhow::anyhow!("listing {path}: {e}"))?;
-            // The state read now is Stripe's state as of now.
-            let read_at = chrono::Utc::now().timestamp();
-            let mut deliveries = Vec::new();
-            for object in &page.data {
-                let applied = if checkpoint.resource == EVENTS {
-                    self.apply_event(object).await?
-                } else {
-                    Some(self.reconciler.apply(object, read_at).await?)
-                };
-                tally.count(applied.as_ref());
-                if let Some(applied) = applied {
-                    deliveries.extend(applied.payment_changes.iter().map(PaymentChange::delivery));
-                }
-            }
-            self.events.publish(deliveries).await;
+            let page = self.list_page(stripe, path, status, &checkpoint).await?;
+            self.apply_page(&page, checkpoint.resource == EVENTS, &mut tally)
+                .await?;
             tally.pages += 1;
-            let step_done = match page.next_after() {
-                Some(after) => {
-                    checkpoint.after = Some(after);
-                    false
-                }
-                None => true,
-            };
-            // The events are a run of their own; the lists run to the last one.
-            let run_done = step_done
-                && (checkpoint.resource == EVENTS || checkpoint.resource + 1 == STEPS.len());
-            if run_done {
-                checkpoint.in_progress = false;
-                checkpoint.last_complete = Some(checkpoint.run_started);
-            } else if step_done {
-                checkpoint.resource += 1;
-                checkpoint.after = None;
-            }
+            let run_done = advance(&mut checkpoint, page.next_after());
             self.store.save_checkpoint(&mut checkpoint).await?;
             if run_done {
                 break;
@@ -214,6 +161,64 @@ impl StripeSync {
             "Stripe sync complete"
         );
         Ok(tally.report(true))
+    }
+
+    /// One page of the step's list after the checkpoint's position. A 401 (a key rolled in
+    /// the Dashboard) makes the next run read the secret again; EventBridge Scheduler
+    /// retries a failed run, and it resumes from the checkpoint.
+    async fn list_page(
+        &self,
+        stripe: &StripeClient,
+        path: &str,
+        status: &str,
+        checkpoint: &SyncCheckpoint,
+    ) -> anyhow::Result<ListPage> {
+        let mut filters = json!({});
+        if checkpoint.since > 0 {
+            filters["created"] = json!({"gte": checkpoint.since});
+        }
+        if !status.is_empty() {
+            filters["status"] = json!(status);
+        }
+        if checkpoint.resource == EVENTS {
+            filters["types"] = json!(HANDLED_EVENTS);
+        }
+        let after = checkpoint.after.as_deref();
+        let listed = stripe.list(path, &filters, self.page_size, after).await;
+        if let Err(StripeError::Rejected { status: 401, .. }) = &listed {
+            tracing::error!(
+                alarm = "provider-credentials",
+                "Stripe refused Herald's key: the next run re-reads the secret"
+            );
+            self.stripe.rebuild_once();
+        }
+        listed.map_err(|e| anyhow::anyhow!("listing {path}: {e}"))
+    }
+
+    /// Applies a page's objects (or events) as the webhook would, and publishes the
+    /// payment status changes they made.
+    async fn apply_page(
+        &self,
+        page: &ListPage,
+        events: bool,
+        tally: &mut Tally,
+    ) -> anyhow::Result<()> {
+        // The state read now is Stripe's state as of now.
+        let read_at = chrono::Utc::now().timestamp();
+        let mut deliveries = Vec::new();
+        for object in &page.data {
+            let applied = if events {
+                self.apply_event(object).await?
+            } else {
+                Some(self.reconciler.apply(object, read_at).await?)
+            };
+            tally.count(applied.as_ref());
+            if let Some(applied) = applied {
+                deliveries.extend(applied.payment_changes.iter().map(PaymentChange::delivery));
+            }
+        }
+        self.events.publish(deliveries).await;
+        Ok(())
     }
 
     /// A new run's checkpoint: the events since the last complete run, when they reach
@@ -271,4 +276,27 @@ impl Tally {
     fn report(&self, complete: bool) -> Value {
         json!({"complete": complete, "pages": self.pages, "seen": self.seen, "imported": self.imported, "ignored": self.ignored})
     }
+}
+
+/// Moves the checkpoint past a page (`next` is the position after it, if the list goes on):
+/// to the step's next page, the next step, or the end of the run. Answers whether the run
+/// is complete — the events are a run of their own; the lists run to the last one.
+fn advance(checkpoint: &mut SyncCheckpoint, next: Option<String>) -> bool {
+    let step_done = match next {
+        Some(after) => {
+            checkpoint.after = Some(after);
+            false
+        }
+        None => true,
+    };
+    let run_done =
+        step_done && (checkpoint.resource == EVENTS || checkpoint.resource + 1 == STEPS.len());
+    if run_done {
+        checkpoint.in_progress = false;
+        checkpoint.last_complete = Some(checkpoint.run_started);
+    } else if step_done {
+        checkpoint.resource += 1;
+        checkpoint.after = None;
+    }
+    run_done
 }
