@@ -75,38 +75,7 @@ impl StripeWebhook {
     }
 
     async fn receive(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        if request.method() != lambda_http::http::Method::POST {
-            return Err(ApiError::MethodNotAllowed);
-        }
-        http::require_content_type(request, "application/json")?;
-        // `lambda_http` has already decoded a base64 body (`isBase64Encoded`): these are the
-        // bytes Stripe signed.
-        let body = http::body_bytes(request);
-        if body.len() > MAX_BODY_BYTES {
-            return Err(ApiError::PayloadTooLarge(
-                "webhook bodies are limited to 1 MiB".to_owned(),
-            ));
-        }
-        let Some(verifier) = self.verifier.get().await.map_err(ApiError::internal)? else {
-            return Err(ApiError::ProviderNotConfigured(
-                "the Stripe webhook signing secret",
-            ));
-        };
-        let header = request
-            .headers()
-            .get(SIGNATURE_HEADER)
-            .and_then(|v| v.to_str().ok());
-        verifier
-            .verify(header, body, chrono::Utc::now(), DEFAULT_TOLERANCE)
-            .map_err(|error| {
-                tracing::warn!(%error, "rejected Stripe webhook");
-                match error {
-                    SignatureError::Missing => ApiError::Unauthenticated(error.to_string()),
-                    _ => ApiError::Forbidden(error.to_string()),
-                }
-            })?;
-        let event = StripeEvent::parse(body)
-            .map_err(|e| ApiError::BadRequest(format!("not a Stripe event: {e}")))?;
+        let event = self.verified_event(request).await?;
         metrics::webhook_events("stripe", "received", 1);
         let applied = match self.reconciler.apply_event(&event).await? {
             EventApplied::Duplicate => {
@@ -163,6 +132,43 @@ impl StripeWebhook {
         );
         metrics::webhook_events("stripe", "applied", 1);
         http::json(200, &json!({"received": true, "applied": applied.changed}))
+    }
+
+    /// The event of a signed `POST` (`Stripe-Signature`: HMAC-SHA256 over the timestamp
+    /// and the body), or the 4xx that refuses it.
+    async fn verified_event(&self, request: &Request) -> Result<StripeEvent, ApiError> {
+        if request.method() != lambda_http::http::Method::POST {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        http::require_content_type(request, "application/json")?;
+        // `lambda_http` has already decoded a base64 body (`isBase64Encoded`): these are the
+        // bytes Stripe signed.
+        let body = http::body_bytes(request);
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(
+                "webhook bodies are limited to 1 MiB".to_owned(),
+            ));
+        }
+        let Some(verifier) = self.verifier.get().await.map_err(ApiError::internal)? else {
+            return Err(ApiError::ProviderNotConfigured(
+                "the Stripe webhook signing secret",
+            ));
+        };
+        let header = request
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        verifier
+            .verify(header, body, chrono::Utc::now(), DEFAULT_TOLERANCE)
+            .map_err(|error| {
+                tracing::warn!(%error, "rejected Stripe webhook");
+                match error {
+                    SignatureError::Missing => ApiError::Unauthenticated(error.to_string()),
+                    _ => ApiError::Forbidden(error.to_string()),
+                }
+            })?;
+        StripeEvent::parse(body)
+            .map_err(|e| ApiError::BadRequest(format!("not a Stripe event: {e}")))
     }
 }
 
