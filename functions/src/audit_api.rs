@@ -66,83 +66,94 @@ impl AuditApi {
         let params = http::query_map(request);
         let org = scope(&caller, &params)?;
         match operation {
-            Op::AuditLogs => {
-                let query = AuditQuery {
-                    org: org.clone(),
-                    actor: params.get("actor").cloned(),
-                    action: params.get("action").cloned(),
-                    resource: params.get("resource").cloned(),
-                    after: http::query_time(&params, "created_after")?,
-                    before: http::query_time(&params, "created_before")?,
-                };
-                let page = PageRequest::from_query(
-                    &params,
-                    &org.as_ref().map_or("*".to_owned(), OrgId::to_string),
-                )?;
-                let after = match &page.after {
-                    Some(position) => Some((
-                        position
-                            .get("t")
-                            .and_then(|t| t.parse().ok())
-                            .ok_or_else(|| {
-                                ApiError::field("cursor", "is not a cursor for this list")
-                            })?,
-                        position.get("i").cloned().unwrap_or_default(),
-                    )),
-                    None => None,
-                };
-                let mut items = self
-                    .store()
-                    .await?
-                    .audit_page(&query, after, page.limit + 1)
-                    .await?;
-                let next = if items.len() > page.limit {
-                    items.truncate(page.limit);
-                    items.last().map(|last| {
-                        let millis = last["created_at"]
-                            .as_str()
-                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                            .map_or(0, |t| t.timestamp_millis());
-                        page.next_cursor(Cursor::from([
-                            ("t".to_owned(), millis.to_string()),
-                            (
-                                "i".to_owned(),
-                                last["id"].as_str().unwrap_or_default().to_owned(),
-                            ),
-                        ]))
-                    })
-                } else {
-                    None
-                };
-                http::json(200, &json!({"items": items, "next_cursor": next}))
-            }
-            Op::Analytics => {
-                let granularity = params.get("granularity").map_or("day", String::as_str);
-                if granularity != "hour" && granularity != "day" {
-                    return Err(ApiError::field("granularity", "must be hour or day"));
-                }
-                let to =
-                    http::query_time(&params, "created_before")?.unwrap_or_else(chrono::Utc::now);
-                let from = http::query_time(&params, "created_after")?
-                    .unwrap_or(to - chrono::Duration::days(7));
-                if from >= to || to - from > chrono::Duration::days(MAX_RANGE_DAYS) {
-                    return Err(ApiError::field(
-                        "created_after",
-                        format!("the range must be positive and at most {MAX_RANGE_DAYS} days"),
-                    ));
-                }
-                let channel = params.get("channel").map(String::as_str);
-                let series = self
-                    .store()
-                    .await?
-                    .series(org.as_ref(), granularity, from, to, channel)
-                    .await?;
-                http::json(
-                    200,
-                    &json!({"granularity": granularity, "from": from, "to": to, "series": series}),
-                )
-            }
+            Op::AuditLogs => self.audit_logs(&params, org).await,
+            Op::Analytics => self.analytics(&params, org).await,
         }
+    }
+
+    /// `GET /services/audit-logs`: newest first, keyset-paged by (time, id).
+    async fn audit_logs(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+        org: Option<OrgId>,
+    ) -> Result<Response<Body>, ApiError> {
+        let query = AuditQuery {
+            org: org.clone(),
+            actor: params.get("actor").cloned(),
+            action: params.get("action").cloned(),
+            resource: params.get("resource").cloned(),
+            after: http::query_time(params, "created_after")?,
+            before: http::query_time(params, "created_before")?,
+        };
+        let page = PageRequest::from_query(
+            params,
+            &org.as_ref().map_or("*".to_owned(), OrgId::to_string),
+        )?;
+        let after = match &page.after {
+            Some(position) => Some((
+                position
+                    .get("t")
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| ApiError::field("cursor", "is not a cursor for this list"))?,
+                position.get("i").cloned().unwrap_or_default(),
+            )),
+            None => None,
+        };
+        let mut items = self
+            .store()
+            .await?
+            .audit_page(&query, after, page.limit + 1)
+            .await?;
+        let next = if items.len() > page.limit {
+            items.truncate(page.limit);
+            items.last().map(|last| {
+                let millis = last["created_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(0, |t| t.timestamp_millis());
+                page.next_cursor(Cursor::from([
+                    ("t".to_owned(), millis.to_string()),
+                    (
+                        "i".to_owned(),
+                        last["id"].as_str().unwrap_or_default().to_owned(),
+                    ),
+                ]))
+            })
+        } else {
+            None
+        };
+        http::json(200, &json!({"items": items, "next_cursor": next}))
+    }
+
+    /// `GET /services/analytics`: counts per hour or day, per channel and event.
+    async fn analytics(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+        org: Option<OrgId>,
+    ) -> Result<Response<Body>, ApiError> {
+        let granularity = params.get("granularity").map_or("day", String::as_str);
+        if granularity != "hour" && granularity != "day" {
+            return Err(ApiError::field("granularity", "must be hour or day"));
+        }
+        let to = http::query_time(params, "created_before")?.unwrap_or_else(chrono::Utc::now);
+        let from =
+            http::query_time(params, "created_after")?.unwrap_or(to - chrono::Duration::days(7));
+        if from >= to || to - from > chrono::Duration::days(MAX_RANGE_DAYS) {
+            return Err(ApiError::field(
+                "created_after",
+                format!("the range must be positive and at most {MAX_RANGE_DAYS} days"),
+            ));
+        }
+        let channel = params.get("channel").map(String::as_str);
+        let series = self
+            .store()
+            .await?
+            .series(org.as_ref(), granularity, from, to, channel)
+            .await?;
+        http::json(
+            200,
+            &json!({"granularity": granularity, "from": from, "to": to, "series": series}),
+        )
     }
 }
 
