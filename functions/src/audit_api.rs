@@ -59,10 +59,7 @@ impl AuditApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         use AuditOperation as Op;
-        let (operation, _) = AuditOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, _, caller) = AuditOperation::authorize(request, &self.claims)?;
         let params = http::query_map(request);
         let org = scope(&caller, &params)?;
         match operation {

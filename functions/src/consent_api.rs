@@ -103,11 +103,7 @@ impl ConsentApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         use ConsentOperation as Op;
-        let (operation, found) =
-            ConsentOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, found, caller) = ConsentOperation::authorize(request, &self.claims)?;
         let key = found.param("key");
         match operation {
             Op::ListTopics => self.list_topics(request, &caller).await,

@@ -98,11 +98,7 @@ impl OperationsApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         use OperationsOperation as Op;
-        let (operation, found) =
-            OperationsOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, found, caller) = OperationsOperation::authorize(request, &self.claims)?;
         match operation {
             Op::ListDeadLetters => {
                 let mut queues = Vec::new();

@@ -76,11 +76,7 @@ impl TemplatesApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         use TemplateOperation as Op;
-        let (operation, found) =
-            TemplateOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, found, caller) = TemplateOperation::authorize(request, &self.claims)?;
         let kind = TemplateKind::parse(found.param("kind")).ok_or(ApiError::NotFound)?;
         match operation {
             Op::List => self.list(request, &caller, kind).await,

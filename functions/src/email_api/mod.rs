@@ -92,14 +92,9 @@ impl EmailApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         use EmailOperation as Op;
-        let (operation, found) =
-            EmailOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, found, caller) = EmailOperation::authorize(request, &self.claims)?;
         // A send or a resend runs once per Idempotency-Key (scope: its method and route).
-        let route = operation.route();
-        let scope = format!("{} {}", route.method, route.pattern);
+        let scope = operation.idempotency_scope();
         macro_rules! once {
             ($handler:expr) => {
                 run_once(&self.idempotency, &caller.org, &scope, request, || $handler).await

@@ -123,14 +123,9 @@ impl PaymentsApi {
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         let deadline = self.deadline(request);
         use PaymentOperation as Op;
-        let (operation, found) =
-            PaymentOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, found, caller) = PaymentOperation::authorize(request, &self.claims)?;
         // A create or a refund runs once per Idempotency-Key (scope: its method and route).
-        let route = operation.route();
-        let scope = format!("{} {}", route.method, route.pattern);
+        let scope = operation.idempotency_scope();
         macro_rules! once {
             ($handler:expr) => {
                 run_once(&self.idempotency, &caller.org, &scope, request, || $handler).await

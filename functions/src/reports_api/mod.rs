@@ -98,14 +98,9 @@ impl ReportsApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         use ReportOperation as Op;
-        let (operation, found) =
-            ReportOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, found, caller) = ReportOperation::authorize(request, &self.claims)?;
         // A report or a schedule is created once per Idempotency-Key (scope: its route).
-        let route = operation.route();
-        let scope = format!("{} {}", route.method, route.pattern);
+        let scope = operation.idempotency_scope();
         macro_rules! once {
             ($handler:expr) => {
                 run_once(&self.idempotency, &caller.org, &scope, request, || $handler).await

@@ -94,14 +94,9 @@ impl SmsApi {
 
     async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         use SmsOperation as Op;
-        let (operation, found) =
-            SmsOperation::find(request.method().as_str(), request.uri().path())?;
-        let caller = Caller::from_request(request, &self.claims)?;
-        tracing::Span::current().record("org", caller.org.as_str());
-        caller.require(operation.role())?;
+        let (operation, found, caller) = SmsOperation::authorize(request, &self.claims)?;
         // A send, a phonebook or an import runs once per Idempotency-Key (scope: its route).
-        let route = operation.route();
-        let scope = format!("{} {}", route.method, route.pattern);
+        let scope = operation.idempotency_scope();
         macro_rules! once {
             ($handler:expr) => {
                 run_once(&self.idempotency, &caller.org, &scope, request, || $handler).await

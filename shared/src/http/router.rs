@@ -128,6 +128,31 @@ macro_rules! operations {
                 }
             }
 
+            /// What an `Idempotency-Key` is scoped to for this operation: its method and
+            /// route.
+            pub fn idempotency_scope(self) -> String {
+                let route = self.route();
+                format!("{} {}", route.method, route.pattern)
+            }
+
+            /// The operation a request names, its path parameters, and its caller, who is
+            /// checked to hold the operation's role before anything else of the request is
+            /// read.
+            ///
+            /// # Errors
+            /// 404 or 405 for no such operation, 401 without a valid caller, 403 for a
+            /// caller below the operation's role.
+            pub fn authorize(
+                request: &::lambda_http::Request,
+                claims: &$crate::auth::ClaimNames,
+            ) -> Result<(Self, $crate::http::RouteMatch, $crate::auth::Caller), $crate::http::ApiError> {
+                let (operation, found) = Self::find(request.method().as_str(), request.uri().path())?;
+                let caller = $crate::auth::Caller::from_request(request, claims)?;
+                ::tracing::Span::current().record("org", caller.org.as_str());
+                caller.require(operation.role())?;
+                Ok((operation, found, caller))
+            }
+
             /// The operation a request asks for, with its path parameters.
             ///
             /// # Errors
