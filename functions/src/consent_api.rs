@@ -17,7 +17,7 @@ use shared::config::{ConfigError, Env};
 use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState, valid_topic_key};
 use shared::domain::email::EmailAddress;
 use shared::domain::sms_message::PhoneNumber;
-use shared::events::{Event, EventPublisher};
+use shared::events::EventPublisher;
 use shared::http::{self, ApiError, FieldErrorCollector, Route};
 use shared::store::{ConsentChange, ConsentStore, Topic};
 
@@ -121,8 +121,16 @@ impl ConsentApi {
     }
 
     async fn audit(&self, request: &Request, caller: &Caller, action: &str, resource: String) {
-        let event = Event::audit(caller, &http::request_id(request), action, resource);
-        self.events.publish(vec![event]).await;
+        let request_id = http::request_id(request);
+        self.events
+            .audit(
+                caller,
+                &request_id,
+                action,
+                resource,
+                serde_json::Value::Null,
+            )
+            .await;
     }
 
     async fn list_topics(

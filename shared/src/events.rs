@@ -171,6 +171,20 @@ impl EventPublisher {
         Self { sqs, queue_url }
     }
 
+    /// Publishes the audit entry of a change `caller` made in the request `request_id`
+    /// (see [`Self::publish`]).
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        action: &str,
+        resource: String,
+        detail: Value,
+    ) {
+        let event = Event::audit(caller, request_id, action, resource).with_detail(detail);
+        self.publish(vec![event]).await;
+    }
+
     /// Publishes `events`. A failure is not returned: the change the events describe has
     /// already happened and must not be reported as failed. Each batch is tried
     /// [`PUBLISH_ATTEMPTS`] times; an event that still could not be published is written to

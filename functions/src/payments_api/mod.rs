@@ -39,7 +39,7 @@ use shared::auth::{Caller, ClaimNames};
 use shared::aws::{AwsClients, S3Client};
 use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
-use shared::events::{Event, EventPublisher};
+use shared::events::EventPublisher;
 use shared::http::idempotency::run_once;
 use shared::http::{self, ApiError, PageRequest, Route, RouteMatch};
 use shared::payments::reconcile::{Applied, PaymentChange, Reconciler};
@@ -186,6 +186,7 @@ impl PaymentsApi {
         page_json(&page, &records, next, to_json)
     }
 
+    /// Publishes the audit entry of a change made in this request.
     async fn audit(
         &self,
         request: &Request,
@@ -194,11 +195,9 @@ impl PaymentsApi {
         resource: String,
         detail: Value,
     ) {
+        let request_id = http::request_id(request);
         self.events
-            .publish(vec![
-                Event::audit(caller, &http::request_id(request), action, resource)
-                    .with_detail(detail),
-            ])
+            .audit(caller, &request_id, action, resource, detail)
             .await;
     }
 

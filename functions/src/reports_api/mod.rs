@@ -14,7 +14,7 @@ use shared::auth::{Caller, ClaimNames};
 use shared::aws::{AwsClients, S3Client, SchedulerClient};
 use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
-use shared::events::{Event, EventPublisher};
+use shared::events::EventPublisher;
 use shared::http::idempotency::run_once;
 use shared::http::{self, ApiError, FieldErrorCollector, Route, RouteMatch};
 use shared::queue::QueuePublisher;
@@ -131,6 +131,7 @@ impl ReportsApi {
         }
     }
 
+    /// Publishes the audit entry of a change made in this request.
     async fn audit(
         &self,
         request: &Request,
@@ -139,9 +140,10 @@ impl ReportsApi {
         resource: String,
         detail: Value,
     ) {
-        let event =
-            Event::audit(caller, &http::request_id(request), action, resource).with_detail(detail);
-        self.events.publish(vec![event]).await;
+        let request_id = http::request_id(request);
+        self.events
+            .audit(caller, &request_id, action, resource, detail)
+            .await;
     }
 }
 

@@ -16,7 +16,7 @@ use shared::auth::{Caller, ClaimNames};
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
-use shared::events::{Event, EventPublisher};
+use shared::events::EventPublisher;
 use shared::http::idempotency::run_once;
 use shared::http::{self, ApiError, Cursor, PageRequest, Route, RouteMatch};
 use shared::queue::QueuePublisher;
@@ -140,6 +140,7 @@ impl SmsApi {
             .ok_or(ApiError::ProviderNotConfigured("Twilio"))
     }
 
+    /// Publishes the audit entry of a change made in this request.
     async fn audit(
         &self,
         request: &Request,
@@ -148,11 +149,9 @@ impl SmsApi {
         resource: String,
         detail: Value,
     ) {
+        let request_id = http::request_id(request);
         self.events
-            .publish(vec![
-                Event::audit(caller, &http::request_id(request), action, resource)
-                    .with_detail(detail),
-            ])
+            .audit(caller, &request_id, action, resource, detail)
             .await;
     }
 }
