@@ -176,24 +176,14 @@ fn every_operation_answers_success_and_problem_documents() {
 
 #[test]
 fn idempotent_operations_document_the_idempotency_key() {
-    // The handlers that wrap their work in `run_once` are the ones that accept the header.
+    // The operations a dispatch wraps in `once!` (its `run_once` under the operation's
+    // idempotency scope) are the ones that accept the header.
     let document = document();
     let mut wrapped = BTreeSet::new();
-    for entry in std::fs::read_dir(workspace_root().join("functions/src")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|extension| extension != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(path).unwrap();
-        for (index, _) in text.match_indices("run_once(") {
-            // The scope argument is "METHOD /path", a few lines after the call.
-            let after = &text[index..];
-            let scope = after.split('"').nth(1).unwrap();
-            let (method, path) = scope.split_once(' ').unwrap();
-            wrapped.insert((method.to_owned(), path.to_owned()));
-        }
+    for path in rust_files(&workspace_root().join("functions/src")) {
+        wrapped.extend(once_operations(&std::fs::read_to_string(path).unwrap()));
     }
-    assert!(!wrapped.is_empty(), "run_once scopes were found");
+    assert!(wrapped.len() >= 10, "once! operations found: {wrapped:?}");
     for (method, path) in documented_operations(&document) {
         let operation = &document["paths"][&path][method.to_ascii_lowercase()];
         let takes_key = operation["parameters"]
@@ -208,4 +198,47 @@ fn idempotent_operations_document_the_idempotency_key() {
             "{method} {path}: Idempotency-Key documented iff the handler uses run_once"
         );
     }
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// The `(method, pattern)` of each operation a file's dispatch runs through `once!`: the
+/// rows of its `operations!` table (`Variant = "METHOD" "/pattern" Role`) whose match arm
+/// (`Op::Variant => …`, up to the next arm) calls `once!(`.
+fn once_operations(text: &str) -> Vec<(String, String)> {
+    let Some(table) = text.split("shared::operations! {").nth(1) else {
+        return Vec::new();
+    };
+    let table = &table[..table.find("\n}").unwrap()];
+    let mut rows = std::collections::BTreeMap::new();
+    for line in table.lines() {
+        let Some((variant, rest)) = line.trim().split_once(" = ") else {
+            continue;
+        };
+        let quoted: Vec<&str> = rest.split('"').collect();
+        rows.insert(
+            variant.to_owned(),
+            (quoted[1].to_owned(), quoted[3].to_owned()),
+        );
+    }
+    let arms: Vec<&str> = text.split("Op::").skip(1).collect();
+    arms.iter()
+        .filter_map(|arm| {
+            let (variant, body) = arm.split_once(" =>")?;
+            body.contains("once!(")
+                .then(|| rows.get(variant).cloned())?
+        })
+        .collect()
 }
