@@ -137,8 +137,7 @@ impl TemplatesApi {
         let page = PageRequest::from_query(&params, &scope)?;
         let (templates, next) = self.store.list(&query, &page).await?;
         let items: Vec<_> = templates.iter().map(Template::to_json).collect();
-        let next_cursor = next.map(|position| page.next_cursor(position));
-        http::json(200, &json!({ "items": items, "next_cursor": next_cursor }))
+        http::page(&page, &items, next)
     }
 
     /// Publishes the audit entry of a change. The entry belongs to the template's

@@ -50,10 +50,7 @@ impl EmailApi {
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self.emails.list(&org, &query, &page).await?;
         let items: Vec<Value> = records.iter().map(|r| r.to_json(false)).collect();
-        http::json(
-            200,
-            &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
-        )
+        http::page(&page, &items, next)
     }
 
     pub(super) async fn get(

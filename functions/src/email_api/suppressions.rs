@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use lambda_http::{Body, Request, Response};
-use serde_json::json;
 
 use shared::auth::Caller;
 use shared::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState};
@@ -22,10 +21,7 @@ impl EmailApi {
         let org = caller.listed_org(&params)?;
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (entries, next) = self.emails.list_suppressions(&org, &page).await?;
-        http::json(
-            200,
-            &json!({"items": entries, "next_cursor": next.map(|p| page.next_cursor(p))}),
-        )
+        http::page(&page, &entries, next)
     }
 
     pub(super) async fn delete_suppression(

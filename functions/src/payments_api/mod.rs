@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lambda_http::{Body, Request, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use shared::auth::{Caller, ClaimNames};
 use shared::aws::{AwsClients, S3Client};
@@ -183,7 +183,8 @@ impl PaymentsApi {
         let org = caller.listed_org(params)?;
         let page = PageRequest::from_query(params, org.as_str())?;
         let (records, next) = self.store.list::<R>(&org, &filters, &page).await?;
-        page_json(&page, &records, next, to_json)
+        let items: Vec<Value> = records.iter().map(to_json).collect();
+        http::page(&page, &items, next)
     }
 
     /// Publishes the audit entry of a change made in this request.
@@ -217,20 +218,6 @@ impl PaymentsApi {
             .publish(vec![PaymentChange::of(record).delivery()])
             .await;
     }
-}
-
-/// One page of records and the cursor of the next.
-fn page_json<T>(
-    page: &PageRequest,
-    records: &[T],
-    next: Option<shared::http::Cursor>,
-    to_json: impl Fn(&T) -> Value,
-) -> Result<Response<Body>, ApiError> {
-    let items: Vec<Value> = records.iter().map(to_json).collect();
-    http::json(
-        200,
-        &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
-    )
 }
 
 fn path_id(found: &RouteMatch) -> Result<String, ApiError> {

@@ -128,10 +128,7 @@ impl ReportsApi {
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (reports, next) = self.reports.list(&org, &page).await?;
         let items: Vec<Value> = reports.iter().map(Report::to_json).collect();
-        http::json(
-            200,
-            &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
-        )
+        http::page(&page, &items, next)
     }
 
     /// The record, with a presigned download URL once it is ready.

@@ -269,10 +269,7 @@ impl ReportsApi {
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (schedules, next) = self.reports.list_schedules(&org, &page).await?;
         let items: Vec<Value> = schedules.iter().map(ReportSchedule::to_json).collect();
-        http::json(
-            200,
-            &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
-        )
+        http::page(&page, &items, next)
     }
 
     pub(super) async fn delete_schedule(

@@ -10,7 +10,7 @@ use shared::events::{Event, EventKind};
 use shared::http::{self, ApiError, PageRequest};
 use shared::store::SmsListQuery;
 
-use super::{SmsApi, page_json};
+use super::SmsApi;
 
 impl SmsApi {
     pub(super) async fn list(
@@ -36,7 +36,7 @@ impl SmsApi {
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (records, next) = self.sms.list(&org, &query, &page).await?;
         let items: Vec<Value> = records.iter().map(|r| r.to_json(false)).collect();
-        page_json(&page, &items, next)
+        http::page(&page, &items, next)
     }
 
     pub(super) async fn list_inbound(
@@ -49,7 +49,7 @@ impl SmsApi {
         let page = PageRequest::from_query(&params, org.as_str())?;
         let from = params.get("from").map(String::as_str);
         let (entries, next) = self.sms.list_inbound(&org, from, &page).await?;
-        page_json(&page, &entries, next)
+        http::page(&page, &entries, next)
     }
 
     pub(super) async fn get(&self, caller: &Caller, id: &str) -> Result<Response<Body>, ApiError> {

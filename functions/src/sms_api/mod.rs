@@ -10,7 +10,7 @@ mod phonebooks;
 mod send;
 
 use lambda_http::{Body, Request, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use shared::auth::{Caller, ClaimNames};
 use shared::aws::AwsClients;
@@ -18,7 +18,7 @@ use shared::config::{Env, OnFirstUse};
 use shared::domain::RecordId;
 use shared::events::EventPublisher;
 use shared::http::idempotency::run_once;
-use shared::http::{self, ApiError, Cursor, PageRequest, Route, RouteMatch};
+use shared::http::{self, ApiError, Route, RouteMatch};
 use shared::queue::QueuePublisher;
 use shared::store::{ConsentStore, IdempotencyStore, PhonebookStore, SmsStore, TemplateStore};
 
@@ -154,18 +154,6 @@ impl SmsApi {
             .audit(caller, &request_id, action, resource, detail)
             .await;
     }
-}
-
-/// One page of items and the cursor of the next.
-fn page_json(
-    page: &PageRequest,
-    items: &impl serde::Serialize,
-    next: Option<Cursor>,
-) -> Result<Response<Body>, ApiError> {
-    http::json(
-        200,
-        &json!({"items": items, "next_cursor": next.map(|p| page.next_cursor(p))}),
-    )
 }
 
 fn record_id(found: &RouteMatch) -> Result<String, ApiError> {

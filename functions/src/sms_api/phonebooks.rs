@@ -11,7 +11,7 @@ use shared::domain::RecordId;
 use shared::http::{self, ApiError, FieldErrors, PageRequest};
 use shared::store::Phonebook;
 
-use super::{SmsApi, page_json};
+use super::SmsApi;
 
 /// Rows one import takes.
 const MAX_CONTACTS_PER_IMPORT: usize = 10_000;
@@ -92,7 +92,7 @@ impl SmsApi {
         let org = caller.listed_org(&params)?;
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (books, next) = self.phonebooks.list(&org, &page).await?;
-        page_json(&page, &books, next)
+        http::page(&page, &books, next)
     }
 
     pub(super) async fn get_phonebook(
@@ -130,7 +130,7 @@ impl SmsApi {
         self.phonebooks.get(&org, id).await?;
         let page = PageRequest::from_query(&params, org.as_str())?;
         let (contacts, next) = self.phonebooks.list_contacts(&org, id, &page).await?;
-        page_json(&page, &contacts, next)
+        http::page(&page, &contacts, next)
     }
 
     pub(super) async fn import_contacts(

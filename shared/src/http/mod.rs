@@ -120,6 +120,22 @@ pub fn json<T: Serialize>(status: u16, value: &T) -> Result<Response<Body>, ApiE
     Ok(response)
 }
 
+/// A 200 list page (SPEC §3): `items`, and `next_cursor` when the list goes on after them.
+///
+/// # Errors
+/// When `items` cannot be serialised.
+pub fn page<T: Serialize>(
+    page: &PageRequest,
+    items: &T,
+    next: Option<Cursor>,
+) -> Result<Response<Body>, ApiError> {
+    let next_cursor = next.map(|position| page.next_cursor(position));
+    json(
+        200,
+        &serde_json::json!({"items": items, "next_cursor": next_cursor}),
+    )
+}
+
 /// An empty 204 response.
 pub fn no_content() -> Response<Body> {
     let mut response = Response::new(Body::Empty);
