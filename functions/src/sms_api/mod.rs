@@ -3,11 +3,13 @@
 //! (JSON or CSV, with a per-row report). Sending happens in the SMS worker; this function
 //! validates, measures and stores `queued` records and enqueues them.
 //!
-//! One file per resource: [`send`] and [`messages`] (reading them), [`phonebooks`].
+//! One file per resource: [`send`] (its [`targets`]) and [`messages`] (reading them),
+//! [`phonebooks`].
 
 mod messages;
 mod phonebooks;
 mod send;
+mod targets;
 
 use lambda_http::{Body, Request, Response};
 use serde_json::Value;

@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 
 use shared::auth::Caller;
 use shared::consent::Channel;
-use shared::contacts::variables_of;
 use shared::domain::RecordId;
 use shared::domain::sms_message::{PhoneNumber, SmsRecord, parse_sender};
 use shared::domain::template::{TemplateContent, TemplateKind};
@@ -18,60 +17,34 @@ use shared::render::{self, Escape, RenderError};
 use shared::store::StoreError;
 
 use super::SmsApi;
+use super::targets::{BulkRecipient, Target};
 use shared::providers::twilio::TwilioSettings;
 
-pub const MAX_BULK_RECIPIENTS: usize = 10_000;
 /// Twilio's own limit on a message body.
 pub const MAX_BODY_CHARS: usize = 1600;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendRequest {
-    to: Option<String>,
-    body: Option<String>,
-    from: Option<String>,
-    template_id: Option<String>,
-    variables: Option<Value>,
-    recipients: Option<Vec<BulkRecipient>>,
-    phonebook_id: Option<String>,
+pub(super) struct SendRequest {
+    pub(super) to: Option<String>,
+    pub(super) body: Option<String>,
+    pub(super) from: Option<String>,
+    pub(super) template_id: Option<String>,
+    pub(super) variables: Option<Value>,
+    pub(super) recipients: Option<Vec<BulkRecipient>>,
+    pub(super) phonebook_id: Option<String>,
     /// A consent topic of the organization for SMS: numbers opted out of it (or never in,
     /// for a topic out by default) end `suppressed` (issue 19).
-    topic: Option<String>,
+    pub(super) topic: Option<String>,
 }
 
 impl SendRequest {
-    fn is_bulk(&self) -> bool {
+    pub(super) fn is_bulk(&self) -> bool {
         self.recipients.is_some() || self.phonebook_id.is_some()
     }
 
-    fn variables(&self) -> Value {
+    pub(super) fn variables(&self) -> Value {
         self.variables.clone().unwrap_or_else(|| json!({}))
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BulkRecipient {
-    to: String,
-    #[serde(default)]
-    variables: Option<Value>,
-}
-
-/// One recipient before rendering: the field to report errors on, the number, variables.
-struct Target {
-    field: String,
-    to: String,
-    variables: Value,
-}
-
-impl Target {
-    /// The name of `field` of this recipient in a field error (`recipients[3].to`).
-    fn field(&self, field: &str) -> String {
-        if self.field.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{}.{field}", self.field)
-        }
     }
 }
 
@@ -301,94 +274,6 @@ impl SmsApi {
         Ok(())
     }
 
-    /// Who receives the send: `to`, `recipients` or a phonebook's contacts.
-    async fn targets(
-        &self,
-        body: &SendRequest,
-        caller: &Caller,
-        errors: &mut FieldErrorCollector,
-    ) -> Result<Vec<Target>, ApiError> {
-        let given = [
-            body.to.is_some(),
-            body.recipients.is_some(),
-            body.phonebook_id.is_some(),
-        ];
-        if given.iter().filter(|g| **g).count() > 1 {
-            errors.add("to", "use one of to, recipients or phonebook_id");
-            return Ok(Vec::new());
-        }
-        if let Some(list) = &body.recipients {
-            return Ok(recipient_targets(list, errors));
-        }
-        if let Some(phonebook_id) = &body.phonebook_id {
-            return self
-                .phonebook_targets(body, caller, phonebook_id, errors)
-                .await;
-        }
-        match &body.to {
-            Some(to) => Ok(vec![Target {
-                field: String::new(),
-                to: to.clone(),
-                variables: body.variables(),
-            }]),
-            None => {
-                errors.add("to", "is required");
-                Ok(Vec::new())
-            }
-        }
-    }
-
-    /// The contacts of the phonebook a send names; request variables are shared defaults,
-    /// each contact's own fields win.
-    async fn phonebook_targets(
-        &self,
-        body: &SendRequest,
-        caller: &Caller,
-        phonebook_id: &str,
-        errors: &mut FieldErrorCollector,
-    ) -> Result<Vec<Target>, ApiError> {
-        let book = match RecordId::parse(phonebook_id) {
-            Some(id) => match self.phonebooks.get(&caller.org, &id.to_string()).await {
-                Ok(book) => Some(book),
-                Err(StoreError::NotFound) => None,
-                Err(other) => return Err(other.into()),
-            },
-            None => None,
-        };
-        let Some(book) = book else {
-            errors.add("phonebook_id", "no such phonebook");
-            return Ok(Vec::new());
-        };
-        let contacts = self
-            .phonebooks
-            .all_contacts(&caller.org, &book.id, MAX_BULK_RECIPIENTS + 1)
-            .await?;
-        if contacts.len() > MAX_BULK_RECIPIENTS {
-            errors.add(
-                "phonebook_id",
-                format!("a send reaches at most {MAX_BULK_RECIPIENTS} contacts"),
-            );
-            return Ok(Vec::new());
-        }
-        let shared_variables = body.variables();
-        Ok(contacts
-            .iter()
-            .map(|contact| {
-                let mut variables = shared_variables.clone();
-                if let (Value::Object(base), Value::Object(own)) =
-                    (&mut variables, variables_of(contact))
-                {
-                    base.extend(own);
-                }
-                Target {
-                    field: format!("phonebook[{}]", contact.phone),
-                    to: contact.phone.to_string(),
-                    variables,
-                }
-            })
-            .collect())
-    }
-
     /// The body of an active SMS template of the caller's organization.
     async fn template_body(
         &self,
@@ -419,24 +304,6 @@ impl SmsApi {
             ))),
         }
     }
-}
-
-/// The recipients a bulk names, each with its own variables.
-fn recipient_targets(list: &[BulkRecipient], errors: &mut FieldErrorCollector) -> Vec<Target> {
-    if list.is_empty() || list.len() > MAX_BULK_RECIPIENTS {
-        errors.add(
-            "recipients",
-            format!("must hold 1 to {MAX_BULK_RECIPIENTS} recipients"),
-        );
-    }
-    list.iter()
-        .enumerate()
-        .map(|(i, r)| Target {
-            field: format!("recipients[{i}]"),
-            to: r.to.clone(),
-            variables: r.variables.clone().unwrap_or_else(|| json!({})),
-        })
-        .collect()
 }
 
 /// The 202 of a send: the bulk's id and its records, or the one record's measure.
