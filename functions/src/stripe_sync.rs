@@ -91,12 +91,7 @@ impl StripeSync {
             reconciler: Reconciler::new(store.clone()),
             store,
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            stripe: {
-                let timeout = StripeClient::timeout_from_env(env)?;
-                env.on_first_use(&aws.secrets, move |env, secrets| async move {
-                    StripeClient::from_env(&env, &secrets, timeout).await
-                })
-            },
+            stripe: StripeClient::on_first_use(aws, env)?,
             page_size: u32::try_from(
                 env.number::<u64>("STRIPE_SYNC_PAGE_SIZE", u64::from(MAX_PAGE_SIZE))?,
             )

@@ -104,12 +104,7 @@ impl PaymentsApi {
             store,
             idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
             events: EventPublisher::new(aws.sqs.clone(), env.optional("EVENTS_QUEUE_URL")),
-            stripe: {
-                let timeout = StripeClient::timeout_from_env(env)?;
-                env.on_first_use(&aws.secrets, move |env, secrets| async move {
-                    StripeClient::from_env(&env, &secrets, timeout).await
-                })
-            },
+            stripe: StripeClient::on_first_use(aws, env)?,
             s3: aws.s3.clone(),
             bucket: env.required("BUCKET_NAME")?,
             claims: ClaimNames::from_env(env),

@@ -195,12 +195,30 @@ impl StripeClient {
     ///
     /// # Errors
     /// [`crate::config::ConfigError::Malformed`] for a value that is not a number.
-    pub fn timeout_from_env(
+    fn timeout_from_env(
         env: &crate::config::Env,
     ) -> Result<Duration, crate::config::ConfigError> {
         let default = u64::try_from(DEFAULT_TIMEOUT.as_millis()).unwrap_or(6_000);
         let millis = env.number("STRIPE_TIMEOUT_MS", default)?;
         Ok(Duration::from_millis(millis))
+    }
+
+    /// The client, built on first use by [`Self::from_env`]; `STRIPE_TIMEOUT_MS` is read now,
+    /// at init, so a malformed value fails the function's start naming the variable. The one
+    /// place a Stripe client is built.
+    ///
+    /// # Errors
+    /// [`crate::config::ConfigError::Malformed`] for a timeout that is not a number.
+    pub fn on_first_use(
+        aws: &crate::aws::AwsClients,
+        env: &crate::config::Env,
+    ) -> Result<crate::config::OnFirstUse<Option<Self>>, crate::config::ConfigError> {
+        let timeout = Self::timeout_from_env(env)?;
+        Ok(
+            env.on_first_use(&aws.secrets, move |env, secrets| async move {
+                Self::from_env(&env, &secrets, timeout).await
+            }),
+        )
     }
 
     /// The platform account's client as the environment configures it: `STRIPE_SECRET_KEY`
