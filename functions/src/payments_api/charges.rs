@@ -292,7 +292,7 @@ impl PaymentsApi {
     async fn fail(&self, caller: &Caller, id: &str, reason: String) -> Result<(), ApiError> {
         let updated = self
             .store
-            .update(&caller.org, id, |payment: &mut PaymentRecord| {
+            .update(&caller.org, id, None, |payment: &mut PaymentRecord| {
                 if payment.status != PaymentStatus::Pending {
                     return false;
                 }

@@ -108,7 +108,7 @@ impl PaymentsApi {
             )));
         }
         let total = payment.amount_refunded + amount;
-        let updated = self.record_refund(caller, id, total).await?;
+        let updated = self.record_refund(caller, payment, total).await?;
         let detail = json!({"amount": amount, "refund": refund["id"]});
         self.audit(
             request,
@@ -123,27 +123,33 @@ impl PaymentsApi {
         http::json(200, &answer)
     }
 
-    /// Records that `total` of payment `id` is refunded (the webhook may have got there
-    /// first) and publishes its delivery when that changes its status.
+    /// Records that `total` of `payment` (as read for this refund) is refunded — the webhook
+    /// may have got there first — and publishes its delivery when that changes its status.
     async fn record_refund(
         &self,
         caller: &Caller,
-        id: &str,
+        payment: PaymentRecord,
         total: i64,
     ) -> Result<PaymentRecord, ApiError> {
+        let id = payment.id.clone();
         let mut before = None;
         let updated = self
             .store
-            .update(&caller.org, id, |payment: &mut PaymentRecord| {
-                before = Some(payment.status);
-                if payment.amount_refunded >= total {
-                    return false;
-                }
-                payment.amount_refunded = total.min(payment.amount);
-                payment.settle_status(PaymentStatus::Succeeded);
-                payment.updated_at = chrono::Utc::now();
-                true
-            })
+            .update(
+                &caller.org,
+                &id,
+                Some(payment),
+                |payment: &mut PaymentRecord| {
+                    before = Some(payment.status);
+                    if payment.amount_refunded >= total {
+                        return false;
+                    }
+                    payment.amount_refunded = total.min(payment.amount);
+                    payment.settle_status(PaymentStatus::Succeeded);
+                    payment.updated_at = chrono::Utc::now();
+                    true
+                },
+            )
             .await;
         match updated {
             Ok(Updated { record, changed }) => {
@@ -153,7 +159,7 @@ impl PaymentsApi {
                 Ok(record)
             }
             // Stripe has refunded: the answer says so, and the webhook settles the record.
-            Err(StoreError::Conflict(_)) => Ok(self.store.get(&caller.org, id).await?),
+            Err(StoreError::Conflict(_)) => Ok(self.store.get(&caller.org, &id).await?),
             Err(other) => Err(other.into()),
         }
     }

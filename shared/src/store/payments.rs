@@ -225,8 +225,9 @@ impl PaymentStore {
         }
     }
 
-    /// Reads record `id`, lets `change` edit it and saves it; when another writer saved in
-    /// between, reads it again and repeats (optimistic concurrency on `version`). `change`
+    /// Lets `change` edit record `id` and saves it; when another writer saved in between,
+    /// reads it again and repeats (optimistic concurrency on `version`). The first round
+    /// starts from `current` when the caller has just read it, else reads it. `change`
     /// answers `false` to leave the record as it found it.
     ///
     /// # Errors
@@ -236,10 +237,14 @@ impl PaymentStore {
         &self,
         org: &OrgId,
         id: &str,
+        mut current: Option<T>,
         mut change: impl FnMut(&mut T) -> bool,
     ) -> Result<Updated<T>, StoreError> {
         for _ in 0..UPDATE_ATTEMPTS {
-            let mut record: T = self.get(org, id).await?;
+            let mut record: T = match current.take() {
+                Some(record) => record,
+                None => self.get(org, id).await?,
+            };
             if !change(&mut record) {
                 return Ok(Updated {
                     record,

@@ -195,9 +195,7 @@ impl StripeClient {
     ///
     /// # Errors
     /// [`crate::config::ConfigError::Malformed`] for a value that is not a number.
-    fn timeout_from_env(
-        env: &crate::config::Env,
-    ) -> Result<Duration, crate::config::ConfigError> {
+    fn timeout_from_env(env: &crate::config::Env) -> Result<Duration, crate::config::ConfigError> {
         let default = u64::try_from(DEFAULT_TIMEOUT.as_millis()).unwrap_or(6_000);
         let millis = env.number("STRIPE_TIMEOUT_MS", default)?;
         Ok(Duration::from_millis(millis))
