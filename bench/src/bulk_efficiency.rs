@@ -36,11 +36,15 @@ impl Channel {
 #[derive(Debug, Clone)]
 pub struct BulkRun {
     pub channel: Channel,
+    /// The organization the run sent as (a fresh one per run).
+    pub org: String,
     pub recipients: usize,
     /// Calls the provider sandbox received (Mail Send / Messages).
     pub provider_calls: u64,
     /// Calls the SendGrid sandbox refused for breaking a Mail Send rule (0 for SMS).
     pub refusals: u64,
+    /// Bytes of the Mail Send requests SendGrid accepted (0 for SMS).
+    pub provider_bytes: u64,
     pub sdk: SdkCallCounts,
     /// Final statuses reached, by status.
     pub statuses: BTreeMap<String, usize>,
@@ -51,33 +55,81 @@ pub struct BulkRun {
     queue_names: BTreeMap<String, String>,
 }
 
+/// What a bulk email looks like.
+#[derive(Debug, Clone, Default)]
+pub struct EmailShape {
+    /// Copy every email to this address, and make every hundredth recipient that address
+    /// itself (the shape SendGrid refuses when planned carelessly: issue 15).
+    pub cc: Option<String>,
+    /// An HTML body of about this many bytes besides the short text (0: text only).
+    pub body_bytes: usize,
+    /// The body greets each recipient by name, and holds an `#if` and an `#each` over their
+    /// variables (else every recipient gets the same body).
+    pub personalized: bool,
+}
+
+impl EmailShape {
+    /// The HTML body: a newsletter's paragraphs up to `body_bytes`, with a personal
+    /// greeting, offer and list when `personalized`.
+    fn html(&self) -> Option<String> {
+        if self.body_bytes == 0 {
+            return None;
+        }
+        let paragraph = "<p>Our spring collection is here: linen, cotton and wool in more \
+                         colours than ever, made to last and priced fairly.</p>\n";
+        let personal = "<h1>Hello {{first_name}}!</h1>\n{{#if vip}}\n<p>Your VIP price: \
+                        {{price}}</p>\n{{else}}\n<p>Join the club for early access.</p>\n\
+                        {{/if}}\n<ul>\n{{#each picks}}\n  <li>{{this}}</li>\n{{/each}}\n</ul>\n";
+        let mut html = if self.personalized {
+            personal.to_owned()
+        } else {
+            "<h1>Hello!</h1>\n".to_owned()
+        };
+        while html.len() + paragraph.len() <= self.body_bytes {
+            html.push_str(paragraph);
+        }
+        Some(html)
+    }
+
+    fn variables(&self, i: usize) -> Value {
+        if !self.personalized {
+            return json!({"n": i});
+        }
+        json!({
+            "n": i, "first_name": format!("Reader {i}"), "vip": i.is_multiple_of(5),
+            "price": format!("${}.99", 10 + i % 90),
+            "picks": (0..i % 4).map(|k| format!("Pick {k} for reader {i}")).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Sends one bulk email to `recipients` addresses and counts what it took. The bundle must
 /// run with the SendGrid sandbox and its queue pollers.
 ///
 /// # Errors
 /// When the API refuses the send or not every email is final within `timeout`.
-///
-/// With `cc`, every email is copied to it and every hundredth recipient is the cc address
-/// itself (the shape SendGrid refuses when planned carelessly: issue 15).
 pub async fn bulk_email(
     bundle: &RunningBundle,
     recipients: usize,
-    cc: Option<&str>,
+    shape: &EmailShape,
     timeout: Duration,
 ) -> anyhow::Result<BulkRun> {
     let list: Vec<Value> = (0..recipients)
-        .map(|i| match cc {
-            Some(cc) if i % 100 == 99 => json!({"to": cc, "variables": {"n": i}}),
-            _ => json!({"to": format!("r{i:05}@example.com"), "variables": {"n": i}}),
+        .map(|i| match &shape.cc {
+            Some(cc) if i % 100 == 99 => json!({"to": cc, "variables": shape.variables(i)}),
+            _ => json!({"to": format!("r{i:05}@example.com"), "variables": shape.variables(i)}),
         })
         .collect();
     let mut body = json!({
         "recipients": list,
-        "subject": "Bulk efficiency {{n}}",
-        "text": "Hello recipient {{n}}.",
+        "subject": if shape.personalized || shape.body_bytes == 0 { "Bulk efficiency {{n}}" } else { "Spring news" },
+        "text": if shape.personalized || shape.body_bytes == 0 { "Hello recipient {{n}}." } else { "Our spring collection is here." },
         "campaign": "bulk-efficiency",
     });
-    if let Some(cc) = cc {
+    if let Some(html) = shape.html() {
+        body["html"] = json!(html);
+    }
+    if let Some(cc) = &shape.cc {
         body["cc"] = json!([cc]);
     }
     run(bundle, Channel::Email, recipients, body, timeout).await
@@ -118,6 +170,7 @@ async fn run(
     };
     let provider_calls_before = provider_calls(bundle, channel)?;
     let refusals_before = refusals(bundle);
+    let bytes_before = provider_bytes(bundle);
     bundle.sdk_calls.reset();
     let started = Instant::now();
 
@@ -159,14 +212,23 @@ async fn run(
         .collect();
     Ok(BulkRun {
         channel,
+        org: org_name,
         recipients,
         provider_calls: provider_calls(bundle, channel)? - provider_calls_before,
         refusals: refusals(bundle) - refusals_before,
+        provider_bytes: provider_bytes(bundle) - bytes_before,
         sdk,
         statuses,
         elapsed,
         queue_names,
     })
+}
+
+fn provider_bytes(bundle: &RunningBundle) -> u64 {
+    bundle
+        .sendgrid
+        .as_ref()
+        .map_or(0, |sandbox| sandbox.bytes_received())
 }
 
 fn refusals(bundle: &RunningBundle) -> u64 {
@@ -301,6 +363,12 @@ impl BulkRun {
             format!("{} refusals (request rules)", self.channel.provider()),
             self.refusals,
         );
+        if self.channel == Channel::Email {
+            row(
+                "bytes sent to SendGrid (accepted calls)".to_owned(),
+                self.provider_bytes,
+            );
+        }
         row("SQS messages sent".to_owned(), self.sdk.sqs_messages_sent());
         for (queue, count) in &self.sdk.messages_by_queue {
             let name = self.queue_names.get(queue).unwrap_or(queue);

@@ -16,7 +16,7 @@ use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::consent::{ALL_TOPICS, Channel, UnsubscribeClaim, UnsubscribeKeys};
 use shared::domain::OrgId;
-use shared::domain::email::{EmailRecord, EmailStatus, FailureKind};
+use shared::domain::email::{BodyKind, EmailRecord, EmailStatus, FailureKind};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::sendgrid::{
     Accepted, Address, Content, MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, MailSend,
@@ -594,11 +594,16 @@ impl EmailWorker {
     }
 }
 
-/// Groups emails into SendGrid calls. Emails with the same sender share a call. When their
-/// rendered content differs, each personalization carries its own subject and its bodies as
-/// substitutions of one token each, so every recipient gets exactly the content Herald
-/// rendered for them; an email whose bodies exceed SendGrid's substitution limit goes in a
-/// call of its own.
+/// Groups emails into SendGrid calls. Emails with the same sender share a call:
+/// - a bulk's emails stored as parts of one shared body: the call carries that body once,
+///   a token in place of each part, and each personalization its own subject and parts as
+///   substitutions (issue 20);
+/// - emails with identical content, whatever its size: one literal content;
+/// - other emails whose bodies fit SendGrid's substitution limit: each personalization
+///   carries its whole bodies as the substitutions of one token each.
+///
+/// So every recipient gets exactly the content Herald rendered for them, and only an email
+/// too large to substitute and like no other goes in a call of its own.
 ///
 /// Every call keeps within the Mail Send rules (Twilio SendGrid, "Mail Send errors",
 /// `twilio.com/docs/sendgrid/api-reference/mail-send/errors`; the sandbox enforces the same):
@@ -616,8 +621,16 @@ pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
     // same content can share a call: a newsletter identical for every recipient still
     // takes one call per 1,000 recipients, whatever its size (issue 20).
     let mut identical: BTreeMap<ContentKey<'_>, Vec<&EmailRecord>> = BTreeMap::new();
+    let mut shared_bodies: BTreeMap<(GroupKey, &str), Vec<&EmailRecord>> = BTreeMap::new();
     let mut planned = Vec::new();
     for record in records {
+        if let Some(parts) = &record.parts
+            && parts.body.is_some()
+        {
+            let key = (sender_key(record), parts.shared.as_str());
+            shared_bodies.entry(key).or_default().push(record);
+            continue;
+        }
         let bytes = record.html.as_ref().map_or(0, String::len)
             + record.text.as_ref().map_or(0, String::len);
         if bytes + HTML_TOKEN.len() + TEXT_TOKEN.len() > MAX_SUBSTITUTION_BYTES {
@@ -634,6 +647,13 @@ pub fn plan_mails(records: &[EmailRecord]) -> Vec<PlannedMail> {
     }
     for same in identical.values() {
         planned.extend(pack_calls(same).iter().map(|call| literal_mail(call)));
+    }
+    for bulk in shared_bodies.values() {
+        planned.extend(
+            pack_calls(bulk)
+                .iter()
+                .filter_map(|call| shared_body_mail(call)),
+        );
     }
     for group in groups.values() {
         for call in pack_calls(group) {
@@ -821,6 +841,40 @@ fn literal_mail(records: &[&EmailRecord]) -> PlannedMail {
     }
 }
 
+/// A call of emails holding parts of one shared body (read): the body once, with tokens, and
+/// each email's parts as its personalization's substitutions.
+fn shared_body_mail(records: &[&EmailRecord]) -> Option<PlannedMail> {
+    let first = records[0];
+    let body = first.parts.as_ref()?.body.as_ref()?;
+    let mut content = Vec::new();
+    if let Some(text) = body.with_tokens(BodyKind::Text) {
+        content.push(Content::plain(text));
+    }
+    if let Some(html) = body.with_tokens(BodyKind::Html) {
+        content.push(Content::html(html));
+    }
+    let personalizations = records
+        .iter()
+        .map(|record| {
+            let mut p = personalization(record);
+            p.subject = Some(record.subject.clone());
+            if let Some(parts) = &record.parts {
+                p.substitutions.extend(body.substitutions(parts));
+            }
+            p
+        })
+        .collect();
+    Some(PlannedMail {
+        mail: envelope(
+            first,
+            personalizations,
+            Some(first.subject.clone()),
+            content,
+        ),
+        ids: records.iter().map(|r| r.id.clone()).collect(),
+    })
+}
+
 fn substituted_mail(records: &[&EmailRecord]) -> PlannedMail {
     let first = records[0];
     let mut content = Vec::new();
@@ -876,6 +930,7 @@ mod tests {
             subject: "Hello".to_owned(),
             html: Some(html.to_owned()),
             text: None,
+            parts: None,
             metadata: BTreeMap::new(),
             template_id: None,
             campaign: None,
@@ -894,6 +949,50 @@ mod tests {
             version: 1,
             applied_events: vec![],
         }
+    }
+
+    /// A bulk of 2,500 emails of a 60 KB personalized body stored as parts of one shared
+    /// body: three calls, each carrying the body once with tokens, and each personalization
+    /// rebuilding exactly its email's rendering.
+    #[test]
+    fn parts_of_a_shared_body_take_one_call_per_thousand_and_rebuild_each_email() {
+        use shared::domain::email::{BodyParts, SharedBody};
+        let filler = "<p>News</p>".repeat(6_000);
+        let body = std::sync::Arc::new(SharedBody {
+            nonce: "0".to_owned(),
+            html: Some(vec!["<h1>Hi ".to_owned(), format!("</h1>{filler}")]),
+            text: Some(vec!["Hi ".to_owned(), ".".to_owned()]),
+        });
+        let records: Vec<_> = (0..2500)
+            .map(|n| {
+                let mut r = record(n, "");
+                r.html = None;
+                r.parts = Some(BodyParts {
+                    shared: "bulk1".to_owned(),
+                    html: vec![format!("Reader {n}")],
+                    text: vec![format!("Reader {n}")],
+                    body: Some(body.clone()),
+                });
+                r
+            })
+            .collect();
+        let planned = plan_mails(&records);
+        assert_eq!(planned.len(), 3);
+        assert_within_mail_send_rules(&planned);
+        let mail = &planned[1].mail;
+        assert_eq!(mail.content.len(), 2);
+        assert!(mail.content[1].value.len() < filler.len() + 100);
+        let p = &mail.personalizations[5];
+        let email_id = &p.custom_args["email_id"];
+        let rebuilt = p
+            .substitutions
+            .iter()
+            .fold(mail.content[1].value.clone(), |acc, (k, v)| {
+                acc.replace(k, v)
+            });
+        let n: usize = email_id.trim_start_matches("id").parse().unwrap();
+        assert_eq!(rebuilt, format!("<h1>Hi Reader {n}</h1>{filler}"));
+        assert!(p.substitution_bytes() < 100);
     }
 
     #[test]

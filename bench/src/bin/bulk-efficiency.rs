@@ -3,7 +3,8 @@
 //! (and optionally one bulk SMS) through the API and prints what it took: provider calls, SQS
 //! messages, DynamoDB item writes, per message.
 //!
-//! `cargo run -p herald-bench --bin bulk-efficiency -- --recipients 10000 [--cc boss@example.com]`
+//! `cargo run -p herald-bench --bin bulk-efficiency -- --recipients 10000 [--cc boss@example.com]
+//! [--body-bytes 60000 [--personalized]]`
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,12 @@ struct Args {
     /// Copy every email to this address (and make every hundredth recipient that address).
     #[arg(long)]
     cc: Option<String>,
+    /// An HTML body of about this many bytes (0: a short text body only).
+    #[arg(long, default_value_t = 0)]
+    body_bytes: usize,
+    /// Personalize the body: a greeting by name, an `#if` and an `#each` per recipient.
+    #[arg(long)]
+    personalized: bool,
     /// Also send a bulk SMS to this many recipients (0: no SMS run).
     #[arg(long, default_value_t = 0)]
     sms_recipients: usize,
@@ -101,8 +108,12 @@ async fn main() -> anyhow::Result<()> {
         "bulk-efficiency {} ({machine}), resources prefixed {prefix}\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
-    let email =
-        bulk_efficiency::bulk_email(&bundle, args.recipients, args.cc.as_deref(), timeout).await?;
+    let shape = bulk_efficiency::EmailShape {
+        cc: args.cc.clone(),
+        body_bytes: args.body_bytes,
+        personalized: args.personalized,
+    };
+    let email = bulk_efficiency::bulk_email(&bundle, args.recipients, &shape, timeout).await?;
     println!("{}", email.table());
     if args.sms_recipients > 0 {
         let sms = bulk_efficiency::bulk_sms(&bundle, args.sms_recipients, timeout).await?;

@@ -5,10 +5,11 @@ use serde_json::Value;
 
 use shared::auth::Caller;
 use shared::domain::RecordId;
-use shared::domain::email::EmailContent;
+use shared::domain::email::{BodyParts, EmailContent, SharedBody};
 use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::http::{ApiError, FieldErrorCollector};
-use shared::render::{self, Escape, RenderError};
+use shared::providers::sendgrid::MAX_SUBSTITUTION_BYTES;
+use shared::render::{self, Escape, RenderError, Segments};
 
 use super::EmailApi;
 use super::send::SendRequest;
@@ -43,6 +44,84 @@ impl ContentSource {
             html: render(&self.html, Escape::Html)?,
             text: render(&self.text, Escape::None)?,
         })
+    }
+}
+
+impl ContentSource {
+    /// A rendered bulk's bodies split once into what every recipient shares and what varies
+    /// (issue 20), or `None` when they cannot be split (literal content, partials).
+    pub(super) fn split(&self, bulk_id: &str) -> Option<BulkSplit> {
+        if !self.render {
+            return None;
+        }
+        let compile = |body: &Option<String>, escape| match body {
+            Some(source) => Segments::compile(source, escape).map(Some),
+            None => Some(None),
+        };
+        let html = compile(&self.html, Escape::Html)?;
+        let text = compile(&self.text, Escape::None)?;
+        let pieces = |segments: &Option<Segments>| segments.as_ref().map(|s| s.pieces().to_vec());
+        let (html_pieces, text_pieces) = (pieces(&html), pieces(&text));
+        let all: Vec<&String> = html_pieces.iter().chain(&text_pieces).flatten().collect();
+        let nonce = (0u32..).map(|n| format!("{n:x}")).find(|nonce| {
+            !all.iter()
+                .any(|piece| piece.contains(&format!("%hx{nonce}")))
+        })?;
+        Some(BulkSplit {
+            shared: SharedBody {
+                nonce,
+                html: html_pieces,
+                text: text_pieces,
+            },
+            bulk_id: bulk_id.to_owned(),
+            html,
+            text,
+        })
+    }
+}
+
+/// A bulk's content split into the body every recipient shares and the parts that vary.
+pub(super) struct BulkSplit {
+    pub(super) shared: SharedBody,
+    pub(super) bulk_id: String,
+    html: Option<Segments>,
+    text: Option<Segments>,
+}
+
+impl BulkSplit {
+    /// One recipient's parts, when they rebuild exactly `content` (what Herald rendered for
+    /// them), hold no token, and fit one personalization's substitutions; else `None`, and
+    /// the email keeps its whole bodies.
+    pub(super) fn parts_for(&self, variables: &Value, content: &EmailContent) -> Option<BodyParts> {
+        let render = |segments: &Option<Segments>| {
+            segments
+                .as_ref()
+                .map(|s| s.parts(variables))
+                .transpose()
+                .ok()
+                .map(Option::unwrap_or_default)
+        };
+        let parts = BodyParts {
+            shared: self.bulk_id.clone(),
+            html: render(&self.html)?,
+            text: render(&self.text)?,
+            body: None,
+        };
+        let exact = self.shared.fill(&parts) == (content.html.clone(), content.text.clone());
+        let prefix = self.shared.token_prefix();
+        let holds_a_token = content.subject.contains(&prefix)
+            || parts
+                .html
+                .iter()
+                .chain(&parts.text)
+                .any(|p| p.contains(&prefix));
+        let bytes: usize = self
+            .shared
+            .substitutions(&parts)
+            .iter()
+            .map(|(token, part)| token.len() + part.len())
+            .sum();
+        (exact && !holds_a_token && bytes <= MAX_SUBSTITUTION_BYTES).then_some(parts)
     }
 }
 

@@ -16,7 +16,7 @@ use shared::queue::{BulkSpan, Envelope, Job};
 use shared::render::RenderError;
 
 use super::EmailApi;
-use super::content::ContentSource;
+use super::content::{BulkSplit, ContentSource};
 
 /// The most an email's rendered html and text may hold together. Both go in one body item,
 /// and "the maximum item size in DynamoDB is 400 KB, which includes both attribute name
@@ -179,6 +179,8 @@ struct Send<'a> {
     caller: &'a Caller,
     from: Option<EmailAddress>,
     content: Option<ContentSource>,
+    /// A bulk's bodies split into shared text and varying parts, where they split.
+    split: Option<BulkSplit>,
     shared: SendShared,
     now: chrono::DateTime<chrono::Utc>,
 }
@@ -224,14 +226,19 @@ impl Send<'_> {
         }
         let from = self.from.clone()?;
         let org = self.caller.org.clone();
-        Some(EmailRecord::queued(
-            org,
-            from,
-            address,
-            &self.shared,
-            content,
-            self.now,
-        ))
+        let parts = self.split.as_ref().and_then(|split| {
+            // The reply-to is substituted too (Mail Send API reference, `substitutions`).
+            let reply_to = self.shared.reply_to.as_ref().map(EmailAddress::as_str);
+            if reply_to.is_some_and(|r| r.contains(&split.shared.token_prefix())) {
+                return None;
+            }
+            split.parts_for(&recipient.variables, &content)
+        });
+        let mut record = EmailRecord::queued(org, from, address, &self.shared, content, self.now);
+        if parts.is_some() {
+            (record.html, record.text, record.parts) = (None, None, parts);
+        }
+        Some(record)
     }
 }
 
@@ -257,10 +264,15 @@ impl EmailApi {
         let content = self.content_source(&body, caller, &mut errors).await?;
         let recipients = recipients(&body, &mut errors);
         shared.template_id = content.as_ref().and_then(|c| c.template_id.clone());
+        let split = match (&content, &shared.bulk_id) {
+            (Some(content), Some(bulk_id)) if recipients.len() > 1 => content.split(bulk_id),
+            _ => None,
+        };
         let send = Send {
             caller,
             from,
             content,
+            split,
             shared,
             now: chrono::Utc::now(),
         };
@@ -269,6 +281,13 @@ impl EmailApi {
             .filter_map(|recipient| send.record_for(recipient, &mut errors))
             .collect();
         errors.finish()?;
+        if let Some(split) = &send.split
+            && records.iter().any(|r| r.parts.is_some())
+        {
+            self.emails
+                .put_shared_body(&caller.org, &split.bulk_id, &split.shared)
+                .await?;
+        }
         self.emails.create_all(&records).await?;
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         match &send.shared.bulk_id {

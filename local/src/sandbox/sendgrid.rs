@@ -41,6 +41,8 @@ pub struct SendGridSandbox {
 #[derive(Default)]
 struct SandboxState {
     calls: u64,
+    /// Bytes of the Mail Send requests accepted.
+    bytes: u64,
     inbox: VecDeque<Value>,
     /// Each recipient's message (`sg_message_id`) → its address and Activity status.
     statuses: HashMap<String, (String, &'static str)>,
@@ -104,6 +106,11 @@ impl SendGridSandbox {
 
     pub fn calls(&self) -> u64 {
         self.state.lock().map(|s| s.calls).unwrap_or(0)
+    }
+
+    /// Bytes of the Mail Send requests accepted so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.state.lock().map(|s| s.bytes).unwrap_or(0)
     }
 
     /// Requests refused for breaking a Mail Send rule.
@@ -410,6 +417,27 @@ pub fn check_mail_send(mail: &MailSend, body_bytes: usize) -> Result<(), Refusal
     Ok(())
 }
 
+/// 11. A `template_id` names a template of the account. The sandbox has no Transactional
+///     Templates API, so it holds none and refuses every one (the refusal's wording is the
+///     sandbox's). Herald sends no `template_id`: SendGrid allows "up to 300 versions across
+///     all templates" per account (Transactional Templates Versions API reference), too few
+///     for every organization's templates, and Mail Send always uses a template's active
+///     version, so an edit would reach emails queued before it.
+fn check_template_id(body: &[u8]) -> Result<(), Refusal> {
+    let raw: Value = serde_json::from_slice(body).unwrap_or_default();
+    match raw.get("template_id") {
+        None | Some(Value::Null) => Ok(()),
+        Some(id) => Err(Refusal::bad_request(
+            format!("The template_id {id} does not name a template of this account."),
+            "template_id",
+        )),
+    }
+}
+
+/// SendGrid's substitution: each key replaced by its value wherever it occurs ("Substitutions
+/// will apply to the text and html content of the body of your email, in addition to the
+/// subject and reply-to parameters", Mail Send API reference,
+/// `personalizations[].substitutions`).
 fn substitute(text: &str, substitutions: &BTreeMap<String, String>) -> String {
     substitutions
         .iter()
@@ -459,7 +487,8 @@ async fn mail_send(
         Ok(mail) => mail,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("Bad Request: {e}")),
     };
-    if let Err(refusal) = check_mail_send(&mail, body.len()) {
+    let checked = check_template_id(&body).and_then(|()| check_mail_send(&mail, body.len()));
+    if let Err(refusal) = checked {
         if let Ok(mut state) = sandbox.state.lock() {
             state.refusals += 1;
         }
@@ -478,6 +507,7 @@ async fn mail_send(
             return error(StatusCode::INTERNAL_SERVER_ERROR, "sandbox state poisoned");
         };
         state.calls += 1;
+        state.bytes += u64::try_from(body.len()).unwrap_or(u64::MAX);
         for (index, personalization) in mail.personalizations.iter().enumerate() {
             let mut args = mail.custom_args.clone().unwrap_or_default();
             args.extend(personalization.custom_args.clone());
@@ -486,6 +516,7 @@ async fn mail_send(
                 .clone()
                 .or_else(|| mail.subject.clone())
                 .unwrap_or_default();
+            let subject = substitute(&subject, &personalization.substitutions);
             let content: Vec<Value> = mail
                 .content
                 .iter()

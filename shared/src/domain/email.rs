@@ -297,6 +297,10 @@ pub struct EmailRecord {
     pub html: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// A bulk email's bodies as the parts that vary around its bulk's [`SharedBody`]
+    /// (`html` and `text` are then `None` until filled in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<BodyParts>,
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,6 +351,107 @@ pub struct SendShared {
     pub bulk_id: Option<String>,
 }
 
+/// A bulk's bodies as every recipient shares them: the literal text around the parts that
+/// vary per recipient ([`BodyParts`]). Stored once per bulk instead of each recipient's
+/// whole rendering; SendGrid gets it once per call, with each recipient's parts as
+/// substitutions (issue 20), so a 60 KB newsletter to 1,000 people is one 60 KB body plus
+/// their names, not 60 MB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedBody {
+    /// Makes the substitution tokens unique: no piece, and no part or subject of an email
+    /// that uses this body, contains [`SharedBody::token_prefix`].
+    pub nonce: String,
+    /// `pieces` of each body: one more than its parts.
+    pub html: Option<Vec<String>>,
+    pub text: Option<Vec<String>>,
+}
+
+/// Which body of an email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Html,
+    Text,
+}
+
+impl SharedBody {
+    /// What every token of this body starts with. `%h` never occurs in percent-encoded
+    /// text, ids or base64url, so headers and custom args cannot hold it by chance.
+    pub fn token_prefix(&self) -> String {
+        format!("%hx{}", self.nonce)
+    }
+
+    /// The substitution token standing for part `index` of the `kind` body.
+    pub fn token(&self, kind: BodyKind, index: usize) -> String {
+        let letter = match kind {
+            BodyKind::Html => 'h',
+            BodyKind::Text => 't',
+        };
+        format!("{}{letter}{index}%", self.token_prefix())
+    }
+
+    /// The `kind` body with a token in place of each part (what a Mail Send call's content
+    /// carries).
+    pub fn with_tokens(&self, kind: BodyKind) -> Option<String> {
+        let pieces = self.pieces(kind)?;
+        let tokens: Vec<String> = (0..pieces.len().saturating_sub(1))
+            .map(|index| self.token(kind, index))
+            .collect();
+        Some(crate::render::fill(pieces, &tokens))
+    }
+
+    /// An email's bodies: the pieces with its parts between them.
+    pub fn fill(&self, parts: &BodyParts) -> (Option<String>, Option<String>) {
+        let fill = |kind, own: &[String]| {
+            self.pieces(kind)
+                .map(|pieces| crate::render::fill(pieces, own))
+        };
+        (
+            fill(BodyKind::Html, &parts.html),
+            fill(BodyKind::Text, &parts.text),
+        )
+    }
+
+    /// The substitutions of one email, token to part: SendGrid counts their keys' and values'
+    /// bytes towards its per-personalization limit.
+    pub fn substitutions(&self, parts: &BodyParts) -> Vec<(String, String)> {
+        let mut substitutions = Vec::with_capacity(parts.html.len() + parts.text.len());
+        for (kind, own) in [(BodyKind::Html, &parts.html), (BodyKind::Text, &parts.text)] {
+            for (index, part) in own.iter().enumerate() {
+                substitutions.push((self.token(kind, index), part.clone()));
+            }
+        }
+        substitutions
+    }
+
+    fn pieces(&self, kind: BodyKind) -> Option<&[String]> {
+        match kind {
+            BodyKind::Html => self.html.as_deref(),
+            BodyKind::Text => self.text.as_deref(),
+        }
+    }
+}
+
+/// One bulk email's share of its bulk's [`SharedBody`]: the rendering of each varying part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyParts {
+    /// The id of the shared body (the bulk's id).
+    pub shared: String,
+    #[serde(default)]
+    pub html: Vec<String>,
+    #[serde(default)]
+    pub text: Vec<String>,
+    /// The shared body, once read; never stored with the parts.
+    #[serde(skip)]
+    pub body: Option<std::sync::Arc<SharedBody>>,
+}
+
+impl BodyParts {
+    /// Bytes of the parts themselves.
+    pub fn bytes(&self) -> usize {
+        self.html.iter().chain(&self.text).map(String::len).sum()
+    }
+}
+
 /// What one recipient reads: the subject and bodies, rendered for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailContent {
@@ -395,6 +500,7 @@ impl EmailRecord {
             subject: content.subject,
             html: content.html,
             text: content.text,
+            parts: None,
             metadata,
             template_id,
             campaign,
@@ -428,6 +534,28 @@ impl EmailRecord {
     }
 
     /// The API representation; `with_content` adds the bodies and the timeline (detail view).
+    /// Whether the record carries its bodies (whole or as parts), read or as created.
+    pub fn has_bodies(&self) -> bool {
+        self.html.is_some() || self.text.is_some() || self.parts.is_some()
+    }
+
+    /// Takes `other`'s bodies, whole or as parts.
+    pub fn take_bodies_of(&mut self, other: &Self) {
+        self.html.clone_from(&other.html);
+        self.text.clone_from(&other.text);
+        self.parts.clone_from(&other.parts);
+    }
+
+    /// Turns parts into whole bodies, when their shared body has been read.
+    pub fn fill_bodies(&mut self) {
+        if let Some(parts) = &self.parts
+            && let Some(body) = &parts.body
+        {
+            (self.html, self.text) = body.fill(parts);
+            self.parts = None;
+        }
+    }
+
     pub fn to_json(&self, with_content: bool) -> serde_json::Value {
         let mut view = serde_json::json!({
             "id": self.id,

@@ -3,7 +3,8 @@
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
 //! | email | `ORG#<org>#EMAIL#<shard>` / `EMAIL#<ulid>` | `GSI1` `EMAIL#SENT#<sent shard>` / `<sent ms>#<ulid>` while `sent` (status check) |
-//! | email body | `ORG#<org>#BODY#<ulid>` / `BODY` (`html`, `text`) | |
+//! | email body | `ORG#<org>#BODY#<ulid>` / `BODY` (`html`, `text`, or `parts`) | |
+//! | bulk's shared body | `ORG#<org>#BODY#<bulk ulid>` / `SHARED` (`shared`) | |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
 //!
 //! Emails are write-sharded: `<shard>` is the email id's shard of
@@ -25,12 +26,15 @@
 //! instead of one (docs/SCALE.md). Each body has a partition key of its own: it is only
 //! ever read by `(org, id)`, and 60 KB bodies at 278 emails/s would be too much for the
 //! sixteen status shards. Reads that show or send the content (`get_with_bodies`,
-//! `claim_all`) fetch it; status work (webhooks, listings, reports) never does.
+//! `claim_all`) fetch it; status work (webhooks, listings, reports) never does. A bulk's
+//! emails may instead hold only the parts that vary around one shared body (issue 20):
+//! reading their bodies then reads that item once per bulk.
 //!
 //! Status changes are conditional on the status the writer saw (and every write bumps
 //! `version`), so concurrent workers and webhooks can never move an email backwards.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
@@ -47,7 +51,7 @@ use super::{
 };
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{
-    EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, TimelineEntry,
+    EmailAddress, EmailRecord, EmailStatus, Engagement, FailureKind, SharedBody, TimelineEntry,
 };
 use crate::domain::{OrgId, RecordId};
 use crate::pagination::{Cursor, PageRequest};
@@ -109,9 +113,16 @@ fn body_pk(org: &OrgId, id: &str) -> String {
 }
 
 const BODY_SK: &str = "BODY";
+const SHARED_BODY_SK: &str = "SHARED";
+
+/// Parts up to this size stay in the status item: a bulk email is then one item written at
+/// creation instead of two (issue 20), and its status writes still cost one write unit each
+/// (DynamoDB charges 1 WCU per 1 KB of the item, "Read/write capacity mode" in the Developer
+/// Guide; the status item is about 400 bytes before its timeline grows).
+const INLINE_PARTS_BYTES: usize = 300;
 
 /// The record's attributes that go to the body item instead of the status item.
-const BODY_ATTRIBUTES: [&str; 2] = ["html", "text"];
+const BODY_ATTRIBUTES: [&str; 3] = ["html", "text", "parts"];
 
 fn supp_sk(address: &str) -> String {
     format!("SUPP#{}", address.to_lowercase())
@@ -190,8 +201,13 @@ impl EmailStore {
     /// a body.
     fn items_of(record: &EmailRecord) -> Result<Vec<Item>, StoreError> {
         let mut item: Item = serde_dynamo::to_item(record).context("encoding email")?;
+        let inline_parts = record
+            .parts
+            .as_ref()
+            .is_some_and(|parts| parts.bytes() <= INLINE_PARTS_BYTES);
         let mut body: Item = BODY_ATTRIBUTES
             .iter()
+            .filter(|name| !(inline_parts && **name == "parts"))
             .filter_map(|name| item.remove_entry(*name))
             .collect();
         item.insert("pk".into(), s(email_pk(&record.org_id, &record.id)));
@@ -246,6 +262,87 @@ impl EmailStore {
     /// # Errors
     /// Storage failures only.
     pub async fn attach_bodies(&self, records: &mut [EmailRecord]) -> Result<(), StoreError> {
+        self.read_body_items(records).await?;
+        self.attach_shared_bodies(records).await
+    }
+
+    /// Stores a bulk's shared body, before the emails that use it.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn put_shared_body(
+        &self,
+        org: &OrgId,
+        bulk_id: &str,
+        body: &SharedBody,
+    ) -> Result<(), StoreError> {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(body_pk(org, bulk_id)));
+        item.insert("sk".into(), s(SHARED_BODY_SK));
+        item.insert("entity".into(), s("email_shared_body"));
+        item.insert(
+            "shared".into(),
+            serde_dynamo::to_attribute_value(body).context("encoding shared body")?,
+        );
+        self.dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .context("PutItem shared body")?;
+        Ok(())
+    }
+
+    /// Gives every record holding parts its bulk's shared body (one read per bulk), where it
+    /// has not been read yet.
+    async fn attach_shared_bodies(&self, records: &mut [EmailRecord]) -> Result<(), StoreError> {
+        let mut wanted: Vec<(OrgId, String)> = records
+            .iter()
+            .filter_map(|r| {
+                let parts = r.parts.as_ref().filter(|p| p.body.is_none())?;
+                Some((r.org_id.clone(), parts.shared.clone()))
+            })
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys = wanted
+            .iter()
+            .map(|(org, id)| {
+                HashMap::from([
+                    ("pk".to_owned(), s(body_pk(org, id))),
+                    ("sk".to_owned(), s(SHARED_BODY_SK)),
+                ])
+            })
+            .collect();
+        let mut found: HashMap<String, Arc<SharedBody>> = HashMap::new();
+        for item in batch_get(&self.dynamodb, &self.table, keys, None).await? {
+            let (Some(pk), Some(body)) = (item.get("pk"), item.get("shared")) else {
+                continue;
+            };
+            let body: SharedBody =
+                serde_dynamo::from_attribute_value(body.clone()).context("decoding shared body")?;
+            found.insert(pk.as_s().cloned().unwrap_or_default(), Arc::new(body));
+        }
+        for record in records {
+            let key = record
+                .parts
+                .as_ref()
+                .map(|p| body_pk(&record.org_id, &p.shared));
+            if let (Some(parts), Some(key)) = (record.parts.as_mut(), key)
+                && parts.body.is_none()
+            {
+                parts.body = found.get(&key).cloned();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads each record's own body item into `html` and `text`, or `parts`.
+    async fn read_body_items(&self, records: &mut [EmailRecord]) -> Result<(), StoreError> {
         let keys = records
             .iter()
             .map(|record| {
@@ -266,6 +363,11 @@ impl EmailStore {
                 let text = |name: &str| body.get(name).and_then(|v| v.as_s().ok()).cloned();
                 record.html = text("html");
                 record.text = text("text");
+                record.parts = body
+                    .get("parts")
+                    .map(|parts| serde_dynamo::from_attribute_value(parts.clone()))
+                    .transpose()
+                    .context("decoding body parts")?;
             }
         }
         Ok(())
@@ -319,6 +421,7 @@ impl EmailStore {
         let mut record = self.get(org, id).await?;
         self.attach_bodies(std::slice::from_mut(&mut record))
             .await?;
+        record.fill_bodies();
         Ok(record)
     }
 
@@ -476,18 +579,17 @@ impl EmailStore {
             .collect::<Result<Vec<_>, _>>()?;
         let read: HashMap<&str, &EmailRecord> = records
             .iter()
-            .filter(|r| r.html.is_some() || r.text.is_some())
+            .filter(|r| r.has_bodies())
             .map(|r| (r.id.as_str(), r))
             .collect();
         for record in &mut claimed {
             if let Some(known) = read.get(record.id.as_str()) {
-                record.html.clone_from(&known.html);
-                record.text.clone_from(&known.text);
+                record.take_bodies_of(known);
             }
         }
         let mut unread: Vec<EmailRecord> = claimed
             .iter()
-            .filter(|r| r.html.is_none() && r.text.is_none())
+            .filter(|r| !r.has_bodies())
             .cloned()
             .collect();
         if !unread.is_empty() {
@@ -496,11 +598,12 @@ impl EmailStore {
                 unread.into_iter().map(|r| (r.id.clone(), r)).collect();
             for record in &mut claimed {
                 if let Some(fresh) = fresh.get(&record.id) {
-                    record.html.clone_from(&fresh.html);
-                    record.text.clone_from(&fresh.text);
+                    record.take_bodies_of(fresh);
                 }
             }
         }
+        // Parts kept in the status item came back with the claim, without their shared body.
+        self.attach_shared_bodies(&mut claimed).await?;
         Ok(claimed)
     }
 

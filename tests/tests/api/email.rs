@@ -236,6 +236,93 @@ async fn bulk_send_of_2500_uses_three_sendgrid_calls() {
     assert!(listed.body["next_cursor"].is_string());
 }
 
+/// Issue 20: a personalized newsletter too large for one substitution (20 KB) goes out as
+/// one shared body per call with each recipient's varying parts as substitutions — one call
+/// for 40 recipients, not 40 — and every recipient receives exactly what Herald's preview
+/// renders for them: names with markup escaped, `#if`/`else` on standalone lines, `#each`,
+/// triple braces, comments, `~`.
+#[tokio::test]
+async fn a_personalized_newsletter_shares_one_body_per_call_and_renders_as_the_preview() {
+    let app = spawn_bundle().await;
+    let admin = app.token("acme", "admin");
+    let filler = "<p>Our spring collection is here, with more colours than ever.</p>\n".repeat(300);
+    let html = format!(
+        "<h1>Hello {{{{name}}}}!</h1>\n{{{{! greeting done }}}}\n{{{{#if vip}}}}\n  <p>VIP price: {{{{price}}}}</p>\n{{{{else}}}}\n  <p>Join the club.</p>\n{{{{/if}}}}\n{filler}<ul>\n  {{{{#each picks}}}}\n  <li>{{{{@index}}}}: {{{{this}}}}</li>\n  {{{{/each}}}}\n</ul>\n<footer>{{{{{{signature}}}}}} {{{{~name~}}}} </footer>"
+    );
+    assert!(html.len() > 20_000);
+    let template = app
+        .post(
+            "/services/templates/email/",
+            &admin,
+            json!({"name": "Spring", "subject": "Spring for {{name}}", "html": html,
+                   "text": "Hello {{name}}{{#if vip}}, VIP{{/if}}.\n{{#each picks}}- {{this}}\n{{/each}}"}),
+        )
+        .await;
+    assert_eq!(template.status, 201, "{}", template.body);
+    let template_id = template.body["id"].as_str().unwrap().to_owned();
+    let variables: Vec<Value> = (0..40)
+        .map(|n| {
+            json!({"name": format!("<Ann & \"Bob\"> {n}"), "vip": n % 3 == 0, "price": format!("${n}.99"),
+                   "picks": (0..n % 4).map(|k| format!("pick {k} <{n}>")).collect::<Vec<_>>(),
+                   "signature": format!("<i>Team {n}</i>")})
+        })
+        .collect();
+    let recipients: Vec<Value> = variables
+        .iter()
+        .enumerate()
+        .map(|(n, v)| json!({"to": format!("reader{n}@example.com"), "variables": v}))
+        .collect();
+    let reply = app
+        .post(
+            "/services/email/",
+            &admin,
+            json!({"template_id": template_id, "recipients": recipients}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let ids: Vec<String> = reply.body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let sandbox = app.sandbox();
+    eventually(120, "40 recipients at SendGrid", || async {
+        (sandbox.inbox().len() == 40).then_some(())
+    })
+    .await;
+    assert_eq!(sandbox.calls(), 1, "one call carries the shared body once");
+    assert!(
+        sandbox.bytes_received() < 2 * (html.len() as u64 + 40 * 1_000),
+        "{} bytes sent",
+        sandbox.bytes_received()
+    );
+
+    let inbox = sandbox.inbox();
+    let preview_path = format!("/services/templates/email/{template_id}/preview/");
+    for (n, vars) in variables.iter().enumerate() {
+        let preview = app
+            .post(&preview_path, &admin, json!({"variables": vars}))
+            .await;
+        assert_eq!(preview.status, 200, "{}", preview.body);
+        let to = format!("reader{n}@example.com");
+        let received = inbox.iter().find(|m| m["to"] == to.as_str()).unwrap();
+        assert_eq!(received["subject"], preview.body["subject"], "{to}");
+        assert_eq!(
+            received["content"][0]["value"], preview.body["text"],
+            "{to}"
+        );
+        assert_eq!(
+            received["content"][1]["value"], preview.body["html"],
+            "{to}"
+        );
+        // The detail view shows the same bodies, rebuilt from the shared body and parts.
+        let email = app.email_reaches(&admin, &ids[n], "delivered", 60).await;
+        assert_eq!(email["html"], preview.body["html"], "{to}");
+        assert_eq!(email["text"], preview.body["text"], "{to}");
+    }
+}
+
 #[tokio::test]
 async fn transient_failures_retry_then_land_in_the_dlq_with_the_record_failed() {
     let app = spawn_bundle().await;
