@@ -5,23 +5,10 @@ use std::time::Duration;
 
 use bench::bulk_efficiency;
 
-use crate::helpers::spawn_bundle_with;
+use crate::helpers::{long_timeouts, spawn_bundle_with};
 
 /// Events per SQS message on the events queue (`shared::events::EVENTS_PER_MESSAGE`).
 const EVENTS_PER_MESSAGE: u64 = shared::events::EVENTS_PER_MESSAGE as u64;
-
-/// Every function's `Timeout` raised to 300 s, as `bulk-efficiency` does: moto answers about
-/// a hundred requests a second where DynamoDB answers thousands, so a 1,000-email job's
-/// claims take 30–40 s here and the template's 60 s would cut the job short and count its
-/// redelivery, measuring moto instead of Herald's calls.
-fn long_timeouts(options: &mut local::BundleOptions) {
-    let template = local::template::BundleTemplate::load(&options.template).unwrap();
-    options.timeouts = template
-        .functions
-        .into_iter()
-        .map(|function| (function.binary, Duration::from_secs(300)))
-        .collect();
-}
 
 /// 1,001 recipients: two SendGrid calls, one of them a remainder of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
-use crate::helpers::{TEST_INDEX_LAG, TestBundle, eventually, spawn_bundle, spawn_bundle_with};
+use crate::helpers::{
+    TEST_INDEX_LAG, TestBundle, eventually, long_timeouts, spawn_bundle, spawn_bundle_with,
+};
 
 fn simple(to: &str) -> Value {
     json!({"to": to, "subject": "Your order", "text": "Order 1042 shipped", "html": "<p>Order <b>1042</b> shipped</p>"})
@@ -192,7 +194,7 @@ async fn a_large_body_is_written_once_beside_a_small_status_item() {
 
 #[tokio::test]
 async fn bulk_send_of_2500_uses_three_sendgrid_calls() {
-    let app = spawn_bundle().await;
+    let app = spawn_bundle_with(long_timeouts).await;
     let token = app.token("acme", "member");
     let recipients: Vec<Value> =
         (0..2500).map(|n| json!({"to": format!("user{n}@example.com"), "variables": {"name": format!("User {n}")}})).collect();

@@ -52,6 +52,20 @@ pub async fn spawn_bundle_with(tune: impl FnOnce(&mut BundleOptions)) -> TestBun
     }
 }
 
+/// Every function's `Timeout` raised to 300 s, as `bulk-efficiency` does, for
+/// tests of 1,000-email jobs: moto answers about
+/// a hundred requests a second where DynamoDB answers thousands, so a 1,000-email job's
+/// claims take 30–40 s here and the template's 60 s would cut the job short and count its
+/// redelivery, measuring moto instead of Herald's calls.
+pub fn long_timeouts(options: &mut local::BundleOptions) {
+    let template = local::template::BundleTemplate::load(&options.template).unwrap();
+    options.timeouts = template
+        .functions
+        .into_iter()
+        .map(|function| (function.binary, std::time::Duration::from_secs(300)))
+        .collect();
+}
+
 /// The options of a test bundle (see [`spawn_bundle_with`]), adjusted by `tune`.
 pub fn test_options(tune: impl FnOnce(&mut BundleOptions)) -> BundleOptions {
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
