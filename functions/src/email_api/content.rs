@@ -1,6 +1,8 @@
 //! The content of a send: a stored email template or the request's own subject and bodies,
 //! and its rendering for each recipient.
 
+use std::sync::OnceLock;
+
 use serde_json::Value;
 
 use shared::auth::Caller;
@@ -9,7 +11,7 @@ use shared::domain::email::{BodyParts, EmailContent, SharedBody};
 use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::http::{ApiError, FieldErrorCollector};
 use shared::providers::sendgrid::MAX_SUBSTITUTION_BYTES;
-use shared::render::{self, Escape, RenderError, Segments};
+use shared::render::{Compiled, Escape, RenderError, Segments};
 
 use super::EmailApi;
 use super::send::SendRequest;
@@ -22,6 +24,14 @@ pub(super) struct ContentSource {
     /// Literal content (a simple send) is not rendered.
     render: bool,
     pub(super) template_id: Option<String>,
+    /// Subject and bodies parsed once for all recipients, on first use.
+    compiled: OnceLock<Result<CompiledContent, RenderError>>,
+}
+
+struct CompiledContent {
+    subject: Compiled,
+    html: Option<Compiled>,
+    text: Option<Compiled>,
 }
 
 impl ContentSource {
@@ -34,15 +44,28 @@ impl ContentSource {
                 text: self.text.clone(),
             });
         }
-        let render = |body: &Option<String>, escape| {
-            body.as_deref()
-                .map(|b| render::render(b, variables, escape))
-                .transpose()
-        };
+        let compiled = self
+            .compiled
+            .get_or_init(|| {
+                let compile = |body: &Option<String>, escape| {
+                    body.as_deref()
+                        .map(|b| Compiled::new(b, escape))
+                        .transpose()
+                };
+                Ok(CompiledContent {
+                    subject: Compiled::new(&self.subject, Escape::None)?,
+                    html: compile(&self.html, Escape::Html)?,
+                    text: compile(&self.text, Escape::None)?,
+                })
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let render =
+            |body: &Option<Compiled>| body.as_ref().map(|b| b.render(variables)).transpose();
         Ok(EmailContent {
-            subject: render::render(&self.subject, variables, Escape::None)?,
-            html: render(&self.html, Escape::Html)?,
-            text: render(&self.text, Escape::None)?,
+            subject: compiled.subject.render(variables)?,
+            html: render(&compiled.html)?,
+            text: render(&compiled.text)?,
         })
     }
 }
@@ -200,6 +223,7 @@ impl EmailApi {
             text,
             render: true,
             template_id: Some(template_id.to_owned()),
+            compiled: OnceLock::new(),
         }))
     }
 }
@@ -229,5 +253,6 @@ fn literal_source(body: &SendRequest, errors: &mut FieldErrorCollector) -> Conte
         text,
         render: body.recipients.is_some(),
         template_id: None,
+        compiled: OnceLock::new(),
     }
 }
