@@ -100,6 +100,7 @@ async fn bulk_sms_makes_one_twilio_call_per_message() {
     // The per-organization SMS rate (10/s by default) only paces the sends; a high rate
     // keeps the worker from deferring jobs, which would add SQS messages to the count.
     let t = spawn_bundle_with(|options| {
+        long_timeouts(options);
         options
             .overrides
             .insert("SMS_RATE_PER_SECOND".to_owned(), "1000".to_owned());
@@ -119,7 +120,10 @@ async fn bulk_sms_makes_one_twilio_call_per_message() {
         run.sdk.messages_by_queue.get(name).copied().unwrap_or(0)
     };
     assert_eq!(queue("SmsBulkQueue"), 1, "{table}");
-    assert_eq!(queue("SmsSendQueue"), n.div_ceil(25), "{table}");
+    // The fan-out sends ⌈n/25⌉ jobs; on a loaded moto a job can outlast its wait budget and
+    // hand its rest back as one more message (the Twilio calls above stay one per SMS).
+    assert!(queue("SmsSendQueue") >= n.div_ceil(25), "{table}");
+    assert!(queue("SmsSendQueue") <= 2 * n.div_ceil(25) + 2, "{table}");
     assert_eq!(
         run.sdk.get("DynamoDB", "BatchWriteItem").items,
         n,
