@@ -178,6 +178,12 @@ impl Segments {
             .map(|number| {
                 self.registry
                     .render(&number.to_string(), variables)
+                    // The renderer's output starts with room for 8 KB; a bulk keeps
+                    // thousands of parts of a few dozen bytes.
+                    .map(|mut part| {
+                        part.shrink_to_fit();
+                        part
+                    })
                     .map_err(render_error)
             })
             .collect()
