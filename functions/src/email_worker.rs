@@ -844,8 +844,7 @@ fn literal_mail(records: &[&EmailRecord]) -> PlannedMail {
 /// A call of emails holding parts of one shared body (read): the body once, with tokens, and
 /// each email's parts as its personalization's substitutions.
 fn shared_body_mail(records: &[&EmailRecord]) -> Option<PlannedMail> {
-    let first = records[0];
-    let body = first.parts.as_ref()?.body.as_ref()?;
+    let body = records[0].parts.as_ref()?.body.as_ref()?;
     let mut content = Vec::new();
     if let Some(text) = body.with_tokens(BodyKind::Text) {
         content.push(Content::plain(text));
@@ -853,28 +852,16 @@ fn shared_body_mail(records: &[&EmailRecord]) -> Option<PlannedMail> {
     if let Some(html) = body.with_tokens(BodyKind::Html) {
         content.push(Content::html(html));
     }
-    let personalizations = records
-        .iter()
-        .map(|record| {
-            let mut p = personalization(record);
-            p.subject = Some(record.subject.clone());
-            if let Some(parts) = &record.parts {
-                p.substitutions.extend(body.substitutions(parts));
-            }
-            p
-        })
-        .collect();
-    Some(PlannedMail {
-        mail: envelope(
-            first,
-            personalizations,
-            Some(first.subject.clone()),
-            content,
-        ),
-        ids: records.iter().map(|r| r.id.clone()).collect(),
-    })
+    Some(personalized_mail(records, content, |record| {
+        record
+            .parts
+            .as_ref()
+            .map(|parts| body.substitutions(parts))
+            .unwrap_or_default()
+    }))
 }
 
+/// A call of emails with their whole bodies as the substitutions of one token each.
 fn substituted_mail(records: &[&EmailRecord]) -> PlannedMail {
     let first = records[0];
     let mut content = Vec::new();
@@ -884,17 +871,33 @@ fn substituted_mail(records: &[&EmailRecord]) -> PlannedMail {
     if first.html.is_some() {
         content.push(Content::html(HTML_TOKEN));
     }
+    personalized_mail(records, content, |record| {
+        let text = record
+            .text
+            .iter()
+            .map(|t| (TEXT_TOKEN.to_owned(), t.clone()));
+        let html = record
+            .html
+            .iter()
+            .map(|h| (HTML_TOKEN.to_owned(), h.clone()));
+        text.chain(html).collect()
+    })
+}
+
+/// A call whose `content` holds tokens: each personalization gets its email's own subject and
+/// `substitutions_of` it.
+fn personalized_mail(
+    records: &[&EmailRecord],
+    content: Vec<Content>,
+    substitutions_of: impl Fn(&EmailRecord) -> Vec<(String, String)>,
+) -> PlannedMail {
+    let first = records[0];
     let personalizations = records
         .iter()
         .map(|record| {
             let mut p = personalization(record);
             p.subject = Some(record.subject.clone());
-            if let Some(text) = &record.text {
-                p.substitutions.insert(TEXT_TOKEN.to_owned(), text.clone());
-            }
-            if let Some(html) = &record.html {
-                p.substitutions.insert(HTML_TOKEN.to_owned(), html.clone());
-            }
+            p.substitutions.extend(substitutions_of(record));
             p
         })
         .collect();

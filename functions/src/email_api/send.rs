@@ -226,14 +226,10 @@ impl Send<'_> {
         }
         let from = self.from.clone()?;
         let org = self.caller.org.clone();
-        let parts = self.split.as_ref().and_then(|split| {
-            // The reply-to is substituted too (Mail Send API reference, `substitutions`).
-            let reply_to = self.shared.reply_to.as_ref().map(EmailAddress::as_str);
-            if reply_to.is_some_and(|r| r.contains(&split.shared.token_prefix())) {
-                return None;
-            }
-            split.parts_for(&recipient.variables, &content)
-        });
+        let parts = self
+            .split
+            .as_ref()
+            .and_then(|split| split.parts_for(&recipient.variables, &content));
         let mut record = EmailRecord::queued(org, from, address, &self.shared, content, self.now);
         if parts.is_some() {
             (record.html, record.text, record.parts) = (None, None, parts);
@@ -267,7 +263,15 @@ impl EmailApi {
         let split = match (&content, &shared.bulk_id) {
             (Some(content), Some(bulk_id)) if recipients.len() > 1 => content.split(bulk_id),
             _ => None,
-        };
+        }
+        // The reply-to is substituted too (Mail Send API reference, `substitutions`).
+        .filter(|split| {
+            let prefix = split.shared.token_prefix();
+            !shared
+                .reply_to
+                .as_ref()
+                .is_some_and(|r| r.as_str().contains(&prefix))
+        });
         let send = Send {
             caller,
             from,

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestBundle, eventually, spawn_bundle};
+use crate::helpers::{TestBundle, eventually, spawn_bundle};
 
 async fn create_newsletter(app: &TestBundle, admin: &str) {
     let reply = app
@@ -15,15 +15,6 @@ async fn create_newsletter(app: &TestBundle, admin: &str) {
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.body);
-}
-
-fn ids_of(reply: &Reply) -> Vec<String> {
-    reply.body["ids"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no ids: {}", reply.body))
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn newsletter(app: &TestBundle, token: &str, to: &[&str]) -> Vec<String> {
@@ -39,7 +30,7 @@ async fn newsletter(app: &TestBundle, token: &str, to: &[&str]) -> Vec<String> {
         )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    ids_of(&reply)
+    reply.ids()
 }
 
 /// The inbox copies of one email (by its id, which the sandbox keeps in custom_args).
@@ -403,7 +394,7 @@ async fn topics_are_defined_by_admins_and_sends_must_name_a_known_one() {
         )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let ids = ids_of(&reply);
+    let ids = reply.ids();
     delivered_or(&app, &admin, &ids[0], "suppressed").await;
     delivered_or(&app, &admin, &ids[1], "suppressed").await;
     app.call("PUT", "/services/consent/", Some(&admin), Some(json!({"address": "eli@example.com", "topic": "product-news", "state": "opted_in", "source": "api"}))).await;
@@ -414,7 +405,7 @@ async fn topics_are_defined_by_admins_and_sends_must_name_a_known_one() {
             json!({"subject": "Launch", "text": "New!", "topic": "product-news", "recipients": [{"to": "dee@example.com"}, {"to": "eli@example.com"}]}),
         )
         .await;
-    let ids = ids_of(&reply);
+    let ids = reply.ids();
     delivered_or(&app, &admin, &ids[0], "suppressed").await;
     delivered_or(&app, &admin, &ids[1], "delivered").await;
 

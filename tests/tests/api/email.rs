@@ -203,12 +203,7 @@ async fn bulk_send_of_2500_uses_three_sendgrid_calls() {
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.body["count"], 2500);
-    let ids: Vec<String> = reply.body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let ids = reply.ids();
 
     let sandbox = app.sandbox();
     eventually(240, "2,500 recipients at SendGrid", || async {
@@ -282,12 +277,7 @@ async fn a_personalized_newsletter_shares_one_body_per_call_and_renders_as_the_p
         )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let ids: Vec<String> = reply.body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let ids = reply.ids();
     let sandbox = app.sandbox();
     eventually(120, "40 recipients at SendGrid", || async {
         (sandbox.inbox().len() == 40).then_some(())
@@ -376,12 +366,7 @@ async fn a_bulk_with_a_cc_keeps_to_sendgrid_rules_and_fails_nothing() {
         .post("/services/email/", &token, json!({"subject": "Update", "text": "Hello all", "cc": ["Boss@example.com"], "recipients": recipients}))
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let ids: Vec<String> = reply.body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let ids = reply.ids();
     for id in &ids {
         let email = app.email_reaches(&token, id, "delivered", 240).await;
         assert_eq!(email["status"], "delivered", "{email}");
@@ -889,12 +874,7 @@ async fn the_status_check_looks_each_recipient_of_a_call_up() {
         )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let ids: Vec<String> = reply.body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let ids = reply.ids();
     for id in &ids {
         app.email_reaches(&token, id, "sent", 60).await;
     }

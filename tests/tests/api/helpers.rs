@@ -130,6 +130,16 @@ impl Reply {
         }
     }
 
+    /// The `ids` a bulk send answered with.
+    pub fn ids(&self) -> Vec<String> {
+        self.body["ids"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no ids: {}", self.body))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Asserts a problem+json answer with this status and returns its body.
     pub fn problem(&self, status: u16) -> &Value {
         assert_eq!(self.status, status, "body: {}", self.body);
