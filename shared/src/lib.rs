@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod aws;
+pub mod bulk;
 pub mod config;
 pub mod consent;
 pub mod contacts;

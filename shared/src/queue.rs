@@ -54,6 +54,15 @@ pub enum Job {
         #[serde(flatten)]
         span: BulkSpan,
     },
+    /// Make the records of a send to a phonebook, from the contact after `after` on, and
+    /// enqueue their send jobs (SMS bulk queue; a job hands what it has not reached to the
+    /// next one).
+    #[serde(rename = "sms.phonebook")]
+    SmsPhonebook {
+        bulk_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
 }
 
 /// The lowest and highest record id of a bulk send. The API makes every id of a bulk

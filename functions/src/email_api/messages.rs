@@ -1,16 +1,17 @@
-//! Emails once sent: the list, one email with its timeline, deletion, and resending the
-//! ones that failed for a transient reason.
+//! Emails once sent: the list, one email with its timeline, a bulk's progress, deletion,
+//! and resending the ones that failed for a transient reason.
 
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use shared::auth::Caller;
+use shared::bulk::{self, BulkChannel};
 use shared::domain::RecordId;
 use shared::domain::email::EmailStatus;
 use shared::http::{self, ApiError, PageRequest};
 use shared::queue::{EMAIL_SEND_JOB_IDS, Envelope, Job};
-use shared::store::EmailListQuery;
+use shared::store::{EmailListQuery, StoreError};
 
 use super::EmailApi;
 
@@ -26,6 +27,25 @@ struct ResendRequest {
 }
 
 impl EmailApi {
+    /// `GET /services/email/bulk/{id}/`: how many of a bulk's emails are where.
+    pub(super) async fn get_bulk(
+        &self,
+        caller: &Caller,
+        id: RecordId,
+    ) -> Result<Response<Body>, ApiError> {
+        let bulk = match self
+            .bulks
+            .get(&caller.org, BulkChannel::Email, &id.to_string())
+            .await
+        {
+            Ok(bulk) => bulk,
+            Err(StoreError::NotFound) => return Err(ApiError::NotFound),
+            Err(other) => return Err(other.into()),
+        };
+        let statuses = self.bulks.status_counts(&bulk).await?;
+        http::json(200, &bulk::progress(&bulk, &statuses))
+    }
+
     pub(super) async fn list(
         &self,
         request: &Request,

@@ -2,8 +2,8 @@
 //! delete, resend failed, suppressions. Sending happens in the email worker; this function
 //! validates, stores `queued` records and enqueues them.
 //!
-//! One file per resource: [`send`] (its [`content`]), [`messages`] (reading, deleting and resending them),
-//! [`suppressions`].
+//! One file per resource: [`send`] (its [`content`]), [`messages`] (reading, deleting and
+//! resending them; a bulk's progress), [`suppressions`].
 
 mod content;
 mod messages;
@@ -21,7 +21,7 @@ use shared::events::{Event, EventPublisher};
 use shared::http::idempotency::{decode_segment, run_once};
 use shared::http::{self, ApiError, Route, RouteMatch};
 use shared::queue::QueuePublisher;
-use shared::store::{ConsentStore, EmailStore, IdempotencyStore, TemplateStore};
+use shared::store::{BulkStore, ConsentStore, EmailStore, IdempotencyStore, TemplateStore};
 
 use crate::runtime::{BoxFuture, HttpFunction};
 
@@ -33,6 +33,7 @@ shared::operations! {
         ListSuppressions = "GET" "/services/email/suppressions" Member,
         DeleteSuppression = "DELETE" "/services/email/suppressions/{address}" Admin,
         ResendFailed = "POST" "/services/email/resend-failed" Admin,
+        GetBulk = "GET" "/services/email/bulk/{id}" Member,
         Get = "GET" "/services/email/{id}" Member,
         Delete = "DELETE" "/services/email/{id}" Admin,
     }
@@ -42,6 +43,7 @@ pub const ROUTES: &[Route] = EmailOperation::ROUTES;
 
 pub struct EmailApi {
     emails: EmailStore,
+    bulks: BulkStore,
     templates: TemplateStore,
     consent: ConsentStore,
     idempotency: IdempotencyStore,
@@ -71,6 +73,7 @@ impl EmailApi {
         let table = env.required("TABLE_NAME")?;
         Ok(Self {
             emails: EmailStore::new(aws.dynamodb.clone(), &table),
+            bulks: BulkStore::new(aws.dynamodb.clone(), &table),
             templates: TemplateStore::new(aws.dynamodb.clone(), &table),
             consent: ConsentStore::new(aws.dynamodb.clone(), &table),
             idempotency: IdempotencyStore::new(aws.dynamodb.clone(), &table),
@@ -107,6 +110,7 @@ impl EmailApi {
             Op::Get => self.get(caller, record_id(&found)?).await,
             Op::Delete => self.delete(request, caller, record_id(&found)?).await,
             Op::ResendFailed => once!(self.resend_failed(request, caller)),
+            Op::GetBulk => self.get_bulk(caller, record_id(&found)?).await,
             Op::ListSuppressions => self.list_suppressions(request, caller).await,
             Op::DeleteSuppression => {
                 let address = decode_segment(found.param("address"));

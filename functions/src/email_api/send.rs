@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use shared::auth::Caller;
+use shared::bulk::{Bulk, BulkChannel};
 use shared::consent::Channel;
 use shared::domain::RecordId;
 use shared::domain::email::{EmailAddress, EmailRecord, SendShared};
@@ -326,6 +327,16 @@ impl EmailApi {
                 "must name at least one recipient",
             ));
         };
+        let bulk = Bulk::of_recipients(
+            caller.org.clone(),
+            bulk_id,
+            BulkChannel::Email,
+            &ids,
+            chrono::Utc::now(),
+        );
+        if let Some(bulk) = bulk {
+            self.bulks.create(&bulk).await?;
+        }
         let job = Job::EmailBulk {
             bulk_id: bulk_id.to_owned(),
             span,

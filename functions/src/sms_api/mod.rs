@@ -4,8 +4,9 @@
 //! validates, measures and stores `queued` records and enqueues them.
 //!
 //! One file per resource: [`send`] (its [`targets`]) and [`messages`] (reading them),
-//! [`phonebooks`].
+//! [`bulks`] (sends to a phonebook, a bulk's progress), [`phonebooks`].
 
+mod bulks;
 mod messages;
 mod phonebooks;
 mod send;
@@ -22,7 +23,9 @@ use shared::events::EventPublisher;
 use shared::http::idempotency::run_once;
 use shared::http::{self, ApiError, Route, RouteMatch};
 use shared::queue::QueuePublisher;
-use shared::store::{ConsentStore, IdempotencyStore, PhonebookStore, SmsStore, TemplateStore};
+use shared::store::{
+    BulkStore, ConsentStore, IdempotencyStore, PhonebookStore, SmsStore, TemplateStore,
+};
 
 use crate::runtime::{BoxFuture, HttpFunction};
 use shared::providers::twilio::TwilioSettings;
@@ -34,6 +37,7 @@ shared::operations! {
         List = "GET" "/services/sms" Member,
         Balance = "GET" "/services/sms/balance" Member,
         ListInbound = "GET" "/services/sms/inbound" Member,
+        GetBulk = "GET" "/services/sms/bulk/{id}" Member,
         Get = "GET" "/services/sms/{id}" Member,
         Delete = "DELETE" "/services/sms/{id}" Admin,
         CreatePhonebook = "POST" "/services/phonebooks" Member,
@@ -49,6 +53,7 @@ pub const ROUTES: &[Route] = SmsOperation::ROUTES;
 
 pub struct SmsApi {
     sms: SmsStore,
+    bulks: BulkStore,
     consent: ConsentStore,
     phonebooks: PhonebookStore,
     templates: TemplateStore,
@@ -77,6 +82,7 @@ impl SmsApi {
         let table = env.required("TABLE_NAME")?;
         Ok(Self {
             sms: SmsStore::new(aws.dynamodb.clone(), &table),
+            bulks: BulkStore::new(aws.dynamodb.clone(), &table),
             consent: ConsentStore::new(aws.dynamodb.clone(), &table),
             phonebooks: PhonebookStore::new(aws.dynamodb.clone(), &table),
             templates: TemplateStore::new(aws.dynamodb.clone(), &table),
@@ -110,6 +116,7 @@ impl SmsApi {
             Op::List => self.list(request, caller).await,
             Op::Balance => self.balance(caller).await,
             Op::ListInbound => self.list_inbound(request, caller).await,
+            Op::GetBulk => self.get_bulk(caller, &record_id(&found)?).await,
             Op::Get => self.get(caller, &record_id(&found)?).await,
             Op::Delete => self.delete(request, caller, &record_id(&found)?).await,
             Op::CreatePhonebook => once!(self.create_phonebook(request, caller)),

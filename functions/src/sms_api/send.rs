@@ -6,9 +6,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use shared::auth::Caller;
+use shared::bulk::{Bulk, BulkChannel};
 use shared::consent::Channel;
 use shared::domain::RecordId;
-use shared::domain::sms_message::{PhoneNumber, SmsRecord, parse_sender};
+use shared::domain::sms_message::{MAX_BODY_CHARS, PhoneNumber, SmsRecord, parse_sender};
 use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::Event;
 use shared::http::{self, ApiError, FieldErrorCollector};
@@ -17,11 +18,8 @@ use shared::render::{self, Escape, RenderError};
 use shared::store::StoreError;
 
 use super::SmsApi;
-use super::targets::{BulkRecipient, Target};
+use super::targets::{Audience, BulkRecipient, Target};
 use shared::providers::twilio::TwilioSettings;
-
-/// Twilio's own limit on a message body.
-pub const MAX_BODY_CHARS: usize = 1600;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,10 +49,17 @@ impl SendRequest {
 /// The text a send shares: the template's or the request's, and whether it is rendered
 /// per recipient.
 #[derive(Default)]
-struct Content {
-    template_id: Option<String>,
-    text: Option<String>,
+pub(super) struct Content {
+    pub(super) template_id: Option<String>,
+    pub(super) text: Option<String>,
     render: bool,
+}
+
+/// A send's request with its checked content and sender (`None` where an error was noted).
+pub(super) struct AcceptedSend<'a> {
+    pub(super) body: &'a SendRequest,
+    pub(super) content: Content,
+    pub(super) from: Option<String>,
 }
 
 /// What every record of one send has in common.
@@ -160,7 +165,19 @@ impl SmsApi {
             errors.add("topic", refusal);
         }
         let content = self.content(&body, caller, &mut errors).await?;
-        let targets = self.targets(&body, caller, &mut errors).await?;
+        let targets = match self.audience(&body, caller, &mut errors).await? {
+            Audience::Targets(targets) => targets,
+            Audience::Phonebook(book) => {
+                let accepted = AcceptedSend {
+                    body: &body,
+                    content,
+                    from,
+                };
+                return self
+                    .send_to_phonebook(request, caller, accepted, &book, errors)
+                    .await;
+            }
+        };
         let send = Send {
             body: &body,
             caller,
@@ -174,13 +191,19 @@ impl SmsApi {
             .filter_map(|target| send.record_for(target, &mut errors))
             .collect();
         errors.finish()?;
-        if records.is_empty() {
-            return Err(ApiError::field(
-                "phonebook_id",
-                "the phonebook has no contacts",
-            ));
-        }
         self.sms.create_all(&records).await?;
+        if let Some(bulk_id) = &send.bulk_id {
+            let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+            if let Some(bulk) = Bulk::of_recipients(
+                caller.org.clone(),
+                bulk_id,
+                BulkChannel::Sms,
+                &ids,
+                send.now,
+            ) {
+                self.bulks.create(&bulk).await?;
+            }
+        }
         self.enqueue(request, caller, &records, send.bulk_id.as_deref())
             .await?;
         http::json(202, &send_answer(&records, send.bulk_id.as_deref()))

@@ -1,14 +1,13 @@
 //! Who a send reaches: one number, a list of recipients with their own variables, or a
-//! phonebook's contacts (its fields as variables).
+//! phonebook's contacts (their fields as variables, in the bulk worker).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use shared::auth::Caller;
-use shared::contacts::variables_of;
 use shared::domain::RecordId;
 use shared::http::{ApiError, FieldErrorCollector};
-use shared::store::StoreError;
+use shared::store::{Phonebook, StoreError};
 
 use super::SmsApi;
 use super::send::SendRequest;
@@ -41,14 +40,22 @@ impl Target {
     }
 }
 
+/// Who a send reaches: recipients made into records in the API call, or a phonebook whose
+/// records the bulk worker makes (issue 20: whatever its size, the call does no per-contact
+/// work).
+pub(super) enum Audience {
+    Targets(Vec<Target>),
+    Phonebook(Phonebook),
+}
+
 impl SmsApi {
     /// Who receives the send: `to`, `recipients` or a phonebook's contacts.
-    pub(super) async fn targets(
+    pub(super) async fn audience(
         &self,
         body: &SendRequest,
         caller: &Caller,
         errors: &mut FieldErrorCollector,
-    ) -> Result<Vec<Target>, ApiError> {
+    ) -> Result<Audience, ApiError> {
         let given = [
             body.to.is_some(),
             body.recipients.is_some(),
@@ -56,78 +63,47 @@ impl SmsApi {
         ];
         if given.iter().filter(|g| **g).count() > 1 {
             errors.add("to", "use one of to, recipients or phonebook_id");
-            return Ok(Vec::new());
+            return Ok(Audience::Targets(Vec::new()));
         }
         if let Some(list) = &body.recipients {
-            return Ok(recipient_targets(list, errors));
+            return Ok(Audience::Targets(recipient_targets(list, errors)));
         }
         if let Some(phonebook_id) = &body.phonebook_id {
-            return self
-                .phonebook_targets(body, caller, phonebook_id, errors)
-                .await;
+            return Ok(match self.phonebook(caller, phonebook_id).await? {
+                Some(book) => Audience::Phonebook(book),
+                None => {
+                    errors.add("phonebook_id", "no such phonebook");
+                    Audience::Targets(Vec::new())
+                }
+            });
         }
-        match &body.to {
-            Some(to) => Ok(vec![Target {
+        Ok(Audience::Targets(match &body.to {
+            Some(to) => vec![Target {
                 field: String::new(),
                 to: to.clone(),
                 variables: body.variables(),
-            }]),
+            }],
             None => {
                 errors.add("to", "is required");
-                Ok(Vec::new())
+                Vec::new()
             }
-        }
+        }))
     }
 
-    /// The contacts of the phonebook a send names; request variables are shared defaults,
-    /// each contact's own fields win.
-    async fn phonebook_targets(
+    /// The caller's phonebook of that id, if there is one.
+    async fn phonebook(
         &self,
-        body: &SendRequest,
         caller: &Caller,
         phonebook_id: &str,
-        errors: &mut FieldErrorCollector,
-    ) -> Result<Vec<Target>, ApiError> {
-        let book = match RecordId::parse(phonebook_id) {
-            Some(id) => match self.phonebooks.get(&caller.org, &id.to_string()).await {
-                Ok(book) => Some(book),
-                Err(StoreError::NotFound) => None,
-                Err(other) => return Err(other.into()),
-            },
-            None => None,
+    ) -> Result<Option<Phonebook>, ApiError> {
+        let Some(id) = RecordId::parse(phonebook_id) else {
+            return Ok(None);
         };
-        let Some(book) = book else {
-            errors.add("phonebook_id", "no such phonebook");
-            return Ok(Vec::new());
-        };
-        let contacts = self
-            .phonebooks
-            .all_contacts(&caller.org, &book.id, MAX_BULK_RECIPIENTS + 1)
-            .await?;
-        if contacts.len() > MAX_BULK_RECIPIENTS {
-            errors.add(
-                "phonebook_id",
-                format!("a send reaches at most {MAX_BULK_RECIPIENTS} contacts"),
-            );
-            return Ok(Vec::new());
+        match self.phonebooks.get(&caller.org, &id.to_string()).await {
+            Ok(book) => Ok(Some(book)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(other) => Err(other.into()),
         }
-        let shared_variables = body.variables();
-        Ok(contacts
-            .iter()
-            .map(|contact| {
-                let mut variables = shared_variables.clone();
-                if let (Value::Object(base), Value::Object(own)) =
-                    (&mut variables, variables_of(contact))
-                {
-                    base.extend(own);
-                }
-                Target {
-                    field: format!("phonebook[{}]", contact.phone),
-                    to: contact.phone.to_string(),
-                    variables,
-                }
-            })
-            .collect())
     }
 }
 

@@ -79,6 +79,32 @@ impl RecordId {
         Self(ulid::Ulid::from_parts(millis, u128::MAX))
     }
 
+    /// The id of the record that `key` (a phonebook contact's number) gets in the bulk
+    /// `self`: the bulk's time with 80 bits of SHA-256 of both. The same for every
+    /// fan-out job that reaches that contact, so a redelivered job finds the record it made
+    /// before instead of making a second one; every record of the bulk lies in the bulk's
+    /// millisecond, so a key-range query finds them all.
+    pub fn derived(self, key: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(self.0.to_string())
+            .chain_update(b"#")
+            .chain_update(key)
+            .finalize();
+        let mut random = [0u8; 16];
+        random[6..].copy_from_slice(&digest[..10]);
+        Self(ulid::Ulid::from_parts(
+            self.0.timestamp_ms(),
+            u128::from_be_bytes(random),
+        ))
+    }
+
+    /// The time part of the id (a bulk's records are made in its millisecond).
+    pub fn timestamp(self) -> chrono::DateTime<chrono::Utc> {
+        let millis = i64::try_from(self.0.timestamp_ms()).unwrap_or(i64::MAX);
+        chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
+    }
+
     /// Key bounds for ids made between two optional times (both inclusive), as strings:
     /// ULIDs are Crockford base32, so every id sorts between "0" and "~".
     pub fn range(
@@ -124,5 +150,16 @@ mod tests {
         assert!(RecordId::highest_at(now + chrono::Duration::seconds(1)) > id);
         assert_eq!(RecordId::parse(&id.to_string()), Some(id));
         assert_eq!(RecordId::parse("not-a-ulid"), None);
+    }
+
+    #[test]
+    fn derived_ids_are_stable_distinct_and_in_the_bulks_millisecond() {
+        let bulk = RecordId::new();
+        let a = bulk.derived("+14155550100");
+        assert_eq!(a, bulk.derived("+14155550100"));
+        assert_ne!(a, bulk.derived("+14155550101"));
+        assert_ne!(a, RecordId::new().derived("+14155550100"));
+        let at = bulk.timestamp();
+        assert!(RecordId::lowest_at(at) <= a && a <= RecordId::highest_at(at));
     }
 }

@@ -11,6 +11,10 @@ use super::OrgId;
 use super::email::{FailureKind, TimelineEntry};
 use super::sms::{Encoding, SmsMeasure};
 
+/// Twilio's own limit on a message body (Messages resource, `Body`: "can be up to 1,600
+/// characters in length").
+pub const MAX_BODY_CHARS: usize = 1600;
+
 /// A validated phone number in E.164 form (`+14155550100`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -19,6 +19,7 @@
 //! likewise (`shards.rs` says why and how listings merge the shards). This changed in issue
 //! 10 from `ORG#<org>` for every item; there was no deployment, so no data is migrated.
 
+mod bulks;
 mod consent;
 mod email_reports;
 mod emails;
@@ -33,6 +34,7 @@ mod shards;
 mod sms;
 mod templates;
 
+pub use bulks::BulkStore;
 pub use consent::{
     Addressed, Consent, ConsentChange, ConsentStore, LINK_CHANGES_PER_MINUTE, Topic,
 };

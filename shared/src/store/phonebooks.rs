@@ -267,6 +267,46 @@ impl PhonebookStore {
         Ok((contacts, next))
     }
 
+    /// Up to `limit` contacts of a phonebook after the number `after` (from the first
+    /// without), by number, and whether more may follow: a fan-out's page. Read
+    /// consistently, so a contact imported before the page is read is in it.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn contacts_after(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Contact>, bool), StoreError> {
+        let prefix = contact_prefix(phonebook);
+        // Numbers are `+` and digits, so `~` sorts after all of them; the bound is inclusive,
+        // so the contact `after` itself is dropped from the page.
+        let output = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", s(org_pk(org)))
+            .expression_attribute_values(":from", s(format!("{prefix}{}", after.unwrap_or(""))))
+            .expression_attribute_values(":to", s(format!("{prefix}~")))
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .context("Query contacts page")?;
+        let more = output.last_evaluated_key.is_some();
+        let mut contacts = Vec::new();
+        for item in output.items.unwrap_or_default() {
+            let contact: Contact = serde_dynamo::from_item(item).context("malformed contact")?;
+            if Some(contact.phone.as_str()) != after && contacts.len() < limit {
+                contacts.push(contact);
+            }
+        }
+        Ok((contacts, more))
+    }
+
     /// Every contact of a phonebook, up to `max` (a bulk send's recipients).
     ///
     /// # Errors

@@ -87,22 +87,14 @@ pub(crate) async fn queued_in_bulk(
     span: &BulkSpan,
 ) -> Result<Vec<String>, StoreError> {
     use futures::TryStreamExt;
-    let requests = record_partitions(org, kind)
+    let requests = bulk_queries(dynamodb, table, kind, org, bulk, span)
         .into_iter()
-        .map(|partition| {
-            dynamodb
-                .query()
-                .table_name(table)
+        .map(|query| {
+            query
                 .consistent_read(true)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :lowest AND :highest")
                 .filter_expression(
                     "bulk_id = :bulk AND #status = :queued AND attribute_not_exists(deleted_at)",
                 )
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":pk", s(partition))
-                .expression_attribute_values(":lowest", s(format!("{kind}#{}", span.lowest_id)))
-                .expression_attribute_values(":highest", s(format!("{kind}#{}", span.highest_id)))
-                .expression_attribute_values(":bulk", s(bulk))
                 .expression_attribute_values(":queued", s("queued"))
                 .projection_expression("id")
         })
@@ -117,6 +109,67 @@ pub(crate) async fn queued_in_bulk(
     }
     ids.sort();
     Ok(ids)
+}
+
+/// How many of a bulk's records are in each status (a bulk's progress). It reads every
+/// record of the bulk: DynamoDB bills a Query by the size of the items it reads, projected
+/// or not, at 4 KB per read unit and half that for an eventually consistent read (Developer
+/// Guide, "Read consumption for Query"), so a few hundredths of a unit per record. A poll of
+/// a bulk's progress can afford that; counters moved by every status change would add a
+/// write per message, all on one item.
+pub(crate) async fn bulk_status_counts(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    kind: &str,
+    org: &OrgId,
+    bulk: &str,
+    span: &BulkSpan,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    use futures::TryStreamExt;
+    let requests = bulk_queries(dynamodb, table, kind, org, bulk, span)
+        .into_iter()
+        .map(|query| {
+            query
+                .filter_expression("bulk_id = :bulk AND attribute_not_exists(deleted_at)")
+                .projection_expression("#status")
+        })
+        .collect();
+    let mut pages = std::pin::pin!(pages_of_all(requests, "Query the statuses of a bulk"));
+    let mut counts = std::collections::BTreeMap::new();
+    while let Some(items) = pages.try_next().await? {
+        for item in items {
+            if let Some(AttributeValue::S(status)) = item.get("status") {
+                *counts.entry(status.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// One query per shard over the sort-key range of a bulk's records, with `:bulk` and
+/// `#status` bound for the caller's filter.
+fn bulk_queries(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    kind: &str,
+    org: &OrgId,
+    bulk: &str,
+    span: &BulkSpan,
+) -> Vec<QueryFluentBuilder> {
+    record_partitions(org, kind)
+        .into_iter()
+        .map(|partition| {
+            dynamodb
+                .query()
+                .table_name(table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lowest AND :highest")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":pk", s(partition))
+                .expression_attribute_values(":lowest", s(format!("{kind}#{}", span.lowest_id)))
+                .expression_attribute_values(":highest", s(format!("{kind}#{}", span.highest_id)))
+                .expression_attribute_values(":bulk", s(bulk))
+        })
+        .collect()
 }
 
 /// A message the status check looks up: in `sent` for longer than the provider should take.

@@ -205,6 +205,45 @@ impl SmsStore {
         put_all(&self.dynamodb, &self.table, items).await
     }
 
+    /// Stores records whose ids may already be taken by the same record (a phonebook
+    /// fan-out redone after a crash, [`RecordId::derived`] ids): each put is conditional on
+    /// the id being free, so a record made before (and perhaps sent since) is left as it is.
+    /// BatchWriteItem cannot carry a condition, so these are single puts, several at once;
+    /// DynamoDB bills them the same write units. Returns the ids that were new.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn create_new(&self, records: &[SmsRecord]) -> Result<Vec<String>, StoreError> {
+        let items = records
+            .iter()
+            .map(|record| Ok((record.id.clone(), Self::item_of(record)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let puts = items.into_iter().map(|(id, item)| {
+            let put = self
+                .dynamodb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)");
+            async move { (id, put.send().await) }
+        });
+        let outcomes: Vec<_> = futures::stream::iter(puts)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut made = Vec::new();
+        for (id, result) in outcomes {
+            match result {
+                Ok(_) => made.push(id),
+                Err(error) if is_condition_failure(&error) => {}
+                Err(error) => {
+                    return Err(anyhow::Error::new(error).context("PutItem SMS").into());
+                }
+            }
+        }
+        Ok(made)
+    }
+
     /// # Errors
     /// [`StoreError::NotFound`] when missing, deleted or another organization's.
     pub async fn get(&self, org: &OrgId, id: &str) -> Result<SmsRecord, StoreError> {

@@ -145,6 +145,28 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
     )
     .await;
     ids.push(sms.clone());
+    let bulk_id = |reply: crate::helpers::Reply| {
+        assert_eq!(reply.status, 202, "seeding a bulk: {}", reply.body);
+        reply.body["bulk_id"].as_str().unwrap().to_owned()
+    };
+    let sms_bulk = bulk_id(
+        app.post(
+            "/services/sms/",
+            owner,
+            json!({"phonebook_id": phonebook, "body": "Hi {{name}}"}),
+        )
+        .await,
+    );
+    ids.push(sms_bulk.clone());
+    let email_bulk = bulk_id(
+        app.post(
+            "/services/email/",
+            owner,
+            json!({"recipients": [{"to": "ann@example.com"}, {"to": "bob@example.com"}], "subject": "Hi", "text": "Hello"}),
+        )
+        .await,
+    );
+    ids.push(email_bulk.clone());
 
     let topic = app
         .post(
@@ -170,6 +192,14 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
             format!("/services/templates/email/{email_template}/preview/"),
         ),
         ("/services/email/{id}", format!("/services/email/{email}/")),
+        (
+            "/services/email/bulk/{id}",
+            format!("/services/email/bulk/{email_bulk}/"),
+        ),
+        (
+            "/services/sms/bulk/{id}",
+            format!("/services/sms/bulk/{sms_bulk}/"),
+        ),
         (
             "/services/email/suppressions/{address}",
             "/services/email/suppressions/gone%40bounce.test/".to_owned(),

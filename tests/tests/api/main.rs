@@ -18,6 +18,7 @@ mod metrics;
 mod openapi;
 mod payments;
 mod permissions;
+mod phonebook_fanout;
 mod reports;
 mod roles;
 mod secrets;
