@@ -1,5 +1,6 @@
 //! The bulk fan-out worker (SPEC §7): turns one `email.bulk` job into `email.send` jobs of
 //! up to 1,000 emails each, so the API answers a 10,000-recipient send with one message.
+//! It also writes the chunks of large contact imports (`phonebook.import`).
 //! A duplicate job enqueues the same ids again; the send worker's claims make that harmless.
 //!
 //! The records are found by a consistent read of the table over the bulk's id range (the
@@ -111,6 +112,23 @@ impl BulkWorker {
                 return self
                     .fan_out_phonebook(&envelope, bulk_id, after.as_deref())
                     .await;
+            }
+            Job::PhonebookImport {
+                phonebook_id,
+                import_id,
+                chunk,
+                contacts,
+            } => {
+                self.phonebooks
+                    .import_chunk(&envelope.org, import_id, *chunk, phonebook_id, contacts)
+                    .await?;
+                tracing::info!(
+                    import_id,
+                    chunk,
+                    contacts = contacts.len(),
+                    "import chunk written"
+                );
+                return Ok(());
             }
             _ => anyhow::bail!("not a bulk job"),
         };

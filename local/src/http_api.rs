@@ -20,6 +20,12 @@ use crate::auth::LocalAuth;
 /// The largest request API Gateway accepts (10 MiB).
 const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
 
+/// The largest event Lambda takes in a synchronous invocation: "6 MB each for request and
+/// response" (Lambda Developer Guide, "Lambda quotas"). A request API Gateway accepts can
+/// still make a larger event (headers and all); Lambda refuses to invoke with it, and the
+/// HTTP API answers as for any failed integration.
+const MAX_LAMBDA_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+
 pub struct HttpRoute {
     pub method: String,
     pub path: String,
@@ -147,7 +153,14 @@ pub async fn serve(
         claims,
         &bytes,
     );
-    let request = match lambda_http::request::from_str(&event.to_string()) {
+    let event = event.to_string();
+    if event.len() > MAX_LAMBDA_PAYLOAD_BYTES {
+        return json_message(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+        );
+    }
+    let request = match lambda_http::request::from_str(&event) {
         Ok(request) => request,
         Err(error) => return into_axum(ApiError::internal(error).into_response()),
     };

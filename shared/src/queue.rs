@@ -63,6 +63,14 @@ pub enum Job {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
     },
+    /// Write one chunk of a large contact import (SMS bulk queue).
+    #[serde(rename = "phonebook.import")]
+    PhonebookImport {
+        phonebook_id: String,
+        import_id: String,
+        chunk: u32,
+        contacts: Vec<crate::store::Contact>,
+    },
 }
 
 /// The lowest and highest record id of a bulk send. The API makes every id of a bulk

@@ -46,6 +46,7 @@ shared::operations! {
         DeletePhonebook = "DELETE" "/services/phonebooks/{id}" Admin,
         ImportContacts = "POST" "/services/phonebooks/{id}/contacts" Member,
         ListContacts = "GET" "/services/phonebooks/{id}/contacts" Member,
+        GetImport = "GET" "/services/phonebooks/{id}/imports/{import_id}" Member,
     }
 }
 
@@ -129,6 +130,11 @@ impl SmsApi {
             Op::ImportContacts => {
                 let id = record_id(&found)?;
                 once!(self.import_contacts(request, caller, &id))
+            }
+            Op::GetImport => {
+                let id = record_id(&found)?;
+                let import = RecordId::parse(found.param("import_id")).ok_or(ApiError::NotFound)?;
+                self.get_import(caller, &id, &import.to_string()).await
             }
             Op::ListContacts => {
                 let id = record_id(&found)?;

@@ -1,5 +1,6 @@
 //! Phonebooks: create, list, read, delete, and contacts imported from JSON or CSV with a
-//! per-row report.
+//! per-row report (a large import written by the bulk worker in chunks, followed at
+//! `…/imports/{import_id}/`).
 
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
@@ -9,12 +10,26 @@ use shared::auth::Caller;
 use shared::contacts::{CheckedUpload, ContactInput};
 use shared::domain::RecordId;
 use shared::http::{self, ApiError, FieldErrors, PageRequest};
-use shared::store::Phonebook;
+use shared::queue::{Envelope, Job};
+use shared::store::{Contact, Import, Phonebook};
 
 use super::SmsApi;
 
-/// Rows one import takes.
-const MAX_CONTACTS_PER_IMPORT: usize = 10_000;
+/// Rows one import takes (a 5 MiB upload holds about 100,000 rows of number and name).
+const MAX_CONTACTS_PER_IMPORT: usize = 200_000;
+
+/// The largest upload: the API Gateway event carrying it must stay under Lambda's 6 MB
+/// invocation payload (Lambda Developer Guide, "Lambda quotas": "6 MB each for request
+/// and response" of a synchronous invocation).
+const MAX_UPLOAD_BYTES: usize = 5 * 1024 * 1024;
+
+/// Contacts an import writes in the call itself; a larger one is written by the bulk worker
+/// in chunks (see the phonebook store for why), and the call answers 202 with its id.
+const CONTACTS_WRITTEN_IN_CALL: usize = 1_000;
+
+/// Bytes of contacts (as JSON) per chunk job: an SQS message is at most 256 KiB (262,144
+/// bytes, Amazon SQS Developer Guide, "Amazon SQS message quotas"), envelope included.
+const CHUNK_BYTES: usize = 200_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +166,11 @@ impl SmsApi {
         if upload.contacts.is_empty() {
             return Err(nothing_to_import(&upload));
         }
+        if upload.contacts.len() > CONTACTS_WRITTEN_IN_CALL {
+            return self
+                .import_in_chunks(request, caller, phonebook, upload, now)
+                .await;
+        }
         let count = self
             .phonebooks
             .put_contacts(&caller.org, phonebook, &upload.contacts, now)
@@ -173,15 +193,116 @@ impl SmsApi {
     }
 }
 
+impl SmsApi {
+    /// An import too large to write in the call: stored as an import of chunks, each chunk
+    /// a job for the bulk worker. The per-row report is complete already (rows are checked
+    /// here); `GET …/imports/{import_id}/` follows the writing.
+    async fn import_in_chunks(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        phonebook: &str,
+        upload: CheckedUpload,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Response<Body>, ApiError> {
+        let chunks = chunks_of(upload.contacts, CHUNK_BYTES);
+        let import = Import {
+            id: RecordId::new().to_string(),
+            phonebook_id: phonebook.to_owned(),
+            state: "importing".to_owned(),
+            rows: (chunks.iter().map(Vec::len).sum::<usize>() + upload.rejected.len()) as u64,
+            accepted: chunks.iter().map(Vec::len).sum::<usize>() as u64,
+            rejected: upload.rejected.len() as u64,
+            chunks: chunks.len() as u64,
+            chunks_done: 0,
+            contact_count: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.phonebooks.create_import(&caller.org, &import).await?;
+        let jobs: Vec<Envelope> = chunks
+            .into_iter()
+            .zip(0u32..)
+            .map(|(contacts, chunk)| {
+                Envelope::new(
+                    caller.org.clone(),
+                    Job::PhonebookImport {
+                        phonebook_id: phonebook.to_owned(),
+                        import_id: import.id.clone(),
+                        chunk,
+                        contacts,
+                    },
+                )
+            })
+            .collect();
+        self.queue
+            .send_all(&self.bulk_queue, &jobs)
+            .await
+            .map_err(ApiError::internal)?;
+        let detail = json!({"accepted": import.accepted, "rejected": import.rejected, "import_id": import.id});
+        let resource = format!("phonebook/{phonebook}");
+        self.audit(
+            request,
+            caller,
+            "phonebook.contacts.import",
+            resource,
+            detail,
+        )
+        .await;
+        http::json(
+            202,
+            &json!({
+                "import_id": import.id,
+                "state": import.state,
+                "accepted": import.accepted,
+                "rejected": upload.rejected,
+                "chunks": import.chunks,
+            }),
+        )
+    }
+
+    /// `GET /services/phonebooks/{id}/imports/{import_id}/`: how far a large import is.
+    pub(super) async fn get_import(
+        &self,
+        caller: &Caller,
+        phonebook: &str,
+        import: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let import = self
+            .phonebooks
+            .get_import(&caller.org, phonebook, import)
+            .await?;
+        http::json(200, &import)
+    }
+}
+
+/// Contacts in chunks of about `bytes` of JSON each, in upload order.
+fn chunks_of(contacts: Vec<Contact>, bytes: usize) -> Vec<Vec<Contact>> {
+    let mut chunks: Vec<Vec<Contact>> = vec![Vec::new()];
+    let mut size = 0;
+    for contact in contacts {
+        let contact_bytes = serde_json::to_vec(&contact).map_or(bytes, |json| json.len() + 1);
+        if size + contact_bytes > bytes && chunks.last().is_some_and(|c| !c.is_empty()) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += contact_bytes;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(contact);
+        }
+    }
+    chunks
+}
+
 /// The upload a request carries: CSV for `text/csv`, else a JSON list of contacts.
 fn checked_upload(
     request: &Request,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<CheckedUpload, ApiError> {
     let bytes = http::body_bytes(request);
-    if bytes.len() > http::MAX_BODY_BYTES {
+    if bytes.len() > MAX_UPLOAD_BYTES {
         return Err(ApiError::PayloadTooLarge(
-            "uploads are limited to 1 MiB".to_owned(),
+            "uploads are limited to 5 MiB".to_owned(),
         ));
     }
     let content_type = request

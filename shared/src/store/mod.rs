@@ -47,7 +47,7 @@ pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
 pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
 pub use payments::{PaymentEntity, PaymentStore, RequestClaim, SyncCheckpoint, Updated};
-pub use phonebooks::{Contact, Phonebook, PhonebookStore};
+pub use phonebooks::{Contact, Import, Phonebook, PhonebookStore};
 pub use reports::{ExpiredReport, ReportStore};
 pub use send_rate::{Booking, SendRate, Window};
 pub use shards::{RECORD_SHARDS, StuckInSent, Swept, Unsettled};

@@ -4,6 +4,14 @@
 //! |---|---|
 //! | phonebook | `ORG#<org>` / `PB#<ulid>` |
 //! | contact | `ORG#<org>` / `PBC#<phonebook ulid>#<e164>` (one per number: a re-import updates it) |
+//! | import of more contacts than one call writes | `ORG#<org>` / `PBIMPORT#<ulid>` |
+//!
+//! A phonebook's contacts share one partition key, and DynamoDB serves one partition key at
+//! most 1,000 write units a second (Developer Guide, "Best practices for designing and using
+//! partition keys effectively"): 100,000 contacts take at least 100 s, far past API Gateway's
+//! 29 s. So a large import is written by the bulk worker in chunks ([`Import`]), each chunk
+//! idempotent (upserts by number) and marked done in a set on the import item, so a
+//! redelivered chunk counts once.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +52,27 @@ pub struct Contact {
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A large import in progress: how many chunks it was split into and which are written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Import {
+    pub id: String,
+    pub phonebook_id: String,
+    /// `importing`, then `done` once every chunk is written and the phonebook recounted.
+    pub state: String,
+    /// Rows of the upload, the contacts accepted from them and the rows refused.
+    pub rows: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub chunks: u64,
+    #[serde(default)]
+    pub chunks_done: u64,
+    /// The phonebook's count once the import is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_count: Option<u64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 fn org_pk(org: &OrgId) -> String {
@@ -178,6 +207,125 @@ impl PhonebookStore {
         contacts: &[Contact],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        self.write_contacts(org, phonebook, contacts).await?;
+        self.recount(org, phonebook, now).await
+    }
+
+    /// Stores an import to be written in `import.chunks` chunks.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn create_import(&self, org: &OrgId, import: &Import) -> Result<(), StoreError> {
+        let mut item: Item = serde_dynamo::to_item(import).context("encoding import")?;
+        item.insert("pk".into(), s(org_pk(org)));
+        item.insert("sk".into(), s(format!("PBIMPORT#{}", import.id)));
+        item.insert("entity".into(), s("phonebook_import"));
+        self.dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .context("PutItem import")?;
+        Ok(())
+    }
+
+    /// An import of a phonebook.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when missing, another organization's or another phonebook's.
+    pub async fn get_import(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        id: &str,
+    ) -> Result<Import, StoreError> {
+        let item = get_live(
+            &self.dynamodb,
+            &self.table,
+            org_pk(org),
+            format!("PBIMPORT#{id}"),
+            "import",
+        )
+        .await?;
+        let import: Import = serde_dynamo::from_item(item).context("malformed import")?;
+        if import.phonebook_id != phonebook {
+            return Err(StoreError::NotFound);
+        }
+        Ok(import)
+    }
+
+    /// Writes one chunk of an import and marks it done; the chunk that completes the set
+    /// recounts the phonebook and ends the import. A chunk written twice (a redelivered job)
+    /// is in the set once, so it neither counts twice nor ends the import early.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn import_chunk(
+        &self,
+        org: &OrgId,
+        import: &str,
+        chunk: u32,
+        phonebook: &str,
+        contacts: &[Contact],
+    ) -> Result<(), StoreError> {
+        self.write_contacts(org, phonebook, contacts).await?;
+        let output = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("PBIMPORT#{import}")))
+            .update_expression("ADD chunks_written :chunk")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":chunk", AttributeValue::Ns(vec![chunk.to_string()]))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .context("UpdateItem import chunk")?;
+        let attributes = output.attributes.unwrap_or_default();
+        let written = match attributes.get("chunks_written") {
+            Some(AttributeValue::Ns(set)) => set.len() as u64,
+            _ => 0,
+        };
+        let chunks = match attributes.get("chunks") {
+            Some(AttributeValue::N(n)) => n.parse().unwrap_or(u64::MAX),
+            _ => u64::MAX,
+        };
+        let now = Utc::now();
+        let mut update = "SET chunks_done = :written, updated_at = :now".to_owned();
+        let mut request = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("PBIMPORT#{import}")))
+            .expression_attribute_values(":written", AttributeValue::N(written.to_string()))
+            .expression_attribute_values(":now", s(now.to_rfc3339()));
+        if written >= chunks {
+            let count = self.recount(org, phonebook, now).await?;
+            update.push_str(", #state = :done, contact_count = :count");
+            request = request
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":done", s("done"))
+                .expression_attribute_values(":count", AttributeValue::N(count.to_string()));
+        }
+        request
+            .update_expression(update)
+            .send()
+            .await
+            .context("UpdateItem import progress")?;
+        Ok(())
+    }
+
+    /// Adds or updates contacts (one per number).
+    async fn write_contacts(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        contacts: &[Contact],
+    ) -> Result<(), StoreError> {
         let items = contacts
             .iter()
             .map(|contact| {
@@ -191,7 +339,16 @@ impl PhonebookStore {
                 Ok(item)
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        put_all(&self.dynamodb, &self.table, items).await?;
+        put_all(&self.dynamodb, &self.table, items).await
+    }
+
+    /// Counts the phonebook's contacts and stores the count on it.
+    async fn recount(
+        &self,
+        org: &OrgId,
+        phonebook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let count = self.count_contacts(org, phonebook).await?;
         self.dynamodb
             .update_item()

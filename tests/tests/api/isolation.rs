@@ -167,6 +167,34 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
         .await,
     );
     ids.push(email_bulk.clone());
+    // An import larger than one call writes gets an id to follow it by.
+    let large = created(
+        app,
+        owner,
+        "/services/phonebooks/",
+        json!({"name": "Large"}),
+    )
+    .await;
+    ids.push(large.clone());
+    let csv: String = std::iter::once("phone\n".to_owned())
+        .chain((0..1_001).map(|i| format!("+1415556{i:04}\n")))
+        .collect();
+    let upload = app
+        .http
+        .post(
+            app.bundle
+                .url(&format!("/services/phonebooks/{large}/contacts/")),
+        )
+        .bearer_auth(owner)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 202);
+    let upload: Value = upload.json().await.unwrap();
+    let import = upload["import_id"].as_str().unwrap().to_owned();
+    ids.push(import.clone());
 
     let topic = app
         .post(
@@ -236,6 +264,10 @@ async fn seed(app: &TestBundle, owner: &str) -> Seeded {
         (
             "/services/phonebooks/{id}",
             format!("/services/phonebooks/{phonebook}/"),
+        ),
+        (
+            "/services/phonebooks/{id}/imports/{import_id}",
+            format!("/services/phonebooks/{large}/imports/{import}/"),
         ),
         (
             "/services/phonebooks/{id}/contacts",
@@ -546,6 +578,7 @@ async fn every_list_takes_the_organization_filter_from_superusers_only() {
     for route in FUNCTIONS.iter().flat_map(|f| f.routes) {
         let pattern = route.pattern;
         let is_item = pattern.ends_with("{id}")
+            || pattern.ends_with("{import_id}")
             || pattern.ends_with("{address}")
             || pattern.ends_with("{key}");
         if route.method != "GET" || PUBLIC.contains(&pattern) || NOT_LISTS.contains(&pattern) {

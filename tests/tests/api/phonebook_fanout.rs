@@ -5,7 +5,8 @@
 //!
 //! The test plays Lambda's part for the workers (as `faults.rs` does), so it can drop the
 //! bulk worker's invocation at that moment: SQS brings the message back after its
-//! visibility timeout, as after a crashed Lambda.
+//! visibility timeout, as after a crashed Lambda. Imports of more contacts than one call can
+//! write go the same way: in chunk jobs, each counted once however often it is delivered.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -296,4 +297,91 @@ async fn a_bulks_progress_is_its_owners_and_a_recipients_bulk_is_born_complete()
     ] {
         app.get(&path, token).await.problem(404);
     }
+}
+
+#[tokio::test]
+async fn a_large_csv_import_is_written_in_chunks_and_a_chunk_delivered_twice_counts_once() {
+    let app = spawn_bundle_with(|options| {
+        long_timeouts(options);
+        options.poll_queues = false;
+    })
+    .await;
+    let token = app.token("acme", "member");
+    let book = app
+        .post("/services/phonebooks/", &token, json!({"name": "Big"}))
+        .await;
+    let book_id = book.body["id"].as_str().unwrap().to_owned();
+    // 2,500 rows, more than one call writes: two bad numbers, one repeated number.
+    let rows = 2_500;
+    let mut csv = String::from("phone,name,city\n");
+    for i in 0..rows {
+        let phone = match i {
+            10 => "not-a-number".to_owned(),
+            20 => "+1".to_owned(),
+            30 => number(29),
+            _ => number(i),
+        };
+        csv.push_str(&format!("{phone},Guest {i},City {}\n", i % 7));
+    }
+    let response = app
+        .http
+        .post(
+            app.bundle
+                .url(&format!("/services/phonebooks/{book_id}/contacts/")),
+        )
+        .bearer_auth(&token)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["state"], "importing", "{accepted}");
+    assert_eq!(accepted["accepted"], rows - 3, "{accepted}");
+    let rejected: Vec<u64> = accepted["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["row"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rejected.len(), 3, "{accepted}");
+    let chunks = accepted["chunks"].as_u64().unwrap();
+    assert!(chunks >= 2, "{accepted}");
+    let import_id = accepted["import_id"].as_str().unwrap().to_owned();
+    let import_path = format!("/services/phonebooks/{book_id}/imports/{import_id}/");
+
+    // SQS may deliver a message twice: every chunk job arrives twice.
+    let bodies = app.message_bodies_in("SmsBulkQueue").await;
+    assert_eq!(bodies.len() as u64, chunks);
+    for body in bodies.iter().chain(&bodies) {
+        app.bundle
+            .aws
+            .sqs
+            .send_message()
+            .queue_url(app.bundle.resource("SmsBulkQueue"))
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let bulk = sms_bulk_poller(&app);
+    let mut delivered = 0;
+    while delivered < 2 * chunks {
+        delivered += bulk.poll_once().await.unwrap() as u64;
+    }
+    let done = app.get(&import_path, &token).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.body["state"], "done", "{}", done.body);
+    assert_eq!(done.body["chunks_done"], chunks, "{}", done.body);
+    assert_eq!(done.body["contact_count"], rows - 3, "{}", done.body);
+    let phonebook = app
+        .get(&format!("/services/phonebooks/{book_id}/"), &token)
+        .await;
+    assert_eq!(phonebook.body["contact_count"], rows - 3);
+
+    // Another organization cannot read the import.
+    app.get(&import_path, &app.token("globex", "member"))
+        .await
+        .problem(404);
 }
