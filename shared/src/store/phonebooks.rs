@@ -463,41 +463,4 @@ impl PhonebookStore {
         }
         Ok((contacts, more))
     }
-
-    /// Every contact of a phonebook, up to `max` (a bulk send's recipients).
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub async fn all_contacts(
-        &self,
-        org: &OrgId,
-        phonebook: &str,
-        max: usize,
-    ) -> Result<Vec<Contact>, StoreError> {
-        let mut contacts = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(org_pk(org)))
-                .expression_attribute_values(":prefix", s(contact_prefix(phonebook)))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .context("Query contacts")?;
-            for item in output.items.unwrap_or_default() {
-                contacts.push(serde_dynamo::from_item(item).context("malformed contact")?);
-                if contacts.len() >= max {
-                    return Ok(contacts);
-                }
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(contacts);
-            }
-        }
-    }
 }
