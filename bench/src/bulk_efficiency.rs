@@ -410,6 +410,9 @@ impl BulkRun {
                 count.items,
             );
         }
+        for (kind, count) in &self.sdk.writes_by_item {
+            row(format!("&nbsp;&nbsp;of `{kind}#…` items"), *count);
+        }
         let _ = writeln!(
             out,
             "\nEvery AWS operation the functions made (calls; items where a call carries many):\n"

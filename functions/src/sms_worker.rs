@@ -82,15 +82,6 @@ struct Progress {
     held_elsewhere: Vec<String>,
 }
 
-/// How one booked send went.
-enum Sent {
-    Done,
-    /// The job must be retried, for this reason.
-    Retry(String),
-    /// Another delivery has a live claim on the record.
-    HeldElsewhere(String),
-}
-
 impl SmsWorker {
     /// No I/O: the Twilio credentials are read by the first job that sends.
     ///
@@ -225,8 +216,11 @@ impl SmsWorker {
         Ok(to_send)
     }
 
-    /// The sends, each at a time booked in the organization's send window. `Some(ids)`:
-    /// the window had no slot before `deadline` for these.
+    /// The sends, each at a time booked in the organization's send window, up to a second's
+    /// worth (the cap) at a time: claimed first, then booked, so the claims' round trips
+    /// are not spent out of the booked times (a send that wakes late books again: one more
+    /// write on the window). `Some(ids)`: the window had no slot before `deadline` for
+    /// these (any claim this delivery took on them given back).
     async fn send_in_window(
         &self,
         org: &OrgId,
@@ -235,34 +229,56 @@ impl SmsWorker {
         last_attempt: bool,
         progress: &mut Progress,
     ) -> Result<Option<Vec<String>>, JobError> {
-        let mut sent = 0;
-        while sent < to_send.len() {
-            let times = self
-                .book_send_times(org, deadline, to_send.len() - sent)
-                .await?;
-            if times.is_empty() {
-                return Ok(Some(
-                    to_send[sent..].iter().map(|(r, _)| r.id.clone()).collect(),
-                ));
-            }
-            let booked = &to_send[sent..sent + times.len()];
-            // Each send leaves at its own time, so the booked times are kept even when a
-            // Twilio call takes longer than the gap to the next.
-            let sends = booked.iter().zip(&times).map(|((record, twilio), at)| {
-                self.send_at(*at, deadline, (org, twilio), record, last_attempt)
-            });
-            for result in futures::future::join_all(sends).await {
-                match result? {
-                    Sent::Done => {}
-                    Sent::Retry(reason) => {
+        let per_group = usize::try_from(self.rate_per_second).unwrap_or(1).max(1);
+        for (index, group) in to_send.chunks(per_group).enumerate() {
+            let claimed = self.claim_group(org, group, progress).await?;
+            let mut waiting = claimed.as_slice();
+            while !waiting.is_empty() {
+                let times = self.book_send_times(org, deadline, waiting.len()).await?;
+                if times.is_empty() {
+                    for (record, _) in waiting {
+                        self.release(org, record).await?;
+                    }
+                    let later = to_send
+                        .iter()
+                        .skip((index + 1) * per_group)
+                        .map(|(r, _)| *r);
+                    let rest = waiting.iter().map(|(r, _)| r).chain(later);
+                    return Ok(Some(rest.map(|r| r.id.clone()).collect()));
+                }
+                let (booked, rest) = waiting.split_at(times.len());
+                // Each send leaves at its own time, so the booked times are kept even when
+                // a Twilio call takes longer than the gap to the next.
+                let sends = booked.iter().zip(&times).map(|((record, twilio), at)| {
+                    self.send_at(*at, deadline, (org, twilio), record, last_attempt)
+                });
+                for result in futures::future::join_all(sends).await {
+                    if let Some(reason) = result? {
                         progress.retry.get_or_insert(reason);
                     }
-                    Sent::HeldElsewhere(id) => progress.held_elsewhere.push(id),
                 }
+                waiting = rest;
             }
-            sent += times.len();
         }
         Ok(None)
+    }
+
+    /// Claims a group's records at once; those another delivery holds go to `progress`.
+    async fn claim_group<'a>(
+        &self,
+        org: &OrgId,
+        group: &[(&SmsRecord, &'a TwilioSettings)],
+        progress: &mut Progress,
+    ) -> Result<Vec<(SmsRecord, &'a TwilioSettings)>, JobError> {
+        let claims = futures::future::join_all(group.iter().map(|(r, _)| self.claim(org, r)));
+        let mut claimed = Vec::new();
+        for ((record, twilio), claim) in group.iter().zip(claims.await) {
+            match claim? {
+                Some(record) => claimed.push((record, *twilio)),
+                None => progress.held_elsewhere.push(record.id.clone()),
+            }
+        }
+        Ok(claimed)
     }
 
     /// How the job ends once every record had its turn.
@@ -330,16 +346,6 @@ impl SmsWorker {
                 "outcome": match &result { Ok(m) => format!("accepted {} ({})", m.sid, m.status), Err(e) => e.to_string() },
             }),
         );
-        let now = chrono::Utc::now();
-        if let Ok(accepted) = &result {
-            // The SID link before anything else: Twilio's callbacks carry only the SID and
-            // can arrive within moments; one that finds no link is settled only by the
-            // status check.
-            self.sms
-                .link_sid(&accepted.sid, org, &record.id, now)
-                .await
-                .map_err(|e| JobError::Retry(format!("recording the SID failed: {e:#}")))?;
-        }
         self.events.publish(vec![call]).await;
         self.settle_send(org, record, result, last_attempt).await
     }
@@ -422,6 +428,14 @@ impl SmsWorker {
             .map_err(|e| JobError::Retry(format!("{e:#}")))
     }
 
+    /// Gives back a claim this delivery took and did not use (no send time was left).
+    async fn release(&self, org: &OrgId, record: &SmsRecord) -> Result<(), JobError> {
+        self.sms
+            .release(org, &record.id, chrono::Utc::now())
+            .await
+            .map_err(|e| JobError::Retry(format!("{e:#}")))
+    }
+
     async fn finish(
         &self,
         org: &OrgId,
@@ -488,11 +502,11 @@ impl SmsWorker {
         }
     }
 
-    /// Claims `record`, then sleeps until unix ms `at` and sends it. The claim comes first
-    /// so that nothing but the wake-up stands between the booked time and the call. A send
-    /// that wakes more than [`LATE_GRACE_MS`] late books a new time if one is left before
-    /// `deadline`: the slot's next send is booked a second after `at`, so going late could
-    /// put two of its sends under a second apart.
+    /// Sleeps until unix ms `at` and sends the claimed `record`: nothing but the wake-up
+    /// stands between the booked time and the call. A send that wakes more than
+    /// [`LATE_GRACE_MS`] late books a new time if one is left before `deadline`: the slot's
+    /// next send is booked a second after `at`, so going late could put two of its sends
+    /// under a second apart. `Some(reason)` when the job must be retried.
     async fn send_at(
         &self,
         mut at: i64,
@@ -500,11 +514,8 @@ impl SmsWorker {
         booking: (&OrgId, &TwilioSettings),
         record: &SmsRecord,
         last_attempt: bool,
-    ) -> Result<Sent, JobError> {
+    ) -> Result<Option<String>, JobError> {
         let (org, twilio) = booking;
-        let Some(claimed) = self.claim(org, record).await? else {
-            return Ok(Sent::HeldElsewhere(record.id.clone()));
-        };
         loop {
             let wait = u64::try_from(at - now_ms()).unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -524,12 +535,7 @@ impl SmsWorker {
                 }
             }
         }
-        Ok(
-            match self.send_one(org, twilio, &claimed, last_attempt).await? {
-                Some(reason) => Sent::Retry(reason),
-                None => Sent::Done,
-            },
-        )
+        self.send_one(org, twilio, record, last_attempt).await
     }
 
     fn window_of(&self, org: &OrgId) -> Window {

@@ -36,6 +36,9 @@ pub struct SdkCallCounts {
     pub operations: BTreeMap<(String, String), OperationCount>,
     /// SQS messages sent, by queue name.
     pub messages_by_queue: BTreeMap<String, u64>,
+    /// DynamoDB item writes by the kind of item written: the first `#` segment of its sort
+    /// key (`EMAIL`, `SMS`, `WINDOW`, `SID`, …), so a figure says what the writes were.
+    pub writes_by_item: BTreeMap<String, u64>,
 }
 
 /// DynamoDB operations that write items.
@@ -101,6 +104,15 @@ impl SdkCallCounter {
     /// configuration (endpoint, region, S3 path style) and connection pool settings.
     pub fn instrument(self: &Arc<Self>, aws: &AwsClients) -> AwsClients {
         with_interceptor(aws, CountingInterceptor(Arc::clone(self)))
+    }
+
+    fn record_writes(&self, kinds: &[String]) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        for kind in kinds {
+            *counts.writes_by_item.entry(kind.clone()).or_default() += 1;
+        }
     }
 
     fn record(&self, service: &str, operation: &str, items: u64, queue: Option<String>) {
@@ -188,6 +200,10 @@ impl Intercept for CountingInterceptor {
         let (items, queue) = carried(metadata.service(), metadata.name(), context);
         self.0
             .record(metadata.service(), metadata.name(), items, queue);
+        if metadata.service() == "DynamoDB" {
+            self.0
+                .record_writes(&written_kinds(metadata.name(), context));
+        }
         Ok(())
     }
 }
@@ -232,6 +248,65 @@ fn carried(
             None,
         ),
         _ => (1, None),
+    }
+}
+
+/// The kinds of the items a DynamoDB write carries (see [`SdkCallCounts::writes_by_item`]);
+/// none for reads.
+fn written_kinds(
+    operation: &str,
+    context: &BeforeSerializationInterceptorContextRef<'_>,
+) -> Vec<String> {
+    use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemInput;
+    use aws_sdk_dynamodb::operation::delete_item::DeleteItemInput;
+    use aws_sdk_dynamodb::operation::put_item::PutItemInput;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemInput;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    type Item = std::collections::HashMap<String, AttributeValue>;
+
+    let kind = |item: Option<&Item>| {
+        let sk = item.and_then(|i| i.get("sk")).and_then(|v| v.as_s().ok());
+        sk.map_or("(no sort key)", |sk| sk.split('#').next().unwrap_or(sk))
+            .to_owned()
+    };
+    let input = context.input();
+    match operation {
+        "PutItem" => vec![kind(
+            input.downcast_ref::<PutItemInput>().and_then(|i| i.item()),
+        )],
+        "UpdateItem" => vec![kind(
+            input
+                .downcast_ref::<UpdateItemInput>()
+                .and_then(|i| i.key()),
+        )],
+        "DeleteItem" => vec![kind(
+            input
+                .downcast_ref::<DeleteItemInput>()
+                .and_then(|i| i.key()),
+        )],
+        "BatchWriteItem" => input
+            .downcast_ref::<BatchWriteItemInput>()
+            .and_then(|i| i.request_items())
+            .into_iter()
+            .flat_map(|tables| tables.values().flatten())
+            .map(|request| {
+                let put = request.put_request().map(|p| p.item());
+                kind(put.or_else(|| request.delete_request().map(|d| d.key())))
+            })
+            .collect(),
+        "TransactWriteItems" => input
+            .downcast_ref::<TransactWriteItemsInput>()
+            .map(|i| i.transact_items())
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                let item = t.put().map(|p| p.item());
+                let item = item.or_else(|| t.update().map(|u| u.key()));
+                kind(item.or_else(|| t.delete().map(|d| d.key())))
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

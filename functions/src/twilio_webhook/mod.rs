@@ -184,10 +184,12 @@ impl TwilioWebhook {
         self.inbound(sid, &param).await
     }
 
-    /// Applies a status callback to the message with SID `sid`, or to the record its signed
-    /// callback URL names (`named`) when the SID is not linked yet: a callback that
-    /// overtakes the worker's write is applied, not dropped (Twilio does not retry an
-    /// answered callback).
+    /// Applies a status callback to the record its signed callback URL names (`named`):
+    /// every send gives Twilio a `StatusCallback` naming its record, and Twilio posts each
+    /// message's callbacks to that URL
+    /// (<https://www.twilio.com/docs/messaging/api/message-resource#create-a-message-resource>,
+    /// `StatusCallback`), so no SID → record link is kept. A callback that overtakes the
+    /// worker's write is applied, not dropped (Twilio does not retry an answered callback).
     async fn status(
         &self,
         sid: &str,
@@ -195,8 +197,7 @@ impl TwilioWebhook {
         status: &str,
         error_code: Option<i64>,
     ) -> Result<Response<Body>, ApiError> {
-        let linked = self.sms.find_sid(sid).await?;
-        let Some((org, id)) = linked.or(named) else {
+        let Some((org, id)) = named else {
             tracing::warn!(sid, status, "status callback for an unknown message");
             metrics::webhook_events("twilio", "ignored", 1);
             return Ok(twiml());
@@ -228,6 +229,9 @@ impl TwilioWebhook {
             tracing::info!(sid, status, "repeated status callback ignored");
             metrics::webhook_events("twilio", "duplicate", 1);
             return Ok(twiml());
+        }
+        if applied == StatusApplied::Unchanged {
+            metrics::webhook_events("twilio", "unchanged", 1);
         }
         let mut events = vec![
             Event {

@@ -184,9 +184,14 @@ fn unauthorized() -> Response {
 /// character limit" (error 21617).
 const MAX_BODY_CHARS: usize = 1600;
 
-/// One message's status callbacks (`queued`, `sent`, `delivered`), signed like Twilio's.
+/// One message's status callbacks, signed like Twilio's. Twilio sends none for a message's
+/// initial status — `queued`, or `accepted` when sent through a Messaging Service — only
+/// for the changes after it ("Outbound Message Status in Status Callbacks",
+/// <https://www.twilio.com/docs/messaging/guides/outbound-message-status-in-status-callbacks>):
+/// `sent` then `delivered` direct, `queued`, `sent`, `delivered` through a service.
 struct StatusCallbacks {
     url: String,
+    through_service: bool,
     account: String,
     sid: String,
     from: String,
@@ -199,7 +204,12 @@ impl StatusCallbacks {
     /// connection that fails is tried once more (Twilio, "Webhooks connection overrides":
     /// retry count `rc` 1 and retry policy `rp` `ct`, connection timeout, by default).
     async fn post(&self, sandbox: &TwilioSandbox, pause: Duration) {
-        for status in ["queued", "sent", "delivered"] {
+        let statuses: &[&str] = if self.through_service {
+            &["queued", "sent", "delivered"]
+        } else {
+            &["sent", "delivered"]
+        };
+        for &status in statuses {
             tokio::time::sleep(pause).await;
             let params: Vec<(String, String)> = [
                 ("AccountSid", self.account.as_str()),
@@ -386,6 +396,7 @@ async fn create_message(
     if let (Some(url), false) = (callback, webhooks_off) {
         let callbacks = StatusCallbacks {
             url,
+            through_service: service.is_some(),
             account: account.clone(),
             sid: sid.clone(),
             from: sender,
@@ -415,7 +426,8 @@ async fn create_message(
         StatusCode::CREATED,
         Json(json!({
             "sid": sid, "account_sid": account, "to": to, "from": from,
-            "messaging_service_sid": service, "body": text, "status": "queued",
+            "messaging_service_sid": service, "body": text,
+            "status": if service.is_some() { "accepted" } else { "queued" },
             "num_segments": segments.to_string(), "direction": "outbound-api",
             "api_version": "2010-04-01", "date_created": now, "date_updated": now,
             "error_code": null, "error_message": null,

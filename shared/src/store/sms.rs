@@ -4,7 +4,6 @@
 //! | item | `pk` / `sk` | indexes |
 //! |---|---|---|
 //! | SMS | `ORG#<org>#SMS#<shard>` / `SMS#<ulid>` | `GSI1` `SMS#SENT#<shard>` / `<sent ms>#<ulid>` while `sent` (status check) |
-//! | Twilio SID → SMS | `SMSSID#<sid>` / `SMSSID` | |
 //! | opt-out | `ORG#<org>` / `OPTOUT#<e164>` | |
 //! | inbound message | `ORG#<org>` / `SMSIN#<ulid>`, and `SMSINSID#<MessageSid>` to dedupe | |
 //! | last sender to a number | `SMSPEER#<e164>` / `SMSPEER` (org of the latest outbound SMS to it) | |
@@ -65,6 +64,10 @@ pub struct SmsListQuery {
 pub enum StatusApplied {
     /// This callback (same SID and status) was applied before.
     Duplicate,
+    /// An in-progress report (Twilio's `queued` … `sent`, all Herald's `sent`) for a
+    /// record already `sent` or past it whose SID is known: it changes nothing, so it is
+    /// not written (a write unit for a timeline line, up to three times per message).
+    Unchanged,
     /// Recorded; `Some` when the record's status moved.
     Recorded(Option<SmsStatus>),
 }
@@ -404,6 +407,44 @@ impl SmsStore {
         }
     }
 
+    /// Gives back a claim that was not used (`sending` → `queued`, the attempt not counted),
+    /// so the next delivery takes the record at once rather than after the lease.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn release(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sms_pk(org, id)))
+            .key("sk", s(sms_sk(id)))
+            .update_expression(
+                "SET #status = :queued, attempts = attempts - :one, updated_at = :now, \
+                 version = version + :one REMOVE claim_until",
+            )
+            .condition_expression("#status = :sending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":sending", s("sending"))
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if is_condition_failure(&error) => Ok(()), // moved on meanwhile
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("UpdateItem SMS release")
+                .into()),
+        }
+    }
+
     /// Moves a claimed record on from `sending`. A record a fast callback already moved on
     /// keeps its status but gets the SID. Returns whether the status was written.
     ///
@@ -527,61 +568,6 @@ impl SmsStore {
         }
     }
 
-    /// Remembers which record a Twilio SID belongs to, so callbacks (which carry only the
-    /// SID) map back without guessing. Kept 90 days.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub async fn link_sid(
-        &self,
-        sid: &str,
-        org: &OrgId,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.dynamodb
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(format!("SMSSID#{sid}")))
-            .item("sk", s("SMSSID"))
-            .item("org_id", s(org.as_str()))
-            .item("sms_id", s(id))
-            .item(
-                "expires_at",
-                n((now + chrono::Duration::days(90)).timestamp()),
-            )
-            .send()
-            .await
-            .context("PutItem SMS SID")?;
-        Ok(())
-    }
-
-    /// # Errors
-    /// Storage failures only.
-    pub async fn find_sid(&self, sid: &str) -> Result<Option<(OrgId, String)>, StoreError> {
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("SMSSID#{sid}")))
-            .key("sk", s("SMSSID"))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem SMS SID")?
-            .item;
-        Ok(item.and_then(|item| {
-            let org = match item.get("org_id") {
-                Some(AttributeValue::S(org)) => OrgId::parse(org).ok()?,
-                _ => return None,
-            };
-            match item.get("sms_id") {
-                Some(AttributeValue::S(id)) => Some((org, id.clone())),
-                _ => None,
-            }
-        }))
-    }
-
     /// Applies a Twilio status (from a callback or the status check) forward-only, once per
     /// `key`. Conditional on the version read; a concurrent change makes it read again.
     ///
@@ -616,6 +602,10 @@ impl SmsStore {
             ];
             // A callback can overtake the send worker's own write of the SID.
             let sid = sid.filter(|_| record.provider_message_id.is_none());
+            let in_progress = SmsStatus::from_twilio(twilio_status) == Some(SmsStatus::Sent);
+            if next.is_none() && sid.is_none() && in_progress {
+                return Ok(StatusApplied::Unchanged);
+            }
             if sid.is_some() {
                 sets.push("provider_message_id = :sid".to_owned());
             }

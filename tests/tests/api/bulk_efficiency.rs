@@ -24,6 +24,7 @@ async fn bulk_email_keeps_its_call_message_and_write_bounds() {
     .await
     .unwrap();
     let table = run.table();
+    println!("{table}"); // `-- --nocapture` shows the counts
     assert_eq!(run.statuses.get("delivered"), Some(&1_001), "{table}");
 
     // One SendGrid call carries up to 1,000 personalizations.
@@ -114,6 +115,7 @@ async fn bulk_sms_makes_one_twilio_call_per_message() {
         .await
         .unwrap();
     let table = run.table();
+    println!("{table}"); // `-- --nocapture` shows the counts
     assert_eq!(run.statuses.get("delivered"), Some(&26), "{table}");
     assert_eq!(run.provider_calls, n, "{table}");
     let queue = |logical_id: &str| {
@@ -130,4 +132,19 @@ async fn bulk_sms_makes_one_twilio_call_per_message() {
         n,
         "each record created once\n{table}"
     );
+
+    // DynamoDB item writes per SMS, by item:
+    // - the record: created (batched), claimed, its outcome, and Twilio's final callback
+    //   (`delivered`). The in-progress callback (`sent`) changes nothing once the worker
+    //   recorded the send; where it overtakes that write, it moves the record on and the
+    //   worker's outcome write fails its condition and keeps the SID with one more: ≤ 6.
+    // - the send window: one booking per group of sends (claims come before the booking,
+    //   so their round trips do not make the sends late and book again);
+    // - the number's last sender (`SMSPEER`, for routing a reply's STOP): one. No SID → record
+    //   link: callbacks come to the URL that names their record.
+    let writes = |kind: &str| run.sdk.writes_by_item.get(kind).copied().unwrap_or(0);
+    assert!(writes("SMS") <= 6 * n, "{table}");
+    assert!(writes("WINDOW") <= queue("SmsSendQueue") + 2, "{table}");
+    assert_eq!(writes("SMSPEER"), n, "{table}");
+    assert_eq!(writes("SMSSID"), 0, "{table}");
 }
