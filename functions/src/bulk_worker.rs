@@ -23,6 +23,7 @@ use tracing::Instrument;
 use shared::aws::AwsClients;
 use shared::bulk::{BulkChannel, FanOutState};
 use shared::config::Env;
+use shared::domain::OrgId;
 use shared::domain::sms_message::{SmsRecord, SmsStatus};
 use shared::events::{Event, EventPublisher};
 use shared::metrics::JobOutcome;
@@ -132,21 +133,12 @@ impl BulkWorker {
             }
             _ => anyhow::bail!("not a bulk job"),
         };
-        let ids = self
+        let queued = self
             .emails
             .queued_in_bulk(&envelope.org, bulk_id, span)
             .await?;
-        let jobs: Vec<Envelope> = ids
-            .chunks(EMAIL_SEND_JOB_IDS)
-            .map(|chunk| {
-                Envelope::new(
-                    envelope.org.clone(),
-                    Job::EmailSend {
-                        ids: chunk.to_vec(),
-                    },
-                )
-            })
-            .collect();
+        let ids: Vec<&String> = queued.iter().map(|(id, _)| id).collect();
+        let jobs = email_send_jobs(&envelope.org, &queued);
         self.queue.send_all(&self.email_send_queue, &jobs).await?;
         tracing::info!(
             org = envelope.org.as_str(),
@@ -318,4 +310,27 @@ impl BulkWorker {
         self.events.publish(events).await;
         Ok(())
     }
+}
+
+/// The send jobs of a bulk's `queued` emails (in id order): those the API created in a send
+/// job go in that job's message, claimed once by its delivery; the others (enqueued again
+/// since) in messages of their own, of up to [`EMAIL_SEND_JOB_IDS`], claimed one by one.
+fn email_send_jobs(org: &OrgId, queued: &[(String, Option<String>)]) -> Vec<Envelope> {
+    let mut jobs = Vec::new();
+    for group in queued.chunk_by(|(_, a), (_, b)| a == b) {
+        let ids: Vec<String> = group.iter().map(|(id, _)| id.clone()).collect();
+        for chunk in ids.chunks(EMAIL_SEND_JOB_IDS) {
+            let envelope = Envelope::new(
+                org.clone(),
+                Job::EmailSend {
+                    ids: chunk.to_vec(),
+                },
+            );
+            jobs.push(match &group[0].1 {
+                Some(job) => envelope.of_send_job(job.clone()),
+                None => envelope,
+            });
+        }
+    }
+    jobs
 }

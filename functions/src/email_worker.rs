@@ -1,8 +1,12 @@
 //! The email send worker (SPEC §7): takes `email.send` jobs from the send queue and sends
 //! their emails through SendGrid, up to 1,000 recipients per API call.
 //!
-//! Each email is claimed before sending (`queued → sending`, conditional), so a duplicate
-//! delivery of the same message finds nothing left to send. Transient failures put the
+//! A message of a send job (`Envelope::send_job`: the emails were created in it) is claimed
+//! once, in one conditional write on the job, and its emails stay `queued` until their
+//! outcome is written, conditional on still naming the job; any other email is claimed
+//! itself (`queued → sending`, conditional). Either way a duplicate delivery of the same
+//! message finds nothing left to send (issue 20 §5: three writes per email, not four).
+//! Transient failures put the
 //! emails back in `queued` and the message back on the queue with backoff and jitter; the
 //! last allowed attempt records `failed` before SQS moves the message to the DLQ. Permanent
 //! failures are recorded at once and not retried.
@@ -23,7 +27,7 @@ use shared::providers::sendgrid::{
     Personalization, SendError, SendGridClient,
 };
 use shared::queue::{Envelope, Job, QueuePublisher, RetryDelay};
-use shared::store::{ConsentStore, EmailStore, SendOutcome};
+use shared::store::{ConsentStore, EmailStore, SendOutcome, Taken};
 
 use crate::runtime::{BoxFuture, JobError, SqsFunction, process_batch};
 
@@ -108,6 +112,23 @@ impl PlannedMail {
     }
 }
 
+/// What one delivery of a send job holds: its organization, the send job it claimed, and
+/// the emails it took in that job without claiming each (the others it claimed each).
+struct Delivery {
+    org: OrgId,
+    job: Option<String>,
+    in_job: std::collections::HashSet<String>,
+}
+
+impl Delivery {
+    fn taken(&self, id: &str) -> Taken {
+        match &self.job {
+            Some(job) if self.in_job.contains(id) => Taken::InJob(job.clone()),
+            _ => Taken::Claimed,
+        }
+    }
+}
+
 /// Statuses with which SendGrid refuses a request for what it contains (400 a rule of
 /// Mail Send, 413 its size), as opposed to who sent it (401, 403).
 fn refuses_the_request(status: u16) -> bool {
@@ -165,33 +186,82 @@ impl EmailWorker {
         let Job::EmailSend { ids } = envelope.job else {
             return Err(JobError::Permanent("not an email.send job".to_owned()));
         };
-        let last_attempt = RetryDelay::receives(message) >= self.max_receives;
         let org = envelope.org;
-        let now = chrono::Utc::now();
+        let job = envelope.send_job;
+        if let Some(job) = &job {
+            let now = chrono::Utc::now();
+            let claimed = self
+                .emails
+                .claim_job(&org, job, now, self.claim_lease)
+                .await;
+            if !claimed.map_err(|e| JobError::Retry(format!("{e:#}")))? {
+                // Another delivery of this job is sending it; this one returns once that
+                // delivery's lease has run out, in case it died.
+                let lease = u64::try_from(self.claim_lease.num_seconds()).unwrap_or(60);
+                self.retry.delay_by(message, lease + 1).await;
+                return Err(JobError::Retry(format!(
+                    "send job {job} is held by another delivery"
+                )));
+            }
+        }
+        let result = self.send_job(message, &org, job.as_deref(), &ids).await;
+        if let (Err(_), Some(job)) = (&result, &job) {
+            // Its emails moved on or are back in `queued` on their own: a retry of this
+            // message need not wait for the lease.
+            if let Err(error) = self.emails.release_job(&org, job).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "could not release the send job"
+                );
+            }
+        }
+        result
+    }
 
+    /// Sends the job's emails this delivery takes (all of them, unless another delivery
+    /// holds some); `job` is the send job this delivery claimed.
+    async fn send_job(
+        &self,
+        message: &SqsMessage,
+        org: &OrgId,
+        job: Option<&str>,
+        ids: &[String],
+    ) -> Result<(), JobError> {
+        let last_attempt = RetryDelay::receives(message) >= self.max_receives;
         let mut records = self
             .emails
-            .get_many(&org, &ids)
+            .get_many(org, ids)
             .await
             .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         if records.len() > 1 {
-            records = self.this_delivery(&org, records).await?;
+            records = self.this_delivery(org, job, records).await?;
         }
-        let claimed = self
+        let taken = self
             .emails
-            .claim_all(&records, now, self.claim_lease)
+            .claim_all(&records, job, chrono::Utc::now(), self.claim_lease)
             .await
             .map_err(|e| JobError::Retry(format!("{e:#}")))?;
         // Emails another delivery holds a live claim on: if that invocation dies before
         // recording its outcome, only this message is left to bring them back, so it
-        // returns once the claim has run out rather than being deleted.
+        // returns once the claim has run out rather than being deleted. (An email waiting
+        // in another send job is that job's to send, or the sweep's.)
         let held_elsewhere = records
             .iter()
             .filter(|r| matches!(r.status, EmailStatus::Queued | EmailStatus::Sending))
-            .filter(|r| !claimed.iter().any(|c| c.id == r.id))
+            .filter(|r| r.send_job.is_none())
+            .filter(|r| !taken.iter().any(|c| c.id == r.id))
             .count();
+        let delivery = Delivery {
+            org: org.clone(),
+            job: job.map(str::to_owned),
+            in_job: records
+                .iter()
+                .filter(|r| r.in_send_job(job))
+                .map(|r| r.id.clone())
+                .collect(),
+        };
         let result = self
-            .send_claimed(&org, claimed, last_attempt, message)
+            .send_claimed(&delivery, taken, last_attempt, message)
             .await;
         if held_elsewhere > 0 && result.is_ok() {
             let lease = u64::try_from(self.claim_lease.num_seconds()).unwrap_or(60);
@@ -212,6 +282,7 @@ impl EmailWorker {
     async fn this_delivery(
         &self,
         org: &OrgId,
+        job: Option<&str>,
         mut records: Vec<EmailRecord>,
     ) -> Result<Vec<EmailRecord>, JobError> {
         records.retain(|r| matches!(r.status, EmailStatus::Queued | EmailStatus::Sending));
@@ -228,9 +299,16 @@ impl EmailWorker {
             .flat_map(|call| call.ids.iter().cloned())
             .collect();
         let rest_set: std::collections::HashSet<&str> = rest.iter().map(String::as_str).collect();
-        let job = Envelope::new(org.clone(), Job::EmailSend { ids: rest.clone() });
+        if let Some(job) = job {
+            // The rest goes on as a message of its own while this delivery holds the job.
+            self.emails
+                .leave_job(org, &rest, job)
+                .await
+                .map_err(|e| JobError::Retry(format!("{e:#}")))?;
+        }
+        let rest_job = Envelope::new(org.clone(), Job::EmailSend { ids: rest.clone() });
         self.queue
-            .send_all(&self.send_queue, &[job])
+            .send_all(&self.send_queue, &[rest_job])
             .await
             .map_err(|error| {
                 JobError::Retry(format!("passing the rest of the job on failed: {error:#}"))
@@ -247,7 +325,7 @@ impl EmailWorker {
     /// Sends what this delivery claimed, recording each email's outcome.
     async fn send_claimed(
         &self,
-        org: &OrgId,
+        delivery: &Delivery,
         claimed: Vec<EmailRecord>,
         last_attempt: bool,
         message: &SqsMessage,
@@ -255,19 +333,20 @@ impl EmailWorker {
         if claimed.is_empty() {
             return Ok(()); // a duplicate delivery, or everything already moved on
         }
+        let org = &delivery.org;
         let blocked = match self.blocked(org, &claimed).await {
             Ok(blocked) => blocked,
             Err(error) => {
                 let reason = format!("{error:#}");
                 return self
-                    .settle(org, &claimed, last_attempt, reason, message)
+                    .settle(delivery, &claimed, last_attempt, reason, message)
                     .await;
             }
         };
         let (blocked, to_send): (Vec<EmailRecord>, Vec<EmailRecord>) =
             claimed.into_iter().partition(|r| blocked.contains(&r.id));
         let blocked_ids = blocked.iter().map(|r| r.id.as_str());
-        self.finish_all(org, blocked_ids, &SendOutcome::Suppressed)
+        self.finish_all(delivery, blocked_ids, &SendOutcome::Suppressed)
             .await?;
         if to_send.is_empty() {
             return Ok(());
@@ -284,7 +363,7 @@ impl EmailWorker {
                 };
                 let reason = reason.to_owned();
                 return self
-                    .settle(org, &to_send, last_attempt, reason, message)
+                    .settle(delivery, &to_send, last_attempt, reason, message)
                     .await;
             }
         };
@@ -292,13 +371,15 @@ impl EmailWorker {
             Ok(links) => links,
             Err(reason) => {
                 return self
-                    .settle(org, &to_send, last_attempt, reason, message)
+                    .settle(delivery, &to_send, last_attempt, reason, message)
                     .await;
             }
         };
         let mut calls = plan_mails(&to_send);
         attach_headers(&mut calls, &links);
-        let retry = self.make_calls(org, sendgrid, calls, last_attempt).await?;
+        let retry = self
+            .make_calls(delivery, sendgrid, calls, last_attempt)
+            .await?;
         match retry {
             None => Ok(()),
             Some(reason) => {
@@ -341,7 +422,7 @@ impl EmailWorker {
     /// first reason the job must be tried again, if any.
     async fn make_calls(
         &self,
-        org: &OrgId,
+        delivery: &Delivery,
         sendgrid: &SendGridClient,
         mut calls: Vec<PlannedMail>,
         last_attempt: bool,
@@ -354,7 +435,7 @@ impl EmailWorker {
             // At least one round per delivery, so a handed-back job always moves on.
             if made_a_call && tokio::time::Instant::now() >= deadline {
                 let rest: Vec<String> = calls.iter().flat_map(|c| c.ids.clone()).collect();
-                self.hand_back(org, rest).await?;
+                self.hand_back(delivery, rest).await?;
                 break;
             }
             let round: Vec<PlannedMail> = (0..CALLS_IN_FLIGHT).map_while(|_| calls.pop()).collect();
@@ -385,7 +466,7 @@ impl EmailWorker {
                 tracing::info!(emails = planned.ids.len(), outcome = ?outcome, "SendGrid call");
                 finished.push((planned.ids, outcome));
             }
-            self.record_calls(org, finished).await?;
+            self.record_calls(delivery, finished).await?;
         }
         Ok(retry)
     }
@@ -436,13 +517,13 @@ impl EmailWorker {
     /// together, and each call's emails moved on (the rounds' writes run side by side).
     async fn record_calls(
         &self,
-        org: &OrgId,
+        delivery: &Delivery,
         finished: Vec<(Vec<String>, SendOutcome)>,
     ) -> Result<(), JobError> {
         let calls = finished
             .iter()
             .map(|(ids, outcome)| {
-                Event::new(org, EventKind::Provider, "sendgrid.mail_send").with_detail(
+                Event::new(&delivery.org, EventKind::Provider, "sendgrid.mail_send").with_detail(
                     serde_json::json!({
                         "recipients": ids.len(),
                         "outcome": format!("{outcome:?}"),
@@ -451,9 +532,9 @@ impl EmailWorker {
             })
             .collect();
         self.events.publish(calls).await;
-        let writes = finished
-            .iter()
-            .map(|(ids, outcome)| self.finish_all(org, ids.iter().map(String::as_str), outcome));
+        let writes = finished.iter().map(|(ids, outcome)| {
+            self.finish_all(delivery, ids.iter().map(String::as_str), outcome)
+        });
         futures::future::join_all(writes)
             .await
             .into_iter()
@@ -522,11 +603,12 @@ impl EmailWorker {
 
     /// Puts the emails this delivery did not get to back in `queued` and on the queue as a
     /// job of their own; the delivery itself then ends well.
-    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), JobError> {
+    async fn hand_back(&self, delivery: &Delivery, ids: Vec<String>) -> Result<(), JobError> {
+        let org = &delivery.org;
         let outcome = SendOutcome::Retry {
             reason: "handed back: this invocation's send budget ran out".to_owned(),
         };
-        self.finish_all(org, ids.iter().map(String::as_str), &outcome)
+        self.finish_all(delivery, ids.iter().map(String::as_str), &outcome)
             .await?;
         tracing::info!(
             org = org.as_str(),
@@ -545,14 +627,14 @@ impl EmailWorker {
     /// attempt) and the message is retried.
     async fn settle(
         &self,
-        org: &OrgId,
+        delivery: &Delivery,
         records: &[EmailRecord],
         last_attempt: bool,
         reason: String,
         message: &SqsMessage,
     ) -> Result<(), JobError> {
         let outcome = SendOutcome::transient(reason.clone(), last_attempt);
-        self.finish_all(org, records.iter().map(|r| r.id.as_str()), &outcome)
+        self.finish_all(delivery, records.iter().map(|r| r.id.as_str()), &outcome)
             .await?;
         self.retry.delay(message).await;
         Err(JobError::Retry(reason))
@@ -560,11 +642,12 @@ impl EmailWorker {
 
     async fn finish_all<'a>(
         &self,
-        org: &OrgId,
+        delivery: &Delivery,
         ids: impl Iterator<Item = &'a str>,
         outcome: &SendOutcome,
     ) -> Result<(), JobError> {
-        let ids: Vec<String> = ids.map(str::to_owned).collect();
+        let org = &delivery.org;
+        let ids: Vec<(String, Taken)> = ids.map(|id| (id.to_owned(), delivery.taken(id))).collect();
         let written = self
             .emails
             .finish_all(org, &ids, outcome, chrono::Utc::now())
@@ -939,6 +1022,7 @@ mod tests {
             campaign: None,
             topic: None,
             bulk_id: None,
+            send_job: None,
             status: EmailStatus::Sending,
             engagement: vec![],
             timeline: vec![],

@@ -65,6 +65,13 @@ pub struct SmsWorker {
     /// Each organization's send window as this worker last saw it: current whenever the
     /// worker is its organization's only sender, which makes a booking one write.
     windows: Mutex<HashMap<OrgId, Window>>,
+    /// Taken by a send that woke late to book again: one booking at a time, each with the
+    /// window the one before left, rather than a job's late sends refusing each other's
+    /// bookings (each refusal a write) on a loaded machine.
+    rebooking: tokio::sync::Mutex<()>,
+    /// How long the last booking's write took (ms): times are booked from that far ahead,
+    /// or a slow write (a loaded store) would leave its first sends late before they start.
+    booking_ms: std::sync::atomic::AtomicI64,
 }
 
 impl SqsFunction for SmsWorker {
@@ -103,6 +110,8 @@ impl SmsWorker {
             rate_wait: rate_wait(env)?,
             send_rate: SendRate::new(aws.dynamodb.clone(), env.required("TABLE_NAME")?),
             windows: Mutex::default(),
+            rebooking: tokio::sync::Mutex::new(()),
+            booking_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -486,12 +495,18 @@ impl SmsWorker {
         let latest = now_ms() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
         let mut window = self.window_of(org);
         loop {
-            let times = window.next_times(wanted, now_ms(), latest);
+            let ahead = self.booking_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let times = window.next_times(wanted, now_ms() + ahead, latest);
             if times.is_empty() {
                 self.remember_window(org, window);
                 return Ok(times);
             }
-            match self.send_rate.book(org, &window, &times).await {
+            let started = tokio::time::Instant::now();
+            let booking = self.send_rate.book(org, &window, &times).await;
+            let took = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+            self.booking_ms
+                .store(took.min(1_000), std::sync::atomic::Ordering::Relaxed);
+            match booking {
                 Ok(Booking::Booked(after)) => {
                     self.remember_window(org, after);
                     return Ok(times);
@@ -523,7 +538,10 @@ impl SmsWorker {
             if late <= LATE_GRACE_MS {
                 break;
             }
-            match self.book_send_times(org, deadline, 1).await?.first() {
+            let rebooking = self.rebooking.lock().await;
+            let later = self.book_send_times(org, deadline, 1).await?;
+            drop(rebooking);
+            match later.first() {
                 Some(&later) => at = later,
                 None => {
                     tracing::warn!(

@@ -104,6 +104,12 @@ pub struct Envelope {
     pub org: OrgId,
     #[serde(flatten)]
     pub job: Job,
+    /// The send job an `email.send` message is: the id its emails were created with
+    /// (`EmailRecord::send_job`). A delivery claims the job once, in one write, instead of
+    /// claiming each email (`shared::store::EmailStore::claim_job`). `None` for messages
+    /// that re-enqueue emails (sweeps, retries, resends): those claim each email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_job: Option<String>,
 }
 
 impl Envelope {
@@ -112,7 +118,15 @@ impl Envelope {
             v: MESSAGE_VERSION,
             org,
             job,
+            send_job: None,
         }
+    }
+
+    /// The message of send job `send_job` (see [`Envelope::send_job`]).
+    #[must_use]
+    pub fn of_send_job(mut self, send_job: impl Into<String>) -> Self {
+        self.send_job = Some(send_job.into());
+        self
     }
 
     /// # Errors

@@ -13,7 +13,7 @@ use shared::consent::Channel;
 use shared::domain::RecordId;
 use shared::domain::email::{EmailAddress, EmailRecord, SendShared};
 use shared::http::{self, ApiError, FieldErrorCollector};
-use shared::queue::{BulkSpan, Envelope, Job};
+use shared::queue::{BulkSpan, EMAIL_SEND_JOB_IDS, Envelope, Job};
 use shared::render::RenderError;
 
 use super::EmailApi;
@@ -281,11 +281,12 @@ impl EmailApi {
             shared,
             now: chrono::Utc::now(),
         };
-        let records: Vec<EmailRecord> = recipients
+        let mut records: Vec<EmailRecord> = recipients
             .iter()
             .filter_map(|recipient| send.record_for(recipient, &mut errors))
             .collect();
         errors.finish()?;
+        assign_send_jobs(&mut records, send.shared.bulk_id.as_deref());
         if let Some(split) = &send.split
             && records.iter().any(|r| r.parts.is_some())
         {
@@ -366,7 +367,8 @@ impl EmailApi {
         caller: &Caller,
         ids: Vec<String>,
     ) -> Result<Response<Body>, ApiError> {
-        let job = Envelope::new(caller.org.clone(), Job::EmailSend { ids: ids.clone() });
+        let job = Envelope::new(caller.org.clone(), Job::EmailSend { ids: ids.clone() })
+            .of_send_job(ids[0].clone());
         self.queue
             .send_all(&self.send_queue, &[job])
             .await
@@ -381,5 +383,28 @@ impl EmailApi {
         )
         .await;
         http::json(202, &json!({"id": ids[0], "status": "queued"}))
+    }
+}
+
+/// Puts each new email in the send job it will be enqueued in (`EmailRecord::send_job`), so
+/// the job's delivery claims the job once instead of each email: a single send is a job of
+/// its own (named after its email); a bulk's emails, in id order (the order the bulk worker
+/// reads them in), make jobs of [`EMAIL_SEND_JOB_IDS`] named `<bulk>.<n>`.
+fn assign_send_jobs(records: &mut [EmailRecord], bulk_id: Option<&str>) {
+    let Some(bulk_id) = bulk_id else {
+        let Some(first) = records.first().map(|r| r.id.clone()) else {
+            return;
+        };
+        for record in records.iter_mut() {
+            record.send_job = Some(first.clone());
+        }
+        return;
+    };
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by(|a, b| records[*a].id.cmp(&records[*b].id));
+    for (n, chunk) in order.chunks(EMAIL_SEND_JOB_IDS).enumerate() {
+        for index in chunk {
+            records[*index].send_job = Some(format!("{bulk_id}.{n}"));
+        }
     }
 }

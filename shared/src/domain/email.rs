@@ -312,6 +312,11 @@ pub struct EmailRecord {
     pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulk_id: Option<String>,
+    /// The send job this email was created in, while it waits in it: the job's delivery
+    /// claims the job once instead of this email (`EmailStore::claim_job`). Removed when
+    /// the email leaves `queued` the first time; an email without one is claimed itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_job: Option<String>,
     pub status: EmailStatus,
     #[serde(default)]
     pub engagement: Vec<Engagement>,
@@ -506,6 +511,7 @@ impl EmailRecord {
             campaign,
             topic,
             bulk_id,
+            send_job: None,
             status: EmailStatus::Queued,
             engagement: Vec::new(),
             timeline: vec![TimelineEntry::new(now, "queued", None)],
@@ -554,6 +560,11 @@ impl EmailRecord {
             (self.html, self.text) = body.fill(parts);
             self.parts = None;
         }
+    }
+
+    /// Whether this email waits, `queued`, in send job `job`.
+    pub fn in_send_job(&self, job: Option<&str>) -> bool {
+        self.status == EmailStatus::Queued && job.is_some() && self.send_job.as_deref() == job
     }
 
     pub fn to_json(&self, with_content: bool) -> serde_json::Value {

@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Item, StoreError, batch_get, is_condition_failure, s};
+use super::{Item, StoreError, batch_get, cancelled_by_a_condition, is_condition_failure, s};
 use crate::consent::{ALL_TOPICS, Channel, ConsentSource, ConsentState};
 use crate::domain::{OrgId, RecordId};
 
@@ -81,22 +81,6 @@ pub const LINK_CHANGES_PER_MINUTE: i64 = 10;
 pub struct ConsentStore {
     dynamodb: DynamoDbClient,
     table: String,
-}
-
-/// Whether a transaction was cancelled because one of its conditions failed.
-fn cancelled_by_a_condition(
-    error: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
-    >,
-) -> bool {
-    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-    match error.as_service_error() {
-        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
-            .cancellation_reasons()
-            .iter()
-            .any(|reason| reason.code() == Some("ConditionalCheckFailed")),
-        _ => false,
-    }
 }
 
 fn n(value: impl ToString) -> aws_sdk_dynamodb::types::AttributeValue {

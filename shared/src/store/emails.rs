@@ -6,6 +6,7 @@
 //! | email body | `ORG#<org>#BODY#<ulid>` / `BODY` (`html`, `text`, or `parts`) | |
 //! | bulk's shared body | `ORG#<org>#BODY#<bulk ulid>` / `SHARED` (`shared`) | |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
+//! | send job claim | `SENDJOB#<org>#<job>` / `SENDJOB` (`claim_until`; expires a day on) | |
 //!
 //! Emails are write-sharded: `<shard>` is the email id's shard of
 //! [`RECORD_SHARDS`](super::RECORD_SHARDS) (see `shards.rs`), so at 1 million emails an hour
@@ -30,6 +31,15 @@
 //! emails may instead hold only the parts that vary around one shared body (issue 20):
 //! reading their bodies then reads that item once per bulk.
 //!
+//! Sending takes one claim per send job, not per email (issue 20 §5): an email is created
+//! with the id of the send job it is enqueued in (`send_job`), the job's delivery claims
+//! the job in one conditional write ([`EmailStore::claim_job`]), and its emails stay
+//! `queued` until their outcome is written, conditional on still naming the job. So an email
+//! costs three writes (created, its outcome, the webhook's) where a claim of its own made
+//! four. An email enqueued again (a retry, a hand-back, a sweep, a resend) has no job and is
+//! claimed itself (`queued → sending`), as before; an email that names a job cannot be
+//! claimed that way, and the sweep takes its job off only while the job is not held.
+//!
 //! Status changes are conditional on the status the writer saw (and every write bumps
 //! `version`), so concurrent workers and webhooks can never move an email backwards.
 
@@ -46,8 +56,8 @@ use super::shards::{
     pending_index_key, record_partitions, record_pk, status_index_shard,
 };
 use super::{
-    Item, PartitionKey, StoreError, batch_get, get_live, is_condition_failure, paged_query, s,
-    timeline_value,
+    Item, PartitionKey, StoreError, batch_get, cancelled_by_a_condition, get_live,
+    is_condition_failure, paged_query, s, timeline_value,
 };
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{
@@ -534,21 +544,32 @@ impl EmailStore {
             .await
     }
 
-    /// Takes emails for sending: each one `queued`, or `sending` whose previous claim lapsed
-    /// (the worker that held it died). Returns the records claimed, leaving out any that
-    /// another delivery already has or that moved on, so a duplicate message never sends
-    /// twice. Bodies already read into `records` are kept; the others are read.
+    /// Takes emails for sending. Those `queued` in send job `job` (which this delivery has
+    /// claimed, [`EmailStore::claim_job`]) are taken as they are, without a write; each
+    /// other one is claimed itself if it names no job: `queued`, or `sending` whose previous
+    /// claim lapsed (the worker that held it died). Returns the records taken, leaving out any
+    /// that another delivery already has or that moved on, so a duplicate message never
+    /// sends twice. Bodies already read into `records` are kept; the others are read.
     ///
     /// # Errors
     /// Storage failures only.
     pub async fn claim_all(
         &self,
         records: &[EmailRecord],
+        job: Option<&str>,
         now: DateTime<Utc>,
         lease: chrono::Duration,
     ) -> Result<Vec<EmailRecord>, StoreError> {
-        let updates = records
-            .iter()
+        let (mut owned, others): (Vec<EmailRecord>, Vec<&EmailRecord>) = (
+            records
+                .iter()
+                .filter(|r| r.in_send_job(job))
+                .cloned()
+                .collect(),
+            records.iter().filter(|r| !r.in_send_job(job)).collect(),
+        );
+        let updates = others
+            .into_iter()
             .map(|record| EmailUpdate {
                 org: record.org_id.clone(),
                 id: record.id.clone(),
@@ -556,6 +577,7 @@ impl EmailStore {
                              attempts = attempts + :one, updated_at = :now, version = version + :one"
                     .to_owned(),
                 condition: "attribute_exists(pk) AND attribute_not_exists(deleted_at) AND \
+                            attribute_not_exists(send_job) AND \
                             (#status = :queued OR (#status = :sending AND claim_until < :epoch))"
                     .to_owned(),
                 names: vec![("#status", "status")],
@@ -577,6 +599,7 @@ impl EmailStore {
             .flatten()
             .map(decode)
             .collect::<Result<Vec<_>, _>>()?;
+        claimed.append(&mut owned);
         let read: HashMap<&str, &EmailRecord> = records
             .iter()
             .filter(|r| r.has_bodies())
@@ -617,36 +640,46 @@ impl EmailStore {
     pub async fn finish_all(
         &self,
         org: &OrgId,
-        ids: &[String],
+        taken: &[(String, Taken)],
         outcome: &SendOutcome,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
-        let updates = ids
+        let updates = taken
             .iter()
-            .map(|id| finish_update(org, id, outcome, now))
+            .map(|(id, taken)| finish_update(org, id, taken, outcome, now))
             .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&String> = taken.iter().map(|(id, _)| id).collect();
         let results = self.send_updates(updates).await?;
         if let SendOutcome::Sent {
             message_id: Some(message_id),
         } = outcome
         {
-            let late: Vec<EmailUpdate> = ids
+            let late: Vec<EmailUpdate> = taken
                 .iter()
                 .zip(&results)
                 .filter(|(_, result)| result.is_none())
-                .map(|(id, _)| EmailUpdate {
+                .map(|((id, taken), _)| EmailUpdate {
                     org: org.clone(),
                     id: id.clone(),
-                    expression:
+                    // Taken in its job, the email was still `queued` when the webhook moved
+                    // it on: this write counts the attempt.
+                    expression: format!(
                         "SET provider_message_id = if_not_exists(provider_message_id, :msg), \
-                                 sent_at = if_not_exists(sent_at, :now)"
-                            .to_owned(),
+                         sent_at = if_not_exists(sent_at, :now){}",
+                        match taken {
+                            Taken::InJob(_) => ", attempts = attempts + :one",
+                            Taken::Claimed => "",
+                        }
+                    ),
                     condition: "attribute_exists(pk)".to_owned(),
                     names: vec![],
-                    values: vec![
+                    values: [
                         (":msg".into(), s(message_id)),
                         (":now".into(), s(now.to_rfc3339())),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(matches!(taken, Taken::InJob(_)).then(|| (":one".into(), n(1))))
+                    .collect(),
                 })
                 .collect();
             self.send_updates(late).await?;
@@ -655,8 +688,87 @@ impl EmailStore {
             .iter()
             .zip(&results)
             .filter(|(_, result)| result.is_some())
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| (*id).clone())
             .collect())
+    }
+
+    /// Claims send job `job` for this delivery, in one conditional write on the job's own
+    /// item: it is new, or the delivery that held it stopped (its lease ran out). `false`:
+    /// another delivery holds it now.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn claim_job(
+        &self,
+        org: &OrgId,
+        job: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(send_job_pk(org, job)))
+            .item("sk", s(SEND_JOB_SK))
+            .item("claim_until", n((now + lease).timestamp()))
+            .item(
+                "expires_at",
+                n((now + chrono::Duration::days(1)).timestamp()),
+            )
+            .condition_expression("attribute_not_exists(pk) OR claim_until < :epoch")
+            .expression_attribute_values(":epoch", n(now.timestamp()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if is_condition_failure(&error) => Ok(false),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("PutItem send job claim")
+                .into()),
+        }
+    }
+
+    /// Lets go of send job `job` early, so a retry of its message takes it at once.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn release_job(&self, org: &OrgId, job: &str) -> Result<(), StoreError> {
+        self.dynamodb
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(send_job_pk(org, job)))
+            .key("sk", s(SEND_JOB_SK))
+            .send()
+            .await
+            .context("DeleteItem send job claim")?;
+        Ok(())
+    }
+
+    /// Takes emails out of send job `job` (they are enqueued again on their own: the rest of
+    /// a job passed on), so they are claimed each by whichever delivery takes them.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn leave_job(
+        &self,
+        org: &OrgId,
+        ids: &[String],
+        job: &str,
+    ) -> Result<(), StoreError> {
+        let updates = ids
+            .iter()
+            .map(|id| EmailUpdate {
+                org: org.clone(),
+                id: id.clone(),
+                expression: "REMOVE send_job".to_owned(),
+                condition: "send_job = :job AND #status = :queued".to_owned(),
+                names: vec![("#status", "status")],
+                values: vec![(":job".into(), s(job)), (":queued".into(), s("queued"))],
+            })
+            .collect();
+        self.send_updates(updates).await?;
+        Ok(())
     }
 
     /// Applies one email's provider events exactly once. The ids of the events applied are
@@ -849,7 +961,7 @@ impl EmailStore {
                     .table_name(&self.table)
                     .key("pk", s(email_pk(org, &record.id)))
                     .key("sk", s(email_sk(&record.id)))
-                    .update_expression("SET #status = :queued, status_rank = :rank, updated_at = :now, version = version + :one, timeline = list_append(timeline, :entry), gsi1pk = :g1, gsi1sk = :g1s REMOVE failure_kind, failure_reason")
+                    .update_expression("SET #status = :queued, status_rank = :rank, updated_at = :now, version = version + :one, timeline = list_append(timeline, :entry), gsi1pk = :g1, gsi1sk = :g1s REMOVE failure_kind, failure_reason, send_job")
                     .expression_attribute_values(":g1", s(pending_key(&record.id, now).0))
                     .expression_attribute_values(":g1s", s(pending_key(&record.id, now).1))
                     .condition_expression("#status = :failed AND attribute_not_exists(deleted_at)")
@@ -880,7 +992,7 @@ impl EmailStore {
     }
 
     /// The ids of a bulk send's emails still `queued`, in id order (every shard of the
-    /// bulk's fan-out key, read at once).
+    /// bulk's fan-out key, read at once), each with the send job it waits in.
     ///
     /// # Errors
     /// Storage failures only.
@@ -889,7 +1001,7 @@ impl EmailStore {
         org: &OrgId,
         bulk_id: &str,
         span: &BulkSpan,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         shards::queued_in_bulk(&self.dynamodb, &self.table, "EMAIL", org, bulk_id, span).await
     }
 
@@ -979,6 +1091,9 @@ impl EmailStore {
         now: DateTime<Utc>,
         give_up_before: DateTime<Utc>,
     ) -> Result<Swept, StoreError> {
+        if !self.out_of_idle_job(org, id, now).await? {
+            return Ok(Swept::Busy);
+        }
         let record = PendingRecord {
             pk: email_pk(org, id),
             sk: email_sk(id),
@@ -990,6 +1105,69 @@ impl EmailStore {
             },
         };
         shards::sweep_record(&self.dynamodb, &self.table, record, now, give_up_before).await
+    }
+
+    /// Takes an email the sweep found out of the send job it waits in, so it can be enqueued
+    /// on its own, but only while no delivery holds that job: the job's claim is checked and
+    /// the email's job removed in one transaction. `false`: a delivery holds the job (it may
+    /// be sending the email now). `true` also when the email names no job.
+    async fn out_of_idle_job(
+        &self,
+        org: &OrgId,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem, Update};
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(email_pk(org, id)))
+            .key("sk", s(email_sk(id)))
+            .projection_expression("send_job")
+            .consistent_read(true)
+            .send()
+            .await
+            .context("GetItem email send job")?
+            .item;
+        let Some(job) = item
+            .as_ref()
+            .and_then(|i| i.get("send_job"))
+            .and_then(|j| j.as_s().ok())
+        else {
+            return Ok(true);
+        };
+        let idle = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(send_job_pk(org, job)))
+            .key("sk", s(SEND_JOB_SK))
+            .condition_expression("attribute_not_exists(pk) OR claim_until < :epoch")
+            .expression_attribute_values(":epoch", n(now.timestamp()))
+            .build()
+            .context("ConditionCheck send job")?;
+        let leave = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(email_pk(org, id)))
+            .key("sk", s(email_sk(id)))
+            .update_expression("REMOVE send_job")
+            .condition_expression("send_job = :job")
+            .expression_attribute_values(":job", s(job))
+            .build()
+            .context("Update email send job")?;
+        let result = self
+            .dynamodb
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(idle).build())
+            .transact_items(TransactWriteItem::builder().update(leave).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if cancelled_by_a_condition(&error) => Ok(false),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("TransactWriteItems email out of its send job")
+                .into()),
+        }
     }
 
     /// Which of `addresses` are on the organization's suppression list.
@@ -1077,6 +1255,31 @@ impl EmailStore {
     }
 }
 
+/// How a delivery took an email for sending ([`EmailStore::claim_all`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Claimed itself: `sending` under this delivery's lease.
+    Claimed,
+    /// Still `queued` in this send job, which the delivery holds.
+    InJob(String),
+}
+
+impl Taken {
+    /// How `record` was taken by a delivery holding `job`.
+    pub fn of(record: &EmailRecord, job: Option<&str>) -> Self {
+        match job {
+            Some(job) if record.in_send_job(Some(job)) => Self::InJob(job.to_owned()),
+            _ => Self::Claimed,
+        }
+    }
+}
+
+fn send_job_pk(org: &OrgId, job: &str) -> String {
+    format!("SENDJOB#{org}#{job}")
+}
+
+const SEND_JOB_SK: &str = "SENDJOB";
+
 /// How a send attempt ended for one email.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
@@ -1122,14 +1325,27 @@ struct EmailUpdate {
 fn finish_update(
     org: &OrgId,
     id: &str,
+    taken: &Taken,
     outcome: &SendOutcome,
     now: DateTime<Utc>,
 ) -> Result<EmailUpdate, StoreError> {
-    let mut values: Vec<(String, AttributeValue)> = vec![
-        (":sending".into(), s("sending")),
-        (":now".into(), s(now.to_rfc3339())),
-        (":one".into(), n(1)),
-    ];
+    let mut values: Vec<(String, AttributeValue)> =
+        vec![(":now".into(), s(now.to_rfc3339())), (":one".into(), n(1))];
+    // Taken with its job, the email is still `queued`: this write is its attempt.
+    let (condition, attempt) = match taken {
+        Taken::Claimed => {
+            values.push((":sending".into(), s("sending")));
+            ("#status = :sending", "")
+        }
+        Taken::InJob(job) => {
+            values.push((":queued".into(), s("queued")));
+            values.push((":job".into(), s(job)));
+            (
+                "#status = :queued AND send_job = :job",
+                ", attempts = attempts + :one",
+            )
+        }
+    };
     let (status, event, detail, extra) = match outcome {
         SendOutcome::Sent { message_id } => {
             values.push((
@@ -1199,9 +1415,10 @@ fn finish_update(
         id: id.to_owned(),
         expression: format!(
             "SET #status = :status, status_rank = :rank, updated_at = :now, version = version + :one, \
-             timeline = list_append(timeline, :entry){extra} REMOVE claim_until{final_removes}"
+             timeline = list_append(timeline, :entry){extra}{attempt} \
+             REMOVE claim_until, send_job{final_removes}"
         ),
-        condition: "#status = :sending".to_owned(),
+        condition: condition.to_owned(),
         names: vec![("#status", "status")],
         values,
     })

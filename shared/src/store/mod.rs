@@ -41,7 +41,7 @@ pub use consent::{
 pub use email_reports::CampaignStats;
 pub use emails::{
     EmailListQuery, EmailStore, EventEffect, EventInput, EventsApplied, SENT_SHARDS, SendOutcome,
-    Suppression,
+    Suppression, Taken,
 };
 pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
@@ -260,4 +260,20 @@ pub(crate) async fn batch_get(
         }
     }
     Ok(found)
+}
+
+/// Whether a transaction was cancelled because one of its conditions failed.
+pub(crate) fn cancelled_by_a_condition(
+    error: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+    >,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match error.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+            .cancellation_reasons()
+            .iter()
+            .any(|reason| reason.code() == Some("ConditionalCheckFailed")),
+        _ => false,
+    }
 }

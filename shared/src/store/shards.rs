@@ -85,7 +85,7 @@ pub(crate) async fn queued_in_bulk(
     org: &OrgId,
     bulk: &str,
     span: &BulkSpan,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
     use futures::TryStreamExt;
     let requests = bulk_queries(dynamodb, table, kind, org, bulk, span)
         .into_iter()
@@ -96,14 +96,17 @@ pub(crate) async fn queued_in_bulk(
                     "bulk_id = :bulk AND #status = :queued AND attribute_not_exists(deleted_at)",
                 )
                 .expression_attribute_values(":queued", s("queued"))
-                .projection_expression("id")
+                .projection_expression("id, send_job")
         })
         .collect();
     let mut pages = std::pin::pin!(pages_of_all(requests, "Query queued records of a bulk"));
     let mut ids = Vec::new();
     while let Some(items) = pages.try_next().await? {
         ids.extend(items.into_iter().filter_map(|item| match item.get("id") {
-            Some(AttributeValue::S(id)) => Some(id.clone()),
+            Some(AttributeValue::S(id)) => {
+                let job = item.get("send_job").and_then(|j| j.as_s().ok()).cloned();
+                Some((id.clone(), job))
+            }
             _ => None,
         }));
     }

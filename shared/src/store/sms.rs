@@ -699,7 +699,9 @@ impl SmsStore {
         bulk_id: &str,
         span: &BulkSpan,
     ) -> Result<Vec<String>, StoreError> {
-        shards::queued_in_bulk(&self.dynamodb, &self.table, "SMS", org, bulk_id, span).await
+        let records =
+            shards::queued_in_bulk(&self.dynamodb, &self.table, "SMS", org, bulk_id, span).await?;
+        Ok(records.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Notes a status-check lookup of a `sent` SMS that settled nothing (see

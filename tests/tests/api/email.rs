@@ -454,6 +454,100 @@ async fn a_duplicate_queue_delivery_sends_once() {
     assert_eq!(app.queue_depth("EmailSendQueue").await, 0);
 }
 
+/// Issue 20 §5: the API's own message names the send job its email was created in, and
+/// a delivery claims the job in one write instead of claiming the email: two copies of
+/// that message delivered together still make one SendGrid call, and the email's writes
+/// are its creation, its outcome and the webhook's.
+#[tokio::test]
+async fn a_send_job_delivered_twice_sends_once_with_one_claim_for_the_job() {
+    let app = spawn_bundle_with(|options| {
+        options.poll_queues = false;
+        options
+            .overrides
+            .insert("EMAIL_CLAIM_LEASE_SECONDS".to_owned(), "1".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    // Take the API's message off the queue and deliver it twice.
+    let bodies = app.message_bodies_in("EmailSendQueue").await;
+    assert_eq!(bodies.len(), 1);
+    let message: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(message["send_job"], id.as_str(), "{message}");
+    for _ in 0..2 {
+        app.bundle
+            .aws
+            .sqs
+            .send_message()
+            .queue_url(app.bundle.resource("EmailSendQueue"))
+            .message_body(&bodies[0])
+            .send()
+            .await
+            .unwrap();
+    }
+    let poller = app.poller("email-worker");
+    let mut received = 0;
+    while received < 2 || app.queue_depth("EmailSendQueue").await > 0 {
+        received += poller.poll_once().await.unwrap();
+    }
+    assert_eq!(app.sandbox().calls(), 1);
+    let email = app.get(&format!("/services/email/{id}"), &token).await.body;
+    assert_eq!(email["attempts"], 1, "{email}");
+    assert_ne!(email["status"], "queued", "{email}");
+    // The email no longer names its job once its outcome is written.
+    let items = stored_items(&app, &id).await;
+    assert!(
+        items.iter().all(|item| !item.contains_key("send_job")),
+        "{items:?}"
+    );
+}
+
+/// The sweep takes an email out of its send job only while no delivery holds the job: a
+/// held job's email may be on its way to SendGrid right now.
+#[tokio::test]
+async fn the_sweep_leaves_an_email_whose_send_job_is_held() {
+    let app = spawn_bundle_with(|options| {
+        options.poll_queues = false;
+        options
+            .overrides
+            .insert("PENDING_SWEEP_AFTER_MINUTES".to_owned(), "0".to_owned());
+    })
+    .await;
+    let token = app.token("acme", "admin");
+    let id = send(&app, &token, simple("ann@example.com")).await;
+    assert_eq!(app.message_bodies_in("EmailSendQueue").await.len(), 1);
+    let emails = shared::store::EmailStore::new(app.bundle.aws.dynamodb.clone(), app.table());
+    let org = shared::domain::OrgId::parse("acme").unwrap();
+    let now = chrono::Utc::now();
+    assert!(
+        emails
+            .claim_job(&org, &id, now, chrono::Duration::seconds(60))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(TEST_INDEX_LAG + std::time::Duration::from_millis(200)).await;
+
+    let result = app.fire_schedule("email-status-check").await;
+    assert_eq!(result["swept"]["requeued"], 0, "{result}");
+    let items = stored_items(&app, &id).await;
+    assert!(
+        items.iter().any(|item| item.contains_key("send_job")),
+        "{items:?}"
+    );
+
+    // Once the job is let go (its delivery ended, or its lease ran out), the sweep takes
+    // the email out of it and enqueues it on its own.
+    emails.release_job(&org, &id).await.unwrap();
+    let result = app.fire_schedule("email-status-check").await;
+    assert_eq!(result["swept"]["requeued"], 1, "{result}");
+    let worker = app.poller("email-worker");
+    eventually(30, "the swept email to go out", || async {
+        worker.poll_once().await.unwrap();
+        (app.sandbox().calls() == 1).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn idempotency_keys_replay_conflict_and_mismatch() {
     let app = spawn_bundle().await;
