@@ -17,6 +17,8 @@
 //! `FANOUT_CONTACTS_PER_JOB` contacts a job hands the rest to a new job, so no phonebook is
 //! too large for the function's Timeout.
 
+use std::collections::HashMap;
+
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
@@ -29,6 +31,7 @@ use shared::events::{Event, EventPublisher};
 use shared::metrics::JobOutcome;
 use shared::queue::{
     BulkSpan, EMAIL_SEND_JOB_IDS, Envelope, Job, QueuePublisher, RetryDelay, SMS_SEND_JOB_IDS,
+    send_job_names,
 };
 use shared::render::{Compiled, Escape};
 use shared::store::{BulkStore, EmailStore, PhonebookStore, SmsStore, StoreError};
@@ -138,7 +141,9 @@ impl BulkWorker {
             .queued_in_bulk(&envelope.org, bulk_id, span)
             .await?;
         let ids: Vec<&String> = queued.iter().map(|(id, _)| id).collect();
-        let jobs = email_send_jobs(&envelope.org, &queued);
+        let jobs = send_jobs(&envelope.org, &queued, EMAIL_SEND_JOB_IDS, |ids| {
+            Job::EmailSend { ids }
+        });
         self.queue.send_all(&self.email_send_queue, &jobs).await?;
         tracing::info!(
             org = envelope.org.as_str(),
@@ -164,17 +169,9 @@ impl BulkWorker {
             .sms
             .queued_in_bulk(&envelope.org, bulk_id, span)
             .await?;
-        let jobs: Vec<Envelope> = ids
-            .chunks(SMS_SEND_JOB_IDS)
-            .map(|chunk| {
-                Envelope::new(
-                    envelope.org.clone(),
-                    Job::SmsSend {
-                        ids: chunk.to_vec(),
-                    },
-                )
-            })
-            .collect();
+        let jobs = send_jobs(&envelope.org, &ids, SMS_SEND_JOB_IDS, |ids| Job::SmsSend {
+            ids,
+        });
         self.queue.send_all(queue, &jobs).await?;
         tracing::info!(
             org = envelope.org.as_str(),
@@ -283,24 +280,34 @@ impl BulkWorker {
         send_queue: &str,
         records: &[SmsRecord],
     ) -> anyhow::Result<()> {
-        let made: std::collections::HashSet<String> =
-            self.sms.create_new(records).await?.into_iter().collect();
-        let queued: Vec<String> = records
+        // The page's `queued` records, each in its send job (named after its lowest id, so a
+        // page made again names its jobs again the same; a record made before keeps its own).
+        let mut records = records.to_vec();
+        let queued: Vec<&str> = records
             .iter()
             .filter(|r| r.status == SmsStatus::Queued)
-            .map(|r| r.id.clone())
+            .map(|r| r.id.as_str())
             .collect();
-        let jobs: Vec<Envelope> = queued
-            .chunks(SMS_SEND_JOB_IDS)
-            .map(|chunk| {
-                Envelope::new(
-                    envelope.org.clone(),
-                    Job::SmsSend {
-                        ids: chunk.to_vec(),
-                    },
-                )
-            })
+        let names: HashMap<String, String> = queued
+            .iter()
+            .map(|id| (*id).to_owned())
+            .zip(send_job_names(&queued, SMS_SEND_JOB_IDS))
             .collect();
+        for record in &mut records {
+            record.send_job = names.get(&record.id).cloned();
+        }
+        let made: std::collections::HashSet<String> =
+            self.sms.create_new(&records).await?.into_iter().collect();
+        let queued: Vec<(String, Option<String>)> = records
+            .iter()
+            .filter(|r| r.status == SmsStatus::Queued)
+            .map(|r| (r.id.clone(), r.send_job.clone()))
+            .collect();
+        let mut queued = queued;
+        queued.sort();
+        let jobs = send_jobs(&envelope.org, &queued, SMS_SEND_JOB_IDS, |ids| {
+            Job::SmsSend { ids }
+        });
         self.queue.send_all(send_queue, &jobs).await?;
         let events: Vec<Event> = records
             .iter()
@@ -312,20 +319,20 @@ impl BulkWorker {
     }
 }
 
-/// The send jobs of a bulk's `queued` emails (in id order): those the API created in a send
-/// job go in that job's message, claimed once by its delivery; the others (enqueued again
-/// since) in messages of their own, of up to [`EMAIL_SEND_JOB_IDS`], claimed one by one.
-fn email_send_jobs(org: &OrgId, queued: &[(String, Option<String>)]) -> Vec<Envelope> {
+/// The send jobs of a bulk's `queued` records (in id order): those created in a send job go
+/// in that job's message, claimed once by its delivery; the others (enqueued again since)
+/// in messages of their own, of up to `per_job`, claimed one by one.
+fn send_jobs(
+    org: &OrgId,
+    queued: &[(String, Option<String>)],
+    per_job: usize,
+    job_of: impl Fn(Vec<String>) -> Job,
+) -> Vec<Envelope> {
     let mut jobs = Vec::new();
     for group in queued.chunk_by(|(_, a), (_, b)| a == b) {
         let ids: Vec<String> = group.iter().map(|(id, _)| id.clone()).collect();
-        for chunk in ids.chunks(EMAIL_SEND_JOB_IDS) {
-            let envelope = Envelope::new(
-                org.clone(),
-                Job::EmailSend {
-                    ids: chunk.to_vec(),
-                },
-            );
+        for chunk in ids.chunks(per_job) {
+            let envelope = Envelope::new(org.clone(), job_of(chunk.to_vec()));
             jobs.push(match &group[0].1 {
                 Some(job) => envelope.of_send_job(job.clone()),
                 None => envelope,

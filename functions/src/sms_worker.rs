@@ -31,7 +31,7 @@ use shared::domain::sms_message::{SmsRecord, SmsStatus};
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::providers::twilio::{OutboundSms, Sender, TwilioError, TwilioSettings};
 use shared::queue::{Envelope, Job, RetryDelay};
-use shared::store::{Booking, ConsentStore, SendOutcome, SendRate, SmsStore, Window};
+use shared::store::{Booking, ConsentStore, SendOutcome, SendRate, SmsStore, Taken, Window};
 
 use crate::runtime::{BoxFuture, JobError, SqsFunction, process_batch};
 
@@ -137,12 +137,54 @@ impl SmsWorker {
             return Err(JobError::Permanent("not an sms.send job".to_owned()));
         };
         let org = envelope.org;
+        let Some(job) = envelope.send_job else {
+            return self.send_job(message, &org, None, &ids).await;
+        };
+        let claimed = self
+            .sms
+            .claim_job(&org, &job, chrono::Utc::now(), CLAIM_LEASE)
+            .await
+            .map_err(|e| JobError::Retry(format!("{e:#}")))?;
+        if !claimed {
+            // Another delivery of this job is sending it; this one returns once that
+            // delivery's lease has run out, in case it died.
+            let lease = u64::try_from(CLAIM_LEASE.num_seconds()).unwrap_or(60);
+            self.retry.delay_by(message, lease + 1).await;
+            return Err(JobError::Retry(format!(
+                "send job {job} is held by another delivery"
+            )));
+        }
+        let result = self.send_job(message, &org, Some(&job), &ids).await;
+        // What it did not send is back in `queued`, or handed on in a message of the job.
+        if let Err(error) = self.sms.release_job(&org, &job).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not release the send job"
+            );
+        }
+        result
+    }
+
+    /// Sends the job's records this delivery takes; `job` is the send job it claimed.
+    async fn send_job(
+        &self,
+        message: &SqsMessage,
+        org: &OrgId,
+        job: Option<&str>,
+        ids: &[String],
+    ) -> Result<(), JobError> {
+        let org = org.clone();
         let last_attempt = RetryDelay::receives(message) >= self.max_receives;
         let records = self
             .sms
-            .get_many(&org, &ids)
+            .get_many(&org, ids)
             .await
             .map_err(|e| JobError::Retry(format!("{e:#}")))?;
+        // Another send job's records are that job's to send (or the sweep's).
+        let records: Vec<SmsRecord> = records
+            .into_iter()
+            .filter(|r| r.send_job.is_none() || r.send_job.as_deref() == job)
+            .collect();
         // Once per job, not per record: an unreadable secret is one failed read, not hundreds.
         let twilio = self.twilio().await;
         let deadline = tokio::time::Instant::now() + self.rate_wait;
@@ -164,7 +206,7 @@ impl SmsWorker {
             }
             // Those another delivery holds go back too, in case that delivery died.
             let rest = progress.held_elsewhere.into_iter().chain(rest).collect();
-            return self.hand_back(&org, rest).await;
+            return self.hand_back(&org, job, rest).await;
         }
         self.conclude(progress, message).await
     }
@@ -204,7 +246,7 @@ impl SmsWorker {
                     .await
                     .map_err(|e| JobError::Retry(format!("{e:#}")))?;
             if opted_out {
-                if self.claim(org, record).await?.is_some() {
+                if self.take(org, record).await?.is_some() {
                     self.finish(org, record, &SendOutcome::Suppressed, None, None)
                         .await?;
                 }
@@ -213,7 +255,7 @@ impl SmsWorker {
             match twilio {
                 Ok(twilio) => to_send.push((record, twilio)),
                 Err(reason) => {
-                    if self.claim(org, record).await?.is_some() {
+                    if self.take(org, record).await?.is_some() {
                         let reason = reason.to_owned();
                         progress.retry.get_or_insert(reason.clone());
                         let outcome = SendOutcome::transient(reason, last_attempt);
@@ -279,7 +321,7 @@ impl SmsWorker {
         group: &[(&SmsRecord, &'a TwilioSettings)],
         progress: &mut Progress,
     ) -> Result<Vec<(SmsRecord, &'a TwilioSettings)>, JobError> {
-        let claims = futures::future::join_all(group.iter().map(|(r, _)| self.claim(org, r)));
+        let claims = futures::future::join_all(group.iter().map(|(r, _)| self.take(org, r)));
         let mut claimed = Vec::new();
         for ((record, twilio), claim) in group.iter().zip(claims.await) {
             match claim? {
@@ -430,15 +472,24 @@ impl SmsWorker {
         }
     }
 
-    async fn claim(&self, org: &OrgId, record: &SmsRecord) -> Result<Option<SmsRecord>, JobError> {
+    /// Takes `record` for sending: as it is when it waits in the delivery's send job (the
+    /// job is claimed, see `process`), else by claiming it. `None`: another delivery has it.
+    async fn take(&self, org: &OrgId, record: &SmsRecord) -> Result<Option<SmsRecord>, JobError> {
+        if matches!(taken(record), Taken::InJob(_)) {
+            return Ok(Some(record.clone()));
+        }
         self.sms
             .claim(org, &record.id, chrono::Utc::now(), CLAIM_LEASE)
             .await
             .map_err(|e| JobError::Retry(format!("{e:#}")))
     }
 
-    /// Gives back a claim this delivery took and did not use (no send time was left).
+    /// Gives back a claim this delivery took and did not use (no send time was left); a
+    /// record taken in its job stays in it.
     async fn release(&self, org: &OrgId, record: &SmsRecord) -> Result<(), JobError> {
+        if matches!(taken(record), Taken::InJob(_)) {
+            return Ok(());
+        }
         self.sms
             .release(org, &record.id, chrono::Utc::now())
             .await
@@ -458,6 +509,7 @@ impl SmsWorker {
             .finish(
                 org,
                 &record.id,
+                &taken(record),
                 outcome,
                 twilio_status,
                 error_code,
@@ -570,10 +622,20 @@ impl SmsWorker {
     }
 
     /// Puts the unsent rest of a job back on the queue as a new message, a second out.
-    async fn hand_back(&self, org: &OrgId, ids: Vec<String>) -> Result<(), JobError> {
+    async fn hand_back(
+        &self,
+        org: &OrgId,
+        job: Option<&str>,
+        ids: Vec<String>,
+    ) -> Result<(), JobError> {
         let count = ids.len();
-        let body = serde_json::to_string(&Envelope::new(org.clone(), Job::SmsSend { ids }))
-            .map_err(|e| JobError::Retry(e.to_string()))?;
+        // A message of the same send job: the records still waiting in it stay there.
+        let envelope = Envelope::new(org.clone(), Job::SmsSend { ids });
+        let envelope = match job {
+            Some(job) => envelope.of_send_job(job),
+            None => envelope,
+        };
+        let body = serde_json::to_string(&envelope).map_err(|e| JobError::Retry(e.to_string()))?;
         self.sqs
             .send_message()
             .queue_url(&self.send_queue)
@@ -593,6 +655,16 @@ impl SmsWorker {
             "rate cap reached: rest of the job handed back"
         );
         Ok(())
+    }
+}
+
+/// How a delivery holding the record's send job takes it: as it is while it waits `queued`
+/// in the job (the job's messages only read records of their own job or of none), else by
+/// a claim of its own (the record as read, or as the claim returned it).
+fn taken(record: &SmsRecord) -> Taken {
+    match (&record.send_job, record.status) {
+        (Some(job), SmsStatus::Queued) => Taken::InJob(job.clone()),
+        _ => Taken::Claimed,
     }
 }
 

@@ -142,6 +142,23 @@ impl Envelope {
     }
 }
 
+/// The send job each of new records `ids` is created in, by index (see
+/// [`Envelope::send_job`]): the records in id order, `per_job` to a job — the order and size
+/// the send jobs are enqueued in — each job named after its lowest id, so a page made again
+/// (a fan-out delivered twice) names its jobs again the same.
+pub fn send_job_names(ids: &[&str], per_job: usize) -> Vec<String> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|index| ids[*index]);
+    let mut names = vec![String::new(); ids.len()];
+    for chunk in order.chunks(per_job.max(1)) {
+        let name = ids[chunk[0]].to_owned();
+        for index in chunk {
+            names[*index].clone_from(&name);
+        }
+    }
+    names
+}
+
 /// The most a `SendMessageBatch` may carry: ten messages, and "the maximum total payload
 /// size (the sum of the individual lengths of all of the batched messages)" of 256 KiB
 /// (Amazon SQS API Reference, `SendMessageBatch`). Ten 1,000-id send jobs are ~290 KB: the

@@ -90,6 +90,8 @@ async fn main() -> anyhow::Result<()> {
         ids.push(reply["id"].as_str().context("accepted")?.to_owned());
     }
 
+    // Each worker gets a share in one job of its own (the API made a job per SMS).
+    bench::out_of_send_jobs(&bundle, &ids).await?;
     let worker = bundle
         .pollers
         .iter()

@@ -13,7 +13,7 @@ use shared::consent::Channel;
 use shared::domain::RecordId;
 use shared::domain::email::{EmailAddress, EmailRecord, SendShared};
 use shared::http::{self, ApiError, FieldErrorCollector};
-use shared::queue::{BulkSpan, EMAIL_SEND_JOB_IDS, Envelope, Job};
+use shared::queue::{BulkSpan, EMAIL_SEND_JOB_IDS, Envelope, Job, send_job_names};
 use shared::render::RenderError;
 
 use super::EmailApi;
@@ -367,8 +367,9 @@ impl EmailApi {
         caller: &Caller,
         ids: Vec<String>,
     ) -> Result<Response<Body>, ApiError> {
+        let lowest = ids.iter().min().cloned().unwrap_or_default();
         let job = Envelope::new(caller.org.clone(), Job::EmailSend { ids: ids.clone() })
-            .of_send_job(ids[0].clone());
+            .of_send_job(lowest);
         self.queue
             .send_all(&self.send_queue, &[job])
             .await
@@ -387,24 +388,18 @@ impl EmailApi {
 }
 
 /// Puts each new email in the send job it will be enqueued in (`EmailRecord::send_job`), so
-/// the job's delivery claims the job once instead of each email: a single send is a job of
-/// its own (named after its email); a bulk's emails, in id order (the order the bulk worker
-/// reads them in), make jobs of [`EMAIL_SEND_JOB_IDS`] named `<bulk>.<n>`.
+/// the job's delivery claims the job once instead of each email: a single send (its emails
+/// go in one message) is one job; a bulk's emails make jobs of [`EMAIL_SEND_JOB_IDS`] in id
+/// order, the order the bulk worker reads them in.
 fn assign_send_jobs(records: &mut [EmailRecord], bulk_id: Option<&str>) {
-    let Some(bulk_id) = bulk_id else {
-        let Some(first) = records.first().map(|r| r.id.clone()) else {
-            return;
-        };
-        for record in records.iter_mut() {
-            record.send_job = Some(first.clone());
-        }
-        return;
+    let per_job = if bulk_id.is_some() {
+        EMAIL_SEND_JOB_IDS
+    } else {
+        records.len()
     };
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.sort_by(|a, b| records[*a].id.cmp(&records[*b].id));
-    for (n, chunk) in order.chunks(EMAIL_SEND_JOB_IDS).enumerate() {
-        for index in chunk {
-            records[*index].send_job = Some(format!("{bulk_id}.{n}"));
-        }
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let names = send_job_names(&ids, per_job);
+    for (record, name) in records.iter_mut().zip(names) {
+        record.send_job = Some(name);
     }
 }

@@ -13,7 +13,7 @@ use shared::domain::sms_message::{MAX_BODY_CHARS, PhoneNumber, SmsRecord, parse_
 use shared::domain::template::{TemplateContent, TemplateKind};
 use shared::events::Event;
 use shared::http::{self, ApiError, FieldErrorCollector};
-use shared::queue::{BulkSpan, Envelope, Job};
+use shared::queue::{BulkSpan, Envelope, Job, SMS_SEND_JOB_IDS, send_job_names};
 use shared::render::{self, Escape, RenderError};
 use shared::store::StoreError;
 
@@ -186,11 +186,23 @@ impl SmsApi {
             bulk_id: body.is_bulk().then(|| RecordId::new().to_string()),
             now: chrono::Utc::now(),
         };
-        let records: Vec<SmsRecord> = targets
+        let mut records: Vec<SmsRecord> = targets
             .iter()
             .filter_map(|target| send.record_for(target, &mut errors))
             .collect();
         errors.finish()?;
+        // Each in the send job it will be enqueued in, claimed once by the job's delivery:
+        // a bulk's in jobs of SMS_SEND_JOB_IDS (the bulk worker's), a single send's in one.
+        let per_job = if send.bulk_id.is_some() {
+            SMS_SEND_JOB_IDS
+        } else {
+            records.len()
+        };
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let names = send_job_names(&ids, per_job);
+        for (record, name) in records.iter_mut().zip(names) {
+            record.send_job = Some(name);
+        }
         self.sms.create_all(&records).await?;
         if let Some(bulk_id) = &send.bulk_id {
             let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
@@ -280,8 +292,12 @@ impl SmsApi {
                 format!("sms/{}", ids[0]),
             ),
         };
+        let mut envelope = Envelope::new(caller.org.clone(), job);
+        if bulk_id.is_none() {
+            envelope.send_job = records.first().and_then(|r| r.send_job.clone());
+        }
         self.queue
-            .send_all(queue, &[Envelope::new(caller.org.clone(), job)])
+            .send_all(queue, &[envelope])
             .await
             .map_err(ApiError::internal)?;
         tracing::info!(messages = ids.len(), segments, "SMS queued");

@@ -198,6 +198,11 @@ pub struct SmsRecord {
     pub bulk_id: Option<String>,
     #[serde(default)]
     pub phonebook_id: Option<String>,
+    /// The send job this SMS was created in, while it waits in it: the job's delivery
+    /// claims the job once instead of this SMS (`shared::store` send jobs). Removed when it
+    /// leaves `queued` the first time; an SMS without one is claimed itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_job: Option<String>,
     /// The consent topic of the send (issue 19); `None` is a transactional SMS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
@@ -252,6 +257,7 @@ impl SmsRecord {
             template_id: None,
             bulk_id: None,
             phonebook_id: None,
+            send_job: None,
             topic: None,
             status: SmsStatus::Queued,
             twilio_status: None,
@@ -267,6 +273,11 @@ impl SmsRecord {
             version: 1,
             applied_events: Vec::new(),
         }
+    }
+
+    /// Whether this SMS waits, `queued`, in send job `job`.
+    pub fn in_send_job(&self, job: Option<&str>) -> bool {
+        self.status == SmsStatus::Queued && job.is_some() && self.send_job.as_deref() == job
     }
 
     pub fn to_json(&self, with_timeline: bool) -> serde_json::Value {

@@ -6,7 +6,6 @@
 //! | email body | `ORG#<org>#BODY#<ulid>` / `BODY` (`html`, `text`, or `parts`) | |
 //! | bulk's shared body | `ORG#<org>#BODY#<bulk ulid>` / `SHARED` (`shared`) | |
 //! | suppression | `ORG#<org>` / `SUPP#<lowercase address>` | |
-//! | send job claim | `SENDJOB#<org>#<job>` / `SENDJOB` (`claim_until`; expires a day on) | |
 //!
 //! Emails are write-sharded: `<shard>` is the email id's shard of
 //! [`RECORD_SHARDS`](super::RECORD_SHARDS) (see `shards.rs`), so at 1 million emails an hour
@@ -51,13 +50,14 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use super::send_jobs::{self, Taken};
 use super::shards::{
     self, PendingRecord, ShardedList, StuckInSent, Swept, Unsettled, merged_query,
     pending_index_key, record_partitions, record_pk, status_index_shard,
 };
 use super::{
-    Item, PartitionKey, StoreError, batch_get, cancelled_by_a_condition, get_live,
-    is_condition_failure, paged_query, s, timeline_value,
+    Item, PartitionKey, StoreError, batch_get, get_live, is_condition_failure, paged_query, s,
+    timeline_value,
 };
 use crate::aws::DynamoDbClient;
 use crate::domain::email::{
@@ -705,28 +705,7 @@ impl EmailStore {
         now: DateTime<Utc>,
         lease: chrono::Duration,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .dynamodb
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(send_job_pk(org, job)))
-            .item("sk", s(SEND_JOB_SK))
-            .item("claim_until", n((now + lease).timestamp()))
-            .item(
-                "expires_at",
-                n((now + chrono::Duration::days(1)).timestamp()),
-            )
-            .condition_expression("attribute_not_exists(pk) OR claim_until < :epoch")
-            .expression_attribute_values(":epoch", n(now.timestamp()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("PutItem send job claim")
-                .into()),
-        }
+        send_jobs::claim(&self.dynamodb, &self.table, org, job, now, lease).await
     }
 
     /// Lets go of send job `job` early, so a retry of its message takes it at once.
@@ -734,15 +713,7 @@ impl EmailStore {
     /// # Errors
     /// Storage failures only.
     pub async fn release_job(&self, org: &OrgId, job: &str) -> Result<(), StoreError> {
-        self.dynamodb
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(send_job_pk(org, job)))
-            .key("sk", s(SEND_JOB_SK))
-            .send()
-            .await
-            .context("DeleteItem send job claim")?;
-        Ok(())
+        send_jobs::release(&self.dynamodb, &self.table, org, job).await
     }
 
     /// Takes emails out of send job `job` (they are enqueued again on their own: the rest of
@@ -1091,7 +1062,8 @@ impl EmailStore {
         now: DateTime<Utc>,
         give_up_before: DateTime<Utc>,
     ) -> Result<Swept, StoreError> {
-        if !self.out_of_idle_job(org, id, now).await? {
+        let key = (email_pk(org, id), email_sk(id));
+        if !send_jobs::leave_idle_job(&self.dynamodb, &self.table, org, key, now).await? {
             return Ok(Swept::Busy);
         }
         let record = PendingRecord {
@@ -1105,69 +1077,6 @@ impl EmailStore {
             },
         };
         shards::sweep_record(&self.dynamodb, &self.table, record, now, give_up_before).await
-    }
-
-    /// Takes an email the sweep found out of the send job it waits in, so it can be enqueued
-    /// on its own, but only while no delivery holds that job: the job's claim is checked and
-    /// the email's job removed in one transaction. `false`: a delivery holds the job (it may
-    /// be sending the email now). `true` also when the email names no job.
-    async fn out_of_idle_job(
-        &self,
-        org: &OrgId,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem, Update};
-        let item = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(email_pk(org, id)))
-            .key("sk", s(email_sk(id)))
-            .projection_expression("send_job")
-            .consistent_read(true)
-            .send()
-            .await
-            .context("GetItem email send job")?
-            .item;
-        let Some(job) = item
-            .as_ref()
-            .and_then(|i| i.get("send_job"))
-            .and_then(|j| j.as_s().ok())
-        else {
-            return Ok(true);
-        };
-        let idle = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key("pk", s(send_job_pk(org, job)))
-            .key("sk", s(SEND_JOB_SK))
-            .condition_expression("attribute_not_exists(pk) OR claim_until < :epoch")
-            .expression_attribute_values(":epoch", n(now.timestamp()))
-            .build()
-            .context("ConditionCheck send job")?;
-        let leave = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(email_pk(org, id)))
-            .key("sk", s(email_sk(id)))
-            .update_expression("REMOVE send_job")
-            .condition_expression("send_job = :job")
-            .expression_attribute_values(":job", s(job))
-            .build()
-            .context("Update email send job")?;
-        let result = self
-            .dynamodb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().condition_check(idle).build())
-            .transact_items(TransactWriteItem::builder().update(leave).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(error) if cancelled_by_a_condition(&error) => Ok(false),
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("TransactWriteItems email out of its send job")
-                .into()),
-        }
     }
 
     /// Which of `addresses` are on the organization's suppression list.
@@ -1254,31 +1163,6 @@ impl EmailStore {
         }
     }
 }
-
-/// How a delivery took an email for sending ([`EmailStore::claim_all`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Taken {
-    /// Claimed itself: `sending` under this delivery's lease.
-    Claimed,
-    /// Still `queued` in this send job, which the delivery holds.
-    InJob(String),
-}
-
-impl Taken {
-    /// How `record` was taken by a delivery holding `job`.
-    pub fn of(record: &EmailRecord, job: Option<&str>) -> Self {
-        match job {
-            Some(job) if record.in_send_job(Some(job)) => Self::InJob(job.to_owned()),
-            _ => Self::Claimed,
-        }
-    }
-}
-
-fn send_job_pk(org: &OrgId, job: &str) -> String {
-    format!("SENDJOB#{org}#{job}")
-}
-
-const SEND_JOB_SK: &str = "SENDJOB";
 
 /// How a send attempt ended for one email.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,6 +29,7 @@ mod idempotency;
 mod payments;
 mod phonebooks;
 mod reports;
+mod send_jobs;
 mod send_rate;
 mod shards;
 mod sms;
@@ -41,7 +42,7 @@ pub use consent::{
 pub use email_reports::CampaignStats;
 pub use emails::{
     EmailListQuery, EmailStore, EventEffect, EventInput, EventsApplied, SENT_SHARDS, SendOutcome,
-    Suppression, Taken,
+    Suppression,
 };
 pub use event_reports::{ActorAction, PaymentTotal};
 pub use events::{AuditQuery, EventStore, SeriesPoint};
@@ -49,6 +50,7 @@ pub use idempotency::{IdempotencyStart, IdempotencyStore, KEY_LIFETIME};
 pub use payments::{PaymentEntity, PaymentStore, RequestClaim, SyncCheckpoint, Updated};
 pub use phonebooks::{Contact, Import, Phonebook, PhonebookStore};
 pub use reports::{ExpiredReport, ReportStore};
+pub use send_jobs::Taken;
 pub use send_rate::{Booking, SendRate, Window};
 pub use shards::{RECORD_SHARDS, StuckInSent, Swept, Unsettled};
 pub use sms::{InboundSms, SMS_SENT_SHARDS, SmsListQuery, SmsStore, StatusApplied, TwilioReport};

@@ -26,6 +26,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use super::send_jobs::{self, Taken};
 use super::shards::{
     self, PendingRecord, ShardedList, StuckInSent, Swept, Unsettled, merged_query,
     pending_index_key, record_partitions, record_pk, status_index_shard,
@@ -386,6 +387,7 @@ impl SmsStore {
             )
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(deleted_at) AND \
+                 attribute_not_exists(send_job) AND \
                  (#status = :queued OR (#status = :sending AND claim_until < :epoch))",
             )
             .expression_attribute_names("#status", "status")
@@ -405,6 +407,29 @@ impl SmsStore {
                 .context("UpdateItem SMS claim")
                 .into()),
         }
+    }
+
+    /// Claims send job `job` for this delivery (see `send_jobs`). `false`: another
+    /// delivery holds it.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn claim_job(
+        &self,
+        org: &OrgId,
+        job: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        send_jobs::claim(&self.dynamodb, &self.table, org, job, now, lease).await
+    }
+
+    /// Lets go of send job `job`, so the next message of the job takes it at once.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn release_job(&self, org: &OrgId, job: &str) -> Result<(), StoreError> {
+        send_jobs::release(&self.dynamodb, &self.table, org, job).await
     }
 
     /// Gives back a claim that was not used (`sending` → `queued`, the attempt not counted),
@@ -450,27 +475,40 @@ impl SmsStore {
     ///
     /// # Errors
     /// Storage failures only.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         &self,
         org: &OrgId,
         id: &str,
+        taken: &Taken,
         outcome: &SendOutcome,
         twilio_status: Option<&str>,
         error_code: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut extra = String::new();
-        let mut request = self
+        let request = self
             .dynamodb
             .update_item()
             .table_name(&self.table)
             .key("pk", s(sms_pk(org, id)))
             .key("sk", s(sms_sk(id)))
-            .condition_expression("#status = :sending")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":sending", s("sending"))
             .expression_attribute_values(":now", s(now.to_rfc3339()))
             .expression_attribute_values(":one", n(1));
+        // Taken in its job, the record is still `queued`: this write is its attempt.
+        let mut request = match taken {
+            Taken::Claimed => request
+                .condition_expression("#status = :sending")
+                .expression_attribute_values(":sending", s("sending")),
+            Taken::InJob(job) => {
+                extra.push_str(", attempts = attempts + :one");
+                request
+                    .condition_expression("#status = :queued AND send_job = :job")
+                    .expression_attribute_values(":queued", s("queued"))
+                    .expression_attribute_values(":job", s(job))
+            }
+        };
         let (status, event, detail) = match outcome {
             SendOutcome::Sent { message_id } => {
                 extra.push_str(", provider_message_id = :msg, sent_at = :now, gsi1pk = :g1, gsi1sk = :g1s, twilio_status = :tw");
@@ -529,7 +567,7 @@ impl SmsStore {
         let result = request
             .update_expression(format!(
                 "SET #status = :status, updated_at = :now, version = version + :one, \
-                 timeline = list_append(timeline, :entry){extra} REMOVE claim_until{final_removes}"
+                 timeline = list_append(timeline, :entry){extra} REMOVE claim_until, send_job{final_removes}"
             ))
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(
@@ -541,9 +579,15 @@ impl SmsStore {
         match result {
             Ok(_) => Ok(true),
             Err(error) if is_condition_failure(&error) => {
-                if let SendOutcome::Sent {
-                    message_id: Some(sid),
-                } = outcome
+                // A callback moved the record on first. Claimed, it keeps the SID here; taken
+                // in its job, the callback took it out of the job with the SID and the attempt
+                // (`apply_status`).
+                if let (
+                    SendOutcome::Sent {
+                        message_id: Some(sid),
+                    },
+                    Taken::Claimed,
+                ) = (outcome, taken)
                 {
                     let _ = self
                         .dynamodb
@@ -610,6 +654,14 @@ impl SmsStore {
                 sets.push("provider_message_id = :sid".to_owned());
             }
             let mut removes = Vec::new();
+            // Still `queued` in its send job: the callback overtook the worker's outcome
+            // write, which will now fail its condition. The send happened: count it here and
+            // take the record out of its job.
+            if record.status == SmsStatus::Queued && record.send_job.is_some() {
+                sets.push("attempts = attempts + :one".to_owned());
+                sets.push("sent_at = if_not_exists(sent_at, :now)".to_owned());
+                removes.push("send_job");
+            }
             let detail = error_code.map(|c| format!("Twilio error {c}"));
             let mut request = self
                 .dynamodb
@@ -689,7 +741,7 @@ impl SmsStore {
     }
 
     /// The ids of a bulk send's records still `queued`, in id order (every shard of the
-    /// bulk's fan-out key, read at once).
+    /// bulk's fan-out key, read at once), each with the send job it waits in.
     ///
     /// # Errors
     /// Storage failures only.
@@ -698,10 +750,8 @@ impl SmsStore {
         org: &OrgId,
         bulk_id: &str,
         span: &BulkSpan,
-    ) -> Result<Vec<String>, StoreError> {
-        let records =
-            shards::queued_in_bulk(&self.dynamodb, &self.table, "SMS", org, bulk_id, span).await?;
-        Ok(records.into_iter().map(|(id, _)| id).collect())
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        shards::queued_in_bulk(&self.dynamodb, &self.table, "SMS", org, bulk_id, span).await
     }
 
     /// Notes a status-check lookup of a `sent` SMS that settled nothing (see
@@ -766,6 +816,10 @@ impl SmsStore {
         now: DateTime<Utc>,
         give_up_before: DateTime<Utc>,
     ) -> Result<Swept, StoreError> {
+        let key = (sms_pk(org, id), sms_sk(id));
+        if !send_jobs::leave_idle_job(&self.dynamodb, &self.table, org, key, now).await? {
+            return Ok(Swept::Busy);
+        }
         let record = PendingRecord {
             pk: sms_pk(org, id),
             sk: sms_sk(id),

@@ -136,17 +136,19 @@ async fn bulk_sms_makes_one_twilio_call_per_message() {
     );
 
     // DynamoDB item writes per SMS, by item:
-    // - the record: created (batched), claimed, its outcome, and Twilio's final callback
-    //   (`delivered`). The in-progress callback (`sent`) changes nothing once the worker
-    //   recorded the send; where it overtakes that write, it moves the record on and the
-    //   worker's outcome write fails its condition and keeps the SID with one more: ≤ 6.
+    // - the record: created (batched) in its send job, its outcome, and Twilio's final
+    //   callback (`delivered`). The send job is claimed (and let go) once per job, not each
+    //   SMS. The in-progress callback (`sent`) changes nothing once the worker recorded the
+    //   send; where it overtakes that write, it moves the record on (with the SID and the
+    //   attempt) and the worker's outcome write fails its condition: ≤ 4.
     // - the send window: one booking per group of sends (claims come before the booking,
     //   so their round trips do not make the sends late), and on a loaded machine one more
     //   for each send that still wakes late (they book one at a time: no refusals);
     // - the number's last sender (`SMSPEER`, for routing a reply's STOP): one. No SID → record
     //   link: callbacks come to the URL that names their record.
     let writes = |kind: &str| run.sdk.writes_by_item.get(kind).copied().unwrap_or(0);
-    assert!(writes("SMS") <= 6 * n, "{table}");
+    assert!(writes("SMS") <= 4 * n, "{table}");
+    assert!(writes("SENDJOB") <= 2 * queue("SmsSendQueue"), "{table}");
     assert!(writes("WINDOW") <= queue("SmsSendQueue") + n + 2, "{table}");
     assert_eq!(writes("SMSPEER"), n, "{table}");
     assert_eq!(writes("SMSSID"), 0, "{table}");

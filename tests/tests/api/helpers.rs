@@ -305,6 +305,12 @@ impl TestBundle {
     }
 
     /// Messages waiting in a queue (visible or in flight).
+    /// Takes records `ids` out of the send jobs the API created them in
+    /// ([`bench::out_of_send_jobs`]), for a test that enqueues them in jobs of its own.
+    pub async fn out_of_send_jobs(&self, ids: &[String]) {
+        bench::out_of_send_jobs(&self.bundle, ids).await.unwrap();
+    }
+
     pub async fn queue_depth(&self, logical_id: &str) -> usize {
         let attributes = self
             .bundle

@@ -453,6 +453,7 @@ async fn the_rate_cap_holds_over_every_sliding_second_across_concurrent_workers(
         .await;
         ids.push(reply["id"].as_str().unwrap().to_owned());
     }
+    app.out_of_send_jobs(&ids).await; // enqueued below in jobs of the test's own
     let worker = app.poller("sms-worker");
     let event = |ids: &[String], n: usize| -> SqsEvent {
         serde_json::from_value(json!({"Records": [{
@@ -523,6 +524,7 @@ async fn a_rate_hand_back_keeps_records_that_failed_transiently() {
     }
     // The API's own jobs are not the point: only the one below is run.
     app.message_bodies_in("SmsSendQueue").await;
+    app.out_of_send_jobs(&ids).await;
     twilio_fault(&app, json!({"status": 503, "count": 1})).await;
     let worker = app.poller("sms-worker");
     let event: SqsEvent = serde_json::from_value(json!({"Records": [{
