@@ -629,10 +629,18 @@ impl SmsWorker {
         ids: Vec<String>,
     ) -> Result<(), JobError> {
         let count = ids.len();
-        // A message of the same send job: the records still waiting in it stay there.
+        // A message of the same send job: the records still waiting in it stay there. This
+        // delivery sends nothing more, so it lets go of the job first: the handed-back
+        // message, a second out, would otherwise find the job held and wait out the lease.
         let envelope = Envelope::new(org.clone(), Job::SmsSend { ids });
         let envelope = match job {
-            Some(job) => envelope.of_send_job(job),
+            Some(job) => {
+                self.sms
+                    .release_job(org, job)
+                    .await
+                    .map_err(|e| JobError::Retry(format!("{e:#}")))?;
+                envelope.of_send_job(job)
+            }
             None => envelope,
         };
         let body = serde_json::to_string(&envelope).map_err(|e| JobError::Retry(e.to_string()))?;
