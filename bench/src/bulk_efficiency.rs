@@ -145,16 +145,19 @@ pub async fn bulk_email(
             request
         })
         .collect();
-    run(bundle, Channel::Email, recipients, bodies, timeout).await
+    run(bundle, Channel::Email, None, recipients, bodies, timeout).await
 }
 
 /// Sends one bulk SMS to `recipients` numbers and counts what it took. The bundle must run
 /// with the Twilio sandbox; its per-organization SMS rate (`SMS_RATE_PER_SECOND`) paces it.
+/// `org` names the sending organization (for a bundle whose `TWILIO_NUMBER_ORGS` gives it
+/// the sender number); `None`: a new one per run.
 ///
 /// # Errors
 /// When the API refuses the send or not every SMS is final within `timeout`.
 pub async fn bulk_sms(
     bundle: &RunningBundle,
+    org: Option<&str>,
     recipients: usize,
     timeout: Duration,
 ) -> anyhow::Result<BulkRun> {
@@ -162,7 +165,7 @@ pub async fn bulk_sms(
         .map(|i| json!({"to": format!("+1415555{:04}", i % 10_000), "variables": {"n": i}}))
         .collect();
     let body = json!({"recipients": list, "body": "Bulk efficiency {{n}}"});
-    run(bundle, Channel::Sms, recipients, vec![body], timeout).await
+    run(bundle, Channel::Sms, org, recipients, vec![body], timeout).await
 }
 
 /// Recipients per request of a personalized bulk: the API takes request bodies up to 1 MiB,
@@ -172,11 +175,15 @@ const PERSONALIZED_PER_REQUEST: usize = 2_500;
 async fn run(
     bundle: &RunningBundle,
     channel: Channel,
+    org: Option<&str>,
     recipients: usize,
     bodies: Vec<Value>,
     timeout: Duration,
 ) -> anyhow::Result<BulkRun> {
-    let org_name = format!("bulk{}", chrono::Utc::now().timestamp_millis());
+    let org_name = org.map_or_else(
+        || format!("bulk{}", chrono::Utc::now().timestamp_millis()),
+        str::to_owned,
+    );
     let org = OrgId::parse(&org_name).map_err(anyhow::Error::msg)?;
     let token = bundle
         .auth

@@ -72,6 +72,8 @@ pub struct SmsWorker {
     /// How long the last booking's write took (ms): times are booked from that far ahead,
     /// or a slow write (a loaded store) would leave its first sends late before they start.
     booking_ms: std::sync::atomic::AtomicI64,
+    /// The sender numbers that belong to one organization each (`TWILIO_NUMBER_ORGS`).
+    number_orgs: HashMap<String, OrgId>,
 }
 
 impl SqsFunction for SmsWorker {
@@ -112,6 +114,9 @@ impl SmsWorker {
             windows: Mutex::default(),
             rebooking: tokio::sync::Mutex::new(()),
             booking_ms: std::sync::atomic::AtomicI64::new(0),
+            number_orgs: shared::providers::twilio::parse_number_orgs(
+                &env.optional("TWILIO_NUMBER_ORGS").unwrap_or_default(),
+            )?,
         })
     }
 
@@ -398,7 +403,18 @@ impl SmsWorker {
             }),
         );
         self.events.publish(vec![call]).await;
-        self.settle_send(org, record, result, last_attempt).await
+        let route_replies = !self.is_own_number(org, &from);
+        self.settle_send(org, record, result, route_replies, last_attempt)
+            .await
+    }
+
+    /// Whether `from` is one of `org`'s own numbers (`TWILIO_NUMBER_ORGS`): replies to it
+    /// are routed to `org` by the number itself, so a send from it needs no reply route.
+    fn is_own_number(&self, org: &OrgId, from: &str) -> bool {
+        shared::domain::sms_message::PhoneNumber::parse(from)
+            .ok()
+            .and_then(|number| self.number_orgs.get(&number.to_string()))
+            == Some(org)
     }
 
     /// Records what Twilio answered; `Some(reason)` when the job must be retried.
@@ -407,12 +423,17 @@ impl SmsWorker {
         org: &OrgId,
         record: &SmsRecord,
         result: Result<shared::providers::twilio::MessageResource, TwilioError>,
+        route_replies: bool,
         last_attempt: bool,
     ) -> Result<Option<String>, JobError> {
         let now = chrono::Utc::now();
         match result {
             Ok(accepted) => {
-                if let Err(error) = self.sms.remember_peer(&record.to, org, now).await {
+                let noted = match route_replies {
+                    true => self.sms.remember_peer(&record.to, org, now).await,
+                    false => Ok(()),
+                };
+                if let Err(error) = noted {
                     tracing::warn!(
                         error = format!("{error:#}"),
                         "could not note the reply route"

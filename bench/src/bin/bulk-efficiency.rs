@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let email = bulk_efficiency::bulk_email(&bundle, args.recipients, &shape, timeout).await?;
     println!("{}", email.table());
     if args.sms_recipients > 0 {
-        let sms = bulk_efficiency::bulk_sms(&bundle, args.sms_recipients, timeout).await?;
+        let sms = bulk_efficiency::bulk_sms(&bundle, None, args.sms_recipients, timeout).await?;
         println!("{}", sms.table());
     }
     Ok(())

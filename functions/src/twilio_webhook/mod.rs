@@ -26,11 +26,10 @@ use serde_json::json;
 use shared::aws::AwsClients;
 use shared::config::{Env, OnFirstUse};
 use shared::domain::OrgId;
-use shared::domain::sms_message::PhoneNumber;
 use shared::events::{Event, EventKind, EventPublisher};
 use shared::http::{self, ApiError, MAX_BODY_BYTES};
 use shared::metrics;
-use shared::providers::twilio::{SIGNATURE_HEADER, callback, verify};
+use shared::providers::twilio::{SIGNATURE_HEADER, callback, parse_number_orgs, verify};
 use shared::store::{ConsentStore, SmsStore, StatusApplied, StoreError, TwilioReport};
 
 use crate::runtime::{BoxFuture, HttpFunction};
@@ -55,26 +54,6 @@ impl HttpFunction for TwilioWebhook {
     fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
         Box::pin(self.handle(request))
     }
-}
-
-/// Parses `TWILIO_NUMBER_ORGS` (`+15550100=acme,+15550101=globex`).
-///
-/// # Errors
-/// When an entry is not `number=org` with a valid number and organization.
-pub fn parse_number_orgs(value: &str) -> anyhow::Result<HashMap<String, OrgId>> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            let (number, org) = entry.split_once('=').ok_or_else(|| {
-                anyhow::anyhow!("TWILIO_NUMBER_ORGS entry {entry} is not number=org")
-            })?;
-            let number = PhoneNumber::parse(number).map_err(|m| anyhow::anyhow!("{number} {m}"))?;
-            let org = OrgId::parse(org.trim()).map_err(|m| anyhow::anyhow!("{org}: {m}"))?;
-            Ok((number.to_string(), org))
-        })
-        .collect()
 }
 
 fn twiml() -> Response<Body> {
@@ -261,16 +240,6 @@ impl TwilioWebhook {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn number_map() {
-        let map = parse_number_orgs("+1 415 555 2671=acme, +442079460958=globex").unwrap();
-        assert_eq!(map["+14155552671"].as_str(), "acme");
-        assert_eq!(map["+442079460958"].as_str(), "globex");
-        assert!(parse_number_orgs("").unwrap().is_empty());
-        assert!(parse_number_orgs("+14155552671").is_err());
-        assert!(parse_number_orgs("12=acme").is_err());
-    }
 
     /// The sample events are signed with token `sample-auth-token` for the function URL
     /// `https://abcdefg.lambda-url.eu-west-1.on.aws/` (base64 bodies, as function URLs send).

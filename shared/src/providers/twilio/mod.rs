@@ -8,11 +8,13 @@
 
 pub mod callback;
 pub mod client;
+mod number_orgs;
 pub mod settings;
 pub mod signature;
 
 pub use client::{
     Balance, BuildError, MessageResource, OutboundSms, Sender, TwilioClient, TwilioError,
 };
+pub use number_orgs::parse_number_orgs;
 pub use settings::TwilioSettings;
 pub use signature::{SIGNATURE_HEADER, sign, verify};
