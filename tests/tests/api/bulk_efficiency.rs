@@ -159,15 +159,18 @@ async fn bulk_sms_makes_one_twilio_call_per_message() {
     //   send; where it overtakes that write, it moves the record on (with the SID and the
     //   attempt) and the worker's outcome write fails its condition: ≤ 4.
     // - the send window: one booking per group of sends (claims come before the booking,
-    //   so their round trips do not make the sends late), and on a loaded machine one more
-    //   for each send that still wakes late (they book one at a time: no refusals);
+    //   so their round trips do not make the sends late), and on a loaded machine more for
+    //   the sends that still wake late (one at a time per worker);
     // - the number's last sender (`SMSPEER`, for routing a reply's STOP): none, the sender
     //   being the organization's own number (one per SMS from a shared number). No SID →
     //   record link: callbacks come to the URL that names their record.
     let writes = |kind: &str| run.sdk.writes_by_item.get(kind).copied().unwrap_or(0);
     assert!(writes("SMS") <= 4 * n, "{table}");
     assert!(writes("SENDJOB") <= 2 * queue("SmsSendQueue"), "{table}");
-    assert!(writes("WINDOW") <= queue("SmsSendQueue") + n + 2, "{table}");
+    // (A loaded CI machine wakes sends late and two workers' rebookings can refuse each
+    // other: 36 window writes for 26 SMS in one run. The code before claims-first made 5.4
+    // per SMS on a quiet machine, 23 on a loaded one.)
+    assert!(writes("WINDOW") <= 3 * n, "{table}");
     assert_eq!(writes("SMSPEER"), 0, "{table}");
     assert_eq!(writes("SMSSID"), 0, "{table}");
 }
